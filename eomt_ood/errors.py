@@ -1,0 +1,17 @@
+"""Errors meant for users: one line naming the file or option and what is wrong.
+
+Raise `UserError` for bad input (a missing file, a corrupt PNG, a wrong bit depth, an unknown option). The CLI
+prints its message as a single line and exits with `UserError.exit_code` (2) without a traceback. Broken
+invariants inside the package are programmer errors and raise ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user; the message is one line that names the file/option and the problem."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
