@@ -7,6 +7,7 @@ Heavy imports (torch, the models) happen inside the commands so `eomt-ood --help
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -29,10 +30,34 @@ def _root() -> None:
 # Commands are added below this line, one thin function each.
 
 
+@app.command("regress")
+def regress_command(
+    baseline: Path = typer.Option(..., "--baseline", help="Baseline JSON (same format as results.json)."),
+    results: Path = typer.Option(..., "--results", help="The run's results.json."),
+    tolerance: float = typer.Option(
+        0.005, "--tolerance", help="Allowed move in the bad direction (absolute)."
+    ),
+    keys: list[str] = typer.Option(
+        ["*_auprc_ood"], "--keys", help="fnmatch pattern(s) of watched metric keys; repeat or comma-separate."
+    ),
+    update: bool = typer.Option(False, "--update", help="Rewrite the baseline with the current values."),
+) -> None:
+    """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance."""
+    from eomt_ood.regress import run_gate
+
+    patterns = [p.strip() for key in keys for p in key.split(",") if p.strip()]
+    code, report = run_gate(baseline, results, patterns, tolerance, update)
+    print(report)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns the code of a `typer.Exit` instead of exiting with it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            sys.exit(code)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(UserError.exit_code)
