@@ -1,0 +1,89 @@
+"""timm ViT backbones for EoMT (docs/eomt.md §1.1): creation at patch 16 and loading local pretrained weights.
+
+DINOv2 models are named `...patch14...` but EoMT builds them with patch size 16 at the target resolution. Their
+pretrained weights (timm format or the original DINOv2 format) are adapted with timm's own
+`checkpoint_filter_fn`: FlexiViT pseudo-inverse resampling of the 14x14 kernel to 16x16 and bicubic antialiased
+resampling of the 37x37 position embedding to the new grid. Nothing is downloaded: the file must be local.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filter
+
+from eomt_ood.errors import UserError
+
+# Where each backbone's pretrained weights come from (for the error message when the local file is missing).
+PRETRAINED_TAGS = {
+    "vit_small_patch14_reg4_dinov2": "vit_small_patch14_reg4_dinov2.lvd142m",
+    "vit_base_patch14_reg4_dinov2": "vit_base_patch14_reg4_dinov2.lvd142m",
+    "vit_large_patch14_reg4_dinov2": "vit_large_patch14_reg4_dinov2.lvd142m",
+    "vit_giant_patch14_reg4_dinov2": "vit_giant_patch14_reg4_dinov2.lvd142m",
+    "deit3_large_patch16_384": "deit3_large_patch16_384.fb_in22k_ft_in1k",
+}
+
+
+def create_backbone(
+    name: str,
+    img_size: int,
+    patch_size: int = 16,
+    pretrained_backbone: str | Path | None = None,
+    **timm_kwargs,
+) -> VisionTransformer:
+    """timm ViT `name` for S x S inputs (S = img_size) at `patch_size`, without classifier head.
+
+    timm_kwargs override the architecture (embed_dim, depth, num_heads, reg_tokens, ...), e.g. for toy models.
+    pretrained_backbone: optional local weights file (timm or original DINOv2 format) adapted to this size.
+    """
+    backbone = timm.create_model(
+        name, pretrained=False, img_size=img_size, patch_size=patch_size, num_classes=0, **timm_kwargs
+    )
+    if not isinstance(backbone, VisionTransformer):
+        raise ValueError(f"{name} is a {type(backbone).__name__}; EoMT needs a timm VisionTransformer")
+    if pretrained_backbone is not None:
+        load_pretrained_backbone(backbone, pretrained_backbone, name)
+    return backbone
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled objects; also corrupt files
+        raise UserError(f"{path}: cannot read as a weights-only torch file ({type(exc).__name__})") from exc
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def load_pretrained_backbone(backbone: VisionTransformer, path: str | Path, name: str = "") -> None:
+    """Load local pretrained ViT weights into `backbone` in place, resampling patch kernel and pos-embed.
+
+    Accepts timm-format files (`model.safetensors` / `pytorch_model.bin` of a timm hub repo) and the original
+    DINOv2 format (keys `mask_token`, `register_tokens`, `w12`/`w3` for SwiGLU). Classifier heads are dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        tag = PRETRAINED_TAGS.get(name, name or "the matching timm model")
+        raise UserError(
+            f"{path}: pretrained backbone file not found; download the timm weights '{tag}' "
+            f"(hub repo timm/{tag}, file model.safetensors) on a machine with network and place them at {path}"
+        )
+    state_dict = _read_state_dict(path)
+    state_dict = timm_vit_filter(state_dict, backbone)
+    # The backbone is built with num_classes=0; classifier weights of ImageNet checkpoints have no home.
+    state_dict = {
+        k: v for k, v in state_dict.items() if not k.startswith(("head.", "fc_norm.", "head_drop."))
+    }
+    try:
+        backbone.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise UserError(f"{path}: does not fit backbone {name or type(backbone).__name__}: {detail}") from exc

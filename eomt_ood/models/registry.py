@@ -1,0 +1,182 @@
+"""Model registry: named architectures are tiny functions that only set defaults (timm style).
+
+Every named model can be built at toy size by overriding kwargs (img_size, embed_dim, depth, num_heads,
+reg_tokens, num_queries, num_classes, num_blocks, ...). `create_model` records the name and the overrides in
+`model.config` so `save_checkpoint` / `load_model` can rebuild the same architecture.
+
+EoMT names follow docs/eomt.md §1.1 (paper Table A); defaults are the Cityscapes semantic setting
+(C = 19, Q = 100). EVA-02 is not registered: it needs RoPE on patch tokens only, which is not implemented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from eomt_ood.errors import UserError
+from eomt_ood.models.backbones import create_backbone
+from eomt_ood.models.eomt import EoMT
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register a model function under its own name; it takes only keyword overrides."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Sorted names of all registered models."""
+    return sorted(_MODELS)
+
+
+def create_model(name: str, checkpoint: str | Path | None = None, **overrides) -> nn.Module:
+    """Build registered model `name` with keyword overrides; load `checkpoint` (any supported format) strictly.
+
+    `pretrained_backbone=<path>` loads local timm/DINOv2 backbone weights and is not recorded in the config
+    (a saved checkpoint holds the weights). Unknown names are a `UserError` that lists the available ones.
+    """
+    if name not in _MODELS:
+        raise UserError(f"model: unknown name {name!r}; available: {', '.join(list_models())}")
+    model = _MODELS[name](**overrides)
+    recorded = {"name": name, "kwargs": {k: v for k, v in overrides.items() if k != "pretrained_backbone"}}
+    existing = getattr(model, "config", None)
+    if existing is None or isinstance(existing, dict):
+        model.config = recorded
+    else:  # e.g. a transformers model whose `config` is its own PretrainedConfig
+        model.registry_config = recorded
+    if checkpoint is not None:
+        from eomt_ood.models.checkpoints import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def model_config(model: nn.Module) -> dict:
+    """The {"name", "kwargs"} record `create_model` attached to `model`."""
+    for attr in ("registry_config", "config"):
+        record = getattr(model, attr, None)
+        if isinstance(record, dict) and "name" in record:
+            return record
+    raise ValueError(f"{type(model).__name__} was not built by create_model; it has no registry config")
+
+
+def _create_eomt(
+    backbone: str,
+    *,
+    img_size: int,
+    num_blocks: int,
+    patch_size: int = 16,
+    num_classes: int = 19,
+    num_queries: int = 100,
+    masked_attn_enabled: bool = True,
+    pretrained_backbone: str | Path | None = None,
+    **timm_kwargs,
+) -> EoMT:
+    vit = create_backbone(
+        backbone,
+        img_size=img_size,
+        patch_size=patch_size,
+        pretrained_backbone=pretrained_backbone,
+        **timm_kwargs,
+    )
+    return EoMT(
+        vit,
+        num_classes,
+        num_queries=num_queries,
+        num_blocks=num_blocks,
+        masked_attn_enabled=masked_attn_enabled,
+    )
+
+
+def _defaults(defaults: dict, overrides: dict) -> dict:
+    return {**defaults, **overrides}
+
+
+# DINOv2 with 4 registers (the released EoMT models); L2 = 3 / 3 / 4 / 5 for S / B / L / g.
+@register_model
+def eomt_small_patch16_1024(**kwargs) -> EoMT:
+    return _create_eomt(
+        "vit_small_patch14_reg4_dinov2", **_defaults(dict(img_size=1024, num_blocks=3), kwargs)
+    )
+
+
+@register_model
+def eomt_base_patch16_1024(**kwargs) -> EoMT:
+    return _create_eomt(
+        "vit_base_patch14_reg4_dinov2", **_defaults(dict(img_size=1024, num_blocks=3), kwargs)
+    )
+
+
+@register_model
+def eomt_large_patch16_1024(**kwargs) -> EoMT:
+    """The official Cityscapes model (84.2 mIoU): ViT-L DINOv2, L2 = 4, Q = 100, C = 19, S = 1024."""
+    return _create_eomt(
+        "vit_large_patch14_reg4_dinov2", **_defaults(dict(img_size=1024, num_blocks=4), kwargs)
+    )
+
+
+@register_model
+def eomt_giant_patch16_1024(**kwargs) -> EoMT:
+    return _create_eomt(
+        "vit_giant_patch14_reg4_dinov2", **_defaults(dict(img_size=1024, num_blocks=5), kwargs)
+    )
+
+
+# 512 px variants (the official ADE20K semantic models are these with num_classes=150).
+@register_model
+def eomt_small_patch16_512(**kwargs) -> EoMT:
+    return _create_eomt(
+        "vit_small_patch14_reg4_dinov2", **_defaults(dict(img_size=512, num_blocks=3), kwargs)
+    )
+
+
+@register_model
+def eomt_base_patch16_512(**kwargs) -> EoMT:
+    return _create_eomt("vit_base_patch14_reg4_dinov2", **_defaults(dict(img_size=512, num_blocks=3), kwargs))
+
+
+@register_model
+def eomt_large_patch16_512(**kwargs) -> EoMT:
+    return _create_eomt(
+        "vit_large_patch14_reg4_dinov2", **_defaults(dict(img_size=512, num_blocks=4), kwargs)
+    )
+
+
+@register_model
+def eomt_giant_patch16_512(**kwargs) -> EoMT:
+    return _create_eomt(
+        "vit_giant_patch14_reg4_dinov2", **_defaults(dict(img_size=512, num_blocks=5), kwargs)
+    )
+
+
+# DeiT-III ViT-L (paper Table A pre-training ablation): native patch 16, CLS only (P = 1), no registers.
+@register_model
+def eomt_deit3_large_patch16_1024(**kwargs) -> EoMT:
+    return _create_eomt("deit3_large_patch16_384", **_defaults(dict(img_size=1024, num_blocks=4), kwargs))
+
+
+@register_model
+def eomt_deit3_large_patch16_512(**kwargs) -> EoMT:
+    return _create_eomt("deit3_large_patch16_384", **_defaults(dict(img_size=512, num_blocks=4), kwargs))
+
+
+@register_model
+def eomt_test(**kwargs) -> EoMT:
+    """Tiny DINOv2-style EoMT for tests: S 64, p 16 (G 4), D 32, 4 blocks, 2 heads, 2 registers, L2 2, Q 8, C 19."""
+    defaults = dict(
+        img_size=64,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        reg_tokens=2,
+        num_blocks=2,
+        num_queries=8,
+        num_classes=19,
+    )
+    return _create_eomt("vit_small_patch14_reg4_dinov2", **_defaults(defaults, kwargs))
