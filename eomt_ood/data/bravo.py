@@ -1,0 +1,360 @@
+"""The BRAVO layout (`bravo.md` §2, §3.1): subsets, file suffixes, strict file matching and checked PNG readers.
+
+A *tree* is a folder or a tar (plain, gzip, bz2 or xz) whose files are named by relative POSIX paths such as
+`bravo_synobjs/polar bear/4_gt.png` (a leading `./` in tar member names is stripped). `open_tree` lists it once;
+`MemberRef` points at one file's bytes so that worker processes can read it without re-listing the tree.
+
+File matching follows the product rule of §2.4: a GT label belongs to split type T when its path starts with
+`bravo_T/` and ends with T's label suffix (ACDC also needs `fog|night|rain|snow` as the second component); every
+other name is derived from `<base>` = label path minus the label suffix and must exist exactly.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eomt_ood.data.png import decode_png, png_header
+from eomt_ood.errors import UserError
+
+# Official subset order: the order of the keys in the results file (§4.8).
+SUBSETS = (
+    "ACDCfog",
+    "ACDCrain",
+    "ACDCnight",
+    "ACDCsnow",
+    "synrain",
+    "SMIYC",
+    "synobjs",
+    "synflare",
+    "outofcontext",
+)
+SPLIT_TYPES = ("ACDC", "SMIYC", "synobjs", "synflare", "synrain", "outofcontext")
+ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
+
+# subset -> (split type, ACDC condition or None)
+SUBSET_SPLIT: dict[str, tuple[str, str | None]] = {
+    "ACDCfog": ("ACDC", "fog"),
+    "ACDCrain": ("ACDC", "rain"),
+    "ACDCnight": ("ACDC", "night"),
+    "ACDCsnow": ("ACDC", "snow"),
+    "synrain": ("synrain", None),
+    "SMIYC": ("SMIYC", None),
+    "synobjs": ("synobjs", None),
+    "synflare": ("synflare", None),
+    "outofcontext": ("outofcontext", None),
+}
+
+# §4.7: which subsets report the semantic (`*_valid`) and the OOD (`*_ood`) metrics.
+SEMANTIC_SUBSETS = frozenset(s for s in SUBSETS if s != "SMIYC")
+OOD_SUBSETS = frozenset({"SMIYC", "synobjs"})
+
+# §2.2 GT suffixes and §3.1 raw-submission suffixes, per split type.
+LABEL_SUFFIX = {
+    "ACDC": "_gt_labelTrainIds.png",
+    "outofcontext": "_gt_labelTrainIds.png",
+    "synflare": "_gt_labelTrainIds.png",
+    "synrain": "_gt_labelTrainIds.png",
+    "SMIYC": "_labels_semantic_fake.png",
+    "synobjs": "_gt.png",
+}
+MASK_SUFFIX = {
+    "ACDC": "_gt_invIds.png",
+    "outofcontext": "_gt_invIds.png",
+    "synflare": "_gt_invIds.png",
+    "synrain": "_gt_invIds.png",
+    "SMIYC": "_labels_semantic.png",
+    "synobjs": "_mask.png",
+}
+IMAGE_SUFFIX = {
+    "ACDC": "_rgb_anon.png",
+    "outofcontext": "_leftImg8bit.png",
+    "synflare": "_leftImg8bit.png",
+    "synrain": "_leftImg8bit.png",
+    "SMIYC": ".jpg",
+    "synobjs": ".png",
+}
+PRED_SUFFIX = {split: suffix.rsplit(".", 1)[0] + "_pred.png" for split, suffix in IMAGE_SUFFIX.items()}
+CONF_SUFFIX = {split: suffix.rsplit(".", 1)[0] + "_conf.png" for split, suffix in IMAGE_SUFFIX.items()}
+SAMPLES_SUFFIX = "_samples.bin"
+ENCODED_SUFFIX = "_encoded.bin"
+
+VOID_LABEL = 255
+NUM_CLASSES = 19
+
+WarnFn = Callable[[str], None]
+
+
+def normalise_member_name(name: str) -> str:
+    """A tar member name as a relative POSIX path: leading `./` (and `/`) removed."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
+# ------------------------------------------------------------------------------------------------ trees
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    """Where one file's bytes are: a plain file (`offset` None) or a byte range of an uncompressed tar.
+
+    Small and picklable, so the parent can hand it to worker processes that read the bytes themselves.
+    """
+
+    container: str  # folder or uncompressed tar path
+    name: str  # relative POSIX path, used in error messages
+    offset: int | None = None
+    size: int = 0
+
+    def read(self) -> bytes:
+        if self.offset is None:
+            path = os.path.join(self.container, *self.name.split("/"))
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                raise UserError(f"{self.name}: file not found in {self.container}") from None
+            except OSError as exc:
+                raise UserError(f"{self.name}: cannot read ({exc.strerror})") from None
+        with open(self.container, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise UserError(f"{self.name}: truncated tar member in {self.container}")
+        return data
+
+
+_DECOMPRESSORS = (
+    (b"\x1f\x8b", gzip.open),
+    (b"BZh", bz2.open),
+    (b"\xfd7zXZ\x00", lzma.open),
+)
+
+
+class Tree:
+    """A folder or tar listed once: `names` (sorted relative POSIX paths of regular files) and `ref(name)`.
+
+    A compressed tar is first streamed into a temporary uncompressed tar (bounded memory, disk = its unpacked
+    size) so that every member can be read by offset from any process. Use as a context manager, or `close()`.
+    """
+
+    def __init__(self, path: str | Path, label: str):
+        self.path = Path(path)
+        self.label = label
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
+        self._refs: dict[str, MemberRef] = {}
+        if self.path.is_dir():
+            self._list_folder()
+        elif self.path.is_file():
+            self._list_tar()
+        else:
+            raise UserError(f"{self.path}: {label} not found (expected a folder or a .tar file)")
+
+    def _list_folder(self) -> None:
+        root = str(self.path)
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, root)
+            for fname in filenames:
+                rel = fname if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{fname}"
+                self._refs[rel] = MemberRef(root, rel)
+
+    def _list_tar(self) -> None:
+        with open(self.path, "rb") as f:
+            magic = f.read(6)
+        tar_path = self.path
+        for prefix, opener in _DECOMPRESSORS:
+            if magic.startswith(prefix):
+                self._tmpdir = tempfile.TemporaryDirectory(prefix="eomt-ood-tar-")
+                tar_path = Path(self._tmpdir.name) / "unpacked.tar"
+                try:
+                    with opener(self.path, "rb") as src, open(tar_path, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except (OSError, EOFError, lzma.LZMAError) as exc:
+                    self.close()
+                    raise UserError(f"{self.path}: cannot decompress {self.label} ({exc})") from None
+                break
+        try:
+            with tarfile.open(tar_path, "r:") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    name = normalise_member_name(member.name)
+                    self._refs[name] = MemberRef(str(tar_path), name, member.offset_data, member.size)
+        except tarfile.TarError as exc:
+            self.close()
+            raise UserError(
+                f"{self.path}: {self.label} is neither a folder nor a readable tar ({exc})"
+            ) from None
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._refs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._refs
+
+    def ref(self, name: str) -> MemberRef:
+        try:
+            return self._refs[name]
+        except KeyError:
+            raise UserError(f"{name}: missing from {self.label} {self.path}") from None
+
+    def read(self, name: str) -> bytes:
+        return self.ref(name).read()
+
+    def close(self) -> None:
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_tree(path: str | Path, label: str = "tree") -> Tree:
+    """List a folder or a (possibly gzip/bz2/xz-compressed) tar; `label` names it in errors ("ground truth")."""
+    return Tree(path, label)
+
+
+# ------------------------------------------------------------------------------------------------ matching
+
+
+@dataclass(frozen=True)
+class GtImage:
+    """One GT image: its subset, split type and `<base>` (relative path without the label suffix)."""
+
+    subset: str
+    split: str
+    base: str
+
+    @property
+    def label_name(self) -> str:
+        return self.base + LABEL_SUFFIX[self.split]
+
+    @property
+    def mask_name(self) -> str:
+        return self.base + MASK_SUFFIX[self.split]
+
+    @property
+    def pred_name(self) -> str:
+        return self.base + PRED_SUFFIX[self.split]
+
+    @property
+    def conf_name(self) -> str:
+        return self.base + CONF_SUFFIX[self.split]
+
+    @property
+    def samples_name(self) -> str:
+        return self.base + SAMPLES_SUFFIX
+
+
+def subset_of_label(name: str) -> GtImage | None:
+    """The `GtImage` whose label file is `name`, or None if `name` is no label file (§2.4, product rule)."""
+    parts = name.split("/")
+    if len(parts) < 2 or not parts[0].startswith("bravo_"):
+        return None
+    split = parts[0][len("bravo_") :]
+    suffix = LABEL_SUFFIX.get(split)
+    if suffix is None or not name.endswith(suffix) or len(name) == len(suffix):
+        return None
+    if split == "ACDC":
+        if len(parts) < 3 or parts[1] not in ACDC_CONDITIONS:
+            return None
+        subset = "ACDC" + parts[1]
+    else:
+        subset = split
+    return GtImage(subset=subset, split=split, base=name[: -len(suffix)])
+
+
+def match_gt(gt_names: Iterable[str], warn: WarnFn | None = None) -> dict[str, list[GtImage]]:
+    """GT images per subset (official order, sorted by path); a label without its mask is a `UserError`.
+
+    Files that are neither a label nor the mask of a label are reported through `warn` (one line).
+    """
+    names = set(gt_names)
+    by_subset: dict[str, list[GtImage]] = {s: [] for s in SUBSETS}
+    used: set[str] = set()
+    for name in sorted(names):
+        image = subset_of_label(name)
+        if image is None:
+            continue
+        if image.mask_name not in names:
+            raise UserError(
+                f"{image.mask_name}: mask file missing from the ground truth (label {name} exists)"
+            )
+        by_subset[image.subset].append(image)
+        used.update((name, image.mask_name))
+    unmatched = sorted(names - used)
+    if unmatched and warn is not None:
+        warn(_unmatched_message(len(unmatched), "ground truth", "no BRAVO label or mask", unmatched))
+    return by_subset
+
+
+def unmatched_submission_files(sub_names: Iterable[str], images: Iterable[GtImage]) -> list[str]:
+    """Submission files that are neither the pred nor the conf of any GT image."""
+    expected = set()
+    for image in images:
+        expected.update((image.pred_name, image.conf_name))
+    return sorted(set(sub_names) - expected)
+
+
+def _unmatched_message(count: int, where: str, what: str, names: list[str]) -> str:
+    shown = ", ".join(names[:3]) + (", ..." if count > 3 else "")
+    return f"{count} file(s) in the {where} match {what} and are ignored: {shown}"
+
+
+def warn_unmatched(names: list[str], where: str, warn: WarnFn | None) -> None:
+    if names and warn is not None:
+        warn(_unmatched_message(len(names), where, "no GT image", names))
+
+
+# ------------------------------------------------------------------------------------------------ readers
+
+
+def _require(data: bytes, name: str, what: str, depths: tuple[int, ...]) -> None:
+    header = png_header(data, name)
+    if header.color_type != 0 or header.bit_depth not in depths:
+        want = " or ".join(f"{d}-bit" for d in depths)
+        raise UserError(f"{name}: {what} must be a {want} grayscale PNG, got {header.kind}")
+
+
+def read_label(data: bytes, name: str) -> np.ndarray:
+    """GT label (H, W) uint8: train ids 0..18, 255 = void. Other colour types are rejected, not converted."""
+    _require(data, name, "a GT label", (8,))
+    return decode_png(data, name)
+
+
+def read_mask(data: bytes, name: str) -> np.ndarray:
+    """GT mask as (H, W) bool, True = invalid (any non-zero value, §2.2); 1/2/4/8-bit grayscale accepted."""
+    _require(data, name, "a GT mask", (1, 2, 4, 8))
+    return decode_png(data, name) != 0
+
+
+def read_pred(data: bytes, name: str) -> np.ndarray:
+    """Predicted train ids (H, W) uint8; only an 8-bit grayscale PNG is accepted (no RGB/palette conversion)."""
+    _require(data, name, "a prediction", (8,))
+    return decode_png(data, name)
+
+
+def read_conf(data: bytes, name: str) -> np.ndarray:
+    """Confidence levels (H, W) uint16, level k = confidence (k + 0.5) / 65536; only 16-bit grayscale."""
+    _require(data, name, "a confidence map", (16,))
+    conf = decode_png(data, name)
+    if conf.dtype != np.uint16:
+        raise UserError(f"{name}: a confidence map must decode to uint16, got {conf.dtype}")
+    return conf
