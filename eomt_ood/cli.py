@@ -30,6 +30,36 @@ def _root() -> None:
 # Commands are added below this line, one thin function each.
 
 
+@app.command("predict")
+def predict_command(
+    model: str = typer.Option(..., "--model", help="Registered model name, e.g. eomt_large_patch16_1024."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Weights (official, HF or ours)."),
+    input_dir: Path = typer.Option(..., "--input", help="Folder of .png/.jpg images (searched recursively)."),
+    output_dir: Path = typer.Option(..., "--output", help="Folder for raw _pred/_conf PNGs (mirrors input)."),
+    confidence: str = typer.Option("msp", "--confidence", help="Confidence score written to _conf.png."),
+    layout: str = typer.Option("bravo", "--layout", help="Output layout (bravo: raw BRAVO submission)."),
+    micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+) -> None:
+    """Windowed semantic inference: write a prediction and a confidence PNG for every input image."""
+    from eomt_ood.confidence import get_confidence
+    from eomt_ood.inference.predict import parse_device, parse_precision, predict_folder
+    from eomt_ood.models.registry import create_model
+
+    dtype, torch_device = parse_precision(precision), parse_device(device)
+    get_confidence(confidence)
+    if not input_dir.is_dir():
+        raise UserError(f"--input: {input_dir}: folder not found")
+    net = create_model(model, checkpoint=checkpoint)
+    report = predict_folder(net, input_dir, output_dir, confidence, layout, micro_batch, dtype, torch_device)
+    done = f"{report.written} written, {report.skipped} already complete, {len(report.failed)} failed"
+    print(f"{done} -> {output_dir}")
+    if report.failed:
+        total = report.written + report.skipped + len(report.failed)
+        raise UserError(f"--input: {len(report.failed)} of {total} images could not be read (named above)")
+
+
 @app.command("regress")
 def regress_command(
     baseline: Path = typer.Option(..., "--baseline", help="Baseline JSON (same format as results.json)."),

@@ -1,0 +1,273 @@
+"""Model + image -> per-pixel class scores, prediction and confidence maps (`eomt.md` §5, exact).
+
+One forward pass per window yields everything: each window's (C+1, S, S) stack holds the C semantic scores
+s_c = sum_q softmax(z_q)[c] * sigmoid(m_q) and the no-object mass n = sum_q softmax(z_q)[C] * sigmoid(m_q)
+(one einsum over the full softmax). Stacks are averaged over window overlaps on a (C+1, H', W') float32 canvas
+BEFORE any normalisation, then resized bilinearly to the input size, where the argmax and every registered
+confidence score (`eomt_ood.confidence`) are taken.
+
+Memory stays bounded for any image size: windows are forwarded in micro-batches, their mask logits are
+upsampled and scored a few queries at a time (never Q x S x S for a batch), and the full-resolution maps are
+produced in bands of rows (`predict_maps`), so only the (C+1, H', W') canvas grows with the image.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eomt_ood.bravo.submission import quantise_confidence, raw_names, write_raw_pair
+from eomt_ood.confidence import get_confidence
+from eomt_ood.data.images import find_images, image_size, read_image
+from eomt_ood.data.png import png_header
+from eomt_ood.errors import UserError
+from eomt_ood.inference.windows import (
+    add_window,
+    average_overlaps,
+    crop_window,
+    resize_image,
+    resize_rows,
+    window_starts,
+)
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LAYOUTS = ("bravo",)
+
+
+@dataclass(frozen=True)
+class PixelOutputs:
+    """Overlap-averaged per-pixel outputs of one image (or a band of its rows), float32.
+
+    class_scores: (C, H, W) semantic scores s_c = sum_q softmax(z_q)[c] * sigmoid(m_q), raw range [0, Q].
+    no_object: (H, W) no-object mass n = sum_q softmax(z_q)[C] * sigmoid(m_q), raw range [0, Q].
+    """
+
+    class_scores: torch.Tensor
+    no_object: torch.Tensor
+
+    @property
+    def prediction(self) -> torch.Tensor:
+        """(H, W) int64 class index, argmax_c of `class_scores`."""
+        return self.class_scores.argmax(0)
+
+    @classmethod
+    def from_stack(cls, stack: torch.Tensor) -> PixelOutputs:
+        """Split a (C+1, H, W) stack (classes, then no-object) into its fields."""
+        return cls(class_scores=stack[:-1], no_object=stack[-1])
+
+
+def parse_precision(name: str) -> torch.dtype | None:
+    """ "fp32" -> None (no autocast), "bf16" / "fp16" -> the autocast dtype; anything else is a `UserError`."""
+    if name not in PRECISIONS:
+        raise UserError(f"--precision: unknown precision {name!r}; available: {', '.join(PRECISIONS)}")
+    return PRECISIONS[name]
+
+
+def parse_device(name: str) -> torch.device:
+    """A torch device from its name; an unknown or unavailable one is a `UserError`."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device: {name} requested but no CUDA device is available")
+    return device
+
+
+def prepare_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """Put a model in inference mode: eval, masked attention off (`eomt.md` §1.5), on `device`."""
+    model.eval()
+    if hasattr(model, "masked_attn_enabled"):
+        model.masked_attn_enabled = False
+    return model.to(device)
+
+
+def window_stack(
+    mask_logits: torch.Tensor, class_logits: torch.Tensor, side: int, query_chunk: int = 16
+) -> torch.Tensor:
+    """One window's (C+1, S, S) stack from its mask logits (Q, h, w) and class logits (Q, C+1).
+
+    Mask logits are upsampled to S x S bilinearly (align_corners=False) in the logit domain, then
+    stack[k] = sum_q softmax(z_q)[k] * sigmoid(m_q): k < C are the semantic scores, k = C the no-object mass.
+    Queries are processed `query_chunk` at a time so the upsampled logits never take Q x S x S memory.
+    """
+    probs = class_logits.float().softmax(-1)  # softmax over C+1, no-object included (eomt.md §5.4)
+    stack = torch.zeros((probs.shape[-1], side, side), dtype=torch.float32, device=mask_logits.device)
+    for first in range(0, mask_logits.shape[0], query_chunk):
+        chunk = mask_logits[first : first + query_chunk].float()
+        masks = F.interpolate(chunk[None], size=(side, side), mode="bilinear", align_corners=False)[
+            0
+        ].sigmoid_()
+        stack += torch.einsum("qhw,qk->khw", masks, probs[first : first + query_chunk])
+    return stack
+
+
+def _as_hwc(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or 3 not in (image.shape[0], image.shape[2]):
+        raise ValueError(f"expected a uint8 image (H, W, 3) or (3, H, W), got {image.dtype}{image.shape}")
+    if image.shape[2] != 3:  # channels first
+        image = image.transpose(1, 2, 0)
+    return np.ascontiguousarray(image)
+
+
+def predict_canvas(
+    model: nn.Module,
+    image: np.ndarray,
+    micro_batch: int = 4,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """The overlap-averaged (C+1, H', W') float32 stack of an image at its resized size (short side = S).
+
+    image: uint8 (H, W, 3) or (3, H, W). The model must already be prepared (`prepare_model`) and on `device`;
+    `dtype` (bf16 / fp16) runs the forward under autocast, scoring stays float32.
+    """
+    if micro_batch < 1:
+        raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+    side = int(model.img_size)
+    resized = torch.tensor(resize_image(_as_hwc(image), side)).permute(2, 0, 1)  # (3, H', W') uint8, a copy
+    height, width = resized.shape[-2:]
+    starts = window_starts(max(height, width), side)
+    device = torch.device(device)
+    canvas = torch.zeros((int(model.num_classes) + 1, height, width), dtype=torch.float32, device=device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    with torch.inference_mode():
+        for first in range(0, len(starts), micro_batch):
+            batch_starts = starts[first : first + micro_batch]
+            batch = torch.stack([crop_window(resized, start, side) for start in batch_starts])
+            batch = batch.to(device).float().div_(255)
+            with autocast:
+                mask_logits_list, class_logits_list = model(batch)
+            mask_logits, class_logits = mask_logits_list[-1], class_logits_list[-1]
+            for i, start in enumerate(batch_starts):
+                add_window(canvas, window_stack(mask_logits[i], class_logits[i], side), start)
+            del mask_logits_list, class_logits_list, mask_logits, class_logits
+    return average_overlaps(canvas, side)
+
+
+def predict_image(
+    model: nn.Module,
+    image: np.ndarray,
+    micro_batch: int = 4,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> PixelOutputs:
+    """Full-resolution `PixelOutputs` (C, H, W) / (H, W) of a uint8 image (H, W, 3) or (3, H, W).
+
+    Holds C+1 float32 maps at the input size; for large images prefer `predict_maps`, which never does.
+    """
+    height, width = _as_hwc(image).shape[:2]
+    canvas = predict_canvas(model, image, micro_batch=micro_batch, dtype=dtype, device=device)
+    return PixelOutputs.from_stack(resize_rows(canvas, height, width, slice(0, height)))
+
+
+def predict_maps(
+    model: nn.Module,
+    image: np.ndarray,
+    confidences: Sequence[str] = ("msp",),
+    micro_batch: int = 4,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    band_rows: int = 128,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Prediction (H, W) uint8 and {name: (H, W) float32 confidence in [0, 1]} of a uint8 image.
+
+    The canvas is resized to the input size `band_rows` rows at a time and every score is taken per band (scores
+    are pointwise), so memory beyond the canvas is O(band_rows * W * C). Higher confidence = more
+    in-distribution.
+    """
+    functions = {name: get_confidence(name) for name in confidences}
+    height, width = _as_hwc(image).shape[:2]
+    canvas = predict_canvas(model, image, micro_batch=micro_batch, dtype=dtype, device=device)
+    if canvas.shape[0] - 1 > 256:
+        raise ValueError(f"{canvas.shape[0] - 1} classes do not fit an 8-bit prediction")
+    prediction = np.empty((height, width), dtype=np.uint8)
+    maps = {name: np.empty((height, width), dtype=np.float32) for name in functions}
+    for top in range(0, height, band_rows):
+        rows = slice(top, min(top + band_rows, height))
+        band = PixelOutputs.from_stack(resize_rows(canvas, height, width, rows))
+        prediction[rows] = band.prediction.to(torch.uint8).cpu().numpy()
+        for name, fn in functions.items():
+            maps[name][rows] = fn(band).cpu().numpy()
+    return prediction, maps
+
+
+@dataclass
+class FolderReport:
+    """Outcome of `predict_folder`: images written, skipped as already complete, and failed (rel path, why)."""
+
+    written: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def outputs_complete(output_dir: str | Path, image_relpath: str, height: int, width: int) -> bool:
+    """True when both raw files of an image exist with readable PNG headers of the right size and depth."""
+    expected = {0: 8, 1: 16}  # pred: 8-bit grayscale, conf: 16-bit grayscale
+    for index, rel in enumerate(raw_names(image_relpath)):
+        path = Path(output_dir) / rel
+        try:
+            with path.open("rb") as handle:
+                header = png_header(handle.read(33), str(path))
+        except (OSError, UserError):
+            return False
+        if (header.height, header.width, header.bit_depth, header.color_type) != (
+            height,
+            width,
+            expected[index],
+            0,
+        ):
+            return False
+    return True
+
+
+def predict_folder(
+    model: nn.Module,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    confidence: str = "msp",
+    layout: str = "bravo",
+    micro_batch: int = 4,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> FolderReport:
+    """Write the raw BRAVO pair (`_pred.png` uint8, `_conf.png` uint16) of every image under `input_dir`.
+
+    Outputs mirror the input tree under `output_dir` and have the input's size (`bravo.md` §3.1). Images whose
+    outputs are already complete are skipped, so an interrupted run resumes. An unreadable image is reported by
+    name on stderr and the run goes on; the caller decides what a non-empty `failed` list means.
+    """
+    from tqdm import tqdm
+
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout: unknown layout {layout!r}; available: {', '.join(LAYOUTS)}")
+    get_confidence(confidence)  # fail on a bad name before any work
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    images = find_images(input_dir, exclude=output_dir)
+    model = prepare_model(model, device)
+    report = FolderReport()
+    for rel in tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr):
+        try:
+            height, width = image_size(input_dir / rel)
+            if outputs_complete(output_dir, rel, height, width):
+                report.skipped += 1
+                continue
+            image = read_image(input_dir / rel)
+        except UserError as exc:
+            report.failed.append((rel, str(exc)))
+            tqdm.write(f"warning: skipped {exc}", file=sys.stderr)
+            continue
+        prediction, maps = predict_maps(model, image, (confidence,), micro_batch, dtype, device)
+        write_raw_pair(output_dir, rel, prediction, quantise_confidence(maps[confidence]))
+        report.written += 1
+    return report

@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+
+from eomt_ood.confidence import get_confidence, list_confidences, register_confidence
+from eomt_ood.errors import UserError
+from eomt_ood.inference.predict import PixelOutputs
+
+C = 19
+
+
+def pixel(class_scores, no_object=0.0) -> PixelOutputs:
+    """A 1x1 image with the given C class scores and no-object mass."""
+    scores = torch.tensor(class_scores, dtype=torch.float32).reshape(-1, 1, 1)
+    return PixelOutputs(class_scores=scores, no_object=torch.full((1, 1), float(no_object)))
+
+
+def one_hot(value: float, index: int = 0) -> list[float]:
+    scores = [0.0] * C
+    scores[index] = value
+    return scores
+
+
+PEAKED = one_hot(1.0)  # one query fully claims the pixel for class 0
+FLAT = [1.0 / C] * C  # the same mass spread evenly
+REJECTED = [0.01] * C  # no class claims the pixel (RbA's "rejected by all")
+
+# For every registered score: (a pixel it must call more in-distribution, one it must call less).
+ORDERING_CASES = {
+    "msp": (pixel(PEAKED), pixel(FLAT)),
+    "max_score": (pixel(PEAKED), pixel(FLAT)),
+    "entropy": (pixel(PEAKED), pixel(FLAT)),
+    "rba": (pixel(PEAKED), pixel(REJECTED)),
+    "energy": (pixel(PEAKED), pixel(FLAT)),
+    "no_object": (pixel(PEAKED, no_object=0.1), pixel(PEAKED, no_object=0.9)),
+    "known_mass": (pixel(PEAKED), pixel(REJECTED)),
+}
+
+
+def random_outputs(seed: int, num_queries: int = 10, height: int = 6, width: int = 7) -> PixelOutputs:
+    """Outputs formed the way inference forms them, from random class and mask logits (some extreme)."""
+    g = torch.Generator().manual_seed(seed)
+    probs = (torch.randn(num_queries, C + 1, generator=g) * 6).softmax(-1)
+    masks = (torch.randn(num_queries, height, width, generator=g) * 20).sigmoid()
+    stack = torch.einsum("qhw,qk->khw", masks, probs)
+    return PixelOutputs.from_stack(stack)
+
+
+def test_every_registered_score_has_an_ordering_case():
+    assert sorted(ORDERING_CASES) == list_confidences()
+
+
+@pytest.mark.parametrize("name", list_confidences())
+def test_score_shape_range_finiteness(name):
+    fn = get_confidence(name)
+    for seed in range(3):
+        outputs = random_outputs(seed)
+        conf = fn(outputs)
+        assert conf.shape == (6, 7) and conf.dtype == torch.float32
+        assert torch.isfinite(conf).all()
+        assert conf.min() >= 0 and conf.max() <= 1
+    # Degenerate inputs: nothing claimed at all, and every query claiming the pixel with certainty (raw max Q).
+    zero = fn(PixelOutputs(torch.zeros(C, 2, 2), torch.zeros(2, 2)))
+    assert torch.isfinite(zero).all() and zero.min() >= 0 and zero.max() <= 1
+    full = fn(PixelOutputs(torch.zeros(C, 2, 2).index_fill_(0, torch.tensor([3]), 100.0), torch.zeros(2, 2)))
+    assert torch.isfinite(full).all() and full.min() >= 0 and full.max() <= 1
+
+
+@pytest.mark.parametrize("name", list_confidences())
+def test_score_orders_a_confident_pixel_above_an_unconfident_one(name):
+    confident, unconfident = ORDERING_CASES[name]
+    fn = get_confidence(name)
+    assert fn(confident).item() > fn(unconfident).item()
+
+
+@pytest.mark.parametrize("name", list_confidences())
+def test_score_is_pointwise(name):
+    # Bands of rows are scored separately at inference, so a pixel's score may not depend on other pixels.
+    outputs = random_outputs(7)
+    fn = get_confidence(name)
+    whole = fn(outputs)
+    top = fn(PixelOutputs(outputs.class_scores[:, :2], outputs.no_object[:2]))
+    torch.testing.assert_close(top, whole[:2])
+
+
+def test_hand_values():
+    s = pixel([0.6, 0.2] + [0.0] * (C - 2), no_object=0.2)
+    assert get_confidence("msp")(s).item() == pytest.approx(0.75)
+    assert get_confidence("max_score")(s).item() == pytest.approx(0.6 / 1.6)
+    assert get_confidence("no_object")(s).item() == pytest.approx(0.8)
+    assert get_confidence("known_mass")(s).item() == pytest.approx(0.8 / 1.8)
+    t = math.tanh(0.6) + math.tanh(0.2)
+    assert get_confidence("rba")(s).item() == pytest.approx(t / (1 + t))
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert get_confidence("entropy")(s).item() == pytest.approx(1 - entropy / math.log(C), abs=1e-6)
+    e = math.log(math.exp(0.6) + math.exp(0.2) + (C - 2)) - math.log(C)
+    assert get_confidence("energy")(s).item() == pytest.approx(e / (1 + e), abs=1e-6)
+
+
+def test_maps_are_monotone_and_the_same_for_every_image():
+    # A fixed map: the same pixel scores the same whatever else is in the image (no per-image normalisation).
+    lone = pixel(PEAKED)
+    for name in list_confidences():
+        fn = get_confidence(name)
+        crowd = PixelOutputs(
+            torch.cat([lone.class_scores, random_outputs(3, height=1, width=1).class_scores], 2),
+            torch.cat([lone.no_object, torch.full((1, 1), 5.0)], 1),
+        )
+        assert fn(crowd)[0, 0].item() == fn(lone).item(), name
+    # max_score strictly increases with the raw score even above 1 (no clipping ties).
+    values = [get_confidence("max_score")(pixel(one_hot(v))).item() for v in (0.5, 1.0, 2.0, 5.0)]
+    assert values == sorted(values) and len(set(values)) == 4
+
+
+def test_unknown_name_lists_the_available_ones():
+    with pytest.raises(UserError, match="available: .*msp"):
+        get_confidence("nope")
+
+
+def test_duplicate_registration_is_an_error():
+    with pytest.raises(ValueError, match="twice"):
+        register_confidence("msp")(lambda outputs: outputs.no_object)
