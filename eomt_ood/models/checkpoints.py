@@ -1,0 +1,345 @@
+"""EoMT checkpoints: one pure filter that turns any supported file into our keys, then strict loading.
+
+Formats, told apart by their keys, not file names (docs/eomt.md §3):
+- official tue-mps/eomt (`network.encoder.backbone.<timm>`, `network.q.weight`, ..., `criterion.empty_weight`),
+  also wrapped in a Lightning `.ckpt` (`{"state_dict": ...}`) and with `_orig_mod.` left by torch.compile;
+- Hugging Face `EomtForUniversalSegmentation` (`embeddings.*`, `layers.N.attention.{q,k,v}_proj`, ...) and the
+  older port generation (`model.` prefix, `model.encoder.layers`, `model.encoder.query`, `attention.proj_out`);
+- ours (`backbone.<timm>`, `q.weight`, `class_head`, `mask_head.{0,2,4}`, `upscale.N`, `attn_mask_probs`),
+  written by `save_checkpoint` as safetensors with the model name and kwargs in the metadata.
+
+Files are read with safetensors or `torch.load(weights_only=True)` only: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from eomt_ood.errors import UserError
+
+FORMAT_TAG = "eomt_ood"
+_PIXEL_CONSTANTS = ("pixel_mean", "pixel_std")
+
+
+class CheckpointMismatch(ValueError):
+    """A state dict that is not an EoMT checkpoint or does not fit the model (message without the file name)."""
+
+
+# ---------------------------------------------------------------------------------------------- reading files
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a .safetensors / .bin / .pt / .pth / .ckpt file (metadata empty unless safetensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}, metadata
+        except Exception as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        # weights_only refuses anything but tensors and plain containers: pickled objects never run.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: refused to load: not a weights-only torch file (pickled Python objects or corrupt data): "
+            f"{first_line[:200]}"
+        ) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # Lightning .ckpt
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(f"{path}: expected a dict of tensors (a state dict), found {type(obj).__name__}")
+    return obj, {}
+
+
+# ------------------------------------------------------------------------------------- format normalisation
+def _from_official_or_ours(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    anchor = next(k for k in state_dict if k.endswith("backbone.cls_token"))
+    backbone_prefix = anchor[
+        : -len("cls_token")
+    ]  # "network.encoder.backbone." | "backbone." | "model.backbone."
+    module_prefix = backbone_prefix[: -len("backbone.")]
+    if module_prefix.endswith("encoder."):  # official: the ViT and pixel constants sit in network.encoder
+        module_prefix = module_prefix[: -len("encoder.")]
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(backbone_prefix):
+            out["backbone." + key[len(backbone_prefix) :]] = value
+        elif key.startswith(module_prefix):
+            rest = key[len(module_prefix) :]
+            if rest.removeprefix("encoder.") in _PIXEL_CONSTANTS or rest.startswith("criterion."):
+                continue  # constants, and the loss's class weights (rebuilt by the loss; shape depends on C)
+            out[rest] = value
+        # else: keys outside the model's prefix belong to a training wrapper, not to the network
+    return out
+
+
+_HF_RENAMES = [  # (regex on the HF key, our key); applied after prefixes are normalised
+    (r"embeddings\.cls_token", "backbone.cls_token"),
+    (r"embeddings\.register_tokens", "backbone.reg_token"),
+    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"backbone.patch_embed.proj.\1"),
+    (r"layers\.(\d+)\.norm([12])\.(weight|bias)", r"backbone.blocks.\1.norm\2.\3"),
+    (r"layers\.(\d+)\.attention\.out_proj\.(weight|bias)", r"backbone.blocks.\1.attn.proj.\2"),
+    (r"layers\.(\d+)\.layer_scale([12])\.lambda1", r"backbone.blocks.\1.ls\2.gamma"),
+    (r"layers\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"backbone.blocks.\1.mlp.\2.\3"),
+    (r"layers\.(\d+)\.mlp\.weights_in\.(weight|bias)", r"backbone.blocks.\1.mlp.fc1.\2"),  # SwiGLU (giant)
+    (r"layers\.(\d+)\.mlp\.weights_out\.(weight|bias)", r"backbone.blocks.\1.mlp.fc2.\2"),
+    (r"layernorm\.(weight|bias)", r"backbone.norm.\1"),
+    (r"query\.weight", "q.weight"),
+    (r"class_predictor\.(weight|bias)", r"class_head.\1"),
+    (r"mask_head\.fc1\.(weight|bias)", r"mask_head.0.\1"),
+    (r"mask_head\.fc2\.(weight|bias)", r"mask_head.2.\1"),
+    (r"mask_head\.fc3\.(weight|bias)", r"mask_head.4.\1"),
+    (r"upscale_block\.block\.(\d+)\.(conv[12])\.(weight|bias)", r"upscale.\1.\2.\3"),
+    (r"upscale_block\.block\.(\d+)\.layernorm2d\.(weight|bias)", r"upscale.\1.norm.\2"),
+    (r"attn_mask_probs", "attn_mask_probs"),
+]
+
+
+def _from_hugging_face(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    renamed: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        for prefix in ("model.", "eomt."):  # older port generation / base_model_prefix
+            key = key.removeprefix(prefix)
+        for old, new in (("encoder.layers.", "layers."), ("encoder.query.", "query.")):
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        renamed[key.replace(".attention.proj_out.", ".attention.out_proj.")] = value
+
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in renamed.items():
+        if key.startswith("criterion.") or key == "embeddings.position_ids":
+            continue
+        if key == "embeddings.position_embeddings.weight":
+            out["backbone.pos_embed"] = value.unsqueeze(0)  # (G*G, D) -> (1, G*G, D)
+            continue
+        if key == "embeddings.register_tokens" and value.shape[1] == 0:
+            continue  # no registers: timm has no reg_token parameter at all
+        split = re.fullmatch(r"layers\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)", key)
+        if split:
+            qkv.setdefault((split[1], split[3]), {})[split[2]] = value
+            continue
+        for pattern, replacement in _HF_RENAMES:
+            if re.fullmatch(pattern, key):
+                key = re.sub(pattern, replacement, key)
+                break
+        out[key] = value  # unknown keys pass through unchanged so strict loading names them
+    for (block, kind), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointMismatch(f"block {block} has only {sorted(parts)} of the q/k/v projections")
+        # timm's fused qkv rows are [q; k; v]
+        out[f"backbone.blocks.{block}.attn.qkv.{kind}"] = torch.cat(
+            [parts["q"], parts["k"], parts["v"]], dim=0
+        )
+    return out
+
+
+def to_eomt_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Normalise an official / Lightning / Hugging Face / own state dict to our key names (model-independent)."""
+    if isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    state_dict = {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
+    if any(k.endswith("embeddings.cls_token") for k in state_dict):
+        return _from_hugging_face(state_dict)
+    if any(k.endswith("backbone.cls_token") for k in state_dict):
+        return _from_official_or_ours(state_dict)
+    raise CheckpointMismatch(
+        "not an EoMT checkpoint: no backbone.cls_token (official/ours) or embeddings.cls_token (HF) key"
+    )
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Any supported EoMT state dict -> one that `model.load_state_dict(..., strict=True)` accepts.
+
+    Pure: the input is not modified. A missing `attn_mask_probs` (older HF files) defaults to zeros, i.e. the
+    fully annealed state in which masking changes nothing.
+    """
+    out = to_eomt_keys(state_dict)
+    if "attn_mask_probs" not in out and hasattr(model, "attn_mask_probs"):
+        out["attn_mask_probs"] = torch.zeros_like(model.attn_mask_probs)
+    return out
+
+
+# --------------------------------------------------------------------------------------- config from shapes
+def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
+    """Architecture read from tensor shapes (docs/eomt.md §3.2 step 5); accepts any supported format.
+
+    Returns embed_dim D, depth L, reg_tokens R, patch_size p, grid_size G, img_size S = G p, num_queries Q,
+    num_classes C, num_blocks L2 (None when the file has no attn_mask_probs), mlp_hidden, swiglu.
+    Attention heads do not show in any shape and are not inferred.
+    """
+    sd = to_eomt_keys(state_dict)
+    needed = ["backbone.cls_token", "backbone.patch_embed.proj.weight", "q.weight", "class_head.weight"]
+    missing = [k for k in needed if k not in sd]
+    if missing:
+        raise CheckpointMismatch(f"not a complete EoMT checkpoint: missing {', '.join(missing)}")
+    block_ids = [int(m[1]) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))]
+    patch = int(sd["backbone.patch_embed.proj.weight"].shape[-1])
+    pos = sd.get("backbone.pos_embed")
+    num_pos = int(pos.shape[1]) if pos is not None else 0
+    grid = math.isqrt(num_pos)
+    fc1, fc2 = sd.get("backbone.blocks.0.mlp.fc1.weight"), sd.get("backbone.blocks.0.mlp.fc2.weight")
+    return {
+        "embed_dim": int(sd["backbone.cls_token"].shape[-1]),
+        "depth": max(block_ids) + 1 if block_ids else 0,
+        "reg_tokens": int(sd["backbone.reg_token"].shape[1]) if "backbone.reg_token" in sd else 0,
+        "patch_size": patch,
+        "grid_size": grid if grid * grid == num_pos else None,
+        "img_size": grid * patch if grid * grid == num_pos else None,
+        "num_queries": int(sd["q.weight"].shape[0]),
+        "num_classes": int(sd["class_head.weight"].shape[0]) - 1,
+        "num_blocks": int(sd["attn_mask_probs"].shape[0]) if "attn_mask_probs" in sd else None,
+        "mlp_hidden": int(fc1.shape[0]) if fc1 is not None else None,
+        "swiglu": bool(fc1 is not None and fc2 is not None and fc2.shape[1] != fc1.shape[0]),
+    }
+
+
+_LABELS = {
+    "depth": "blocks",
+    "embed_dim": "embed dim",
+    "reg_tokens": "register tokens",
+    "patch_size": "patch size",
+    "img_size": "image size",
+    "num_queries": "queries",
+    "num_classes": "classes",
+    "num_blocks": "query blocks (L2)",
+    "mlp_hidden": "MLP width",
+    "swiglu": "SwiGLU MLP",
+}
+
+# Registered DINOv2 sizes by (embed_dim, depth), to suggest a name when a file does not fit.
+_KNOWN_SIZES = {(384, 12): "small", (768, 12): "base", (1024, 24): "large", (1536, 40): "giant"}
+
+
+def suggest_model_name(config: dict) -> str | None:
+    """Registered name whose architecture fits an inferred config (DINOv2 sizes, patch 16), or None."""
+    size = _KNOWN_SIZES.get((config["embed_dim"], config["depth"]))
+    if size is None or config["patch_size"] != 16:
+        return None
+    if config["reg_tokens"] == 0 and size == "large":
+        size, family = "large", "eomt_deit3"
+    else:
+        family = "eomt"
+    return f"{family}_{size}_patch16_{config['img_size'] if config['img_size'] in (512, 1024) else 1024}"
+
+
+def describe_mismatch(checkpoint: dict, model: dict) -> str | None:
+    """One line naming every architecture difference, or None when the shapes agree."""
+    diffs = [k for k in _LABELS if checkpoint.get(k) is not None and checkpoint.get(k) != model.get(k)]
+    if not diffs:
+        return None
+    first, *rest = diffs
+    parts = [f"checkpoint has {checkpoint[first]} {_LABELS[first]}, model has {model[first]}"]
+    parts += [f"{_LABELS[k]} {checkpoint[k]} vs {model[k]}" for k in rest]
+    line = "; ".join(parts)
+    suggestion = suggest_model_name(checkpoint)
+    if suggestion:
+        line += (
+            f" (the file looks like {suggestion} with num_queries={checkpoint['num_queries']},"
+            f" num_classes={checkpoint['num_classes']})"
+        )
+    return line
+
+
+# -------------------------------------------------------------------------------------------------- loading
+def load_state_dict_into(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Filter `state_dict` for `model`, check the architecture, then load strictly (raises CheckpointMismatch)."""
+    filtered = checkpoint_filter_fn(state_dict, model)
+    mismatch = describe_mismatch(infer_config(filtered), infer_config(model.state_dict()))
+    if mismatch:
+        raise CheckpointMismatch(mismatch)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(filtered))
+    unexpected = sorted(set(filtered) - set(expected))
+    if missing or unexpected:
+        raise CheckpointMismatch(f"keys do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [k for k, v in filtered.items() if v.shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointMismatch(
+            f"{k} has shape {tuple(filtered[k].shape)}, model expects {tuple(expected[k].shape)}"
+        )
+    model.load_state_dict(filtered, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load an official / Lightning / Hugging Face / own EoMT file into `model` in place, strictly.
+
+    A file for another architecture or size is a UserError that names what differs, e.g.
+    "checkpoint has 24 blocks, model has 12; embed dim 1024 vs 384".
+    """
+    state_dict, _ = read_state_dict(path)
+    try:
+        load_state_dict_into(model, state_dict)
+    except CheckpointMismatch as exc:
+        raise UserError(f"{path}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------- saving / rebuild
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Write the model's state dict as safetensors with {"format", "name", "config"} metadata (+ a .json beside).
+
+    The model must come from `create_model` (it carries its name and construction kwargs). Written atomically.
+    """
+    from safetensors.torch import save_file
+
+    from eomt_ood.models.registry import model_config
+
+    path = Path(path)
+    config = model_config(model)
+    config_json = json.dumps(config, sort_keys=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(
+        tensors, str(tmp), metadata={"format": FORMAT_TAG, "name": config["name"], "config": config_json}
+    )
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_model(path: str | Path, **overrides) -> nn.Module:
+    """Rebuild and load a model saved by `save_checkpoint` (architecture from the file's metadata).
+
+    Files without our metadata (official / HF) are rebuilt from their shapes when they match a registered
+    DINOv2 size; `overrides` (e.g. masked_attn_enabled=False) are applied on top.
+    """
+    from eomt_ood.models.registry import create_model
+
+    state_dict, metadata = read_state_dict(path)
+    if metadata.get("format") == FORMAT_TAG:
+        config = json.loads(metadata["config"])
+        name, kwargs = config["name"], dict(config["kwargs"])
+    else:
+        try:
+            inferred = infer_config(state_dict)
+        except CheckpointMismatch as exc:
+            raise UserError(f"{path}: {exc}") from exc
+        name = suggest_model_name(inferred)
+        if name is None:
+            raise UserError(
+                f"{path}: no eomt_ood metadata and no registered size with embed dim {inferred['embed_dim']} and "
+                f"{inferred['depth']} blocks; build it with create_model(name, checkpoint=..., **overrides)"
+            )
+        kwargs = {k: inferred[k] for k in ("img_size", "num_queries", "num_classes")}
+        if inferred["num_blocks"] is not None:
+            kwargs["num_blocks"] = inferred["num_blocks"]
+    model = create_model(name, **{**kwargs, **overrides})
+    try:
+        load_state_dict_into(model, state_dict)
+    except CheckpointMismatch as exc:
+        raise UserError(f"{path}: {exc}") from exc
+    return model
