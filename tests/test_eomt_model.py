@@ -185,3 +185,64 @@ def test_overrides_recorded_and_l2_defaults():
 def test_missing_pretrained_backbone_names_timm_weights(tmp_path):
     with pytest.raises(UserError, match=r"vit_small_patch14_reg4_dinov2\.lvd142m"):
         create_model("eomt_test", pretrained_backbone=tmp_path / "missing.safetensors")
+
+
+def _pinv_kernel_resample(kernel: torch.Tensor, new: int) -> torch.Tensor:
+    """FlexiViT resize as described in docs/eomt.md §1.1: new = pinv(M^T) @ old, M's columns = resized one-hots."""
+    old = kernel.shape[-1]
+    basis = torch.eye(old * old).reshape(old * old, 1, old, old)
+    resized = torch.nn.functional.interpolate(basis, size=(new, new), mode="bicubic", antialias=True)
+    m = resized.reshape(old * old, new * new).T  # (new^2, old^2), column i = resize of one-hot i
+    flat = kernel.reshape(-1, old * old).double()
+    return (torch.linalg.pinv(m.T.double()) @ flat.T).T.reshape(*kernel.shape[:2], new, new).float()
+
+
+def test_pretrained_backbone_timm_and_original_dinov2_formats(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    # A toy DINOv2 at its native patch 14 with a 5x5 grid; EoMT builds it at patch 16 with a 4x4 grid.
+    torch.manual_seed(4)
+    native = timm.create_model(
+        "vit_small_patch14_reg4_dinov2", img_size=70, embed_dim=32, depth=4, num_heads=2, reg_tokens=2
+    )
+    timm_state = {k: v.detach().clone() for k, v in native.state_dict().items()}
+    timm_path = tmp_path / "model.safetensors"
+    save_file(timm_state, str(timm_path))
+    model = create_model("eomt_test", pretrained_backbone=timm_path)
+    loaded = model.backbone.state_dict()
+    assert model.config == {"name": "eomt_test", "kwargs": {}}  # the path is not part of the architecture
+    assert torch.equal(loaded["blocks.2.attn.qkv.weight"], timm_state["blocks.2.attn.qkv.weight"])
+    assert torch.equal(loaded["reg_token"], timm_state["reg_token"])
+    expected_kernel = _pinv_kernel_resample(timm_state["patch_embed.proj.weight"], 16)
+    torch.testing.assert_close(loaded["patch_embed.proj.weight"], expected_kernel, atol=1e-4, rtol=1e-3)
+    grid = timm_state["pos_embed"].reshape(1, 5, 5, 32).permute(0, 3, 1, 2)
+    expected_pos = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", antialias=True)
+    torch.testing.assert_close(loaded["pos_embed"], expected_pos.permute(0, 2, 3, 1).reshape(1, 16, 32))
+
+    # Original DINOv2 layout: the CLS position embedding sits in pos_embed[:, 0], registers are separate.
+    pos0 = torch.randn(1, 1, 32)
+    original = {k: v for k, v in timm_state.items() if k not in ("cls_token", "reg_token", "pos_embed")}
+    original |= {
+        "cls_token": timm_state["cls_token"] - pos0,
+        "pos_embed": torch.cat([pos0, timm_state["pos_embed"]], dim=1),
+        "register_tokens": timm_state["reg_token"],
+        "mask_token": torch.zeros(1, 32),
+    }
+    original_path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
+    torch.save(original, original_path)
+    again = create_model("eomt_test", pretrained_backbone=original_path).backbone.state_dict()
+    for key, value in loaded.items():
+        torch.testing.assert_close(again[key], value, msg=key)
+
+
+def test_pretrained_backbone_of_wrong_size_is_a_user_error(tmp_path):
+    import timm
+
+    wrong = timm.create_model(
+        "vit_small_patch14_reg4_dinov2", img_size=70, embed_dim=48, depth=4, num_heads=2
+    )
+    path = tmp_path / "wrong.pth"
+    torch.save(wrong.state_dict(), path)
+    with pytest.raises(UserError, match="does not fit backbone"):
+        create_model("eomt_test", pretrained_backbone=path)

@@ -51,10 +51,13 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         # weights_only refuses anything but tensors and plain containers: pickled objects never run.
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
+        # torch's useful line names the refused global, e.g. "Unsupported global: GLOBAL argparse.Namespace"
+        reason = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), type(exc).__name__)
+        reason = reason.split(" was not an allowed global")[0]
         raise UserError(
-            f"{path}: refused to load: not a weights-only torch file (pickled Python objects or corrupt data): "
-            f"{first_line[:200]}"
+            f"{path}: refused to load: not a weights-only torch file (it holds pickled Python objects, or it "
+            f"is corrupt): {reason[:200]}"
         ) from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # Lightning .ckpt
