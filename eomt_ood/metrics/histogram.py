@@ -229,6 +229,39 @@ def hmean(values: Sequence[float]) -> float:
     return float(1.0 / np.mean(1.0 / x))
 
 
+def binary_histograms(
+    levels: np.ndarray, target: np.ndarray, num_levels: int = NUM_LEVELS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-level counts of positive and negative pixels: ``(pos, neg)``, each (num_levels,) int64.
+
+    levels: integer array, any shape, values in [0, num_levels) (else ValueError); target: bool array of the
+    same shape, True = positive. One ``np.bincount`` over (level, target) pairs.
+    """
+    levels, target = np.asarray(levels), np.asarray(target)
+    if levels.shape != target.shape:
+        raise ValueError(f"levels and target differ in shape: {levels.shape} vs {target.shape}")
+    if levels.dtype.kind not in "iu":
+        raise ValueError(f"levels must be integers, got dtype {levels.dtype}")
+    if target.dtype != np.bool_:
+        raise ValueError(f"target must be bool (True = positive), got dtype {target.dtype}")
+    if levels.size == 0:
+        return np.zeros(num_levels, np.int64), np.zeros(num_levels, np.int64)
+    low = 0 if levels.dtype.kind == "u" else int(levels.min())
+    high = int(levels.max())
+    if low < 0 or high >= num_levels:
+        raise ValueError(f"levels must lie in [0, {num_levels}), got values in [{low}, {high}]")
+    # Index 2k counts negatives at level k, 2k + 1 positives; astype copies, so the in-place ops are safe.
+    index = levels.astype(np.intp).ravel()
+    index *= 2
+    index += target.ravel()
+    both = np.bincount(index, minlength=2 * num_levels).astype(np.int64, copy=False).reshape(num_levels, 2)
+    return both[:, 1].copy(), both[:, 0].copy()
+
+
+# Streaming metrics bin CPU tensors with numpy; tests switch this off to exercise the torch path used on GPUs.
+_NUMPY_ON_CPU = True
+
+
 class BinaryHistogram(Metric):
     """Streaming histogram of a binary problem over integer score levels (torchmetrics contract).
 
@@ -270,11 +303,22 @@ class BinaryHistogram(Metric):
             raise ValueError(f"target must be a bool tensor (True = positive), got {target.dtype}")
         if levels.numel() == 0:
             return
-        levels = levels.reshape(-1).to(device=self.pos.device, dtype=torch.int64)
-        target = target.reshape(-1).to(device=self.pos.device)
-        low, high = int(levels.min()), int(levels.max())
-        if low < 0 or high >= self.num_levels:
-            raise ValueError(f"levels must lie in [0, {self.num_levels}), got values in [{low}, {high}]")
+        device = self.pos.device
+        if _NUMPY_ON_CPU and device.type == "cpu":
+            # numpy's bincount is about 10x faster than torch's on CPU.
+            pos, neg = binary_histograms(
+                levels.detach().cpu().numpy(), target.detach().cpu().numpy(), self.num_levels
+            )
+            self.pos += torch.from_numpy(pos)
+            self.neg += torch.from_numpy(neg)
+            return
+        levels = levels.reshape(-1).to(device=device, dtype=torch.int64)
+        target = target.reshape(-1).to(device=device)
+        low, high = torch.aminmax(levels)
+        if int(low) < 0 or int(high) >= self.num_levels:
+            raise ValueError(
+                f"levels must lie in [0, {self.num_levels}), got values in [{int(low)}, {int(high)}]"
+            )
         # One bincount over (level, target) pairs: index 2k counts negatives, 2k + 1 positives at level k.
         both = torch.bincount(levels * 2 + target, minlength=2 * self.num_levels).view(self.num_levels, 2)
         self.neg += both[:, 0]

@@ -13,7 +13,7 @@ import torch
 from torchmetrics import Metric
 
 
-def _check_labels(name: str, labels: np.ndarray, num_classes: int) -> None:
+def _check_labels(name: str, labels: np.ndarray, num_classes: int, also_allowed: str = "") -> None:
     if labels.dtype.kind not in "iu":
         raise ValueError(f"{name}: expected integer class ids, got dtype {labels.dtype}")
     if labels.size == 0:
@@ -22,7 +22,19 @@ def _check_labels(name: str, labels: np.ndarray, num_classes: int) -> None:
     low = 0 if labels.dtype.kind == "u" else int(labels.min())
     high = int(labels.max())
     if low < 0 or high >= num_classes:
-        raise ValueError(f"{name}: class ids must lie in 0..{num_classes - 1}, got values in {low}..{high}")
+        raise ValueError(
+            f"{name}: class ids must lie in 0..{num_classes - 1}{also_allowed}, got values in {low}..{high}"
+        )
+
+
+def _count_pairs(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) int64 counts of (gt, pred) pairs; values already checked to lie in 0..C-1."""
+    # bincount needs intp indices anyway; astype copies, so the in-place ops build the index in one allocation.
+    index = gt.astype(np.intp).ravel()
+    index *= num_classes
+    index += pred.ravel()
+    cm = np.bincount(index, minlength=num_classes * num_classes)
+    return cm.astype(np.int64, copy=False).reshape(num_classes, num_classes)
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = 19) -> np.ndarray:
@@ -37,12 +49,11 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = 19) ->
         raise ValueError(f"gt and pred differ in shape: {gt.shape} vs {pred.shape}")
     _check_labels("gt", gt, num_classes)
     _check_labels("pred", pred, num_classes)
-    # bincount needs intp indices anyway; building the pair index in intp costs one allocation.
-    index = gt.astype(np.intp).ravel()
-    index *= num_classes
-    index += pred.ravel()
-    cm = np.bincount(index, minlength=num_classes * num_classes)
-    return cm.astype(np.int64, copy=False).reshape(num_classes, num_classes)
+    return _count_pairs(gt, pred, num_classes)
+
+
+# Streaming metrics count CPU tensors with numpy; tests switch this off to exercise the torch path used on GPUs.
+_NUMPY_ON_CPU = True
 
 
 def iou_per_class(cm: np.ndarray) -> np.ndarray:
@@ -103,7 +114,21 @@ class ConfusionMatrix(Metric):
         for name, labels in (("pred", pred), ("target", target)):
             if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
                 raise ValueError(f"{name} must be an integer tensor, got {labels.dtype}")
+        c = self.num_classes
+        allowed = f" (or {self.ignore_index})" if self.ignore_index is not None else ""
         device = self.cm.device
+        if _NUMPY_ON_CPU and device.type == "cpu":
+            # numpy's bincount is far faster than torch's on CPU.
+            pred_np = pred.detach().cpu().numpy().ravel()
+            target_np = target.detach().cpu().numpy().ravel()
+            if self.ignore_index is not None:
+                scored = target_np != self.ignore_index
+                if not scored.all():
+                    pred_np, target_np = pred_np[scored], target_np[scored]
+            _check_labels("target", target_np, c, allowed)
+            _check_labels("pred", pred_np, c)
+            self.cm += torch.from_numpy(_count_pairs(target_np, pred_np, c))
+            return
         pred = pred.reshape(-1).to(device=device, dtype=torch.int64)
         target = target.reshape(-1).to(device=device, dtype=torch.int64)
         if self.ignore_index is not None:
@@ -111,13 +136,10 @@ class ConfusionMatrix(Metric):
             pred, target = pred[scored], target[scored]
         if target.numel() == 0:
             return
-        c = self.num_classes
         for name, labels in (("target", target), ("pred", pred)):
-            low, high = int(labels.min()), int(labels.max())
+            low, high = (int(v) for v in torch.aminmax(labels))
             if low < 0 or high >= c:
-                extra = (
-                    f" (or {self.ignore_index})" if name == "target" and self.ignore_index is not None else ""
-                )
+                extra = allowed if name == "target" else ""
                 raise ValueError(
                     f"{name}: class ids must lie in 0..{c - 1}{extra}, got values in {low}..{high}"
                 )

@@ -11,10 +11,12 @@ import torch
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from eomt_ood.metrics import histogram
 from eomt_ood.metrics.histogram import (
     NUM_LEVELS,
     BinaryHistogram,
     EmptyClassError,
+    binary_histograms,
     curve_metrics,
     curves,
     ece,
@@ -108,6 +110,29 @@ def test_worked_example_hmean():
 
 
 # -- curve metrics against scikit-learn ----------------------------------------------------------------------
+
+
+def spec_transcription(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
+    """bravo.md §4.3 line by line: all 65536 levels, implicit (0, 0) start, precision 1 where tp + fp == 0."""
+    tp = np.cumsum(pos[::-1])
+    fp = np.cumsum(neg[::-1])
+    tpr = np.concatenate(([0.0], tp / tp[-1]))
+    fpr = np.concatenate(([0.0], fp / fp[-1]))
+    auroc = np.trapezoid(tpr, fpr)
+    with np.errstate(invalid="ignore"):
+        precision = np.where(tp + fp == 0, 1.0, tp / (tp + fp))
+    auprc = np.sum(np.diff(tpr) * precision)
+    return {"auroc": auroc, "auprc": auprc, "fpr95": fpr[np.argmax(tpr >= 0.95)]}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_spec_transcription_over_all_levels(seed):
+    rng = np.random.default_rng(100 + seed)
+    pos, neg = random_case(rng, n=3000, num_used_levels=500)
+    ours = curve_metrics(pos, neg)
+    expected = spec_transcription(pos, neg)
+    for key in ours:
+        assert ours[key] == pytest.approx(expected[key], abs=TOL, rel=0), key
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -388,6 +413,29 @@ def test_hmean_negative_raises():
 # -- streaming metric ----------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["numpy", "torch"], autouse=False)
+def binning_path(request, monkeypatch):
+    """Run a streaming test with the numpy CPU fast path and with the torch path that GPUs use."""
+    monkeypatch.setattr(histogram, "_NUMPY_ON_CPU", request.param == "numpy")
+    return request.param
+
+
+def test_binary_histograms_matches_masked_bincount():
+    rng = np.random.default_rng(9)
+    levels = rng.integers(0, NUM_LEVELS, size=(50, 60)).astype(np.uint16)
+    target = rng.random((50, 60)) < 0.3
+    pos, neg = binary_histograms(levels, target)
+    np.testing.assert_array_equal(pos, np.bincount(levels[target], minlength=NUM_LEVELS))
+    np.testing.assert_array_equal(neg, np.bincount(levels[~target], minlength=NUM_LEVELS))
+    assert pos.dtype == np.int64 and neg.dtype == np.int64
+    empty = binary_histograms(np.zeros(0, np.uint16), np.zeros(0, bool), num_levels=8)
+    assert empty[0].shape == (8,) and empty[0].sum() == 0 == empty[1].sum()
+    with pytest.raises(ValueError, match="levels must lie in"):
+        binary_histograms(np.array([0, 8]), np.array([True, False]), num_levels=8)
+    with pytest.raises(ValueError, match="bool"):
+        binary_histograms(np.array([0, 1]), np.array([1, 0]), num_levels=8)
+
+
 def random_batches(seed: int, count: int, num_levels: int = NUM_LEVELS):
     rng = np.random.default_rng(seed)
     for _ in range(count):
@@ -397,7 +445,7 @@ def random_batches(seed: int, count: int, num_levels: int = NUM_LEVELS):
         yield levels, target
 
 
-def test_streaming_equals_single_update():
+def test_streaming_equals_single_update(binning_path):
     batches = list(random_batches(0, 20))
     streamed = BinaryHistogram()
     for levels, target in batches:
@@ -420,7 +468,7 @@ def test_streaming_equals_single_update():
         assert value == pytest.approx(expected[key], abs=TOL, rel=0)
 
 
-def test_update_counts_equals_update():
+def test_update_counts_equals_update(binning_path):
     batches = list(random_batches(1, 5))
     by_pixels = BinaryHistogram()
     by_counts = BinaryHistogram()
@@ -432,7 +480,7 @@ def test_update_counts_equals_update():
         np.testing.assert_array_equal(mine, theirs)
 
 
-def test_merge_and_reset_and_constant_state():
+def test_merge_and_reset_and_constant_state(binning_path):
     batches = list(random_batches(2, 10, num_levels=1000))
     first, second, both = BinaryHistogram(1000), BinaryHistogram(1000), BinaryHistogram(1000)
     for i, (levels, target) in enumerate(batches):
@@ -447,20 +495,25 @@ def test_merge_and_reset_and_constant_state():
     assert int(both.pos.sum()) == 0 and int(both.neg.sum()) == 0
 
 
-def test_update_accepts_small_integer_dtypes():
+def test_update_accepts_small_integer_dtypes(binning_path):
     rng = np.random.default_rng(4)
     levels = rng.integers(0, 256, size=(7, 9))
     target = rng.random((7, 9)) < 0.5
     reference = BinaryHistogram(256)
     reference.update(torch.from_numpy(levels), torch.from_numpy(target))
-    for dtype in (torch.uint8, torch.int16, torch.int32):
+    for dtype in (torch.uint8, torch.int16, torch.int32, torch.uint16):
         metric = BinaryHistogram(256)
         metric.update(torch.from_numpy(levels).to(dtype), torch.from_numpy(target))
         np.testing.assert_array_equal(metric.counts()[0], reference.counts()[0])
         np.testing.assert_array_equal(metric.counts()[1], reference.counts()[1])
+    for dtype in (np.uint8, np.uint16, np.int32):
+        metric = BinaryHistogram(256)
+        metric.update(levels.astype(dtype), target)
+        np.testing.assert_array_equal(metric.counts()[0], reference.counts()[0])
+        np.testing.assert_array_equal(metric.counts()[1], reference.counts()[1])
 
 
-def test_update_rejects_bad_input():
+def test_update_rejects_bad_input(binning_path):
     metric = BinaryHistogram(100)
     target = torch.ones(3, dtype=torch.bool)
     with pytest.raises(ValueError, match="levels must lie in"):
@@ -478,7 +531,7 @@ def test_update_rejects_bad_input():
     assert int(metric.pos.sum()) == 0 and int(metric.neg.sum()) == 0
 
 
-def test_compute_single_class_raises():
+def test_compute_single_class_raises(binning_path):
     metric = BinaryHistogram(10)
     metric.update(torch.tensor([1, 2, 3]), torch.tensor([True, True, True]))
     with pytest.raises(EmptyClassError, match="no negatives"):

@@ -9,6 +9,7 @@ import pytest
 import sklearn.metrics
 import torch
 
+from eomt_ood.metrics import segmentation
 from eomt_ood.metrics.segmentation import ConfusionMatrix, confusion_matrix, iou_per_class, mean_iou
 
 
@@ -68,7 +69,14 @@ def test_empty_and_bad_inputs():
         confusion_matrix(np.array([0.0]), np.array([0]))
 
 
-def test_metric_ignore_index_and_streaming():
+@pytest.fixture(params=["numpy", "torch"])
+def counting_path(request, monkeypatch):
+    """Run a streaming test with the numpy CPU fast path and with the torch path that GPUs use."""
+    monkeypatch.setattr(segmentation, "_NUMPY_ON_CPU", request.param == "numpy")
+    return request.param
+
+
+def test_metric_ignore_index_and_streaming(counting_path):
     rng = np.random.default_rng(2)
     metric = ConfusionMatrix(num_classes=5)
     all_gt, all_pred = [], []
@@ -99,7 +107,7 @@ def test_metric_ignore_index_and_streaming():
     assert int(metric.cm.sum()) == 0 and metric.cm.shape == (5, 5)
 
 
-def test_metric_nan_class():
+def test_metric_nan_class(counting_path):
     metric = ConfusionMatrix(num_classes=3, ignore_index=255)
     metric.update(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 255]))
     result = metric.compute()
@@ -107,7 +115,7 @@ def test_metric_nan_class():
     assert result["miou"] == pytest.approx(1 / 3, abs=1e-15)
 
 
-def test_metric_rejects_out_of_range():
+def test_metric_rejects_out_of_range(counting_path):
     metric = ConfusionMatrix(num_classes=19)
     with pytest.raises(ValueError, match="target: class ids must lie in 0..18 \\(or 255\\)"):
         metric.update(torch.tensor([0, 1]), torch.tensor([0, 19]))
@@ -126,3 +134,15 @@ def test_metric_rejects_out_of_range():
     strict = ConfusionMatrix(num_classes=19, ignore_index=None)
     with pytest.raises(ValueError, match="target"):
         strict.update(torch.tensor([0]), torch.tensor([255]))
+
+
+def test_metric_fully_ignored_batch_and_strided_input(counting_path):
+    metric = ConfusionMatrix(num_classes=3)
+    metric.update(torch.tensor([[9, 9], [9, 9]]), torch.full((2, 2), 255, dtype=torch.uint8))
+    assert int(metric.cm.sum()) == 0
+    target = torch.tensor([[0, 1, 2, 255], [2, 2, 1, 0]])
+    pred = torch.tensor([[0, 1, 1, 0], [2, 0, 1, 0]])
+    # Transposed (non-contiguous) views count the same pixels.
+    metric.update(pred.t(), target.t())
+    expected = sklearn_cm(np.array([0, 1, 2, 2, 2, 1, 0]), np.array([0, 1, 1, 2, 0, 1, 0]), 3)
+    np.testing.assert_array_equal(metric.cm.numpy(), expected)
