@@ -29,7 +29,7 @@ from eomt_ood.data.labels import (
     colorize_train_ids,
     label_ids_to_train_ids,
 )
-from eomt_ood.data.png import write_png
+from eomt_ood.data.png import read_png, write_png
 from eomt_ood.errors import UserError
 
 # §4.1 of docs/eomt.md, typed in by hand: labelId -> trainId for the 19 evaluated classes.
@@ -252,3 +252,24 @@ def test_dataset_user_errors(tmp_path, tiny_root):
     write_png(root / "leftImg8bit/train/x/x_000000_000000_leftImg8bit.png", np.zeros((2, 2, 3), np.uint8))
     with pytest.raises(UserError, match="x_000000_000000_gtFine_labelIds.png"):
         CityscapesSemantic(root, "train")
+
+
+def test_dataset_on_generated_streets_from_folder_and_zips(tmp_path):
+    from eomt_ood.data.streets import write_dataset
+
+    write_dataset(tmp_path / "synth", 5, seed=2, size=(48, 96))
+    _zip_tree(tmp_path / "synth", tmp_path / "leftImg8bit_trainvaltest.zip", "leftImg8bit")
+    _zip_tree(tmp_path / "synth", tmp_path / "gtFine_trainvaltest.zip", "gtFine")
+    for split, count in (("train", 4), ("val", 1)):
+        folder_ds = CityscapesSemantic(tmp_path / "synth", split)
+        zip_ds = CityscapesSemantic(tmp_path, split)
+        assert len(folder_ds) == len(zip_ds) == count
+        assert [s.image for s in folder_ds.samples] == [s.image for s in zip_ds.samples]
+        for i in range(count):
+            assert not folder_ds.samples[i].label_is_train_ids  # labelIds preferred over labelTrainIds
+            (a_img, a_t), (b_img, b_t) = folder_ds[i], zip_ds[i]
+            assert a_img.shape == (3, 48, 96) and torch.equal(a_img, b_img)
+            assert torch.equal(a_t["labels"], b_t["labels"]) and torch.equal(a_t["masks"], b_t["masks"])
+            stem = folder_ds.samples[i].label[: -len("_gtFine_labelIds.png")]
+            train_ids = read_png(tmp_path / "synth" / f"{stem}_gtFine_labelTrainIds.png")
+            assert torch.equal(semantic_target(a_t), torch.from_numpy(train_ids.copy()))
