@@ -102,6 +102,59 @@ def regress_command(
     raise typer.Exit(code)
 
 
+@app.command("package")
+def package_command(
+    submission: Path = typer.Option(
+        ..., "--submission", help="Raw submission folder or tar (_pred/_conf PNGs)."
+    ),
+    samples: Path = typer.Option(..., "--samples", help="The official bravo_SAMPLING.tar."),
+    out: Path = typer.Option(..., "--out", help="Upload tar to write (<base>_encoded.bin members)."),
+) -> None:
+    """Encode a raw submission into the BRAVO upload tar (bravo.md §3.3-3.4)."""
+    from eomt_ood.bravo.upload import package_upload, print_warning
+
+    summary = package_upload(submission, samples, out, progress=True, warn=print_warning)
+    print(f"wrote {summary.images} encoded image(s), {summary.size_bytes / 1e6:.1f} MB, to {summary.path}")
+
+
+@app.command("score")
+def score_command(
+    gt: Path = typer.Option(..., "--gt", help="Ground truth: folder or tar in the official GT layout."),
+    submission: Path = typer.Option(
+        ..., "--submission", help="Raw submission: folder or tar (.tar/.gz/.bz2/.xz) of _pred/_conf PNGs."
+    ),
+    out: Path = typer.Option(..., "--out", help="results.json to write (official keys + meta)."),
+    subsets: list[str] = typer.Option(
+        None, "--subsets", help="Only these subsets (repeat or comma-separate); default: all in the GT."
+    ),
+    samples: Path | None = typer.Option(
+        None, "--samples", help="bravo_SAMPLING.tar: use the official per-image pixel sample."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Reading processes (default min(cpus, 4); 0 or 1 = inline)."
+    ),
+) -> None:
+    """Score a raw BRAVO submission with the official metrics (bravo.md §4)."""
+    from eomt_ood.bravo.evaluate import score_submission, write_results
+
+    names = [s.strip() for item in subsets or [] for s in item.split(",") if s.strip()] or None
+    results = score_submission(gt, submission, subsets=names, samples=samples, workers=workers)
+    write_results(results, out)
+    print(f"bravo_index {results['bravo_index']:.6f} -> {out}")
+
+
+@app.command("make-fixture")
+def make_fixture_command(
+    out: Path = typer.Option(..., "--out", help="Folder for gt/, submission/ and bravo_SAMPLING.tar."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
+) -> None:
+    """Write a small synthetic BRAVO fixture (GT, raw submission, sampling tar) for tests and demos."""
+    from eomt_ood.data.synthetic import make_fixture
+
+    fixture = make_fixture(out, seed=seed)
+    print(f"wrote {len(fixture.images)} images: {fixture.gt}, {fixture.submission}, {fixture.samples}")
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line and exit code 2."""
     try:
