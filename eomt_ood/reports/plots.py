@@ -1,0 +1,415 @@
+"""Plotly figures of an evaluation: metric tables, OOD curves, reliability diagrams, worst images, confidences.
+
+Every function takes plain data, so it does not care how the evaluation ran:
+
+- `results`: the flat official keys of bravo.md §4.8 (`synobjs_auprc_ood`, `ACDCfog_iou_valid`, ...) and an
+  optional `meta` entry.
+- `histograms[subset]`: (65536,) int64 counts per confidence level k (confidence (k + 0.5) / 65536, higher = more
+  confident): `correct` / `wrong` over valid pixels, `ood_pos` / `ood_neg` over invalid / valid pixels. The OOD
+  score is the *reverse* order (doubt), so OOD curves use `ood_pos[::-1]`, `ood_neg[::-1]`.
+- `per_image`: dicts with `subset`, `image`, `auprc_ood`, `fpr95_ood`, `miou`, `ece`, `num_valid`,
+  `num_invalid` (NaN where a metric does not apply).
+
+Curves are thinned to `max_points` points for a small file; areas and legends always come from the exact
+histogram metrics (`curve_metrics`, `ece`), never from the thinned points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from eomt_ood.data.bravo import SEMANTIC_SUBSETS, SUBSETS
+from eomt_ood.data.labels import TRAIN_ID_NAMES
+from eomt_ood.metrics.histogram import curve_metrics, curves, ece, reliability
+
+# Per-subset metrics in the order of bravo.md §4.8 (iou_valid is a list and has its own heatmap), then hmean.
+METRIC_COLUMNS = (
+    "miou_valid",
+    "ece_valid",
+    "auroc_valid",
+    "auprc_success_valid",
+    "auprc_error_valid",
+    "fpr95_valid",
+    "auroc_ood",
+    "auprc_ood",
+    "fpr95_ood",
+    "hmean",
+)
+SUMMARY_KEYS = ("semantic_hmean", "ood_hmean", "bravo_index")
+CURVE_POINTS = 2000
+TEMPLATE = "plotly_white"
+
+
+def format_value(value) -> str:
+    """A metric as text: 4 decimals, `NaN`, or an en dash for an absent value."""
+    if value is None:
+        return "–"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return f"{float(value):.4f}"
+
+
+def lower_is_better(metric: str) -> bool:
+    """ECE and FPR95 go down when a model gets better; every other metric goes up."""
+    return metric.startswith(("ece", "fpr95"))
+
+
+def subsets_in(results: Mapping) -> list[str]:
+    """Subsets with at least one per-subset metric in `results`: official order first, then others sorted."""
+    found = set()
+    for key in results:
+        for metric in (*METRIC_COLUMNS, "iou_valid"):
+            if key.endswith("_" + metric) and key not in SUMMARY_KEYS:
+                found.add(key[: -len(metric) - 1])
+    return [s for s in SUBSETS if s in found] + sorted(found - set(SUBSETS))
+
+
+def ordered_subsets(names) -> list[str]:
+    names = set(names)
+    return [s for s in SUBSETS if s in names] + sorted(names - set(SUBSETS))
+
+
+def metrics_table(results: Mapping) -> go.Figure:
+    """Table of the per-subset metrics (rows: subsets; columns: bravo.md §4.8 order + hmean), then summaries."""
+    subsets = subsets_in(results)
+    columns = [m for m in METRIC_COLUMNS if any(f"{s}_{m}" in results for s in subsets)]
+    header = ["subset", *(f"{m} ↓" if lower_is_better(m) else m for m in columns)]
+    cells = [subsets] + [[format_value(results.get(f"{s}_{m}")) for s in subsets] for m in columns]
+    summary = [k for k in SUMMARY_KEYS if k in results]
+    if summary:
+        cells[0] = [*cells[0], *summary]
+        for i in range(1, len(cells)):
+            cells[i] = [*cells[i], *([""] * len(summary))]
+        if len(cells) == 1:  # no per-subset metric at all: summaries get their own value column
+            header.append("value")
+            cells.append([""] * len(subsets))
+        for k in summary:
+            cells[1][cells[0].index(k)] = format_value(results[k])
+    fig = go.Figure(
+        go.Table(
+            header={"values": header, "align": "left", "fill_color": "#e8eef7", "font": {"size": 12}},
+            cells={"values": cells, "align": ["left"] + ["right"] * (len(header) - 1), "height": 24},
+        )
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        title="Metrics per subset (↓ = lower is better)",
+        height=90 + 26 * (len(cells[0]) + 1),
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return fig
+
+
+def iou_heatmap(results: Mapping) -> go.Figure | None:
+    """Per-class IoU (subsets x 19 classes) from the `<subset>_iou_valid` lists; None if there are none."""
+    subsets = [s for s in subsets_in(results) if isinstance(results.get(f"{s}_iou_valid"), list | tuple)]
+    if not subsets:
+        return None
+    iou = np.array([[np.nan if v is None else float(v) for v in results[f"{s}_iou_valid"]] for s in subsets])
+    names = (
+        list(TRAIN_ID_NAMES) if iou.shape[1] == len(TRAIN_ID_NAMES) else [str(i) for i in range(iou.shape[1])]
+    )
+    text = [[format_value(v) for v in row] for row in iou]
+    fig = go.Figure(
+        go.Heatmap(
+            z=iou,
+            x=names,
+            y=subsets,
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            text=text,
+            texttemplate="%{text}",
+            hovertemplate="%{y} / %{x}: IoU %{text}<extra></extra>",
+            colorbar={"title": "IoU"},
+        )
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        title="IoU per class on valid pixels (NaN: class absent from GT and prediction)",
+        height=160 + 30 * len(subsets),
+        yaxis={"autorange": "reversed"},
+        margin={"t": 50},
+    )
+    return fig
+
+
+def _nonempty(histograms: Mapping, subset: str, *keys: str) -> bool:
+    """True when every one of `keys` is present for `subset` and holds at least one pixel."""
+    h = histograms.get(subset, {})
+    return all(k in h and np.asarray(h[k]).sum() > 0 for k in keys)
+
+
+def _total(histograms: Mapping, subset: str, *keys: str) -> int:
+    """Pixels over `keys` of `subset`; 0 unless all of them are present."""
+    h = histograms.get(subset, {})
+    if not all(k in h for k in keys):
+        return 0
+    return int(sum(np.asarray(h[k], dtype=np.int64).sum() for k in keys))
+
+
+def ood_curve_data(ood_pos: np.ndarray, ood_neg: np.ndarray, max_points: int | None = CURVE_POINTS) -> dict:
+    """Curve points and exact metrics of one OOD subset (invalid pixels positive, score = doubt = 65535 - k).
+
+    Returns `curves(...)` of the reversed histograms (ROC fpr/tpr, PR recall/precision, from the implicit start
+    (0, 0) / (recall 0, precision 1) to (1, 1) / recall 1) plus `metrics` = `curve_metrics(...)`.
+    """
+    pos, neg = np.asarray(ood_pos)[::-1], np.asarray(ood_neg)[::-1]
+    data = curves(pos, neg, max_points=max_points)
+    data["metrics"] = curve_metrics(pos, neg)
+    return data
+
+
+def ood_curves(histograms: Mapping, max_points: int | None = CURVE_POINTS) -> go.Figure | None:
+    """PR and ROC curves of the OOD subsets (histograms with non-empty `ood_pos` and `ood_neg`); None if none.
+
+    The PR trace is drawn as steps ("vh": precision i holds on (recall i-1, recall i]), so its area is the
+    step-integral AUPRC of bravo.md §4.3 when no point was thinned away; the legend shows the exact values.
+    """
+    subsets = [s for s in ordered_subsets(histograms) if _nonempty(histograms, s, "ood_pos", "ood_neg")]
+    if not subsets:
+        return None
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("Precision-recall (OOD = positive)", "ROC (OOD = positive)"),
+        horizontal_spacing=0.1,
+    )
+    for i, subset in enumerate(subsets):
+        data = ood_curve_data(histograms[subset]["ood_pos"], histograms[subset]["ood_neg"], max_points)
+        m = data["metrics"]
+        color = _COLORS[i % len(_COLORS)]
+        fig.add_trace(
+            go.Scatter(
+                x=data["recall"],
+                y=data["precision"],
+                mode="lines",
+                line={"shape": "vh", "color": color},
+                name=f"{subset}  AUPRC {m['auprc']:.4f}",
+                legendgroup=subset,
+                hovertemplate="recall %{x:.4f}<br>precision %{y:.4f}<extra>" + subset + "</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=data["fpr"],
+                y=data["tpr"],
+                mode="lines",
+                line={"color": color},
+                name=f"{subset}  AUROC {m['auroc']:.4f}, FPR95 {m['fpr95']:.4f}",
+                legendgroup=subset,
+                hovertemplate="FPR %{x:.4f}<br>TPR %{y:.4f}<extra>" + subset + "</extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"dash": "dot", "color": "#999"},
+            showlegend=False,
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=2,
+    )
+    fig.add_hline(y=0.95, line={"dash": "dot", "color": "#bbb"}, row=1, col=2)
+    fig.update_xaxes(title_text="recall", range=[0, 1], row=1, col=1)
+    fig.update_yaxes(title_text="precision", range=[0, 1.02], row=1, col=1)
+    fig.update_xaxes(title_text="false-positive rate", range=[0, 1], row=1, col=2)
+    fig.update_yaxes(title_text="true-positive rate", range=[0, 1.02], row=1, col=2)
+    fig.update_layout(
+        template=TEMPLATE,
+        title="OOD detection curves (score = 1 - confidence)",
+        height=460,
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def reliability_diagrams(histograms: Mapping, n_bins: int = 15) -> go.Figure | None:
+    """Reliability diagram per subset with semantic GT (accuracy per confidence bin vs the diagonal).
+
+    Bins are the 15 contiguous level bins of the ECE (bravo.md §4.5); each panel's title carries the exact ECE.
+    SMIYC has no semantic GT and is left out. None if no subset has correct/wrong counts.
+    """
+    no_semantics = set(SUBSETS) - set(SEMANTIC_SUBSETS)
+    subsets = [
+        s
+        for s in ordered_subsets(histograms)
+        if s not in no_semantics and _total(histograms, s, "correct", "wrong") > 0
+    ]
+    if not subsets:
+        return None
+    cols = min(3, len(subsets))
+    rows = math.ceil(len(subsets) / cols)
+    titles = []
+    for s in subsets:
+        h = histograms[s]
+        titles.append(f"{s}  (ECE {ece(h['correct'], h['wrong'], n_bins):.4f})")
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=titles,
+        horizontal_spacing=0.06,
+        vertical_spacing=0.08 if rows > 1 else 0.0,
+    )
+    for i, s in enumerate(subsets):
+        r, c = divmod(i, cols)
+        rel = reliability(histograms[s]["correct"], histograms[s]["wrong"], n_bins)
+        centre, width = (rel["lower"] + rel["upper"]) / 2, rel["upper"] - rel["lower"]
+        share = rel["count"] / max(int(rel["count"].sum()), 1)
+        fig.add_trace(
+            go.Bar(
+                x=centre,
+                y=rel["accuracy"],
+                width=width,
+                marker={"color": "#4c78a8", "line": {"width": 0.5}},
+                name="accuracy",
+                showlegend=i == 0,
+                legendgroup="accuracy",
+                customdata=np.stack([rel["confidence"], rel["count"], share], axis=1),
+                hovertemplate=(
+                    "bin %{x:.3f}<br>accuracy %{y:.4f}<br>mean confidence %{customdata[0]:.4f}"
+                    "<br>pixels %{customdata[1]:,} (%{customdata[2]:.2%})<extra></extra>"
+                ),
+            ),
+            row=r + 1,
+            col=c + 1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=centre,
+                y=rel["confidence"],
+                mode="markers",
+                marker={"color": "#e45756", "size": 5},
+                name="mean confidence",
+                showlegend=i == 0,
+                legendgroup="conf",
+                hoverinfo="skip",
+            ),
+            row=r + 1,
+            col=c + 1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[0, 1],
+                y=[0, 1],
+                mode="lines",
+                line={"dash": "dot", "color": "#999"},
+                showlegend=False,
+                hoverinfo="skip",
+            ),
+            row=r + 1,
+            col=c + 1,
+        )
+    fig.update_xaxes(range=[0, 1], title_text="confidence")
+    fig.update_yaxes(range=[0, 1], title_text="accuracy")
+    fig.update_layout(
+        template=TEMPLATE, title="Reliability on valid pixels", height=320 * rows + 80, bargap=0
+    )
+    return fig
+
+
+def _worst_order(values: np.ndarray, metric: str) -> np.ndarray:
+    finite = np.flatnonzero(np.isfinite(values))
+    order = np.argsort(values[finite], kind="stable")
+    if lower_is_better(metric):
+        order = order[::-1]
+    return finite[order]
+
+
+def worst_images_table(
+    per_image: Sequence[Mapping], metric: str = "auprc_ood", count: int = 20
+) -> go.Figure | None:
+    """Table of the `count` worst images by a per-image metric (NaN entries skipped); None if none is finite.
+
+    Worst = lowest for higher-is-better metrics (AUPRC, mIoU), highest for ECE / FPR95.
+    """
+    values = np.array([float(row.get(metric, math.nan)) for row in per_image], dtype=np.float64)
+    picked = _worst_order(values, metric)[:count]
+    if picked.size == 0:
+        return None
+    rows = [per_image[i] for i in picked]
+    columns = ("subset", "image", "auprc_ood", "fpr95_ood", "miou", "ece", "num_valid", "num_invalid")
+
+    def cell(row, key):
+        value = row.get(key)
+        if key in ("subset", "image"):
+            return str(value)
+        if key.startswith("num_"):
+            return "–" if value is None else f"{int(value):,}"
+        return format_value(value)
+
+    header = [f"<b>{c}</b>" if c == metric else c for c in columns]
+    fig = go.Figure(
+        go.Table(
+            columnwidth=[1.2, 5, 1, 1, 1, 1, 1.2, 1.2],
+            header={"values": header, "align": "left", "fill_color": "#e8eef7"},
+            cells={
+                "values": [[cell(r, c) for r in rows] for c in columns],
+                "align": ["left", "left"] + ["right"] * 6,
+            },
+        )
+    )
+    direction = "highest" if lower_is_better(metric) else "lowest"
+    fig.update_layout(
+        template=TEMPLATE,
+        title=f"{len(rows)} worst images by per-image {metric} ({direction} first)",
+        height=110 + 28 * len(rows),
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return fig
+
+
+def confidence_histograms(conf_histograms: Mapping[str, np.ndarray], bins: int = 256) -> go.Figure | None:
+    """Distribution of confidence per subset (no GT needed): share of pixels per confidence bin, one line each.
+
+    `conf_histograms[subset]`: (L,) counts per confidence level (L = 65536 or coarser; level k = confidence
+    (k + 0.5) / L). Levels are summed into `bins` equal bins when L is a multiple of it. Empty subsets are
+    skipped; None if nothing is left.
+    """
+    fig = go.Figure()
+    for i, subset in enumerate(ordered_subsets(conf_histograms)):
+        counts = np.asarray(conf_histograms[subset], dtype=np.int64).ravel()
+        total = int(counts.sum())
+        if total == 0:
+            continue
+        if counts.size > bins and counts.size % bins == 0:
+            counts = counts.reshape(bins, -1).sum(axis=1)
+        edges = np.arange(counts.size + 1) / counts.size
+        # Step line with one point per bin edge: share of bin b drawn over [edge b, edge b+1).
+        x = edges
+        y = np.append(counts / total, counts[-1] / total)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                line={"shape": "hv", "color": _COLORS[i % len(_COLORS)]},
+                name=f"{subset} ({total:,} px)",
+                hovertemplate="confidence ≥ %{x:.4f}: %{y:.3%}<extra>" + subset + "</extra>",
+            )
+        )
+    if not fig.data:
+        return None
+    fig.update_layout(
+        template=TEMPLATE,
+        title="Confidence distribution per subset (share of pixels per bin)",
+        xaxis={"title": "confidence", "range": [0, 1]},
+        yaxis={"title": "share of pixels", "type": "log"},
+        height=420,
+    )
+    return fig
+
+
+_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac")
