@@ -109,11 +109,14 @@ def package_command(
     ),
     samples: Path = typer.Option(..., "--samples", help="The official bravo_SAMPLING.tar."),
     out: Path = typer.Option(..., "--out", help="Upload tar to write (<base>_encoded.bin members)."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Encoding processes (default min(cpus, 4); 0 or 1 = inline)."
+    ),
 ) -> None:
     """Encode a raw submission into the BRAVO upload tar (bravo.md §3.3-3.4)."""
     from eomt_ood.bravo.upload import package_upload, print_warning
 
-    summary = package_upload(submission, samples, out, progress=True, warn=print_warning)
+    summary = package_upload(submission, samples, out, progress=True, warn=print_warning, workers=workers)
     print(f"wrote {summary.images} encoded image(s), {summary.size_bytes / 1e6:.1f} MB, to {summary.path}")
 
 

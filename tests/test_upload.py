@@ -136,7 +136,7 @@ def test_package_writes_one_member_per_sample(bravo_run, tmp_path):
     submission, sampling, arrays = bravo_run
     warnings: list[str] = []
     summary = package_upload(
-        submission, sampling, tmp_path / "upload.tar", progress=False, warn=warnings.append
+        submission, sampling, tmp_path / "upload.tar", progress=False, workers=0, warn=warnings.append
     )
     assert summary.images == len(IMAGES) and warnings == []
     with tarfile.open(summary.path, "r:") as tar:  # "r:" = uncompressed only
@@ -156,11 +156,15 @@ def test_package_writes_one_member_per_sample(bravo_run, tmp_path):
 
 def test_submission_tar_gives_the_same_upload(bravo_run, tmp_path):
     submission, sampling, _ = bravo_run
-    from_folder = package_upload(submission, sampling, tmp_path / "a.tar", progress=False).path.read_bytes()
+    from_folder = package_upload(
+        submission, sampling, tmp_path / "a.tar", progress=False, workers=0
+    ).path.read_bytes()
     sub_tar = tmp_path / "submission.tar.gz"
     with tarfile.open(sub_tar, "w:gz") as tar:
         tar.add(submission, arcname=".")  # "./" prefixes and directory entries, as `tar czf x .` writes
-    from_tar = package_upload(sub_tar, sampling, tmp_path / "b.tar", progress=False).path.read_bytes()
+    from_tar = package_upload(
+        sub_tar, sampling, tmp_path / "b.tar", progress=False, workers=0
+    ).path.read_bytes()
     assert from_tar == from_folder
 
 
@@ -171,21 +175,21 @@ def test_missing_or_broken_files_name_the_file(bravo_run, tmp_path):
     conf = arrays["bravo_synobjs/polar bear/4"][1]
     conf_path.unlink()
     with pytest.raises(UserError, match="bravo_synobjs/polar bear/4_conf.png: missing from submission"):
-        package_upload(submission, sampling, out, progress=False)
+        package_upload(submission, sampling, out, progress=False, workers=0)
     assert not out.exists() and not list(tmp_path.glob(".upload.tar*"))  # nothing half-written is left
     write_png(conf_path, (conf >> 8).astype(np.uint8))
     with pytest.raises(
         UserError, match=r"4_conf.png: a confidence map must be a 16-bit grayscale PNG, got 8-bit"
     ):
-        package_upload(submission, sampling, out, progress=False)
+        package_upload(submission, sampling, out, progress=False, workers=0)
     write_png(conf_path, conf[:, :-1])
     with pytest.raises(UserError, match=r"4_conf.png: shape 20x31 differs from the prediction's 20x32"):
-        package_upload(submission, sampling, out, progress=False)
+        package_upload(submission, sampling, out, progress=False, workers=0)
     write_png(conf_path, conf)
     pred_path = submission / "bravo_SMIYC/RoadAnomaly21/images/airplane0000_pred.png"
     write_png(pred_path, np.zeros((24, 36, 3), np.uint8))
     with pytest.raises(UserError, match="airplane0000_pred.png: a prediction must be a 8-bit grayscale PNG"):
-        package_upload(submission, sampling, out, progress=False)
+        package_upload(submission, sampling, out, progress=False, workers=0)
 
 
 def test_sample_outside_the_image_is_an_error(tmp_path):
@@ -196,23 +200,23 @@ def test_sample_outside_the_image_is_an_error(tmp_path):
     sampling = tmp_path / "s.tar"
     write_sampling_tar(sampling, [("bravo_synobjs/armchair/1", np.array([3, 20]))])
     with pytest.raises(UserError, match=r"1_samples.bin: sample index 20 lies outside the 4x5 image"):
-        package_upload(submission, sampling, tmp_path / "u.tar", progress=False)
+        package_upload(submission, sampling, tmp_path / "u.tar", progress=False, workers=0)
     write_sampling_tar(sampling, [("bravo_nosuch/1", np.array([3]))])
     with pytest.raises(UserError, match="bravo_nosuch/1_samples.bin: not a BRAVO image path"):
-        package_upload(submission, sampling, tmp_path / "u.tar", progress=False)
+        package_upload(submission, sampling, tmp_path / "u.tar", progress=False, workers=0)
 
 
 def test_unused_submission_files_are_reported(bravo_run, tmp_path):
     submission, sampling, _ = bravo_run
     write_png(submission / "bravo_synobjs/armchair/9_pred.png", np.zeros((2, 2), np.uint8))
     warnings: list[str] = []
-    package_upload(submission, sampling, tmp_path / "u.tar", progress=False, warn=warnings.append)
+    package_upload(submission, sampling, tmp_path / "u.tar", progress=False, workers=0, warn=warnings.append)
     assert len(warnings) == 1 and "bravo_synobjs/armchair/9_pred.png" in warnings[0]
 
 
 def test_verify_upload_needs_every_image(bravo_run, tmp_path):
     submission, sampling, _ = bravo_run
-    full = package_upload(submission, sampling, tmp_path / "full.tar", progress=False).path
+    full = package_upload(submission, sampling, tmp_path / "full.tar", progress=False, workers=0).path
     partial = tmp_path / "partial.tar"
     with tarfile.open(full) as src, tarfile.open(partial, "w") as dst:
         for member in src.getmembers()[1:]:
@@ -245,3 +249,20 @@ def test_cli_package(bravo_run, tmp_path, monkeypatch, capsys):
     last_line = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
     assert exc.value.code == 2
     assert last_line.startswith("error: bravo_SMIYC/RoadAnomaly21/images/airplane0000_pred.png: missing")
+
+
+def test_worker_processes_write_the_same_tar(bravo_run, tmp_path):
+    submission, sampling, _ = bravo_run
+    inline = package_upload(submission, sampling, tmp_path / "a.tar", progress=False, workers=0)
+    pooled = package_upload(submission, sampling, tmp_path / "b.tar", progress=False, workers=2)
+    assert pooled.path.read_bytes() == inline.path.read_bytes()
+
+
+@pytest.mark.slow
+def test_worker_errors_reach_the_caller(bravo_run, tmp_path):
+    submission, sampling, _ = bravo_run
+    # A check that fails inside a worker still reaches the caller as one UserError naming the file.
+    write_png(submission / "bravo_synobjs/polar bear/4_conf.png", np.zeros((20, 32), np.uint8))
+    with pytest.raises(UserError, match="4_conf.png: a confidence map must be a 16-bit"):
+        package_upload(submission, sampling, tmp_path / "c.tar", progress=False, workers=2)
+    assert not (tmp_path / "c.tar").exists()

@@ -16,12 +16,15 @@ decoder's checks, so an upload can be verified before it is sent (`verify_upload
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import struct
 import sys
 import tarfile
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from eomt_ood.data.bravo import (
     LABEL_SUFFIX,
     SAMPLES_SUFFIX,
     GtImage,
+    MemberRef,
     open_tree,
     read_conf,
     read_pred,
@@ -142,22 +146,90 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+@dataclass(frozen=True)
+class EncodeTask:
+    """One image to encode: where its sample, pred and conf bytes are (picklable, for worker processes)."""
+
+    sample: MemberRef
+    pred: MemberRef
+    conf: MemberRef
+    encoded_name: str
+
+
+def encode_task(task: EncodeTask) -> bytes:
+    """Read, check and encode one image (see `package_upload`); `UserError` naming the offending file."""
+    indices = decode_sample_indices(task.sample.read(), task.sample.name)
+    pred = read_pred(task.pred.read(), task.pred.name)
+    conf = read_conf(task.conf.read(), task.conf.name)
+    if conf.shape != pred.shape:
+        raise UserError(
+            f"{task.conf.name}: shape {conf.shape[0]}x{conf.shape[1]} differs from the prediction's "
+            f"{pred.shape[0]}x{pred.shape[1]}"
+        )
+    if indices[-1] >= pred.size:
+        raise UserError(
+            f"{task.sample.name}: sample index {int(indices[-1])} lies outside the "
+            f"{pred.shape[0]}x{pred.shape[1]} image {task.pred.name}"
+        )
+    return encode_image(pred, conf, indices)
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _encode_in_order(tasks: list[EncodeTask], workers: int, progress: bool) -> Iterator[bytes]:
+    """Encoded bytes of each task, in task order (so the tar is deterministic), inline or from processes."""
+    with tqdm(total=len(tasks), desc="encoding", unit="image", disable=not progress, file=sys.stderr) as bar:
+        if workers <= 1:
+            for task in tasks:
+                yield encode_task(task)
+                bar.update()
+            return
+        # forkserver: workers start clean, without threads inherited from the parent (tqdm, torch).
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
+            window: deque[Future] = deque()
+            queue = iter(tasks)
+            try:
+                # A bounded window keeps at most 4 encoded images per worker in memory.
+                for task in queue:
+                    window.append(executor.submit(encode_task, task))
+                    if len(window) >= 4 * workers:
+                        break
+                while window:
+                    data = window.popleft().result()
+                    task = next(queue, None)
+                    if task is not None:
+                        window.append(executor.submit(encode_task, task))
+                    yield data
+                    bar.update()
+            except BaseException:
+                executor.shutdown(wait=True, cancel_futures=True)
+                raise
+
+
 def package_upload(
     submission: str | Path,
     samples: str | Path,
     out: str | Path,
     progress: bool = True,
     warn: WarnFn | None = None,
+    workers: int | None = None,
 ) -> UploadSummary:
     """Write the upload tar `out` from a raw submission (folder or tar) and `bravo_SAMPLING.tar`.
 
     For each `<base>_samples.bin` of the sampling tar (in sorted order): read `<base>` + the split's raw
     `_pred.png` (8-bit gray) and `_conf.png` (16-bit gray) from the submission, check equal shapes and sample
     indices below H*W, and add `<base>_encoded.bin` to an uncompressed tar (no directory entries, no `./`).
-    Sampling members of another name and unused submission files are reported through `warn`. Any missing
-    file or failed check is a `UserError` naming the file; `out` is only replaced when everything succeeded.
+    Missing files are reported before any encoding starts. Sampling members of another name and unused
+    submission files are reported through `warn`. Any missing file or failed check is a `UserError` naming
+    the file; `out` is only replaced when everything succeeded. `workers`: encoding processes (default
+    min(cpus, 4); 0 or 1 = inline); the tar is the same for any number.
     """
     out = Path(out)
+    workers = default_workers() if workers is None else workers
     with open_sampling_file(samples) as sampling, open_tree(submission, "submission") as sub:
         sample_names = [n for n in sampling.names if n.endswith(SAMPLES_SUFFIX)]
         if warn is not None and len(sample_names) != len(sampling.names):
@@ -167,40 +239,35 @@ def package_upload(
             )
         if not sample_names:
             raise UserError(f"{samples}: sampling file holds no *{SAMPLES_SUFFIX} member")
-        used: set[str] = set()
+        tasks = []
+        for sample_name in sample_names:
+            base = sample_name[: -len(SAMPLES_SUFFIX)]
+            image = gt_image_of_base(base, sample_name)
+            tasks.append(
+                EncodeTask(
+                    sampling.ref(sample_name),
+                    sub.ref(image.pred_name),
+                    sub.ref(image.conf_name),
+                    base + ENCODED_SUFFIX,
+                )
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:
             with tarfile.open(tmp, "w") as tar:
-                for sample_name in tqdm(sample_names, desc="encoding", unit="image", disable=not progress):
-                    base = sample_name[: -len(SAMPLES_SUFFIX)]
-                    image = gt_image_of_base(base, sample_name)
-                    indices = decode_sample_indices(sampling.read(sample_name), sample_name)
-                    pred = read_pred(sub.read(image.pred_name), image.pred_name)
-                    conf = read_conf(sub.read(image.conf_name), image.conf_name)
-                    if conf.shape != pred.shape:
-                        raise UserError(
-                            f"{image.conf_name}: shape {conf.shape[0]}x{conf.shape[1]} differs from the "
-                            f"prediction's {pred.shape[0]}x{pred.shape[1]}"
-                        )
-                    if indices[-1] >= pred.size:
-                        raise UserError(
-                            f"{sample_name}: sample index {int(indices[-1])} lies outside the "
-                            f"{pred.shape[0]}x{pred.shape[1]} image {image.pred_name}"
-                        )
-                    data = encode_image(pred, conf, indices)
-                    tar.addfile(_tar_info(base + ENCODED_SUFFIX, len(data)), io.BytesIO(data))
-                    used.update((image.pred_name, image.conf_name))
+                for task, data in zip(tasks, _encode_in_order(tasks, workers, progress), strict=True):
+                    tar.addfile(_tar_info(task.encoded_name, len(data)), io.BytesIO(data))
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
+        used = {ref.name for task in tasks for ref in (task.pred, task.conf)}
         unused = sorted(set(sub.names) - used)
         if unused and warn is not None:
             shown = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
             warn(
                 f"{len(unused)} submission file(s) belong to no sampled image and are not in the upload: {shown}"
             )
-    return UploadSummary(path=out, images=len(sample_names), size_bytes=out.stat().st_size)
+    return UploadSummary(path=out, images=len(tasks), size_bytes=out.stat().st_size)
 
 
 def verify_upload(upload: str | Path, samples: str | Path, progress: bool = False) -> int:
