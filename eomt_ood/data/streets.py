@@ -107,7 +107,7 @@ def _jitter(rng: np.random.Generator, base, spread: float) -> np.ndarray:
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
     """Blotchy noise, about unit variance, with features of `cell` pixels (bilinear upsampling of a coarse grid)."""
-    coarse = rng.standard_normal((height // cell + 2, width // cell + 2)).astype(np.float32)
+    coarse = rng.standard_normal((height // cell + 2, width // cell + 2), dtype=np.float32)
     fine = ndimage.zoom(coarse, cell, order=1, prefilter=False)
     return fine[:height, :width] * 1.6
 
@@ -136,6 +136,8 @@ class _Street:
         outer_right = self.road[1] + self.sidewalk[1]
         self.sidewalk_outer = (outer_left, outer_right)
         self.facade = (outer_left - self.terrain[0], outer_right + self.terrain[1])
+        # columns [0, split_column) have their pixel centre left of the vanishing point (x + 0.5 < vx)
+        self.split_column = int(np.clip(np.ceil(self.vx - 0.5), 0, width))
 
     def project(self, lateral: float, height_above_ground: float, depth: float) -> tuple[float, float]:
         return self.vx + self.focal * lateral / depth, self.horizon + self.focal * (
@@ -169,7 +171,7 @@ def render_scene_layers(rng: np.random.Generator, height: int = 256, width: int 
     if rng.random() < 0.8:
         _draw_ego_vehicle(canvas, street)
 
-    noise = 0.55 * rng.standard_normal((height, width)).astype(np.float32)
+    noise = 0.55 * rng.standard_normal((height, width), dtype=np.float32)
     noise += 0.8 * _smooth_noise(rng, height, width, cell=max(4, width // 64))
     light = rng.uniform(0.85, 1.12)
     rgb = canvas.colour * light + (canvas.texture * noise)[..., None]
@@ -225,32 +227,40 @@ def _draw_ground(canvas: _Canvas, st: _Street) -> None:
     terrain_colour = _jitter(rng, [140, 170, 90], 15)
     joints = (np.mod(depth / 0.7, 1.0) < 0.08) | (np.mod(lateral / 0.7, 1.0) < 0.08)
     for side in (0, 1):
+        # each side lies in its own half of the columns (X < 0 exactly left of the vanishing point)
+        cols = slice(0, st.split_column) if side == 0 else slice(st.split_column, canvas.width)
+        half = (first_row, canvas.height, cols.start, cols.stop)
+        lat, dep = lateral[:, cols], depth[:, cols]
         inner, outer = st.road[side], st.sidewalk_outer[side]
-        walk = (lateral >= min(inner, outer)) & (lateral <= max(inner, outer))
-        canvas.paint(walk, SIDEWALK, side_colour, depth, texture=6.0, box=box)
+        walk = (lat >= min(inner, outer)) & (lat <= max(inner, outer))
+        canvas.paint(walk, SIDEWALK, side_colour, dep, texture=6.0, box=half)
         # paving joints and a kerb: the texture of a sidewalk
-        canvas.paint(walk & joints, SIDEWALK, side_colour * 0.82, depth, texture=6.0, box=box)
-        kerb = walk & (np.abs(lateral - inner) < 0.1)
-        canvas.paint(kerb, SIDEWALK, side_colour * 0.7 + 60, depth, texture=6.0, box=box)
+        canvas.paint(walk & joints[:, cols], SIDEWALK, side_colour * 0.82, dep, texture=6.0, box=half)
+        kerb = walk & (np.abs(lat - inner) < 0.1)
+        canvas.paint(kerb, SIDEWALK, side_colour * 0.7 + 60, dep, texture=6.0, box=half)
         # a grass strip up to the façade line, and more grass beyond it (seen through gaps between buildings)
-        beyond = (lateral <= outer) if side == 0 else (lateral >= outer)
-        canvas.paint(beyond, TERRAIN, terrain_colour, depth, texture=14.0, box=box)
+        beyond = (lat <= outer) if side == 0 else (lat >= outer)
+        canvas.paint(beyond, TERRAIN, terrain_colour, dep, texture=14.0, box=half)
 
 
 def _facade_coordinates(st: _Street, plane_lateral: float):
-    """For the vertical plane X = plane_lateral: depth (1, W) (0 where the plane is not seen), height (H, W)
-    above ground, and the columns (1, W) in which the plane is seen."""
-    ys, xs = _grid((0, st.height, 0, st.width), st.height, st.width)
+    """For the vertical plane X = plane_lateral, over the half `box` of columns on its side: depth (1, w) (0 where
+    the plane is not seen), height (H, w) above ground, the columns (1, w) in which it is seen, and the box."""
+    if plane_lateral < 0:
+        box = (0, st.height, 0, st.split_column)
+    else:
+        box = (0, st.height, st.split_column, st.width)
+    ys, xs = _grid(box, st.height, st.width)
     dx = xs - st.vx
     columns = (dx * np.sign(plane_lateral)) > 0.5
     depth = np.where(columns, st.focal * plane_lateral / np.where(columns, dx, 1.0), 0.0).astype(np.float32)
     height = 1.0 - (ys - st.horizon) * depth / st.focal
-    return depth, height, columns
+    return depth, height, columns, box
 
 
 def _draw_facades(canvas: _Canvas, st: _Street, side: int) -> None:
     rng = st.rng
-    depth, height, columns = _facade_coordinates(st, st.facade[side])
+    depth, height, columns, box = _facade_coordinates(st, st.facade[side])
     # blocks along the street: [start, end) in depth, each with a height and a colour; some are gaps
     edges = [rng.uniform(0.5, 3.0)]
     while edges[-1] < 90:
@@ -272,19 +282,19 @@ def _draw_facades(canvas: _Canvas, st: _Street, side: int) -> None:
     instances = canvas.next_instance + block
     canvas.next_instance += n_blocks
     colour = colours[block]  # (1, W, 3)
-    canvas.paint(facade, BUILDING, colour, depth, texture=8.0, instance=instances)
+    canvas.paint(facade, BUILDING, colour, depth, texture=8.0, instance=instances, box=box)
     pitch = pitches[block]
     phase = np.mod(height / pitch, 1.0)
     windows = facade & (np.mod(depth / pitch, 1.0) < 0.5) & (phase > 0.3) & (phase < 0.75)
     windows &= (height > 0.9) & (height < top - 0.4)
     dark = colour * 0.35 + np.array([15, 25, 40], np.float32)
-    canvas.paint(windows, BUILDING, dark, depth, texture=8.0, instance=instances)
+    canvas.paint(windows, BUILDING, dark, depth, texture=8.0, instance=instances, box=box)
 
 
 def _draw_fence(canvas: _Canvas, st: _Street, side: int) -> None:
     rng = st.rng
     plane = st.sidewalk_outer[side] + (-0.05 if side == 0 else 0.05)
-    depth, height, columns = _facade_coordinates(st, plane)
+    depth, height, columns, box = _facade_coordinates(st, plane)
     start = rng.uniform(2.0, 15.0)
     end = start + rng.uniform(8.0, 40.0)
     top = rng.uniform(0.5, 0.8)
@@ -294,7 +304,7 @@ def _draw_fence(canvas: _Canvas, st: _Street, side: int) -> None:
     rails = (np.abs(height - top) < 0.05) | (np.abs(height - 0.15) < 0.04)
     fence = within & (bars | rails)
     colour = _jitter(rng, [150, 130, 110], 20)
-    canvas.paint(fence, FENCE, colour, depth, texture=6.0, instance=canvas.new_instance())
+    canvas.paint(fence, FENCE, colour, depth, texture=6.0, instance=canvas.new_instance(), box=box)
 
 
 # ------------------------------------------------------------------------------------------------ things
