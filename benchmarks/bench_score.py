@@ -1,0 +1,199 @@
+"""Benchmark of BRAVO scoring: per-image speed against the official algorithm, and memory vs image count.
+
+Prints one JSON object:
+
+- ``per_image_ms``: mean time per 2048x1024 image of
+  ``ours_statistics`` (`image_statistics` on decoded arrays: bincount over uint16 levels),
+  ``official_statistics`` (a direct numpy transcription of the official per-image step on the same arrays:
+  void filtering, confusion matrix, then per-histogram argsort + np.add.at into 65,536 float64 bins), and the
+  same two including PNG reading/decoding (``ours_end_to_end`` = `score_image`, ``official_end_to_end``);
+  ``speedup`` gives the ratios official / ours.
+- ``peak_rss_mb``: peak RSS of a child process running `score_submission` (workers=1) over 10 and over 100
+  images (hard links to the same few files under distinct names), and their ratio.
+
+Run: ``uv run --frozen python benchmarks/bench_score.py [--images 4] [--repeats 3]``; about 1-2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from eomt_ood.bravo.evaluate import ImageTask, image_statistics, score_image
+from eomt_ood.bravo.submission import quantise_confidence
+from eomt_ood.data.bravo import MemberRef, read_conf, read_label, read_mask, read_pred
+from eomt_ood.data.png import write_png
+
+HEIGHT, WIDTH = 1024, 2048
+BASE = "bravo_synobjs/obj/{}"
+SUFFIXES = ("_gt.png", "_mask.png", "_pred.png", "_conf.png")
+
+
+def make_images(root: Path, count: int, seed: int = 0) -> None:
+    """`count` synthetic synobjs images (GT under root/gt, raw submission under root/sub)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    for i in range(count):
+        cells = rng.integers(0, 19, size=(HEIGHT // 32, WIDTH // 32))
+        label = cells.repeat(32, 0).repeat(32, 1).astype(np.uint8)
+        label[-80:] = 255
+        cy, cx, r = rng.integers(200, 800), rng.integers(300, 1700), rng.integers(60, 200)
+        mask = (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r).astype(np.uint8) * 255
+        pred = label.copy()
+        wrong = rng.random(label.shape) < 0.2
+        pred[wrong] = rng.integers(0, 19, size=int(wrong.sum()))
+        pred[label == 255] = 0
+        score = np.where(pred == label, rng.beta(5, 2, label.shape), rng.beta(2, 3, label.shape))
+        conf = quantise_confidence(score)
+        base = BASE.format(i)
+        write_png(root / "gt" / (base + "_gt.png"), label)
+        write_png(root / "gt" / (base + "_mask.png"), mask)
+        write_png(root / "sub" / (base + "_pred.png"), pred)
+        write_png(root / "sub" / (base + "_conf.png"), conf)
+
+
+def link_tree(src: Path, dst: Path, distinct: int, count: int) -> None:
+    """A tree of `count` images whose files are hard links to the `distinct` images of `src`."""
+    for i in range(count):
+        for folder, suffix in zip(("gt", "gt", "sub", "sub"), SUFFIXES, strict=True):
+            target = dst / folder / (BASE.format(i) + suffix)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src / folder / (BASE.format(i % distinct) + suffix), target)
+
+
+def official_statistics(label, mask, pred, conf):
+    """Direct numpy transcription of the official per-image accumulation (old format, every pixel).
+
+    Returns the float64 histograms (correct/wrong over V pixels, OOD positives/negatives by doubt) and the cm.
+    """
+    levels = 65536
+    gt = label.ravel()
+    mask_valid = mask.ravel() == 0
+    pred = pred.ravel()
+    conf = conf.ravel()
+    non_void = gt != 255
+    gt_nv, pred_nv, valid_nv = gt[non_void], pred[non_void], mask_valid[non_void]
+    y_true, y_pred = gt_nv[valid_nv].astype(int), pred_nv[valid_nv].astype(int)
+    cm = np.bincount(19 * y_true + y_pred, minlength=19 * 19).reshape(19, 19)
+    conf_nv = conf[non_void]
+    right_valid = gt_nv[valid_nv] == pred_nv[valid_nv]
+    conf_valid = conf_nv[valid_nv]
+    gt_ood = ~valid_nv
+    doubt = levels - 1 - conf_nv.astype(np.int64)
+    hists = []
+    for truth, score in ((right_valid, conf_valid), (gt_ood, doubt)):
+        order = np.argsort(score)
+        truth, score = truth[order], score[order]
+        tp, fp = np.zeros(levels), np.zeros(levels)
+        np.add.at(tp, score, truth)
+        np.add.at(fp, score, ~truth)
+        hists += [tp, fp]
+    return cm, hists
+
+
+def _task(root: Path, i: int) -> ImageTask:
+    base = BASE.format(i)
+    refs = [
+        MemberRef(str(root / folder), base + suffix)
+        for folder, suffix in zip(("gt", "gt", "sub", "sub"), SUFFIXES, strict=True)
+    ]
+    return ImageTask("synobjs", *refs)
+
+
+def _decode(task: ImageTask):
+    return (
+        read_label(task.label.read(), task.label.name),
+        read_mask(task.mask.read(), task.mask.name),
+        read_pred(task.pred.read(), task.pred.name),
+        read_conf(task.conf.read(), task.conf.name),
+    )
+
+
+def _mean_ms(fn, items, repeats: int) -> float:
+    best = []
+    for item in items:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(item)
+            times.append(time.perf_counter() - t0)
+        best.append(min(times))
+    return 1000.0 * float(np.mean(best))
+
+
+def speed(root: Path, count: int, repeats: int) -> dict[str, object]:
+    tasks = [_task(root, i) for i in range(count)]
+    arrays = [_decode(t) for t in tasks]
+    # The two implementations must count the same pixels (sanity check, not a timing).
+    for label, mask, pred, conf in arrays:
+        ours = image_statistics(label, mask, pred, conf)
+        cm, (tp, fp, ood_tp, ood_fp) = official_statistics(label, mask, pred, conf)
+        assert (
+            np.array_equal(ours.cm, cm)
+            and np.array_equal(ours.correct, tp)
+            and np.array_equal(ours.wrong, fp)
+        )
+        assert np.array_equal(ours.ood_pos[::-1], ood_tp) and np.array_equal(ours.ood_neg[::-1], ood_fp)
+    ms = {
+        "ours_statistics": _mean_ms(lambda a: image_statistics(*a), arrays, repeats),
+        "official_statistics": _mean_ms(lambda a: official_statistics(*a), arrays, repeats),
+        "ours_end_to_end": _mean_ms(score_image, tasks, repeats),
+        "official_end_to_end": _mean_ms(lambda t: official_statistics(*_decode(t)), tasks, repeats),
+    }
+    return {
+        "per_image_ms": {k: round(v, 2) for k, v in ms.items()},
+        "speedup": {
+            "statistics": round(ms["official_statistics"] / ms["ours_statistics"], 2),
+            "end_to_end": round(ms["official_end_to_end"] / ms["ours_end_to_end"], 2),
+        },
+    }
+
+
+def child_peak_rss_mb(root: Path) -> float:
+    """Peak RSS (MB) of a fresh process scoring the tree at `root` inline (workers=1)."""
+    code = (
+        "import resource, sys\n"
+        "from eomt_ood.bravo.evaluate import score_submission\n"
+        "score_submission(sys.argv[1] + '/gt', sys.argv[1] + '/sub', workers=1, progress=False, warn=None)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=3, help="distinct 2048x1024 images to generate")
+    parser.add_argument("--repeats", type=int, default=2, help="timing repeats per image (best is kept)")
+    parser.add_argument("--memory-counts", type=int, nargs=2, default=(10, 100), metavar=("SMALL", "LARGE"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
+        root = Path(tmp)
+        make_images(root / "images", args.images)
+        report: dict[str, object] = {
+            "image_size": f"{WIDTH}x{HEIGHT}",
+            "distinct_images": args.images,
+            "numpy": np.__version__,
+            "cpus": os.cpu_count(),
+        }
+        report.update(speed(root / "images", args.images, args.repeats))
+        rss = {}
+        for count in args.memory_counts:
+            link_tree(root / "images", root / f"tree{count}", args.images, count)
+            rss[str(count)] = round(child_peak_rss_mb(root / f"tree{count}"), 1)
+        small, large = (str(c) for c in args.memory_counts)
+        report["peak_rss_mb"] = rss
+        report["peak_rss_ratio"] = round(rss[large] / rss[small], 3)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
