@@ -91,3 +91,14 @@ def test_layout_and_content(fixture):
     assert files == expected_files | {"bravo_SAMPLING.tar"}
     with tarfile.open(fixture.samples) as tar:
         assert sorted(tar.getnames()) == sorted(f"{base}_samples.bin" for base in bases)
+
+
+def test_make_fixture_command(fixture, tmp_path):
+    from typer.testing import CliRunner
+
+    from eomt_ood.cli import app
+
+    result = CliRunner().invoke(app, ["make-fixture", "--out", str(tmp_path / "cli"), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert "19 images" in result.output
+    assert _digests(tmp_path / "cli") == _digests(fixture.root)
