@@ -259,6 +259,13 @@ def describe_mismatch(checkpoint: dict, model: dict) -> str | None:
 # -------------------------------------------------------------------------------------------------- loading
 def load_state_dict_into(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
     """Filter `state_dict` for `model`, check the architecture, then load strictly (raises CheckpointMismatch)."""
+    own_filter = getattr(model, "checkpoint_filter_fn", None)
+    if callable(own_filter):  # other families (the Mask2Former baselines) bring their own key filter
+        try:
+            model.load_state_dict(own_filter(state_dict), strict=True)
+        except RuntimeError as exc:
+            raise CheckpointMismatch(str(exc).splitlines()[0][:300]) from exc
+        return
     filtered = checkpoint_filter_fn(state_dict, model)
     mismatch = describe_mismatch(infer_config(filtered), infer_config(model.state_dict()))
     if mismatch:
@@ -282,7 +289,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
 
     A file for another architecture or size is a UserError that names what differs, e.g.
     "checkpoint has 24 blocks, model has 12; embed dim 1024 vs 384".
+    Models with a `load_pretrained(path)` method (e.g. Mask2Former baselines reading Hugging Face folders)
+    load themselves.
     """
+    if callable(getattr(model, "load_pretrained", None)):
+        model.load_pretrained(path)
+        return
     state_dict, _ = read_state_dict(path)
     try:
         load_state_dict_into(model, state_dict)

@@ -171,20 +171,24 @@ class InteractionBlock(nn.Module):
 
 
 class ViTAdapter(nn.Module):
-    """timm ViT + spatial prior module + injector/extractor interactions -> four maps of width D.
+    """Spatial prior module + injector/extractor interactions around a timm ViT -> four maps of width D.
+
+    The ViT is not held here (it is the model's `backbone`, so layer-wise LR decay sees `backbone.blocks.N`);
+    it is passed to `forward`.
 
     Args:
-        vit: timm `VisionTransformer` at patch 16 for S x S inputs (any number of prefix tokens).
+        dim: D, the ViT width.
         interaction_indexes: [[first, last], ...] ViT block ranges, one per interaction (4 groups).
         conv_inplane, num_heads, num_points, deform_ratio, with_cffn, cffn_ratio, init_values, drop_path_rate,
         num_extra_extractors, add_vit_feature: ViT-Adapter hyper-parameters (see module docstring).
 
-    forward(normalised images (B, 3, S, S)) -> [f1 (B, D, S/4, S/4), f2 (S/8), f3 (S/16), f4 (S/32)].
+    forward(normalised images (B, 3, S, S), vit) -> [f1 (B, D, S/4, S/4), f2 (S/8), f3 (S/16), f4 (S/32)],
+    for a timm `VisionTransformer` at patch 16 (any number of prefix tokens).
     """
 
     def __init__(
         self,
-        vit: VisionTransformer,
+        dim: int,
         interaction_indexes: Sequence[Sequence[int]],
         conv_inplane: int = 64,
         num_heads: int = 16,
@@ -198,18 +202,10 @@ class ViTAdapter(nn.Module):
         add_vit_feature: bool = True,
     ):
         super().__init__()
-        patch = vit.patch_embed.patch_size
-        if tuple(patch) != (16, 16):
-            raise ValueError(f"ViT-Adapter needs a patch-16 ViT (stride 16), got patch {tuple(patch)}")
         if len(interaction_indexes) != 4:
             raise ValueError(f"ViT-Adapter uses 4 interactions, got {len(interaction_indexes)} block ranges")
-        # The adapter reads the ViT's blocks only; its final norm would be a parameter without gradient (DDP
-        # complains), so it is removed as in ViT-Adapter.
-        vit.norm = nn.Identity()
-        self.vit = vit
         self.interaction_indexes = [list(map(int, r)) for r in interaction_indexes]
         self.add_vit_feature = add_vit_feature
-        dim = vit.embed_dim
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(conv_inplane, dim)
         self.interactions = nn.ModuleList(
@@ -252,7 +248,7 @@ class ViTAdapter(nn.Module):
                 m.reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    def forward(self, images: Tensor) -> list[Tensor]:
+    def forward(self, images: Tensor, vit: VisionTransformer) -> list[Tensor]:
         batch, _, height, width = images.shape
         g_h, g_w = height // 16, width // 16
         c_shapes = [(2 * g_h, 2 * g_w), (g_h, g_w), (g_h // 2, g_w // 2)]
@@ -265,7 +261,6 @@ class ViTAdapter(nn.Module):
             dim=1,
         )
 
-        vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         prefix = vit.num_prefix_tokens
         vit_maps = []
@@ -299,7 +294,9 @@ class ViTAdapterMask2Former(nn.Module):
     """ViT-Adapter features -> Mask2Former head, with the EoMT interface (see mask2former.py).
 
     Args:
-        adapter: `ViTAdapter` around a timm ViT for S x S inputs.
+        backbone: timm `VisionTransformer` at patch 16 for S x S inputs; its final norm is replaced by Identity
+            (the adapter never reads it, and a parameter without gradient upsets DDP), as in ViT-Adapter.
+        adapter: `ViTAdapter` of the same width.
         head_config: `Mask2FormerConfig` for the head (num_labels = C, num_queries = Q, widths).
         masked_attn_enabled: kept for the interface; no effect (Mask2Former's decoder always masks).
 
@@ -307,13 +304,23 @@ class ViTAdapterMask2Former(nn.Module):
     decoder prediction in training mode, the final one in eval mode.
     """
 
-    def __init__(self, adapter: ViTAdapter, head_config: Mask2FormerConfig, masked_attn_enabled: bool = True):
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        adapter: ViTAdapter,
+        head_config: Mask2FormerConfig,
+        masked_attn_enabled: bool = True,
+    ):
         super().__init__()
-        img_size = adapter.vit.patch_embed.img_size
+        img_size, patch = backbone.patch_embed.img_size, backbone.patch_embed.patch_size
         if img_size[0] != img_size[1]:
             raise ValueError(f"ViTAdapterMask2Former needs a square input, got {img_size}")
+        if tuple(patch) != (16, 16):
+            raise ValueError(f"ViT-Adapter needs a patch-16 ViT (stride 16), got patch {tuple(patch)}")
+        backbone.norm = nn.Identity()
+        self.backbone = backbone
         self.adapter = adapter
-        self.head = Mask2FormerHead([adapter.vit.embed_dim] * 4, head_config)
+        self.head = Mask2FormerHead([backbone.embed_dim] * 4, head_config)
         self.img_size = int(img_size[0])
         self.num_classes = head_config.num_labels
         self.num_queries = head_config.num_queries
@@ -323,7 +330,7 @@ class ViTAdapterMask2Former(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        features = self.adapter((images - self.pixel_mean) / self.pixel_std)
+        features = self.adapter((images - self.pixel_mean) / self.pixel_std, self.backbone)
         return self.head(features, all_layers=self.training)
 
     def checkpoint_filter_fn(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -373,7 +380,7 @@ def _create_m2f_vit_adapter(
         step = len(vit.blocks) // 4
         interaction_indexes = [[i * step, (i + 1) * step - 1] for i in range(4)]
     adapter = ViTAdapter(
-        vit,
+        vit.embed_dim,
         interaction_indexes,
         conv_inplane=conv_inplane,
         num_heads=deform_num_heads,
@@ -396,7 +403,7 @@ def _create_m2f_vit_adapter(
         dim_feedforward=dim_feedforward,
         encoder_feedforward_dim=encoder_feedforward_dim,
     )
-    return ViTAdapterMask2Former(adapter, head, masked_attn_enabled=masked_attn_enabled)
+    return ViTAdapterMask2Former(vit, adapter, head, masked_attn_enabled=masked_attn_enabled)
 
 
 @register_model

@@ -1,0 +1,196 @@
+"""Mask2Former baselines (Swin via transformers, ViT-Adapter): interface, parity with transformers' own
+Mask2Former, Hugging Face checkpoint folders, save/reload, gradient flow and the windowed inference path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import Mask2FormerForUniversalSegmentation
+
+from eomt_ood.errors import UserError
+from eomt_ood.models import create_model, list_models
+from eomt_ood.models.checkpoints import load_model, save_checkpoint
+
+TEST_MODELS = ["m2f_swin_test", "m2f_vit_adapter_test"]
+# Detectron2's Mask2Former pixel mean/std on 0-255 RGB, written out independently of the package constants.
+D2_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+D2_STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+
+
+def images(batch: int = 2, side: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def swin():
+    torch.manual_seed(0)
+    return create_model("m2f_swin_test")
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    torch.manual_seed(0)
+    return create_model("m2f_vit_adapter_test")
+
+
+def test_names_are_registered():
+    names = set(list_models())
+    for name in [
+        "m2f_swin_large",
+        "m2f_swin_tiny",
+        "m2f_vit_adapter_large",
+        "m2f_vit_adapter_small",
+        *TEST_MODELS,
+    ]:
+        assert name in names
+
+
+@pytest.mark.parametrize("fixture", ["swin", "adapter"])
+def test_interface(fixture, request):
+    model = request.getfixturevalue(fixture)
+    assert (model.img_size, model.num_classes, model.num_queries) == (64, 19, 8)
+    assert hasattr(model, "masked_attn_enabled")
+    assert model.config["name"] in TEST_MODELS and model.config["kwargs"] == {}
+    x = images()
+    model.train()
+    masks, classes = model(x)
+    # decoder_layers = 3: the prediction from the raw queries, then one per decoder layer (2)
+    assert len(masks) == len(classes) == 3
+    for m, c in zip(masks, classes, strict=True):
+        assert m.shape == (2, 8, 16, 16) and c.shape == (2, 8, 20)
+        assert torch.isfinite(m).all() and torch.isfinite(c).all()
+    model.eval()
+    with torch.no_grad():
+        eval_masks, eval_classes = model(x)
+    assert len(eval_masks) == len(eval_classes) == 1
+    # no dropout / drop-path / batch statistics in the tiny Swin model: eval final == train final
+    if fixture == "swin":
+        torch.testing.assert_close(eval_masks[0], masks[-1])
+        torch.testing.assert_close(eval_classes[0], classes[-1])
+
+
+def _hf_twin(model) -> Mask2FormerForUniversalSegmentation:
+    """transformers' own Mask2Former with the same config and weights as our wrapper."""
+    hf = Mask2FormerForUniversalSegmentation(model.hf_config).eval()
+    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
+    assert unexpected == [] and missing == ["criterion.empty_weight"]
+    return hf
+
+
+def test_swin_matches_transformers(swin):
+    hf = _hf_twin(swin)
+    x = images(seed=1)
+    with torch.no_grad():
+        ref = hf(pixel_values=(x * 255 - D2_MEAN) / D2_STD, output_auxiliary_logits=True)
+        swin.train()
+        masks, classes = swin(x)
+        swin.eval()
+        final_masks, final_classes = swin(x)
+    ref_masks = [a["masks_queries_logits"] for a in ref.auxiliary_logits] + [ref.masks_queries_logits]
+    ref_classes = [a["class_queries_logits"] for a in ref.auxiliary_logits] + [ref.class_queries_logits]
+    assert len(ref_masks) == len(masks) == 3
+    for ours, theirs in zip(masks + classes, ref_masks + ref_classes, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(final_masks[0], ref.masks_queries_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(final_classes[0], ref.class_queries_logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_swin_loads_hugging_face_folder(swin, tmp_path, safe):
+    # transformers writes the folder (config.json + model.safetensors / pytorch_model.bin): the real layout.
+    torch.manual_seed(5)
+    source = Mask2FormerForUniversalSegmentation(swin.hf_config).eval()
+    source.save_pretrained(tmp_path, safe_serialization=safe)
+    assert (tmp_path / ("model.safetensors" if safe else "pytorch_model.bin")).is_file()
+    model = create_model("m2f_swin_test", checkpoint=tmp_path).eval()
+    x = images(seed=2)
+    with torch.no_grad():
+        ref = source(pixel_values=(x * 255 - D2_MEAN) / D2_STD)
+        masks, classes = model(x)
+    torch.testing.assert_close(masks[-1], ref.masks_queries_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(classes[-1], ref.class_queries_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_swin_rejects_a_folder_for_another_architecture(swin, tmp_path):
+    Mask2FormerForUniversalSegmentation(swin.hf_config).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=r"config\.json: num_queries is 8, but this model has 12"):
+        create_model("m2f_swin_test", num_queries=12, checkpoint=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no model.safetensors or pytorch_model.bin"):
+        create_model("m2f_swin_test", checkpoint=tmp_path / "empty")
+    with pytest.raises(UserError, match="checkpoint not found"):
+        create_model("m2f_swin_test", checkpoint=tmp_path / "missing")
+
+
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_save_and_reload_gives_identical_outputs(name, tmp_path):
+    torch.manual_seed(3)
+    model = create_model(name, num_classes=5)
+    with torch.no_grad():  # move BatchNorm running statistics away from their init
+        model.train()
+        model(images(seed=4))
+    model.eval()
+    path = save_checkpoint(model, tmp_path / "model.safetensors")
+    reloaded = load_model(path).eval()
+    assert type(reloaded) is type(model) and reloaded.num_classes == 5
+    x = images(seed=5)
+    with torch.no_grad():
+        for a, b in zip(model(x), reloaded(x), strict=True):
+            torch.testing.assert_close(a[-1], b[-1], rtol=0, atol=0)
+
+
+def test_adapter_every_parameter_gets_a_gradient(adapter):
+    # DDP needs every parameter in the graph; the unused ViT final norm is removed.
+    adapter.train()
+    adapter.zero_grad()
+    masks, classes = adapter(images())
+    (sum(m.mean() for m in masks) + sum(c.mean() for c in classes)).backward()
+    no_grad = [n for n, p in adapter.named_parameters() if p.grad is None]
+    assert no_grad == []
+
+
+def test_adapter_with_zero_gamma_leaves_the_vit_unchanged(adapter):
+    # Injector gammas start at 0, so the ViT tokens after the last block equal timm's own forward.
+    adapter.eval()
+    vit = adapter.backbone
+    seen = {}
+    handle = vit.blocks[-1].register_forward_hook(lambda module, args, out: seen.setdefault("tokens", out))
+    x = images(seed=6)
+    with torch.no_grad():
+        adapter(x)
+        handle.remove()
+        expected = vit.forward_features((x - adapter.pixel_mean) / adapter.pixel_std)
+    torch.testing.assert_close(seen["tokens"], expected)
+    assert vit.num_prefix_tokens == 3  # CLS + 2 registers kept through the interactions
+
+
+def test_adapter_feature_strides(adapter):
+    adapter.eval()
+    with torch.no_grad():
+        features = adapter.adapter(images(batch=1), adapter.backbone)
+    assert [tuple(f.shape) for f in features] == [
+        (1, 32, 16, 16),
+        (1, 32, 8, 8),
+        (1, 32, 4, 4),
+        (1, 32, 2, 2),
+    ]
+
+
+@pytest.mark.parametrize("fixture", ["swin", "adapter"])
+def test_windowed_inference_path(fixture, request):
+    predict = pytest.importorskip("eomt_ood.inference.predict")
+    model = predict.prepare_model(request.getfixturevalue(fixture))
+    image = (np.random.default_rng(0).random((64, 128, 3)) * 255).astype(np.uint8)
+    out = predict.predict_image(model, image)
+    assert out.class_scores.shape == (19, 64, 128) and out.prediction.shape == (64, 128)
+    # Oracle: two disjoint 64 x 64 windows, scored by hand (eomt.md §5.4).
+    x = torch.tensor(image).permute(2, 0, 1).float().div(255)
+    with torch.no_grad():
+        masks, classes = model(torch.stack([x[:, :, :64], x[:, :, 64:]]))
+    up = F.interpolate(masks[-1], size=(64, 64), mode="bilinear", align_corners=False).sigmoid()
+    scores = torch.einsum("bqhw,bqc->bchw", up, classes[-1].softmax(-1)[..., :19])
+    torch.testing.assert_close(
+        out.class_scores, torch.cat([scores[0], scores[1]], dim=-1), rtol=1e-4, atol=1e-5
+    )
