@@ -340,7 +340,11 @@ class BinaryHistogram(Metric):
             self.neg += torch.from_numpy(neg).to(self.neg.device)
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """(pos, neg): copies of the states as (num_levels,) numpy int64 arrays."""
+        """(pos, neg): copies of the states as (num_levels,) numpy int64 arrays.
+
+        These are this process's counts; `compute` syncs across processes first (wrap a call in
+        ``metric.sync_context()`` to read the merged counts under distributed training).
+        """
         return (
             self.pos.detach().cpu().numpy().astype(np.int64, copy=True),
             self.neg.detach().cpu().numpy().astype(np.int64, copy=True),
