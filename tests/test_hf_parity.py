@@ -229,3 +229,30 @@ def test_register_counts_and_swiglu(tmp_path, registers):
     ).eval()
     assert model.num_prefix_tokens == 1 + registers
     assert_parity(model, x, expected)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_hugging_face_folder_rebuilds_from_config_json(tmp_path, hf_and_input, safe):
+    from eomt_ood.models.checkpoints import load_model
+
+    hf, x, expected = hf_and_input
+    hf.save_pretrained(
+        tmp_path, safe_serialization=safe
+    )  # config.json + model.safetensors / pytorch_model.bin
+    model = load_model(tmp_path, masked_attn_enabled=False).eval()
+    assert (model.num_queries, model.num_classes, model.num_blocks, model.num_prefix_tokens) == (8, 19, 2, 3)
+    assert model.backbone.blocks[0].attn.num_heads == 2  # from config.json: no shape tells the head count
+    assert_parity(model, x, expected)
+    assert_parity(
+        create_model("eomt_test", checkpoint=tmp_path, masked_attn_enabled=False).eval(), x, expected
+    )
+
+
+def test_hugging_face_swiglu_folder_rebuilds(tmp_path):
+    from eomt_ood.models.checkpoints import load_model
+
+    hf = make_hf(num_register_tokens=1, use_swiglu_ffn=True, hidden_size=40)
+    hf.save_pretrained(tmp_path)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    model = load_model(tmp_path, masked_attn_enabled=False).eval()
+    assert_parity(model, x, hf_logits(hf, x))

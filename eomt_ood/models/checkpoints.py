@@ -33,11 +33,28 @@ class CheckpointMismatch(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- reading files
-def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a .safetensors / .bin / .pt / .pth / .ckpt file (metadata empty unless safetensors)."""
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_weights_file(path: str | Path) -> Path:
+    """A weights file, or the model.safetensors / pytorch_model.bin inside a folder (a hub repo download)."""
     path = Path(path)
+    if path.is_dir():
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"{path}: folder has no {' or '.join(WEIGHT_FILES)}")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
+    return path
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a .safetensors / .bin / .pt / .pth / .ckpt file or a folder holding one.
+
+    Metadata is empty unless the file is safetensors. Lightning `{"state_dict": ...}` files are unwrapped.
+    """
+    path = resolve_weights_file(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -326,18 +343,52 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, **overrides) -> nn.Module:
-    """Rebuild and load a model saved by `save_checkpoint` (architecture from the file's metadata).
+def hf_config_to_kwargs(config: dict) -> tuple[str, dict]:
+    """Registered name and overrides for a Hugging Face `EomtConfig` (config.json as a dict).
 
-    Files without our metadata (official / HF) are rebuilt from their shapes when they match a registered
-    DINOv2 size; `overrides` (e.g. masked_attn_enabled=False) are applied on top.
+    Every architecture field is passed explicitly (also heads, which no tensor shape reveals), so any HF EoMT
+    size maps onto the DINOv2 family: giant (SwiGLU) when `use_swiglu_ffn`, else the plain-MLP entry.
+    """
+    dim = int(config.get("hidden_size", 1024))
+    mlp_ratio = float(config.get("mlp_ratio", 4))
+    labels = config.get("id2label")
+    kwargs = {
+        "img_size": int(config.get("image_size", 640)),
+        "patch_size": int(config.get("patch_size", 16)),
+        "embed_dim": dim,
+        "depth": int(config.get("num_hidden_layers", 24)),
+        "num_heads": int(config.get("num_attention_heads", 16)),
+        "reg_tokens": int(config.get("num_register_tokens", 4)),
+        "num_queries": int(config.get("num_queries", 200)),
+        "num_classes": len(labels) if labels else int(config.get("num_labels", 2)),
+        "num_blocks": int(config.get("num_blocks", 4)),
+    }
+    if config.get("use_swiglu_ffn"):
+        # HF: hidden H = (int(D * r * 2/3) + 7) // 8 * 8; timm SwiGLUPacked: fc1 width int(D * mlp_ratio) = 2H.
+        hidden = (int(dim * mlp_ratio * 2 / 3) + 7) // 8 * 8
+        kwargs["mlp_ratio"] = (2 * hidden + 0.5) / dim  # +0.5: int(dim * ratio) must not round down to 2H - 1
+        return "eomt_giant_patch16_1024", kwargs
+    kwargs["mlp_ratio"] = mlp_ratio
+    return "eomt_large_patch16_1024", kwargs
+
+
+def load_model(path: str | Path, **overrides) -> nn.Module:
+    """Rebuild a model from a file (or folder) and load it; `overrides` (e.g. masked_attn_enabled=False) win.
+
+    The architecture comes from, in order: our safetensors metadata (`save_checkpoint`); a Hugging Face
+    `config.json` beside the weights (model_type "eomt"); the tensor shapes, when they match a registered
+    DINOv2 size (official `pytorch_model.bin`).
     """
     from eomt_ood.models.registry import create_model
 
+    path = resolve_weights_file(path)
     state_dict, metadata = read_state_dict(path)
+    hf_config_path = path.parent / "config.json"
     if metadata.get("format") == FORMAT_TAG:
         config = json.loads(metadata["config"])
         name, kwargs = config["name"], dict(config["kwargs"])
+    elif hf_config_path.is_file() and _is_eomt_hf_config(hf_config_path):
+        name, kwargs = hf_config_to_kwargs(json.loads(hf_config_path.read_text()))
     else:
         try:
             inferred = infer_config(state_dict)
@@ -358,3 +409,10 @@ def load_model(path: str | Path, **overrides) -> nn.Module:
     except CheckpointMismatch as exc:
         raise UserError(f"{path}: {exc}") from exc
     return model
+
+
+def _is_eomt_hf_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("model_type") == "eomt"
+    except (OSError, ValueError, AttributeError):
+        return False
