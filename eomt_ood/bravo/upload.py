@@ -200,9 +200,9 @@ def _encode_in_order(tasks: list[EncodeTask], workers: int, progress: bool) -> I
                         break
                 while window:
                     data = window.popleft().result()
-                    task = next(queue, None)
-                    if task is not None:
-                        window.append(executor.submit(encode_task, task))
+                    following = next(queue, None)
+                    if following is not None:
+                        window.append(executor.submit(encode_task, following))
                     yield data
                     bar.update()
             except BaseException:

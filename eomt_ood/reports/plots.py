@@ -160,7 +160,7 @@ def ood_curve_data(ood_pos: np.ndarray, ood_neg: np.ndarray, max_points: int | N
     (0, 0) / (recall 0, precision 1) to (1, 1) / recall 1) plus `metrics` = `curve_metrics(...)`.
     """
     pos, neg = np.asarray(ood_pos)[::-1], np.asarray(ood_neg)[::-1]
-    data = curves(pos, neg, max_points=max_points)
+    data: dict = dict(curves(pos, neg, max_points=max_points))
     data["metrics"] = curve_metrics(pos, neg)
     return data
 
