@@ -13,7 +13,8 @@ Layout::
     images/<i:06d>/gt_label, gt_invalid    (H, W) uint8: train ids (255 void) and 0/1 invalid (with ground truth)
     images/<i:06d>/preview/...             the same maps at most PREVIEW_SIDE on the long side (nearest for
                                            labels, level mean for confidences), plus top2_class (2, h, w) uint8
-                                           and top2_score (2, h, w) float16 of the normalised class scores
+                                           and top2_score (2, h, w) float16 of the normalised class scores, and
+                                           rgb (h, w, 3) uint8, the input image (box-filtered)
     stats/<field>                          (N,) float64 per-image statistics (NaN where undefined)
     histograms/<score>/<subset>/<name>     (65536,) int64: correct, wrong, ood_pos, ood_neg (indexed by level)
 
@@ -117,11 +118,13 @@ class StoreWriter:
         top2_score: np.ndarray | None = None,
         gt_label: np.ndarray | None = None,
         gt_invalid: np.ndarray | None = None,
+        rgb: np.ndarray | None = None,
         stats: Mapping[str, float] | None = None,
     ) -> None:
         """Add one image: pred (H, W) uint8; confs {score: (H, W) uint16}; optional GT and previews.
 
-        `top2_class` / `top2_score` are already at preview size ((2, h, w); see `preview_shape`).
+        `top2_class` / `top2_score` are already at preview size ((2, h, w); see `preview_shape`); `rgb` is the
+        full-size input (H, W, 3) uint8, of which only the preview is kept.
         """
         if set(confs) != set(self._confidences):
             raise ValueError(f"confidences {sorted(confs)} do not match the store's {self._confidences}")
@@ -146,6 +149,11 @@ class StoreWriter:
             preview.create_dataset(
                 "gt_invalid", data=downsample_labels((gt_invalid != 0).astype(np.uint8), shape)
             )
+        if rgb is not None:
+            if rgb.shape != (height, width, 3):
+                raise ValueError(f"{relpath}: rgb must have shape ({height}, {width}, 3), got {rgb.shape}")
+            channels = [downsample_mean(rgb[..., c], shape) for c in range(3)]
+            preview.create_dataset("rgb", data=np.stack(channels, -1).round().astype(np.uint8))
         if top2_class is not None and top2_score is not None:
             if top2_class.shape != (2, *shape) or top2_score.shape != (2, *shape):
                 raise ValueError(f"{relpath}: top-2 previews must have shape (2, {shape[0]}, {shape[1]})")
@@ -221,7 +229,8 @@ class StoreReader:
     def read(
         self, index: int, name: str, *, preview: bool = False, region: tuple[slice, slice] | None = None
     ):
-        """One map of image `index`: "pred", "conf/<score>", "gt_label", "gt_invalid", "top2_class", "top2_score".
+        """One map of image `index`: "pred", "conf/<score>", "gt_label", "gt_invalid", "top2_class", "top2_score",
+        "rgb" (preview only).
 
         `preview=True` reads the downsampled copy; `region` reads a window of the full-resolution map.
         """

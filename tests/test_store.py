@@ -49,6 +49,7 @@ def test_round_trip(tmp_path):
     gt = rng.integers(0, 19, (40, 70), dtype=np.uint8)
     inv = (rng.random((40, 70)) < 0.1).astype(np.uint8) * 255
     counts = {k: rng.integers(0, 9, 65536) for k in ("correct", "wrong", "ood_pos", "ood_neg")}
+    rgb = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)
     with StoreWriter(path, model="eomt_test", confidences=["msp", "rba"]) as store:
         store.add_image(
             "bravo_synobjs/polar bear/1.png",
@@ -57,6 +58,7 @@ def test_round_trip(tmp_path):
             confs0,
             gt_label=gt,
             gt_invalid=inv,
+            rgb=rgb,
             stats={"auprc_ood": 0.5, "miou": 0.25},
         )
         store.add_image("bravo_synrain/a/a_leftImg8bit.png", "synrain", pred1, confs1, stats={"miou": 0.75})
@@ -73,6 +75,9 @@ def test_round_trip(tmp_path):
             reader.read(0, "conf/msp", region=(slice(5, 9), slice(60, 70))), confs0["msp"][5:9, 60:70]
         )
         assert reader.has_ground_truth(0) and not reader.has_ground_truth(1)
+        np.testing.assert_array_equal(
+            reader.read(0, "rgb", preview=True), rgb
+        )  # 40x70 is below the preview side
         stats = reader.stats()
         np.testing.assert_array_equal(stats["miou"], [0.25, 0.75])
         assert np.isnan(stats["auprc_ood"][1])
