@@ -256,11 +256,11 @@ def subset_metrics(subset: str, totals: ImageStatistics) -> dict[str, float | li
         pos, neg = totals.ood_pos, totals.ood_neg
         if pos.sum() == 0:
             raise UserError(
-                f"subset {subset}: no invalid (OOD) pixel in the ground truth, so OOD metrics are undefined"
+                f"subset {subset}: no invalid (OOD) pixel among the scored pixels, so OOD metrics are undefined"
             )
         if neg.sum() == 0:
             raise UserError(
-                f"subset {subset}: no valid pixel in the ground truth, so OOD metrics are undefined"
+                f"subset {subset}: no valid pixel among the scored pixels, so OOD metrics are undefined"
             )
         # The OOD score is the doubt 65535 - conf: reversing the conf-indexed histograms puts doubt first.
         ood = curve_metrics(pos[::-1], neg[::-1])
@@ -426,6 +426,10 @@ def _maybe_open_samples(samples: str | Path | None):
 
 
 def _make_task(image: GtImage, gt_tree: Tree, sub_tree: Tree, samples_tree: Tree | None) -> ImageTask:
+    if image.mask_name not in gt_tree:
+        raise UserError(
+            f"{image.mask_name}: mask file missing from the ground truth (its label {image.label_name} exists)"
+        )
     for name in (image.pred_name, image.conf_name):
         if name not in sub_tree:
             raise UserError(f"{name}: missing from the submission {sub_tree.path}")

@@ -282,9 +282,10 @@ def subset_of_label(name: str) -> GtImage | None:
 
 
 def match_gt(gt_names: Iterable[str], warn: WarnFn | None = None) -> dict[str, list[GtImage]]:
-    """GT images per subset (official order, sorted by path); a label without its mask is a `UserError`.
+    """GT images per subset (official order, sorted by path).
 
-    Files that are neither a label nor the mask of a label are reported through `warn` (one line).
+    Files that are neither a label nor the mask of a label are reported through `warn` (one line). A label
+    without its mask is still listed; scoring fails with a `UserError` only if its subset is evaluated.
     """
     names = set(gt_names)
     by_subset: dict[str, list[GtImage]] = {s: [] for s in SUBSETS}
@@ -293,10 +294,6 @@ def match_gt(gt_names: Iterable[str], warn: WarnFn | None = None) -> dict[str, l
         image = subset_of_label(name)
         if image is None:
             continue
-        if image.mask_name not in names:
-            raise UserError(
-                f"{image.mask_name}: mask file missing from the ground truth (label {name} exists)"
-            )
         by_subset[image.subset].append(image)
         used.update((name, image.mask_name))
     unmatched = sorted(names - used)
