@@ -3,6 +3,8 @@ Mask2Former, Hugging Face checkpoint folders, save/reload, gradient flow and the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -194,3 +196,25 @@ def test_windowed_inference_path(fixture, request):
     torch.testing.assert_close(
         out.class_scores, torch.cat([scores[0], scores[1]], dim=-1), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.slow
+def test_vit_adapter_trains_on_synthetic_scenes(tmp_path):
+    # The training loop (loss on every decoder prediction, LLRD on model.backbone) runs unchanged.
+    from test_train_run import read_metrics, write_scenes
+
+    from eomt_ood.config import load_config
+    from eomt_ood.training.config import TrainConfig
+    from eomt_ood.training.run import train
+
+    config = load_config(
+        TrainConfig,
+        Path(__file__).resolve().parents[1] / "configs" / "m2f_vit_adapter_test_synthetic.yaml",
+        [f"data.root={write_scenes(tmp_path / 'data', 4)}", "trainer.max_steps=20", "trainer.val_every_n_epochs=0",
+         "trainer.log_every_n_steps=1"],
+    )  # fmt: skip
+    weights = train(config, out_dir=tmp_path / "run")
+    losses = [float(r["train/loss"]) for r in read_metrics(tmp_path / "run") if r.get("train/loss")]
+    assert len(losses) == 20 and np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert type(load_model(weights)).__name__ == "ViTAdapterMask2Former"
