@@ -115,7 +115,7 @@ def test_full_outputs_are_the_resized_canvas_and_maps_equal_them_in_bands():
         torch.cat([outputs.class_scores, outputs.no_object[None]]), expected, atol=2e-6, rtol=0
     )
     names = list_confidences()
-    prediction, maps = predict_maps(model, image, names, band_rows=7)
+    prediction, maps = predict_maps(model, image, names, band_pixels=7 * 70)
     assert prediction.dtype == np.uint8 and prediction.shape == (45, 70)
     np.testing.assert_array_equal(prediction, outputs.prediction.numpy())
     from eomt_ood.confidence import get_confidence
@@ -158,6 +158,8 @@ def tiny_hf_model(seed=0):
     model = EomtForUniversalSegmentation(config).eval()
     with torch.no_grad():  # sharpen the random heads so scores are not all near-ties
         model.class_predictor.weight.mul_(20)
+        # A fully annealed model (P_k = 0): the port then skips masked attention, like ours at inference.
+        model.attn_mask_probs.zero_()
     return model
 
 
@@ -192,6 +194,24 @@ def test_windowed_pipeline_matches_the_transformers_processor(size):
     clear = (top2[0] - top2[1]) > 1e-4
     assert clear.float().mean() > 0.9
     assert torch.equal(ours.prediction[clear], hf_prediction[clear])
+
+
+def test_our_eomt_with_the_same_hf_weights_matches_the_transformers_pipeline(tmp_path):
+    from safetensors.torch import save_file
+
+    hf_model = tiny_hf_model(seed=1)
+    path = tmp_path / "hf.safetensors"
+    save_file({k: v.contiguous() for k, v in hf_model.state_dict().items()}, str(path))
+    ours = prepare_model(create_model("eomt_test", checkpoint=path))
+    for size in [(48, 150), (150, 48)]:
+        image = random_image(*size, seed=4)
+        hf_scores, hf_prediction = hf_scores_and_prediction(hf_model, image, 64)
+        outputs = predict_image(ours, image, micro_batch=2)
+        torch.testing.assert_close(outputs.class_scores, hf_scores, atol=2e-5, rtol=1e-4)
+        top2 = hf_scores.topk(2, dim=0).values
+        clear = (top2[0] - top2[1]) > 1e-4
+        assert clear.float().mean() > 0.9
+        assert torch.equal(outputs.prediction[clear], hf_prediction[clear])
 
 
 def test_eomt_test_model_end_to_end_with_autocast():

@@ -91,7 +91,7 @@ def prepare_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.Mo
 
 
 def window_stack(
-    mask_logits: torch.Tensor, class_logits: torch.Tensor, side: int, query_chunk: int = 16
+    mask_logits: torch.Tensor, class_logits: torch.Tensor, side: int, query_chunk: int = 25
 ) -> torch.Tensor:
     """One window's (C+1, S, S) stack from its mask logits (Q, h, w) and class logits (Q, C+1).
 
@@ -100,14 +100,13 @@ def window_stack(
     Queries are processed `query_chunk` at a time so the upsampled logits never take Q x S x S memory.
     """
     probs = class_logits.float().softmax(-1)  # softmax over C+1, no-object included (eomt.md §5.4)
-    stack = torch.zeros((probs.shape[-1], side, side), dtype=torch.float32, device=mask_logits.device)
+    stack = torch.zeros((probs.shape[-1], side * side), dtype=torch.float32, device=mask_logits.device)
     for first in range(0, mask_logits.shape[0], query_chunk):
         chunk = mask_logits[first : first + query_chunk].float()
-        masks = F.interpolate(chunk[None], size=(side, side), mode="bilinear", align_corners=False)[
-            0
-        ].sigmoid_()
-        stack += torch.einsum("qhw,qk->khw", masks, probs[first : first + query_chunk])
-    return stack
+        masks = F.interpolate(chunk[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+        # einsum("qhw,qk->khw") accumulated in place: no (C+1, S, S) temporary per chunk.
+        stack.addmm_(probs[first : first + query_chunk].T, masks.sigmoid_().reshape(masks.shape[0], -1))
+    return stack.view(-1, side, side)
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
@@ -177,13 +176,13 @@ def predict_maps(
     micro_batch: int = 4,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
-    band_rows: int = 128,
+    band_pixels: int = 1 << 18,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Prediction (H, W) uint8 and {name: (H, W) float32 confidence in [0, 1]} of a uint8 image.
 
-    The canvas is resized to the input size `band_rows` rows at a time and every score is taken per band (scores
-    are pointwise), so memory beyond the canvas is O(band_rows * W * C). Higher confidence = more
-    in-distribution.
+    The canvas is resized to the input size a band of about `band_pixels` output pixels (whole rows) at a time and
+    every score is taken per band (scores are pointwise), so the working memory beyond the canvas and the
+    returned maps is O(band_pixels * C) whatever the image size. Higher confidence = more in-distribution.
     """
     functions = {name: get_confidence(name) for name in confidences}
     height, width = _as_hwc(image).shape[:2]
@@ -192,6 +191,7 @@ def predict_maps(
         raise ValueError(f"{canvas.shape[0] - 1} classes do not fit an 8-bit prediction")
     prediction = np.empty((height, width), dtype=np.uint8)
     maps = {name: np.empty((height, width), dtype=np.float32) for name in functions}
+    band_rows = max(1, band_pixels // width)
     for top in range(0, height, band_rows):
         rows = slice(top, min(top + band_rows, height))
         band = PixelOutputs.from_stack(resize_rows(canvas, height, width, rows))
