@@ -154,3 +154,40 @@ def test_cli_make_data_user_errors(tmp_path, monkeypatch, capsys):
     assert code == 2 and "--splits" in err
     code, _, err = run_make_data(monkeypatch, capsys, *base, "--size", "8x8")
     assert code == 2 and "at least 16" in err
+
+
+def test_simple_scenes_have_six_classes_and_large_objects(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(5)
+    classes: set[int] = set()
+    for _ in range(6):
+        scene = render_scene_layers(rng, 64, 128, simple=True)
+        classes |= set(np.unique(scene.train_ids).tolist())
+        # every car and tree covers a decent area: near objects only
+        for instance in np.unique(scene.instance_ids[scene.instance_ids > 0]):
+            pixels = scene.instance_ids == instance
+            if scene.label_ids[pixels][0] in (21, 26):
+                assert scene.depth[pixels].max() <= 14.0
+    assert classes == {0, 1, 2, 8, 10, 13, IGNORE}
+    code, _, err = run_make_data(
+        monkeypatch,
+        capsys,
+        "cityscapes-synthetic",
+        "--out",
+        tmp_path,
+        "--num-images",
+        3,
+        "--size",
+        "32x64",
+        "--simple",
+    )
+    assert code == 0, err
+    labels = [read_png(p) for p in sorted(tmp_path.rglob("*_labelTrainIds.png"))]
+    assert len(labels) == 3 and set(np.unique(np.concatenate([x.ravel() for x in labels]))) <= {
+        0,
+        1,
+        2,
+        8,
+        10,
+        13,
+        255,
+    }

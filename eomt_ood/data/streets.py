@@ -124,14 +124,17 @@ def _grid(box, height, width):
 class _Street:
     """Scene parameters and the projection helpers for one scene."""
 
-    def __init__(self, rng: np.random.Generator, height: int, width: int):
-        self.rng, self.height, self.width = rng, height, width
+    def __init__(self, rng: np.random.Generator, height: int, width: int, simple: bool = False):
+        self.rng, self.height, self.width, self.simple = rng, height, width, simple
+        self.far_object = 14.0 if simple else 45.0  # the farthest tree / car (camera heights)
         self.horizon = height * rng.uniform(0.36, 0.48)
         self.vx = width * rng.uniform(0.42, 0.58)
         self.focal = width * rng.uniform(0.5, 0.65)
         self.road = (-rng.uniform(2.2, 3.6), rng.uniform(1.6, 2.8))  # lateral road edges (left < 0 < right)
         self.sidewalk = (rng.uniform(1.0, 2.2), rng.uniform(1.0, 2.2))  # widths left / right
         self.terrain = tuple(rng.uniform(0.6, 2.0) if rng.random() < 0.45 else 0.0 for _ in range(2))
+        if simple:
+            self.terrain = (0.0, 0.0)
         outer_left = self.road[0] - self.sidewalk[0]
         outer_right = self.road[1] + self.sidewalk[1]
         self.sidewalk_outer = (outer_left, outer_right)
@@ -148,26 +151,34 @@ class _Street:
         return self.focal * size / depth
 
 
-def render_scene_layers(rng: np.random.Generator, height: int = 256, width: int = 512) -> Scene:
-    """Render one random street scene (see the module docstring); all randomness comes from `rng`."""
+def render_scene_layers(
+    rng: np.random.Generator, height: int = 256, width: int = 512, simple: bool = False
+) -> Scene:
+    """Render one random street scene (see the module docstring); all randomness comes from `rng`.
+
+    `simple=True` draws only six classes (road, sidewalk, building, vegetation, sky, car) plus the ignored
+    bonnet, with few, near and therefore large trees and cars and no gaps between buildings: a task that a
+    model with few queries and coarse masks (the tiny test models) can fit at low resolution.
+    """
     if height < 16 or width < 16:
         raise ValueError(f"scene size must be at least 16 x 16, got {height} x {width}")
-    street = _Street(rng, height, width)
+    street = _Street(rng, height, width, simple)
     canvas = _Canvas(height, width)
     _draw_sky(canvas, street)
     _draw_ground(canvas, street)
     for side in (0, 1):
         _draw_facades(canvas, street, side)
-        if rng.random() < 0.35:
+        if not simple and rng.random() < 0.35:
             _draw_fence(canvas, street, side)
-    for _ in range(rng.integers(2, 9)):
+    for _ in range(rng.integers(1, 4) if simple else rng.integers(2, 9)):
         _draw_tree(canvas, street)
-    for _ in range(rng.integers(1, 7)):
+    for _ in range(rng.integers(1, 4) if simple else rng.integers(1, 7)):
         _draw_car(canvas, street)
-    for _ in range(rng.integers(1, 7)):
-        _draw_person(canvas, street)
-    for _ in range(rng.integers(1, 5)):
-        _draw_pole(canvas, street)
+    if not simple:
+        for _ in range(rng.integers(1, 7)):
+            _draw_person(canvas, street)
+        for _ in range(rng.integers(1, 5)):
+            _draw_pole(canvas, street)
     if rng.random() < 0.8:
         _draw_ego_vehicle(canvas, street)
 
@@ -187,10 +198,11 @@ def render_scene_layers(rng: np.random.Generator, height: int = 256, width: int 
 
 
 def render_scene(
-    rng: np.random.Generator, height: int = 256, width: int = 512
+    rng: np.random.Generator, height: int = 256, width: int = 512, simple: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One random street scene: (rgb uint8 (H, W, 3), trainIds uint8 (H, W), 255 = ignore)."""
-    scene = render_scene_layers(rng, height, width)
+    """One random street scene: (rgb uint8 (H, W, 3), trainIds uint8 (H, W), 255 = ignore); see
+    `render_scene_layers` for `simple`."""
+    scene = render_scene_layers(rng, height, width, simple)
     return scene.rgb, scene.train_ids
 
 
@@ -240,7 +252,10 @@ def _draw_ground(canvas: _Canvas, st: _Street) -> None:
         canvas.paint(kerb, SIDEWALK, side_colour * 0.7 + 60, dep, texture=6.0, box=half)
         # a grass strip up to the façade line, and more grass beyond it (seen through gaps between buildings)
         beyond = (lat <= outer) if side == 0 else (lat >= outer)
-        canvas.paint(beyond, TERRAIN, terrain_colour, dep, texture=14.0, box=half)
+        if st.simple:  # no terrain class: the sidewalk runs on behind the buildings
+            canvas.paint(beyond, SIDEWALK, side_colour, dep, texture=6.0, box=half)
+        else:
+            canvas.paint(beyond, TERRAIN, terrain_colour, dep, texture=14.0, box=half)
 
 
 def _facade_coordinates(st: _Street, plane_lateral: float):
@@ -269,7 +284,7 @@ def _draw_facades(canvas: _Canvas, st: _Street, side: int) -> None:
     palette = np.array([[150, 120, 100], [120, 110, 105], [170, 160, 140], [140, 85, 70], [105, 105, 115]])
     colours = np.stack([_jitter(rng, palette[rng.integers(len(palette))], 18) for _ in range(n_blocks)])
     heights = rng.uniform(2.5, 11.0, n_blocks).astype(np.float32)
-    present = rng.random(n_blocks) < 0.85
+    present = (rng.random(n_blocks) < 0.85) | st.simple
     pitches = rng.uniform(0.9, 1.4, n_blocks).astype(np.float32)
     block = np.searchsorted(np.asarray(edges, np.float32), depth, side="right") - 1  # (1, W)
     valid = columns & (block >= 0) & (block < n_blocks)
@@ -325,7 +340,7 @@ def _draw_tree(canvas: _Canvas, st: _Street) -> None:
     lateral = rng.uniform(min(nearest, farthest), max(nearest, farthest))
     if inward * (lateral - farthest) > 0:
         lateral = farthest
-    depth = rng.uniform(3.0, 45.0)
+    depth = rng.uniform(3.0, st.far_object)
     cx, cy = st.project(lateral, crown_h, depth)
     r_px = st.scale(radius, depth)
     _, ground_y = st.project(lateral, 0.0, depth)
@@ -352,7 +367,7 @@ def _draw_car(canvas: _Canvas, st: _Street) -> None:
     rng = st.rng
     width, height = rng.uniform(1.15, 1.35), rng.uniform(0.9, 1.15)
     lateral = rng.uniform(st.road[0] + width / 2 + 0.1, st.road[1] - width / 2 - 0.1)
-    depth = rng.uniform(3.0, 40.0)
+    depth = rng.uniform(3.0, min(40.0, st.far_object))
     left, bottom = st.project(lateral - width / 2, 0.0, depth)
     right, top = st.project(lateral + width / 2, height, depth)
     box = (top, bottom + 1, left, right + 1)
@@ -514,12 +529,14 @@ def write_dataset(
     splits: tuple[str, ...] = ("train", "val"),
     val_fraction: float = 0.2,
     write_color: bool = False,
+    simple: bool = False,
 ) -> dict[str, int]:
     """Write a synthetic Cityscapes-layout dataset under `out`; returns the number of images per split.
 
     Image k of split s is rendered from `np.random.default_rng([seed, split_number, k])`, so it does not change
     with `num_images`. Files: `leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`, `gtFine/<split>/<city>/
     <stem>_gtFine_labelIds.png` and `_gtFine_labelTrainIds.png` (and `_gtFine_color.png` with `write_color`).
+    `simple` renders the six-class scenes of `render_scene_layers(..., simple=True)`.
     """
     out = Path(out)
     unknown = [s for s in splits if s not in SPLIT_CITIES]
@@ -536,7 +553,7 @@ def write_dataset(
         cities = SPLIT_CITIES[split]
         for k in range(count):
             rng = np.random.default_rng([seed, split_numbers[split], k])
-            scene = render_scene_layers(rng, height, width)
+            scene = render_scene_layers(rng, height, width, simple)
             city = cities[k % len(cities)]
             stem = image_stem(city, k)
             write_png(out / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", scene.rgb)
