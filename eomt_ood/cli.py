@@ -40,6 +40,7 @@ def make_data_command(
     splits: str = typer.Option("train,val", "--splits", help="Comma-separated splits (train, val, test)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=1.0, help="Held-out share."),
     color: bool = typer.Option(False, "--color", help="Also write _gtFine_color.png label visualisations."),
+    simple: bool = typer.Option(False, "--simple", help="Six classes, large objects (for tiny test models)."),
 ) -> None:
     """Write a synthetic dataset; `cityscapes-synthetic` gives street scenes in the Cityscapes folder layout."""
     from eomt_ood.data.streets import parse_size, write_dataset
@@ -47,7 +48,7 @@ def make_data_command(
     if kind != "cityscapes-synthetic":
         raise UserError(f"make-data {kind}: unknown kind; expected cityscapes-synthetic")
     split_names = tuple(s.strip() for s in splits.split(",") if s.strip())
-    counts = write_dataset(out, num_images, seed, parse_size(size), split_names, val_fraction, color)
+    counts = write_dataset(out, num_images, seed, parse_size(size), split_names, val_fraction, color, simple)
     print(", ".join(f"{n} {split}" for split, n in counts.items()) + f" image(s) -> {out}")
 
 
