@@ -1,0 +1,111 @@
+"""Training configuration: frozen dataclasses, loaded with `eomt_ood.config.load_config(TrainConfig, yaml, sets)`.
+
+Defaults are the official Cityscapes EoMT-L 1024 recipe (spec §4); `configs/*.yaml` spell every value out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """name: a registered model; overrides: its keyword overrides (e.g. num_classes, depth for tiny models);
+    pretrained_backbone: local timm/DINOv2 backbone weights (null = random init); checkpoint: start from EoMT
+    weights instead (fine-tuning)."""
+
+    name: str = "eomt_large_patch16_1024"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    pretrained_backbone: Path | None = None
+    checkpoint: Path | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """root: a Cityscapes layout (leftImg8bit/, gtFine/); batch_size is per device (effective batch =
+    batch_size x devices x nodes x accumulate_grad_batches; the recipe uses 16). val_max_images limits
+    validation (null = all)."""
+
+    root: Path = Path("data/cityscapes")
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 4
+    num_workers: int = 4
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    color_jitter: bool = True
+    val_max_images: int | None = None
+    val_micro_batch: int = 4
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Mask2Former loss (spec §4.3): point counts, importance sampling, weights (also the matching costs)."""
+
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    class_weight: float = 2.0
+    no_object_weight: float = 0.1
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with layer-wise LR decay inside the backbone (spec §4.4); grad_clip is the global L2 norm."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    llrd: float = 0.8
+    grad_clip: float = 0.01
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Two-stage warm-up + poly (spec §4.5) and mask annealing (spec §2), in optimizer steps.
+
+    Heads warm up linearly over head_warmup_steps; the backbone has lr 0 for head_warmup_steps, then warms up
+    over backbone_warmup_steps. mask_annealing: derive the windows from the run's real T (else keep P_k = 1).
+    """
+
+    head_warmup_steps: int = 500
+    backbone_warmup_steps: int = 1000
+    poly_power: float = 0.9
+    mask_annealing: bool = True
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Lightning Trainer settings. max_steps (when set) overrides epochs. precision: "16-mixed" (recipe, GPU),
+    "bf16-mixed" or "32-true" (CPU). checkpoint_every_n_steps: periodic checkpoints (plus one at the end).
+    val_every_n_epochs: 0 turns validation off."""
+
+    epochs: int = 107
+    max_steps: int | None = None
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "16-mixed"
+    accumulate_grad_batches: int = 1
+    seed: int = 0
+    float32_matmul_precision: str = "medium"
+    compile: bool = False
+    log_every_n_steps: int = 50
+    val_every_n_epochs: int = 1
+    checkpoint_every_n_steps: int = 1000
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -1,0 +1,348 @@
+"""Build and run EoMT training: model, data loaders, Lightning Trainer, loggers, checkpoints, exact resume.
+
+`train(config, resume, out_dir)` is what `eomt-ood train` calls. Output layout under `out_dir`:
+
+    config.yaml                      the resolved config of the run
+    checkpoints/step=NNNNNNN.ckpt    Lightning checkpoints (every `checkpoint_every_n_steps` and at the end)
+    checkpoints/config.yaml          the same resolved config, next to the checkpoints
+    logs/version_*/metrics.csv       CSV log;  tb/version_*/  TensorBoard log
+    model.safetensors                final weights (`models.checkpoints` format, loadable by create_model)
+
+Exact resume: data order and augmentation are pure functions of (seed, epoch, position) — the sampler starts
+wherever the restored optimizer step says, and each sample's transform runs under its own seed — and the
+training module re-seeds the model-side RNGs from the step (see `training/module.py`). Optimizer, LR
+scheduler, GradScaler and `attn_mask_probs` come back with the Lightning checkpoint. A run stopped at a
+checkpoint and resumed therefore ends with the same weights as an uninterrupted one (tests/test_train_run.py).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from eomt_ood.config import to_dict
+from eomt_ood.errors import UserError
+from eomt_ood.training.config import TrainConfig
+from eomt_ood.training.module import EoMTTrainingModule, step_seed
+
+CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+class StepSampler(Sampler):
+    """Shuffled, padded, rank-sharded sample order that starts where the restored optimizer step says.
+
+    Epoch e uses `randperm(N)` seeded by (seed, e), padded by wrapping to a multiple of world_size (like
+    `DistributedSampler`), then every world_size-th index from `rank`. Yields `(index, sample_seed)` pairs; the
+    sample seed makes the augmentation of that draw reproducible. On each `iter()` it asks `step_fn()` for the
+    number of optimizer steps taken and skips the batches those consumed, so after a resume the loader continues
+    mid-epoch exactly where the interrupted run was.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        accumulate: int = 1,
+        step_fn: Callable[[], int] = lambda: 0,
+    ):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.accumulate = accumulate
+        self.step_fn = step_fn
+        self.per_rank = math.ceil(num_samples / world_size)
+        self.batches_per_epoch = self.per_rank // batch_size  # drop_last
+        if self.batches_per_epoch == 0:
+            raise UserError(
+                f"data.batch_size: {batch_size} is larger than the {self.per_rank} training images per process"
+            )
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / accumulate)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """This rank's dataset indices for `epoch` (length `per_rank`)."""
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.num_samples, generator=gen).tolist()
+        padded = (order * math.ceil(self.per_rank * self.world_size / self.num_samples))[
+            : self.per_rank * self.world_size
+        ]
+        return padded[self.rank :: self.world_size]
+
+    def start(self) -> tuple[int, int]:
+        """(epoch, first sample position in the epoch) implied by the optimizer steps taken so far."""
+        steps = int(self.step_fn())
+        epoch, step_in_epoch = divmod(steps, self.steps_per_epoch)
+        return epoch, step_in_epoch * self.accumulate * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, first = self.start()
+        order = self.epoch_order(epoch)
+        for position in range(first, self.batches_per_epoch * self.batch_size):
+            yield order[position], step_seed(self.seed, epoch, position, self.rank)
+
+
+class SeededSamples(Dataset):
+    """`dataset[(index, seed)]` = `dataset[index]` computed with all global RNGs seeded by `seed`.
+
+    The caller's RNG states are restored afterwards, so loading in the main process (num_workers 0) does not
+    disturb the training stream, and the result does not depend on the worker that loads it.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)  # noqa: NPY002 (the global generator is what third-party code draws from)
+            random.seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                np.random.set_state(np_state)  # noqa: NPY002
+                random.setstate(py_state)
+
+
+class CityscapesData(L.LightningDataModule):
+    """Cityscapes train (augmented, `StepSampler`) and val (full resolution, sharded across ranks) loaders."""
+
+    def __init__(self, config: TrainConfig, img_size: int):
+        super().__init__()
+        self.config = config
+        self.img_size = img_size
+
+    def train_dataloader(self) -> DataLoader:
+        from eomt_ood.data.cityscapes import CityscapesSemantic, collate_batch
+        from eomt_ood.data.transforms import TrainTransform
+
+        d, trainer = self.config.data, self.trainer
+        transform = TrainTransform(self.img_size, scale_range=d.scale_range, color_jitter=d.color_jitter)
+        dataset = CityscapesSemantic(d.root, d.train_split, transform=transform)
+        sampler = StepSampler(
+            len(dataset),
+            d.batch_size,
+            seed=self.config.trainer.seed,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            accumulate=trainer.accumulate_grad_batches,
+            step_fn=lambda: trainer.global_step,
+        )
+        return DataLoader(
+            SeededSamples(dataset),
+            batch_size=d.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=d.num_workers,
+            collate_fn=collate_batch,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        from eomt_ood.data.cityscapes import CityscapesSemantic, collate_lists
+
+        d, trainer = self.config.data, self.trainer
+        if self.config.trainer.val_every_n_epochs <= 0:
+            return []
+        dataset = CityscapesSemantic(d.root, d.val_split)
+        count = len(dataset) if d.val_max_images is None else min(d.val_max_images, len(dataset))
+        # Each image on exactly one rank (no padding): the confusion matrix is summed over ranks.
+        indices = list(range(count))[trainer.global_rank :: trainer.world_size]
+        return DataLoader(
+            torch.utils.data.Subset(dataset, indices),
+            batch_size=1,
+            shuffle=False,
+            num_workers=min(d.num_workers, 2),
+            collate_fn=collate_lists,
+        )
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+
+def find_last_checkpoint(out_dir: str | Path) -> Path | None:
+    """The `checkpoints/step=N.ckpt` with the largest N under `out_dir`, or None."""
+    folder = Path(out_dir) / "checkpoints"
+    found = []
+    for path in folder.glob("step=*.ckpt") if folder.is_dir() else []:
+        match = CHECKPOINT_NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def resolve_resume(resume: str | Path | None, out_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return find_last_checkpoint(out_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise UserError(f"--resume {path}: checkpoint not found")
+    return path
+
+
+def write_config(config: TrainConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+class ConfigAndStepCheckpoint(L.Callback):
+    """Stores the resolved config in every checkpoint and keeps `checkpoints/config.yaml` next to them."""
+
+    def __init__(self, config: TrainConfig, folder: Path):
+        self.config = config
+        self.folder = folder
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["eomt_ood_config"] = to_dict(self.config)
+        if trainer.is_global_zero:
+            write_config(self.config, self.folder / "config.yaml")
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    from eomt_ood.models import create_model
+
+    m = config.model
+    overrides = dict(m.overrides)
+    if m.pretrained_backbone is not None:
+        if not Path(m.pretrained_backbone).is_file():
+            # The backbone loader names the timm weights to fetch; say which config key to fix, too.
+            try:
+                create_model(m.name, pretrained_backbone=m.pretrained_backbone, **overrides)
+            except UserError as exc:
+                raise UserError(f"model.pretrained_backbone: {exc}") from None
+        overrides["pretrained_backbone"] = m.pretrained_backbone
+    if m.checkpoint is not None and not Path(m.checkpoint).is_file():
+        raise UserError(f"model.checkpoint: {m.checkpoint} not found")
+    return create_model(m.name, checkpoint=m.checkpoint, **overrides)
+
+
+def build_trainer(
+    config: TrainConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()
+) -> tuple[L.Trainer, Path]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = config.trainer
+    folder = out_dir / "checkpoints"
+    checkpointing = ModelCheckpoint(
+        dirpath=folder,
+        filename="step={step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=-1,
+        save_last=False,
+        save_on_train_epoch_end=False,
+    )
+    loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tb")]
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,  # type: ignore[arg-type]
+        max_epochs=t.epochs if t.max_steps is None else -1,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=config.optim.grad_clip,
+        gradient_clip_algorithm="norm",
+        check_val_every_n_epoch=max(1, t.val_every_n_epochs),
+        limit_val_batches=None if t.val_every_n_epochs > 0 else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # StepSampler shards by rank itself
+        default_root_dir=out_dir,
+        logger=loggers,
+        callbacks=[
+            checkpointing,
+            ConfigAndStepCheckpoint(config, folder),
+            *callbacks,
+        ],
+    )
+    return trainer, folder
+
+
+def export_weights(model: torch.nn.Module, path: Path) -> None:
+    from eomt_ood.models.checkpoints import save_checkpoint
+
+    save_checkpoint(model, path)
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def train(
+    config: TrainConfig,
+    resume: str | Path | None = None,
+    out_dir: str | Path = "runs/train",
+    callbacks: Sequence[L.Callback] = (),
+) -> Path:
+    """Train EoMT as configured; returns the path of the exported final weights (`out_dir/model.safetensors`).
+
+    resume: a Lightning checkpoint path, "auto" (the latest `out_dir/checkpoints/step=N.ckpt`; a fresh start
+    when there is none) or None. `callbacks` are extra Lightning callbacks (tests use one to stop early).
+    """
+    out_dir = Path(out_dir)
+    ckpt_path = resolve_resume(resume, out_dir)
+    t = config.trainer
+    if t.float32_matmul_precision:
+        torch.set_float32_matmul_precision(t.float32_matmul_precision)
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    model = build_model(config)
+    if t.compile:
+        model.compile()
+    module = EoMTTrainingModule(
+        model,
+        config.loss,
+        config.optim,
+        config.schedule,
+        seed=t.seed,
+        val_micro_batch=config.data.val_micro_batch,
+    )
+    data = CityscapesData(config, img_size=int(model.img_size))
+    trainer, folder = build_trainer(config, out_dir, callbacks)
+    if trainer.is_global_zero:
+        write_config(config, out_dir / "config.yaml")
+    with warnings.catch_warnings():
+        # Mid-epoch resume is exact here (StepSampler restarts from the restored step), which Lightning cannot see.
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # Checkpoints hold only tensors and plain data, so they load without unpickling objects.
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+
+    final = folder / f"step={trainer.global_step:07d}.ckpt"
+    if not final.exists():
+        trainer.save_checkpoint(final, weights_only=False)
+    weights = out_dir / "model.safetensors"
+    if trainer.is_global_zero:
+        export_weights(module.model, weights)
+    return weights

@@ -1,0 +1,182 @@
+"""End-to-end training on the tiny config: finite decreasing loss, exact resume, overfitting, user errors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eomt_ood.config import load_config
+from eomt_ood.data.png import write_png
+from eomt_ood.errors import UserError
+from eomt_ood.training.config import TrainConfig
+from eomt_ood.training.run import StepSampler, find_last_checkpoint, train
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eomt_test_synthetic.yaml"
+
+# trainId -> RGB of the synthetic scenes (distinct colours, as a tiny model needs).
+COLOURS = {0: (128, 64, 128), 1: (244, 35, 232), 2: (70, 70, 70), 8: (107, 142, 35), 10: (70, 130, 180),
+           13: (0, 0, 142)}  # fmt: skip
+
+
+def write_scenes(root: Path, num_images: int, seed: int = 0, size: tuple[int, int] = (64, 128)) -> Path:
+    """Blocky street scenes in a Cityscapes layout (train and val get the same images: overfitting)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    for index in range(num_images):
+        ids = np.full((height, width), 2, np.uint8)  # building
+        ids[: 8 * int(rng.integers(1, 3))] = 10  # sky
+        ids[height - 8 * int(rng.integers(2, 4)) :] = 0  # road
+        ids[height - 8 * int(rng.integers(4, 5)) : height - 24, : 8 * int(rng.integers(2, 6))] = 1  # sidewalk
+        tree = 8 * int(rng.integers(0, width // 8 - 2))
+        ids[8:40, tree : tree + 16] = 8
+        car = 8 * int(rng.integers(0, width // 8 - 3))
+        ids[height - 24 : height - 8, car : car + 24] = 13
+        image = np.zeros((height, width, 3), np.uint8)
+        for train_id, colour in COLOURS.items():
+            image[ids == train_id] = colour
+        noise = rng.integers(-12, 13, size=image.shape)
+        image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        ids[rng.random(ids.shape) < 0.01] = 255  # a few ignored pixels
+        for split in ("train", "val"):
+            stem = f"synth_{index:06d}_000019"
+            write_png(root / "leftImg8bit" / split / "synth" / f"{stem}_leftImg8bit.png", image)
+            write_png(root / "gtFine" / split / "synth" / f"{stem}_gtFine_labelTrainIds.png", ids)
+    return root
+
+
+def tiny_config(root: Path, *sets: str) -> TrainConfig:
+    return load_config(TrainConfig, CONFIG, [f"data.root={root}", *sets])
+
+
+def read_metrics(out: Path) -> list[dict[str, str]]:
+    import csv
+
+    rows: list[dict[str, str]] = []
+    for path in sorted(out.glob("logs/version_*/metrics.csv")):
+        with path.open() as f:
+            rows.extend(csv.DictReader(f))
+    return rows
+
+
+def test_step_sampler_resumes_mid_epoch():
+    steps = {"n": 0}
+    sampler = StepSampler(10, batch_size=2, seed=3, step_fn=lambda: steps["n"])
+    full_epoch_1 = list(iter(StepSampler(10, batch_size=2, seed=3, step_fn=lambda: 5)))
+    steps["n"] = 7  # 5 steps per epoch: epoch 1, batch 2
+    resumed = list(iter(sampler))
+    assert resumed == full_epoch_1[4:]
+    assert sorted(i for i, _ in full_epoch_1) == list(range(10))
+    # Sharding: ranks see disjoint halves of a padded permutation.
+    ranks = [list(StepSampler(7, 1, seed=0, rank=r, world_size=2).epoch_order(0)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4 and set(ranks[0]) | set(ranks[1]) == set(range(7))
+
+
+def test_few_steps_write_outputs(tmp_path):
+    root = write_scenes(tmp_path / "data", 4)
+    config = tiny_config(
+        root, "trainer.max_steps=3", "trainer.log_every_n_steps=1", "trainer.val_every_n_epochs=1"
+    )
+    weights = train(config, out_dir=tmp_path / "run")
+    out = tmp_path / "run"
+    assert (
+        weights.is_file()
+        and (out / "config.yaml").is_file()
+        and (out / "checkpoints" / "config.yaml").is_file()
+    )
+    assert find_last_checkpoint(out).name == "step=0000003.ckpt"
+    rows = read_metrics(out)
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    mious = [float(r["val/miou"]) for r in rows if r.get("val/miou")]
+    assert len(mious) == 3 and all(0 <= m <= 1 for m in mious)  # 1 step per epoch, validation every epoch
+    heads = [float(r["lr/heads"]) for r in rows if r.get("lr/heads")]
+    assert heads == pytest.approx([1e-4, 2e-4, 3e-4])  # lr 1e-3 * t/10 after steps 1, 2, 3
+
+
+@pytest.mark.slow
+def test_loss_decreases(tmp_path):
+    root = write_scenes(tmp_path / "data", 4)
+    config = tiny_config(
+        root, "trainer.max_steps=40", "trainer.val_every_n_epochs=0", "trainer.log_every_n_steps=1"
+    )
+    train(config, out_dir=tmp_path / "run")
+    losses = [float(r["train/loss"]) for r in read_metrics(tmp_path / "run") if r.get("train/loss")]
+    assert len(losses) == 40 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+class StopAt:
+    """Lightning callback that stops training after `step` optimizer steps (simulates a killed run)."""
+
+    def __new__(cls, step: int):
+        import lightning as L
+
+        class _Stop(L.Callback):
+            def on_train_batch_end(self, trainer, *args) -> None:
+                if trainer.global_step >= step:
+                    trainer.should_stop = True
+
+        return _Stop()
+
+
+def test_resume_is_exact(tmp_path):
+    # 6 scenes, batch 4 -> 1 step per epoch (drop_last); 3 steps per epoch with batch 2. Use batch 2: the kill at
+    # step 4 is mid-epoch (epoch 1, batch 1), and validation runs at the end of every epoch in between.
+    root = write_scenes(tmp_path / "data", 6)
+    sets = (
+        "trainer.max_steps=8",
+        "data.batch_size=2",
+        "trainer.val_every_n_epochs=1",
+        "trainer.checkpoint_every_n_steps=4",
+    )
+    straight = train(tiny_config(root, *sets), out_dir=tmp_path / "straight")
+    train(tiny_config(root, *sets), out_dir=tmp_path / "resumed", callbacks=[StopAt(4)])
+    assert find_last_checkpoint(tmp_path / "resumed").name == "step=0000004.ckpt"
+    resumed = train(tiny_config(root, *sets), resume="auto", out_dir=tmp_path / "resumed")
+
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight), load_file(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # Annealing ran to the end of the run: P_k = 0 for both masked blocks after T = 7 steps.
+    assert torch.equal(a["attn_mask_probs"], torch.zeros(2))
+
+
+def test_missing_pretrained_backbone_is_a_user_error(tmp_path):
+    config = tiny_config(tmp_path, f"model.pretrained_backbone={tmp_path / 'missing.pth'}")
+    with pytest.raises(UserError, match=r"model\.pretrained_backbone.*missing\.pth"):
+        train(config, out_dir=tmp_path / "run")
+
+
+def test_resume_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        train(tiny_config(tmp_path), resume=tmp_path / "nope.ckpt", out_dir=tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_synthetic_scenes(tmp_path):
+    root = write_scenes(tmp_path / "data", 4)
+    config = tiny_config(root, "trainer.val_every_n_epochs=1000000")
+    start = time.perf_counter()
+    weights = train(config, out_dir=tmp_path / "run")
+    seconds = time.perf_counter() - start
+
+    from eomt_ood.data.cityscapes import CityscapesSemantic, semantic_target
+    from eomt_ood.inference.predict import predict_image, prepare_model
+    from eomt_ood.metrics.segmentation import ConfusionMatrix
+    from eomt_ood.models import create_model
+
+    model = prepare_model(create_model("eomt_test", checkpoint=weights))
+    metric = ConfusionMatrix(num_classes=19, ignore_index=255)
+    for image, target in CityscapesSemantic(root, "val"):
+        pred = predict_image(model, image.numpy()).prediction
+        metric.update(pred, semantic_target(target, image.shape[-2:]).long())
+    miou = metric.compute()["miou"]
+    print(f"overfit mIoU {miou:.4f} in {seconds:.1f} s of training")
+    assert miou >= 0.9
