@@ -159,6 +159,30 @@ def make_fixture_command(
     print(f"wrote {len(fixture.images)} images: {fixture.gt}, {fixture.submission}, {fixture.samples}")
 
 
+@app.command("train")
+def train_command(
+    config: Path = typer.Option(
+        ..., "--config", help="Training YAML, e.g. configs/eomt_large_cityscapes_1024.yaml."
+    ),
+    sets: list[str] | None = typer.Option(
+        None, "--set", help="Override KEY=VALUE, e.g. trainer.max_steps=100."
+    ),
+    resume: str | None = typer.Option(
+        None, "--resume", help="Checkpoint to resume from, or 'auto' (latest in --out)."
+    ),
+    out: Path = typer.Option(
+        Path("runs/train"), "--out", help="Run folder: checkpoints, logs, final weights."
+    ),
+) -> None:
+    """Train EoMT with the official recipe (Lightning; one or more GPUs/nodes, or CPU for tiny configs)."""
+    from eomt_ood.config import load_config
+    from eomt_ood.training.config import TrainConfig
+    from eomt_ood.training.run import train
+
+    weights = train(load_config(TrainConfig, config, sets), resume=resume, out_dir=out)
+    print(f"trained -> {weights}")
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line and exit code 2."""
     try:
