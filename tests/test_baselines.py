@@ -218,3 +218,17 @@ def test_vit_adapter_trains_on_synthetic_scenes(tmp_path):
     assert len(losses) == 20 and np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert type(load_model(weights)).__name__ == "ViTAdapterMask2Former"
+
+
+@pytest.mark.slow
+def test_large_models_match_published_parameter_counts():
+    # EoMT paper Table B step (0): ViT-Adapter-L + Mask2Former, COCO panoptic (Q 200, 133 classes, 640): 349M.
+    # Mask2Former paper / HF model card: Swin-L Mask2Former 216M.
+    def millions(model) -> float:
+        return sum(p.numel() for p in model.parameters()) / 1e6
+
+    adapter = create_model("m2f_vit_adapter_large", num_queries=200, num_classes=133, img_size=640)
+    assert adapter.adapter.interaction_indexes == [[0, 5], [6, 11], [12, 17], [18, 23]]
+    assert abs(millions(adapter) - 349) < 1
+    del adapter
+    assert abs(millions(create_model("m2f_swin_large")) - 216) < 1
