@@ -86,6 +86,7 @@ def test_official_large_layout_maps_onto_registered_model():
         "embed_dim": 1024,
         "depth": 24,
         "reg_tokens": 4,
+        "separate_qkv": False,
         "patch_size": 16,
         "grid_size": 64,
         "img_size": 1024,
@@ -201,3 +202,10 @@ def test_load_model_without_metadata_uses_shapes(tmp_path):
     torch.save(model.state_dict(), path)
     with pytest.raises(UserError, match="no registered size with embed dim 32"):
         load_model(path)
+
+
+def test_eva02_file_into_dinov2_model_names_the_family(tmp_path):
+    toy = dict(img_size=64, embed_dim=32, depth=4, num_heads=2, num_queries=8, num_blocks=2)
+    path = save_checkpoint(create_model("eomt_eva02_large_patch16_512", **toy), tmp_path / "eva.safetensors")
+    with pytest.raises(UserError, match=r"separate q/k/v projections \(EVA-02\): checkpoint yes, model no"):
+        load_checkpoint(create_model("eomt_test"), path)

@@ -246,3 +246,84 @@ def test_pretrained_backbone_of_wrong_size_is_a_user_error(tmp_path):
     torch.save(wrong.state_dict(), path)
     with pytest.raises(UserError, match="does not fit backbone"):
         create_model("eomt_test", pretrained_backbone=path)
+
+
+def _toy_eva() -> EoMT:
+    torch.manual_seed(6)
+    return create_model(
+        "eomt_eva02_large_patch16_512",
+        img_size=64,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        num_queries=8,
+        num_blocks=2,
+    ).eval()
+
+
+def test_eva02_rope_rotates_patches_only():
+    model = _toy_eva()
+    vit = model.backbone
+    assert model.uses_rope and model.num_prefix_tokens == 1
+    # The query blocks leave [queries | CLS] unrotated; the earlier blocks keep timm's own CLS-only prefix.
+    assert [b.attn.num_prefix_tokens for b in vit.blocks] == [1, 1, 9, 9]
+    x = images(2)
+    model.masked_attn_enabled = False
+    with torch.no_grad():
+        masks, classes = model(x)
+        # Queries carry no position: permuting them permutes the outputs (a rotated query would break this).
+        perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+        model.q.weight.data = model.q.weight.data[perm]
+        masks_p, classes_p = model(x)
+        torch.testing.assert_close(masks_p[0], masks[0][:, perm], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(classes_p[0], classes[0][:, perm], atol=1e-5, rtol=1e-5)
+        # Patches are rotated: dropping RoPE changes the outputs.
+        rope, vit.rope = vit.rope, None
+        assert not torch.allclose(model(x)[0][0], masks_p[0], atol=1e-4)
+        vit.rope = rope
+
+
+def test_eva02_masking_paths_and_timm_prefix():
+    model = _toy_eva()
+    x = images(2)
+    seen = []
+    model.backbone.blocks[2].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        masks_on, _ = model(x)
+        model.attn_mask_probs.zero_()
+        masks_zero, _ = model(x)
+        model.masked_attn_enabled = False
+        masks_off, _ = model(x)
+        # Before the queries enter, the tokens are exactly timm's own Eva pipeline.
+        vit = model.backbone
+        tokens, rope = vit._pos_embed(vit.patch_embed((x - model.pixel_mean) / model.pixel_std))
+        for block in vit.blocks[:2]:
+            tokens = block(tokens, rope=rope)
+    assert len(masks_on) == 3 and masks_on[-1].shape == (2, 8, 16, 16)
+    assert not torch.allclose(masks_on[-1], masks_zero[-1], atol=1e-4)
+    torch.testing.assert_close(masks_zero[-1], masks_off[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seen[-1][:, 8:], tokens)
+
+
+def test_eva02_pretrained_backbone_loads_with_timm_eva_filter(tmp_path):
+    import timm
+
+    native = timm.create_model("eva02_large_patch14_224", img_size=56, embed_dim=32, depth=4, num_heads=2)
+    state = {k: v.detach().clone() for k, v in native.state_dict().items()}
+    path = tmp_path / "eva02.pth"
+    torch.save(state, path)
+    model = create_model(
+        "eomt_eva02_large_patch16_512",
+        img_size=64,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        num_queries=8,
+        num_blocks=2,
+        pretrained_backbone=path,
+    )
+    loaded = model.backbone.state_dict()
+    assert torch.equal(loaded["blocks.3.attn.q_proj.weight"], state["blocks.3.attn.q_proj.weight"])
+    # timm's default EVA-02 keeps its last LayerNorm as fc_norm (after pooling); EoMT applies it to the tokens.
+    assert torch.equal(loaded["norm.weight"], state["fc_norm.weight"])
+    assert loaded["patch_embed.proj.weight"].shape[-1] == 16

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.models.eva import Eva
+from timm.models.eva import checkpoint_filter_fn as timm_eva_filter
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filter
 
@@ -24,6 +26,7 @@ PRETRAINED_TAGS = {
     "vit_large_patch14_reg4_dinov2": "vit_large_patch14_reg4_dinov2.lvd142m",
     "vit_giant_patch14_reg4_dinov2": "vit_giant_patch14_reg4_dinov2.lvd142m",
     "deit3_large_patch16_384": "deit3_large_patch16_384.fb_in22k_ft_in1k",
+    "eva02_large_patch14_224": "eva02_large_patch14_224.mim_m38m",
 }
 
 
@@ -33,8 +36,8 @@ def create_backbone(
     patch_size: int = 16,
     pretrained_backbone: str | Path | None = None,
     **timm_kwargs,
-) -> VisionTransformer:
-    """timm ViT `name` for S x S inputs (S = img_size) at `patch_size`, without classifier head.
+) -> VisionTransformer | Eva:
+    """timm ViT / Eva `name` for S x S inputs (S = img_size) at `patch_size`, without classifier head.
 
     timm_kwargs override the architecture (embed_dim, depth, num_heads, reg_tokens, ...), e.g. for toy models.
     pretrained_backbone: optional local weights file (timm or original DINOv2 format) adapted to this size.
@@ -42,8 +45,8 @@ def create_backbone(
     backbone = timm.create_model(
         name, pretrained=False, img_size=img_size, patch_size=patch_size, num_classes=0, **timm_kwargs
     )
-    if not isinstance(backbone, VisionTransformer):
-        raise ValueError(f"{name} is a {type(backbone).__name__}; EoMT needs a timm VisionTransformer")
+    if not isinstance(backbone, VisionTransformer | Eva):
+        raise ValueError(f"{name} is a {type(backbone).__name__}; EoMT needs a timm VisionTransformer or Eva")
     if pretrained_backbone is not None:
         load_pretrained_backbone(backbone, pretrained_backbone, name)
     return backbone
@@ -63,11 +66,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_pretrained_backbone(backbone: VisionTransformer, path: str | Path, name: str = "") -> None:
+def load_pretrained_backbone(backbone: VisionTransformer | Eva, path: str | Path, name: str = "") -> None:
     """Load local pretrained ViT weights into `backbone` in place, resampling patch kernel and pos-embed.
 
     Accepts timm-format files (`model.safetensors` / `pytorch_model.bin` of a timm hub repo) and the original
-    DINOv2 format (keys `mask_token`, `register_tokens`, `w12`/`w3` for SwiGLU). Classifier heads are dropped.
+    DINOv2 format (keys `mask_token`, `register_tokens`, `w12`/`w3` for SwiGLU), and timm EVA-02 files (via
+    timm's Eva filter). Classifier heads are dropped.
     """
     path = Path(path)
     if not path.is_file():
@@ -77,7 +81,13 @@ def load_pretrained_backbone(backbone: VisionTransformer, path: str | Path, name
             f"(hub repo timm/{tag}, file model.safetensors) on a machine with network and place them at {path}"
         )
     state_dict = _read_state_dict(path)
-    state_dict = timm_vit_filter(state_dict, backbone)
+    timm_filter = timm_eva_filter if isinstance(backbone, Eva) else timm_vit_filter
+    state_dict = timm_filter(state_dict, backbone)
+    if isinstance(backbone, Eva) and "norm.weight" not in state_dict and "fc_norm.weight" in state_dict:
+        # timm's default EVA-02 applies its last LayerNorm after average pooling (fc_norm); EoMT builds it with
+        # use_fc_norm=False and needs that LayerNorm on the tokens as its final_norm: same parameters.
+        state_dict["norm.weight"] = state_dict.pop("fc_norm.weight")
+        state_dict["norm.bias"] = state_dict.pop("fc_norm.bias")
     # The backbone is built with num_classes=0; classifier weights of ImageNet checkpoints have no home.
     state_dict = {
         k: v for k, v in state_dict.items() if not k.startswith(("head.", "fc_norm.", "head_drop."))

@@ -196,7 +196,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
 def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
     """Architecture read from tensor shapes (docs/eomt.md §3.2 step 5); accepts any supported format.
 
-    Returns embed_dim D, depth L, reg_tokens R, patch_size p, grid_size G, img_size S = G p, num_queries Q,
+    Returns embed_dim D, depth L, reg_tokens R, separate_qkv (EVA-02), patch_size p, grid_size G, img_size S = G p, num_queries Q,
     num_classes C, num_blocks L2 (None when the file has no attn_mask_probs), mlp_hidden, swiglu.
     Attention heads do not show in any shape and are not inferred.
     """
@@ -209,12 +209,16 @@ def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
     patch = int(sd["backbone.patch_embed.proj.weight"].shape[-1])
     pos = sd.get("backbone.pos_embed")
     num_pos = int(pos.shape[1]) if pos is not None else 0
-    grid = math.isqrt(num_pos)
+    reg_tokens = int(sd["backbone.reg_token"].shape[1]) if "backbone.reg_token" in sd else 0
+    if math.isqrt(num_pos) ** 2 != num_pos:  # pos-embed that also covers CLS + registers (EVA-02)
+        num_pos -= 1 + reg_tokens
+    grid = math.isqrt(max(num_pos, 0))
     fc1, fc2 = sd.get("backbone.blocks.0.mlp.fc1.weight"), sd.get("backbone.blocks.0.mlp.fc2.weight")
     return {
         "embed_dim": int(sd["backbone.cls_token"].shape[-1]),
         "depth": max(block_ids) + 1 if block_ids else 0,
-        "reg_tokens": int(sd["backbone.reg_token"].shape[1]) if "backbone.reg_token" in sd else 0,
+        "reg_tokens": reg_tokens,
+        "separate_qkv": "backbone.blocks.0.attn.q_proj.weight" in sd,
         "patch_size": patch,
         "grid_size": grid if grid * grid == num_pos else None,
         "img_size": grid * patch if grid * grid == num_pos else None,
@@ -229,6 +233,7 @@ def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
 _LABELS = {
     "depth": "blocks",
     "embed_dim": "embed dim",
+    "separate_qkv": "separate q/k/v projections (EVA-02)",
     "reg_tokens": "register tokens",
     "patch_size": "patch size",
     "img_size": "image size",
@@ -260,9 +265,15 @@ def describe_mismatch(checkpoint: dict, model: dict) -> str | None:
     diffs = [k for k in _LABELS if checkpoint.get(k) is not None and checkpoint.get(k) != model.get(k)]
     if not diffs:
         return None
-    first, *rest = diffs
-    parts = [f"checkpoint has {checkpoint[first]} {_LABELS[first]}, model has {model[first]}"]
-    parts += [f"{_LABELS[k]} {checkpoint[k]} vs {model[k]}" for k in rest]
+    parts = []
+    for i, key in enumerate(diffs):
+        ours, theirs, label = model.get(key), checkpoint[key], _LABELS[key]
+        if isinstance(theirs, bool):
+            parts.append(f"{label}: checkpoint {'yes' if theirs else 'no'}, model {'yes' if ours else 'no'}")
+        elif i == 0:
+            parts.append(f"checkpoint has {theirs} {label}, model has {ours}")
+        else:
+            parts.append(f"{label} {theirs} vs {ours}")
     line = "; ".join(parts)
     suggestion = suggest_model_name(checkpoint)
     if suggestion:

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -94,10 +95,11 @@ def masked_block_forward(block: nn.Module, x: Tensor, attn_mask: Tensor) -> Tens
 
 
 class EoMT(nn.Module):
-    """Encoder-only Mask Transformer on a timm `VisionTransformer` (DINOv2 with registers, DeiT-III, ...).
+    """Encoder-only Mask Transformer on a timm `VisionTransformer` (DINOv2 with registers, DeiT-III, ...) or
+    a timm `Eva` (EVA-02: RoPE is applied to the G*G patch tokens only; queries, CLS and registers stay unrotated).
 
     Args:
-        backbone: timm ViT built for a square S x S input with `dynamic_img_size=False` and `num_classes=0`.
+        backbone: timm ViT/Eva built for a square S x S input with `dynamic_img_size=False`, `num_classes=0`.
         num_classes: C; class logits have C + 1 entries, the last is "no object".
         num_queries: Q learned queries, prepended at block L - L2.
         num_blocks: L2, the number of final blocks that see the queries (and may be masked).
@@ -111,7 +113,7 @@ class EoMT(nn.Module):
 
     def __init__(
         self,
-        backbone: VisionTransformer,
+        backbone: VisionTransformer | Eva,
         num_classes: int,
         num_queries: int = 100,
         num_blocks: int = 4,
@@ -128,6 +130,16 @@ class EoMT(nn.Module):
         if not 1 <= num_blocks <= len(backbone.blocks):
             raise ValueError(f"num_blocks {num_blocks} must be in 1..{len(backbone.blocks)}")
         self.backbone = backbone
+        self.uses_rope = isinstance(backbone, Eva)
+        if self.uses_rope:
+            if getattr(backbone, "rope_mixed", False):
+                raise ValueError(
+                    "EoMT supports Eva backbones with one shared RoPE, not per-depth (mixed) RoPE"
+                )
+            # timm's EvaAttention leaves its first `num_prefix_tokens` tokens unrotated and rotates the rest; in
+            # the query blocks the sequence is [queries | CLS | registers | patches], so that count is Q + P.
+            for block in backbone.blocks[len(backbone.blocks) - num_blocks :]:
+                block.attn.num_prefix_tokens = num_queries + backbone.num_prefix_tokens
         self.img_size = int(img_size[0])
         self.patch_size = int(patch_size[0])
         self.grid_size = self.img_size // self.patch_size
@@ -174,8 +186,13 @@ class EoMT(nn.Module):
         backbone = self.backbone
         x = (images - self.pixel_mean) / self.pixel_std
         x = backbone.patch_embed(x)
-        x = backbone._pos_embed(x)  # pos-embed on patches, then [CLS | registers | patches]
-        x = backbone.patch_drop(x)
+        rope = None
+        if self.uses_rope:
+            x, rope = backbone._pos_embed(x)  # Eva applies its patch dropout inside
+        else:
+            x = backbone.patch_drop(
+                backbone._pos_embed(x)
+            )  # pos-embed on patches, [CLS | registers | patches]
         x = backbone.norm_pre(x)
 
         first_query_block = len(backbone.blocks) - self.num_blocks
@@ -192,7 +209,12 @@ class EoMT(nn.Module):
                 class_logits_per_block.append(class_logits)
                 attn_mask = self._attn_mask(mask_logits, i - first_query_block)
             # The unmasked case uses timm's own block forward, so inference costs about a plain ViT forward.
-            x = block(x) if attn_mask is None else masked_block_forward(block, x, attn_mask)
+            if rope is not None:
+                x = block(x, rope=rope, attn_mask=None if attn_mask is None else attn_mask[:, None])
+            elif attn_mask is None:
+                x = block(x)
+            else:
+                x = masked_block_forward(block, x, attn_mask)
 
         mask_logits, class_logits = self.predict(backbone.norm(x))
         mask_logits_per_block.append(mask_logits)

@@ -5,7 +5,7 @@ reg_tokens, num_queries, num_classes, num_blocks, ...). `create_model` records t
 `model.config` so `save_checkpoint` / `load_model` can rebuild the same architecture.
 
 EoMT names follow docs/eomt.md §1.1 (paper Table A); defaults are the Cityscapes semantic setting
-(C = 19, Q = 100). EVA-02 is not registered: it needs RoPE on patch tokens only, which is not implemented.
+(C = 19, Q = 100).
 """
 
 from __future__ import annotations
@@ -164,6 +164,20 @@ def eomt_deit3_large_patch16_1024(**kwargs) -> EoMT:
 @register_model
 def eomt_deit3_large_patch16_512(**kwargs) -> EoMT:
     return _create_eomt("deit3_large_patch16_384", **_defaults(dict(img_size=512, num_blocks=4), kwargs))
+
+
+# EVA-02 ViT-L (paper Table A): RoPE on patch tokens only (queries, CLS unrotated), SwiGLU MLP, no registers;
+# no official code path exists. `use_fc_norm=False` keeps timm's final token LayerNorm as EoMT's final_norm.
+@register_model
+def eomt_eva02_large_patch16_1024(**kwargs) -> EoMT:
+    defaults = dict(img_size=1024, num_blocks=4, use_fc_norm=False)
+    return _create_eomt("eva02_large_patch14_224", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_eva02_large_patch16_512(**kwargs) -> EoMT:
+    defaults = dict(img_size=512, num_blocks=4, use_fc_norm=False)
+    return _create_eomt("eva02_large_patch14_224", **_defaults(defaults, kwargs))
 
 
 @register_model
