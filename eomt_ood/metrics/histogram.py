@@ -16,8 +16,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from torchmetrics import Metric
 
 NUM_LEVELS = 65536
 """Number of confidence levels of a 16-bit BRAVO ``_conf.png``."""
@@ -34,9 +32,9 @@ class EmptyClassError(ValueError):
     """
 
 
-def _as_counts(name: str, counts: np.ndarray | torch.Tensor) -> np.ndarray:
+def _as_counts(name: str, counts) -> np.ndarray:
     """A 1-D int64 numpy copy-free view of a non-negative count array (programmer errors raise)."""
-    if isinstance(counts, torch.Tensor):
+    if hasattr(counts, "detach"):  # a torch tensor; this module never imports torch itself
         counts = counts.detach().cpu().numpy()
     counts = np.asarray(counts)
     if counts.ndim != 1:
@@ -256,100 +254,3 @@ def binary_histograms(
     index += target.ravel()
     both = np.bincount(index, minlength=2 * num_levels).astype(np.int64, copy=False).reshape(num_levels, 2)
     return both[:, 1].copy(), both[:, 0].copy()
-
-
-# Streaming metrics bin CPU tensors with numpy; tests switch this off to exercise the torch path used on GPUs.
-_NUMPY_ON_CPU = True
-
-
-class BinaryHistogram(Metric):
-    """Streaming histogram of a binary problem over integer score levels (torchmetrics contract).
-
-    States ``pos`` and ``neg``: (num_levels,) int64 counts, reduced by sum, so instances on different processes
-    or GPUs merge exactly and memory is constant. **Higher level = more likely positive.**
-
-    - ``update(levels, target)``: levels, any shape, integer in [0, num_levels); target, same shape, bool,
-      True = positive.
-    - ``update_counts(pos, neg)``: add precomputed (num_levels,) histograms (e.g. ``np.bincount`` per image).
-    - ``compute()``: ``{"auroc", "auprc", "fpr95"}`` as `curve_metrics` (FPR95: lower is better, hence
-      ``higher_is_better = None``).
-    - ``counts()``: the states as numpy int64 arrays, e.g. for `ece` or `curves`.
-    """
-
-    full_state_update = False
-    higher_is_better = None
-    is_differentiable = False
-
-    pos: torch.Tensor
-    neg: torch.Tensor
-
-    def __init__(self, num_levels: int = NUM_LEVELS, **kwargs):
-        super().__init__(**kwargs)
-        if num_levels < 1:
-            raise ValueError(f"num_levels must be positive, got {num_levels}")
-        self.num_levels = int(num_levels)
-        self.add_state("pos", default=torch.zeros(self.num_levels, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("neg", default=torch.zeros(self.num_levels, dtype=torch.int64), dist_reduce_fx="sum")
-
-    def update(self, levels: torch.Tensor, target: torch.Tensor) -> None:
-        levels, target = torch.as_tensor(levels), torch.as_tensor(target)
-        if levels.shape != target.shape:
-            raise ValueError(
-                f"levels and target differ in shape: {tuple(levels.shape)} vs {tuple(target.shape)}"
-            )
-        if levels.dtype.is_floating_point or levels.dtype.is_complex or levels.dtype == torch.bool:
-            raise ValueError(f"levels must be an integer tensor, got {levels.dtype}")
-        if target.dtype != torch.bool:
-            raise ValueError(f"target must be a bool tensor (True = positive), got {target.dtype}")
-        if levels.numel() == 0:
-            return
-        device = self.pos.device
-        if _NUMPY_ON_CPU and device.type == "cpu":
-            # numpy's bincount is about 10x faster than torch's on CPU.
-            pos, neg = binary_histograms(
-                levels.detach().cpu().numpy(), target.detach().cpu().numpy(), self.num_levels
-            )
-            self._add_counts(pos, neg)
-            return
-        levels = levels.reshape(-1).to(device=device, dtype=torch.int64)
-        target = target.reshape(-1).to(device=device)
-        low, high = torch.aminmax(levels)
-        if int(low) < 0 or int(high) >= self.num_levels:
-            raise ValueError(
-                f"levels must lie in [0, {self.num_levels}), got values in [{int(low)}, {int(high)}]"
-            )
-        # One bincount over (level, target) pairs: index 2k counts negatives, 2k + 1 positives at level k.
-        both = torch.bincount(levels * 2 + target, minlength=2 * self.num_levels).view(self.num_levels, 2)
-        self.neg += both[:, 0]
-        self.pos += both[:, 1]
-
-    def update_counts(self, pos: torch.Tensor | np.ndarray, neg: torch.Tensor | np.ndarray) -> None:
-        pos, neg = _check_pair(pos, neg)
-        if pos.shape[0] != self.num_levels:
-            raise ValueError(f"expected histograms of {self.num_levels} levels, got {pos.shape[0]}")
-        self._add_counts(pos, neg)
-
-    def _add_counts(self, pos: np.ndarray, neg: np.ndarray) -> None:
-        if self.pos.device.type == "cpu":
-            # In place through numpy views of the CPU states: a torch add of 65536 elements goes through the
-            # intra-op thread pool, which costs milliseconds per call on a busy machine.
-            np.add(self.pos.numpy(), pos, out=self.pos.numpy())
-            np.add(self.neg.numpy(), neg, out=self.neg.numpy())
-        else:
-            self.pos += torch.from_numpy(pos).to(self.pos.device)
-            self.neg += torch.from_numpy(neg).to(self.neg.device)
-
-    def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """(pos, neg): copies of the states as (num_levels,) numpy int64 arrays.
-
-        These are this process's counts; `compute` syncs across processes first (wrap a call in
-        ``metric.sync_context()`` to read the merged counts under distributed training).
-        """
-        return (
-            self.pos.detach().cpu().numpy().astype(np.int64, copy=True),
-            self.neg.detach().cpu().numpy().astype(np.int64, copy=True),
-        )
-
-    def compute(self) -> dict[str, float]:
-        pos, neg = self.counts()
-        return curve_metrics(pos, neg)

@@ -11,10 +11,9 @@ import torch
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from eomt_ood.metrics import histogram
+from eomt_ood.metrics import streaming
 from eomt_ood.metrics.histogram import (
     NUM_LEVELS,
-    BinaryHistogram,
     EmptyClassError,
     binary_histograms,
     curve_metrics,
@@ -24,6 +23,7 @@ from eomt_ood.metrics.histogram import (
     level_bin_edges,
     reliability,
 )
+from eomt_ood.metrics.streaming import BinaryHistogram
 
 TOL = 1e-12
 
@@ -416,7 +416,7 @@ def test_hmean_negative_raises():
 @pytest.fixture(params=["numpy", "torch"], autouse=False)
 def binning_path(request, monkeypatch):
     """Run a streaming test with the numpy CPU fast path and with the torch path that GPUs use."""
-    monkeypatch.setattr(histogram, "_NUMPY_ON_CPU", request.param == "numpy")
+    monkeypatch.setattr(streaming, "_NUMPY_ON_CPU", request.param == "numpy")
     return request.param
 
 

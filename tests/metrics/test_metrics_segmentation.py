@@ -9,8 +9,9 @@ import pytest
 import sklearn.metrics
 import torch
 
-from eomt_ood.metrics import segmentation
-from eomt_ood.metrics.segmentation import ConfusionMatrix, confusion_matrix, iou_per_class, mean_iou
+from eomt_ood.metrics import streaming
+from eomt_ood.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou
+from eomt_ood.metrics.streaming import ConfusionMatrix
 
 
 def sklearn_cm(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -72,7 +73,7 @@ def test_empty_and_bad_inputs():
 @pytest.fixture(params=["numpy", "torch"])
 def counting_path(request, monkeypatch):
     """Run a streaming test with the numpy CPU fast path and with the torch path that GPUs use."""
-    monkeypatch.setattr(segmentation, "_NUMPY_ON_CPU", request.param == "numpy")
+    monkeypatch.setattr(streaming, "_NUMPY_ON_CPU", request.param == "numpy")
     return request.param
 
 
