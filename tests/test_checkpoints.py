@@ -209,3 +209,24 @@ def test_eva02_file_into_dinov2_model_names_the_family(tmp_path):
     path = save_checkpoint(create_model("eomt_eva02_large_patch16_512", **toy), tmp_path / "eva.safetensors")
     with pytest.raises(UserError, match=r"separate q/k/v projections \(EVA-02\): checkpoint yes, model no"):
         load_checkpoint(create_model("eomt_test"), path)
+
+
+def test_own_lightning_ckpt_and_fine_tuning_without_class_head(tmp_path):
+    torch.manual_seed(8)
+    source = create_model("eomt_test").eval()
+    path = tmp_path / "epoch=3.ckpt"
+    state = {"model." + k: v for k, v in source.state_dict().items()}
+    state["criterion.empty_weight"] = torch.ones(20)
+    torch.save({"state_dict": state, "global_step": 12, "optimizer_states": [{"lr": 1e-4}]}, path)
+    same = create_model("eomt_test").eval()
+    load_checkpoint(same, path)
+    expected = source.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in same.state_dict().items())
+
+    five = create_model("eomt_test", num_classes=5)
+    with pytest.raises(UserError, match="checkpoint has 19 classes, model has 5"):
+        load_checkpoint(five, path)
+    head_before = five.class_head.weight.clone()
+    load_checkpoint(five, path, load_class_head=False)
+    assert torch.equal(five.class_head.weight, head_before)
+    assert torch.equal(five.mask_head[0].weight, source.mask_head[0].weight)

@@ -285,8 +285,14 @@ def describe_mismatch(checkpoint: dict, model: dict) -> str | None:
 
 
 # -------------------------------------------------------------------------------------------------- loading
-def load_state_dict_into(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    """Filter `state_dict` for `model`, check the architecture, then load strictly (raises CheckpointMismatch)."""
+def load_state_dict_into(
+    model: nn.Module, state_dict: dict[str, Tensor], load_class_head: bool = True
+) -> None:
+    """Filter `state_dict` for `model`, check the architecture, then load strictly (raises CheckpointMismatch).
+
+    load_class_head=False keeps the model's own (freshly initialised) `class_head`, for fine-tuning on another
+    label set (the official `load_ckpt_class_head False`); everything else still loads strictly.
+    """
     own_filter = getattr(model, "checkpoint_filter_fn", None)
     if callable(own_filter):  # other families (the Mask2Former baselines) bring their own key filter
         try:
@@ -295,10 +301,12 @@ def load_state_dict_into(model: nn.Module, state_dict: dict[str, Tensor]) -> Non
             raise CheckpointMismatch(str(exc).splitlines()[0][:300]) from exc
         return
     filtered = checkpoint_filter_fn(state_dict, model)
-    mismatch = describe_mismatch(infer_config(filtered), infer_config(model.state_dict()))
+    expected = model.state_dict()
+    if not load_class_head:
+        filtered |= {k: v for k, v in expected.items() if k.startswith("class_head.")}
+    mismatch = describe_mismatch(infer_config(filtered), infer_config(expected))
     if mismatch:
         raise CheckpointMismatch(mismatch)
-    expected = model.state_dict()
     missing = sorted(set(expected) - set(filtered))
     unexpected = sorted(set(filtered) - set(expected))
     if missing or unexpected:
@@ -312,12 +320,12 @@ def load_state_dict_into(model: nn.Module, state_dict: dict[str, Tensor]) -> Non
     model.load_state_dict(filtered, strict=True)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+def load_checkpoint(model: nn.Module, path: str | Path, load_class_head: bool = True) -> None:
     """Load an official / Lightning / Hugging Face / own EoMT file into `model` in place, strictly.
 
     A file for another architecture or size is a UserError that names what differs, e.g.
-    "checkpoint has 24 blocks, model has 12; embed dim 1024 vs 384".
-    Models with a `load_pretrained(path)` method (e.g. Mask2Former baselines reading Hugging Face folders)
+    "checkpoint has 24 blocks, model has 12; embed dim 1024 vs 384". load_class_head=False keeps the
+    model's own class head (fine-tuning on other classes). Models with a `load_pretrained(path)` method (e.g. Mask2Former baselines reading Hugging Face folders)
     load themselves.
     """
     if callable(getattr(model, "load_pretrained", None)):
@@ -325,7 +333,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         return
     state_dict, _ = read_state_dict(path)
     try:
-        load_state_dict_into(model, state_dict)
+        load_state_dict_into(model, state_dict, load_class_head=load_class_head)
     except CheckpointMismatch as exc:
         raise UserError(f"{path}: {exc}") from exc
 
