@@ -9,6 +9,7 @@ resampling of the 37x37 position embedding to the new grid. Nothing is downloade
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -81,7 +82,7 @@ def load_pretrained_backbone(backbone: VisionTransformer | Eva, path: str | Path
             f"(hub repo timm/{tag}, file model.safetensors) on a machine with network and place them at {path}"
         )
     state_dict = _read_state_dict(path)
-    timm_filter = timm_eva_filter if isinstance(backbone, Eva) else timm_vit_filter
+    timm_filter: Any = timm_eva_filter if isinstance(backbone, Eva) else timm_vit_filter
     state_dict = timm_filter(state_dict, backbone)
     if isinstance(backbone, Eva) and "norm.weight" not in state_dict and "fc_norm.weight" in state_dict:
         # timm's default EVA-02 applies its last LayerNorm after average pooling (fc_norm); EoMT builds it with

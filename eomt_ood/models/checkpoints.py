@@ -18,6 +18,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -168,8 +169,9 @@ def _from_hugging_face(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def to_eomt_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Normalise an official / Lightning / Hugging Face / own state dict to our key names (model-independent)."""
-    if isinstance(state_dict.get("state_dict"), dict):
-        state_dict = state_dict["state_dict"]
+    inner: Any = state_dict.get("state_dict")
+    if isinstance(inner, dict):
+        state_dict = inner
     state_dict = {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
     if any(k.endswith("embeddings.cls_token") for k in state_dict):
         return _from_hugging_face(state_dict)
@@ -187,8 +189,9 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
     fully annealed state in which masking changes nothing.
     """
     out = to_eomt_keys(state_dict)
-    if "attn_mask_probs" not in out and hasattr(model, "attn_mask_probs"):
-        out["attn_mask_probs"] = torch.zeros_like(model.attn_mask_probs)
+    probs: Any = getattr(model, "attn_mask_probs", None)
+    if "attn_mask_probs" not in out and isinstance(probs, Tensor):
+        out["attn_mask_probs"] = torch.zeros_like(probs)
     return out
 
 
@@ -325,11 +328,12 @@ def load_checkpoint(model: nn.Module, path: str | Path, load_class_head: bool = 
 
     A file for another architecture or size is a UserError that names what differs, e.g.
     "checkpoint has 24 blocks, model has 12; embed dim 1024 vs 384". load_class_head=False keeps the
-    model's own class head (fine-tuning on other classes). Models with a `load_pretrained(path)` method (e.g. Mask2Former baselines reading Hugging Face folders)
-    load themselves.
+    model's own class head (fine-tuning on other classes). Models with a `load_pretrained(path)` method
+    (e.g. Mask2Former baselines reading Hugging Face folders) load themselves.
     """
-    if callable(getattr(model, "load_pretrained", None)):
-        model.load_pretrained(path)
+    load_pretrained: Any = getattr(model, "load_pretrained", None)
+    if callable(load_pretrained):
+        load_pretrained(path)
         return
     state_dict, _ = read_state_dict(path)
     try:
@@ -371,7 +375,7 @@ def hf_config_to_kwargs(config: dict) -> tuple[str, dict]:
     dim = int(config.get("hidden_size", 1024))
     mlp_ratio = float(config.get("mlp_ratio", 4))
     labels = config.get("id2label")
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "img_size": int(config.get("image_size", 640)),
         "patch_size": int(config.get("patch_size", 16)),
         "embed_dim": dim,

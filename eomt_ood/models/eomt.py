@@ -14,6 +14,7 @@ is ever masked. With masking disabled (inference) the forward is the plain timm 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ def build_attn_mask(
     return mask
 
 
-def masked_block_forward(block: nn.Module, x: Tensor, attn_mask: Tensor) -> Tensor:
+def masked_block_forward(block: Any, x: Tensor, attn_mask: Tensor) -> Tensor:
     """One timm ViT `Block` on x (B, N, D) with a boolean attn_mask (B, N, N), re-run by hand with SDPA.
 
     Same computation as `block(x)` (pre-norm, qkv rows [q; k; v], LayerScale, drop-path) except for the mask;
@@ -111,6 +112,10 @@ class EoMT(nn.Module):
     the final one); disabled: the final one only. Higher logits = more likely.
     """
 
+    attn_mask_probs: Tensor
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
     def __init__(
         self,
         backbone: VisionTransformer | Eva,
@@ -138,7 +143,8 @@ class EoMT(nn.Module):
                 )
             # timm's EvaAttention leaves its first `num_prefix_tokens` tokens unrotated and rotates the rest; in
             # the query blocks the sequence is [queries | CLS | registers | patches], so that count is Q + P.
-            for block in backbone.blocks[len(backbone.blocks) - num_blocks :]:
+            blocks: Any = backbone.blocks
+            for block in blocks[len(blocks) - num_blocks :]:
                 block.attn.num_prefix_tokens = num_queries + backbone.num_prefix_tokens
         self.img_size = int(img_size[0])
         self.patch_size = int(patch_size[0])
@@ -183,7 +189,7 @@ class EoMT(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """images (B, 3, S, S) in [0, 1] -> (list of mask logits (B, Q, 4G, 4G), list of class logits (B, Q, C+1))."""
-        backbone = self.backbone
+        backbone: Any = self.backbone
         x = (images - self.pixel_mean) / self.pixel_std
         x = backbone.patch_embed(x)
         rope = None

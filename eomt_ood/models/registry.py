@@ -47,9 +47,9 @@ def create_model(name: str, checkpoint: str | Path | None = None, **overrides) -
     recorded = {"name": name, "kwargs": {k: v for k, v in overrides.items() if k != "pretrained_backbone"}}
     existing = getattr(model, "config", None)
     if existing is None or isinstance(existing, dict):
-        model.config = recorded
+        setattr(model, "config", recorded)  # noqa: B010 (nn.Module typing would reject a dict attribute)
     else:  # e.g. a transformers model whose `config` is its own PretrainedConfig
-        model.registry_config = recorded
+        setattr(model, "registry_config", recorded)  # noqa: B010
     if checkpoint is not None:
         from eomt_ood.models.checkpoints import load_checkpoint
 
