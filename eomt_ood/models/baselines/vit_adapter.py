@@ -163,11 +163,10 @@ class InteractionBlock(nn.Module):
     ):
         super().__init__()
         self.injector = Injector(dim, num_heads, num_points, ratio, init_values)
-        make_extractor = partial(
-            Extractor, dim, num_heads, num_points, ratio, with_cffn, cffn_ratio, drop_path
-        )
-        self.extractor = make_extractor()
-        self.extra_extractors = nn.ModuleList([make_extractor() for _ in range(num_extra)])
+        make_extractor = partial(Extractor, dim, num_heads, num_points, ratio, with_cffn, cffn_ratio)
+        self.extractor = make_extractor(drop_path)
+        # The extra extractors have no drop-path in ViT-Adapter's segmentation code.
+        self.extra_extractors = nn.ModuleList([make_extractor(0.0) for _ in range(num_extra)])
 
 
 class ViTAdapter(nn.Module):
