@@ -123,6 +123,7 @@ class StopAt:
         return _Stop()
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     # 6 scenes, batch 4 -> 1 step per epoch (drop_last); 3 steps per epoch with batch 2. Use batch 2: the kill at
     # step 4 is mid-epoch (epoch 1, batch 1), and validation runs at the end of every epoch in between.
@@ -169,7 +170,7 @@ def test_tiny_model_overfits_synthetic_scenes(tmp_path):
 
     from eomt_ood.data.cityscapes import CityscapesSemantic, semantic_target
     from eomt_ood.inference.predict import predict_image, prepare_model
-    from eomt_ood.metrics.segmentation import ConfusionMatrix
+    from eomt_ood.metrics import ConfusionMatrix
     from eomt_ood.models import create_model
 
     model = prepare_model(create_model("eomt_test", checkpoint=weights))
@@ -180,3 +181,82 @@ def test_tiny_model_overfits_synthetic_scenes(tmp_path):
     miou = metric.compute()["miou"]
     print(f"overfit mIoU {miou:.4f} in {seconds:.1f} s of training")
     assert miou >= 0.9
+
+
+def test_official_step_counts():
+    # 2975 Cityscapes train images, 107 epochs (eomt.md §4.6): 4 GPUs x 4 (padded sampler) and 1 x 16.
+    assert StepSampler(2975, 4, seed=0, rank=0, world_size=4).steps_per_epoch * 107 == 19902
+    assert StepSampler(2975, 16, seed=0).steps_per_epoch * 107 == 19795
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG.parent).glob("eomt_*.yaml")), ids=lambda p: p.name)
+def test_configs_load(path):
+    config = load_config(TrainConfig, path)
+    from eomt_ood.models import list_models
+
+    assert config.model.name in list_models()
+
+
+def _tiny_module(total_steps: int = 100):
+    from eomt_ood.models import create_model
+    from eomt_ood.training.module import EoMTTrainingModule
+
+    config = load_config(TrainConfig, CONFIG, ["optim.lr=1e-4"])
+    torch.manual_seed(0)
+    model = create_model("eomt_test")
+    return EoMTTrainingModule(model, config.loss, config.optim, config.schedule, total_steps=total_steps)
+
+
+def test_param_groups_llrd():
+    module = _tiny_module()
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert len(groups) == len(list(module.model.parameters()))  # one group per tensor
+    assert all(len(g["params"]) == 1 and g["weight_decay"] == 0.05 for g in groups.values())
+    base = {name: g["initial_lr"] for name, g in groups.items()}
+    depth = len(module.model.backbone.blocks)  # 4
+    assert base["backbone.blocks.0.attn.qkv.weight"] == pytest.approx(1e-4 * 0.8 ** (depth - 1))
+    assert base["backbone.blocks.2.mlp.fc1.bias"] == pytest.approx(1e-4 * 0.8)
+    assert base["backbone.blocks.3.norm1.weight"] == pytest.approx(1e-4)
+    for name in (
+        "backbone.patch_embed.proj.weight",
+        "backbone.pos_embed",
+        "backbone.cls_token",
+        "backbone.reg_token",
+    ):
+        assert base[name] == pytest.approx(1e-4 * 0.8 ** (depth - 1)), name
+    assert base["backbone.norm.weight"] == pytest.approx(1e-4)
+    for name in ("q.weight", "class_head.weight", "mask_head.0.weight", "upscale.0.conv1.weight"):
+        assert base[name] == pytest.approx(1e-4) and not groups[name]["backbone"], name
+
+
+def test_backbone_lr_zero_during_head_warmup_but_gradients_flow():
+    # Tiny schedule: heads warm up over 10 steps, backbone lr 0 until 10, linear over 20 (the 500/1000 scaled).
+    module = _tiny_module(total_steps=100)
+    out = module.configure_optimizers()
+    optimizer, scheduler = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    head = next(g for g in optimizer.param_groups if g["name"] == "class_head.weight")
+    block0 = next(g for g in optimizer.param_groups if g["name"] == "backbone.blocks.0.attn.qkv.weight")
+    assert head["lr"] == 0.0 and block0["lr"] == 0.0  # step 0
+    for _ in range(5):
+        scheduler.step()
+    assert head["lr"] == pytest.approx(0.5e-4) and block0["lr"] == 0.0
+
+    model = module.model
+    before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    head_before = model.class_head.weight.detach().clone()
+    images = torch.rand(2, 3, 64, 64)
+    masks = [torch.zeros(1, 64, 64, dtype=torch.bool).index_fill_(1, torch.arange(32), True)] * 2
+    labels = [torch.tensor([3])] * 2
+    mask_logits, class_logits = model(images)
+    module.criterion(mask_logits, class_logits, masks, labels)["loss"].backward()
+    grads = [p.grad for p in model.backbone.parameters()]
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    optimizer.step()
+    for name, p in model.backbone.named_parameters():
+        assert torch.equal(p, before[name]), name  # lr 0: no update, weight decay included
+    assert not torch.equal(model.class_head.weight, head_before)  # the heads (lr 0.5e-4) did move
+    for _ in range(15):
+        scheduler.step()
+    assert block0["lr"] == pytest.approx(1e-4 * 0.8**3 * 0.5)  # step 20: half-way through backbone warm-up

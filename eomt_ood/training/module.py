@@ -130,7 +130,7 @@ class EoMTTrainingModule(L.LightningModule):
         )
         self._micro_batch_key: tuple[int, int] = (-1, 0)
         self._rng_outside_validation: dict[str, Any] | None = None
-        from eomt_ood.metrics.segmentation import ConfusionMatrix
+        from eomt_ood.metrics import ConfusionMatrix
 
         self.val_metric = ConfusionMatrix(num_classes=int(model.num_classes), ignore_index=255)
 
