@@ -196,9 +196,8 @@ class EoMT(nn.Module):
         if self.uses_rope:
             x, rope = backbone._pos_embed(x)  # Eva applies its patch dropout inside
         else:
-            x = backbone.patch_drop(
-                backbone._pos_embed(x)
-            )  # pos-embed on patches, [CLS | registers | patches]
+            # pos-embed added to the patches, then [CLS | registers | patches]
+            x = backbone.patch_drop(backbone._pos_embed(x))
         x = backbone.norm_pre(x)
 
         first_query_block = len(backbone.blocks) - self.num_blocks
@@ -215,7 +214,7 @@ class EoMT(nn.Module):
                 class_logits_per_block.append(class_logits)
                 attn_mask = self._attn_mask(mask_logits, i - first_query_block)
             # The unmasked case uses timm's own block forward, so inference costs about a plain ViT forward.
-            if rope is not None:
+            if self.uses_rope:  # timm's EvaBlock takes the mask itself
                 x = block(x, rope=rope, attn_mask=None if attn_mask is None else attn_mask[:, None])
             elif attn_mask is None:
                 x = block(x)
