@@ -166,7 +166,7 @@ def test_simple_scenes_have_six_classes_and_large_objects(tmp_path, monkeypatch,
         for instance in np.unique(scene.instance_ids[scene.instance_ids > 0]):
             pixels = scene.instance_ids == instance
             if scene.label_ids[pixels][0] in (21, 26):
-                assert scene.depth[pixels].max() <= 14.0
+                assert scene.depth[pixels].max() <= 9.0
     assert classes == {0, 1, 2, 8, 10, 13, IGNORE}
     code, _, err = run_make_data(
         monkeypatch,

@@ -126,12 +126,14 @@ class _Street:
 
     def __init__(self, rng: np.random.Generator, height: int, width: int, simple: bool = False):
         self.rng, self.height, self.width, self.simple = rng, height, width, simple
-        self.far_object = 14.0 if simple else 45.0  # the farthest tree / car (camera heights)
+        self.far_object = 9.0 if simple else 45.0  # the farthest tree / car (camera heights)
         self.horizon = height * rng.uniform(0.36, 0.48)
         self.vx = width * rng.uniform(0.42, 0.58)
         self.focal = width * rng.uniform(0.5, 0.65)
         self.road = (-rng.uniform(2.2, 3.6), rng.uniform(1.6, 2.8))  # lateral road edges (left < 0 < right)
         self.sidewalk = (rng.uniform(1.0, 2.2), rng.uniform(1.0, 2.2))  # widths left / right
+        if simple:  # wide sidewalks stay several mask cells wide at low resolution
+            self.sidewalk = (self.sidewalk[0] + 1.0, self.sidewalk[1] + 1.0)
         self.terrain = tuple(rng.uniform(0.6, 2.0) if rng.random() < 0.45 else 0.0 for _ in range(2))
         if simple:
             self.terrain = (0.0, 0.0)
