@@ -119,6 +119,7 @@ def launch_app(run_dirs: Sequence[str | Path], port: int = 8501, host: str = "12
     if not APP_SCRIPT.is_file():
         raise UserError(f"{APP_SCRIPT}: the explorer script is missing from this installation")
     command = [*streamlit_command(port, host), "--", *map(str, runs)]
+    print(f"serving the explorer on http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
     return subprocess.call(command)
 
 
