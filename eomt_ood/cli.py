@@ -183,6 +183,26 @@ def train_command(
     print(f"trained -> {weights}")
 
 
+@app.command("app")
+def app_command(
+    run_dirs: list[Path] = typer.Argument(
+        None,
+        metavar="RUN_DIR",
+        help="Run directories written by `eomt-ood evaluate` (up to four side by side); none: the demo.",
+    ),
+    port: int = typer.Option(8501, "--port", min=1, max=65535),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (default: this machine only)."),
+) -> None:
+    """Open the Streamlit confidence explorer on RUN_DIR(s); reads nothing outside the given folders."""
+    from eomt_ood.app_support import launch_app
+
+    if not run_dirs:
+        from eomt_ood.bravo.run import ensure_demo_run
+
+        run_dirs = [ensure_demo_run()]
+    raise typer.Exit(launch_app(run_dirs, port=port, host=host))
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line and exit code 2."""
     try:
