@@ -30,6 +30,72 @@ def _root() -> None:
 # Commands are added below this line, one thin function each.
 
 
+@app.command("models")
+def models_command() -> None:
+    """List the registered model names and confidence scores."""
+    from eomt_ood.confidence import list_confidences
+    from eomt_ood.models import list_models
+
+    typer.echo("models:      " + ", ".join(list_models()))
+    typer.echo("confidences: " + ", ".join(list_confidences()))
+
+
+@app.command("evaluate")
+def evaluate_command(
+    dataset: str = typer.Option("bravo", "--dataset", help="Benchmark to evaluate on (bravo)."),
+    root: Path | None = typer.Option(
+        None, "--root", help="BRAVO image tree (bravo_ACDC/..., ...); default: the demo."
+    ),
+    gt: Path | None = typer.Option(
+        None, "--gt", help="Ground-truth folder or tar; without it nothing is scored."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Registered model name (see `eomt-ood models`)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Weights (.safetensors, .bin, .ckpt)."),
+    confidence: list[str] = typer.Option(
+        ["msp"], "--confidence", help="Confidence score(s); the first is submitted."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (runs/bravo-demo for the demo)."),
+    samples: Path | None = typer.Option(
+        None, "--samples", help="bravo_SAMPLING.tar: score the official sample."
+    ),
+    device: str = typer.Option("cpu", "--device"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
+    workers: int = typer.Option(2, "--workers", min=0, help="Image-reading worker processes."),
+) -> None:
+    """Run a model on BRAVO, write the submission, score it, and write results, store and report.
+
+    With no --root and no --checkpoint it runs offline on the bundled demo set and demo model.
+    """
+    from eomt_ood.bravo.run import EvaluateConfig, demo_config, evaluate_bravo, summary_table
+
+    if dataset != "bravo":
+        raise UserError(f"--dataset: unknown dataset {dataset!r}; available: bravo")
+    scores = tuple(s.strip() for item in confidence for s in item.split(",") if s.strip())
+    options = dict(
+        confidences=scores,
+        samples=samples,
+        device=device,
+        precision=precision,
+        micro_batch=micro_batch,
+        workers=workers,
+    )
+    if root is None and checkpoint is None and model is None:
+        if gt is not None:
+            raise UserError("--gt needs --root (the images it belongs to)")
+        config = demo_config(out, **options)
+    else:
+        if out is None:
+            raise UserError("--out: the run directory is required when not running the demo")
+        config = EvaluateConfig(
+            out=out, images_root=root, gt=gt, model=model, checkpoint=checkpoint, **options
+        )
+    results = evaluate_bravo(config)
+    if len(results) > 1:
+        typer.echo(summary_table(results))
+    typer.echo(f"wrote {config.out}/results.json, report.html, predictions.h5 and submission/")
+
+
 @app.command("make-data")
 def make_data_command(
     kind: str = typer.Argument(..., help="What to make: cityscapes-synthetic (procedural street scenes)."),

@@ -180,13 +180,27 @@ def predict_maps(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Prediction (H, W) uint8 and {name: (H, W) float32 confidence in [0, 1]} of a uint8 image.
 
-    The canvas is resized to the input size a band of about `band_pixels` output pixels (whole rows) at a time and
-    every score is taken per band (scores are pointwise), so the working memory beyond the canvas and the
-    returned maps is O(band_pixels * C) whatever the image size. Higher confidence = more in-distribution.
+    One forward pass (`predict_canvas`), then `canvas_maps`. Higher confidence = more in-distribution.
     """
-    functions = {name: get_confidence(name) for name in confidences}
     height, width = _as_hwc(image).shape[:2]
     canvas = predict_canvas(model, image, micro_batch=micro_batch, dtype=dtype, device=device)
+    return canvas_maps(canvas, height, width, confidences, band_pixels=band_pixels)
+
+
+def canvas_maps(
+    canvas: torch.Tensor,
+    height: int,
+    width: int,
+    confidences: Sequence[str] = ("msp",),
+    band_pixels: int = 1 << 18,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Prediction (H, W) uint8 and {name: (H, W) float32 confidence} from a (C+1, H', W') canvas.
+
+    The canvas is resized to (height, width) a band of about `band_pixels` output pixels (whole rows) at a time
+    and every score is taken per band (scores are pointwise), so the working memory beyond the canvas and the
+    returned maps is O(band_pixels * C) whatever the image size.
+    """
+    functions = {name: get_confidence(name) for name in confidences}
     if canvas.shape[0] - 1 > 256:
         raise ValueError(f"{canvas.shape[0] - 1} classes do not fit an 8-bit prediction")
     prediction = np.empty((height, width), dtype=np.uint8)
@@ -199,6 +213,25 @@ def predict_maps(
         for name, fn in functions.items():
             maps[name][rows] = fn(band).cpu().numpy()
     return prediction, maps
+
+
+def canvas_top2(
+    canvas: torch.Tensor, height: int, width: int, side: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-2 classes and their normalised scores s_c / sum_c s_c at preview size, for per-pixel read-outs.
+
+    canvas: (C+1, H', W'). Returns (2, h, w) uint8 class ids and (2, h, w) float16 scores, where (h, w) keeps
+    the aspect of (height, width) with the long side at most `side` (`eomt_ood.store.preview_shape`).
+    """
+    from eomt_ood.store import preview_shape
+
+    shape = preview_shape(height, width, side)
+    scores = F.interpolate(
+        canvas[None, :-1].float(), size=shape, mode="bilinear", align_corners=False, antialias=True
+    )[0].clamp_min_(0)
+    normalised = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
+    values, classes = normalised.topk(2, dim=0)
+    return classes.to(torch.uint8).cpu().numpy(), values.to(torch.float16).cpu().numpy()
 
 
 @dataclass

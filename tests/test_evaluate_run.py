@@ -1,0 +1,146 @@
+"""`eomt-ood evaluate`: end to end on a tiny demo-style set with a tiny random model."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from eomt_ood.bravo.evaluate import score_submission
+from eomt_ood.bravo.run import EvaluateConfig, evaluate_bravo, preview_file
+from eomt_ood.data.demo import write_demo
+from eomt_ood.errors import UserError
+from eomt_ood.models import create_model, save_checkpoint
+from eomt_ood.store import StoreReader
+
+
+@pytest.fixture(scope="module")
+def bravo_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bravo")
+    write_demo(root / "data", seed=3, per_subset=1, size=(64, 128))
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(create_model("eomt_test"), root / "model.safetensors")
+    return root / "data", checkpoint
+
+
+def _config(bravo_set, out, **changes):
+    data, checkpoint = bravo_set
+    options = dict(
+        out=out,
+        images_root=data / "images",
+        gt=data / "gt",
+        checkpoint=checkpoint,
+        confidences=("msp", "rba"),
+        workers=0,
+    )
+    options.update(changes)
+    return EvaluateConfig(**options)
+
+
+def _official(block):
+    return {k: v for k, v in block.items() if k != "meta"}
+
+
+def _assert_same(a, b):
+    assert list(a) == list(b)
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, list):
+            assert all((math.isnan(u) and math.isnan(v)) or u == v for u, v in zip(x, y, strict=True)), key
+        else:
+            assert (math.isnan(x) and math.isnan(y)) or x == y, key
+
+
+def test_evaluate_equals_score_of_its_own_submission(bravo_set, tmp_path):
+    results = evaluate_bravo(_config(bravo_set, tmp_path / "run"), progress=False)
+    assert set(results) == {"msp", "rba", "meta"}
+    run = tmp_path / "run"
+    scored = score_submission(bravo_set[0] / "gt", run / "submission", workers=0, progress=False, warn=None)
+    _assert_same(_official(results["msp"]), _official(scored))
+    assert len([k for k in results["msp"] if not k.endswith("hmean") and k != "bravo_index"]) == 62
+    # The second score is a different map of the same predictions: same mIoU, different confidence metrics.
+    assert results["rba"]["synobjs_miou_valid"] == results["msp"]["synobjs_miou_valid"]
+    assert results["rba"]["synobjs_auprc_ood"] != results["msp"]["synobjs_auprc_ood"]
+    on_disk = json.loads((run / "results.json").read_text())
+    assert on_disk["msp"]["bravo_index"] == pytest.approx(results["msp"]["bravo_index"], abs=0)
+    for name in ("report.html", "config.yaml", "predictions.h5"):
+        assert (run / name).is_file(), name
+    with StoreReader(run / "predictions.h5") as store:
+        assert len(store) == 9 and store.confidences == ["msp", "rba"]
+        subsets = sorted(set(store.subsets))
+        assert subsets == sorted(
+            [
+                "ACDCfog",
+                "ACDCnight",
+                "ACDCrain",
+                "ACDCsnow",
+                "SMIYC",
+                "outofcontext",
+                "synflare",
+                "synobjs",
+                "synrain",
+            ]
+        )
+        hist = store.histograms("msp")["synobjs"]
+        assert int(hist["ood_pos"].sum()) == results["meta"]["subsets"]["synobjs"]["invalid"]
+        stats = store.stats()
+        obj = store.subsets.index("synobjs")
+        assert 0 <= stats["auprc_ood"][obj] <= 1 and math.isnan(
+            stats["auprc_ood"][store.subsets.index("ACDCfog")]
+        )
+        assert store.read(obj, "top2_class", preview=True).shape == (2, 64, 128)
+        assert store.read(obj, "rgb", preview=True).shape == (64, 128, 3)
+
+
+def test_interrupted_run_resumes_to_the_same_result(bravo_set, tmp_path):
+    first = evaluate_bravo(_config(bravo_set, tmp_path / "a"), progress=False)
+    run = tmp_path / "a"
+    previews = sorted((run / "previews").rglob("*.npz"))
+    kept, lost = previews[:4], previews[4:]
+    kept_times = [p.stat().st_mtime_ns for p in kept]
+    for path in lost:  # as if the run had stopped after the first four images
+        path.unlink()
+    os.remove(run / "results.json")
+    second = evaluate_bravo(_config(bravo_set, tmp_path / "a"), progress=False)
+    assert [p.stat().st_mtime_ns for p in kept] == kept_times  # finished images were not redone
+    _assert_same(_official(first["msp"]), _official(second["msp"]))
+    _assert_same(_official(first["rba"]), _official(second["rba"]))
+    assert second["meta"]["inference"]["skipped"] == 4 and second["meta"]["inference"]["predicted"] == 5
+
+
+def test_without_ground_truth_writes_submission_and_report(bravo_set, tmp_path):
+    results = evaluate_bravo(
+        _config(bravo_set, tmp_path / "nogt", gt=None, confidences=("msp",)), progress=False
+    )
+    assert list(results) == ["meta"]
+    run = tmp_path / "nogt"
+    assert len(list((run / "submission").rglob("*_conf.png"))) == 9
+    assert "Confidence" in (run / "report.html").read_text()
+    with StoreReader(run / "predictions.h5") as store:
+        assert not store.has_ground_truth(0)
+
+
+def test_bad_options_are_user_errors(bravo_set, tmp_path):
+    with pytest.raises(UserError, match="unknown confidence 'nope'"):
+        evaluate_bravo(_config(bravo_set, tmp_path / "x", confidences=("nope",)), progress=False)
+    with pytest.raises(UserError, match="ground truth not found"):
+        evaluate_bravo(_config(bravo_set, tmp_path / "x", gt=tmp_path / "missing"), progress=False)
+    with pytest.raises(UserError, match="no BRAVO input images"):
+        evaluate_bravo(_config(bravo_set, tmp_path / "x", images_root=tmp_path), progress=False)
+
+
+def test_unreadable_image_is_named_and_left_out(bravo_set, tmp_path):
+    import shutil
+
+    data = bravo_set[0]
+    images = tmp_path / "images"
+    shutil.copytree(data / "images", images)
+    broken = sorted(images.rglob("*_leftImg8bit.png"))[0]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    config = _config(bravo_set, tmp_path / "run", images_root=images, gt=None, confidences=("msp",))
+    results = evaluate_bravo(config, progress=False)
+    assert results["meta"]["inference"]["failed"] == [broken.relative_to(images).as_posix()]
+    assert not preview_file(tmp_path / "run", broken.relative_to(images).as_posix()).exists()
+    assert np.isfinite(results["meta"]["inference"]["forward_seconds"])
