@@ -93,7 +93,15 @@ def test_app_renders_image_hover_and_curves(served_app, tmp_path):
             page.goto(served_app)
             # Streamlit draws over a websocket after the page loads: wait for the plotly image itself.
             page.wait_for_selector(".stPlotlyChart .js-plotly-plot image", timeout=90_000)
-            page.wait_for_timeout(1000)
+            # Open an OOD image with the outcome overlay at the TPR-95 threshold.
+            page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(
+                has_text="Subset"
+            ).click()
+            page.get_by_role("option", name="synobjs").click()
+            page.get_by_text("OOD outcome", exact=True).click()
+            page.wait_for_selector("text=where TPR reaches 95 %", timeout=60_000)
+            page.wait_for_selector(".stPlotlyChart .js-plotly-plot image", timeout=60_000)
+            page.wait_for_timeout(1500)
             image_png = page.screenshot(path=str(shots / "explorer_image.png"), full_page=True)
             _assert_not_blank(image_png)
 

@@ -35,7 +35,10 @@ def _image(rng: np.random.Generator, height: int, width: int, ood: bool):
     for s, score in enumerate(SCORES):
         base = rng.normal(0.8 - 0.05 * s, 0.12, (height, width)) - 0.35 * invalid - 0.2 * (pred != gt)
         confs[score] = np.clip(np.floor(np.clip(base, 0, 1) * 65536), 0, 65535).astype(np.uint16)
-    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    # A "photo": the label colours, darkened and noisy, with a bright object on the invalid box.
+    photo = 0.6 * TRAIN_ID_COLORS[np.minimum(gt, 18)] + rng.normal(0, 12, (height, width, 3))
+    photo[invalid != 0] = (250, 240, 60)
+    rgb = np.clip(photo, 0, 255).astype(np.uint8)
     ph, pw = preview_shape(height, width)
     top2_class = rng.integers(0, 19, (2, ph, pw), dtype=np.uint8)
     top2_score = np.sort(rng.random((2, ph, pw)), axis=0)[::-1].astype(np.float16)
