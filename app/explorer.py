@@ -41,8 +41,8 @@ def get_histograms(path: str, score: str) -> dict:
 
 
 @st.cache_data(max_entries=64)
-def get_figure(path: str, index: int, picture: np.ndarray, title: str):
-    return sup.image_figure(picture, get_maps(path, index), title)
+def get_hover(path: str, index: int) -> tuple:
+    return sup.hover_grid(get_maps(path, index))
 
 
 @st.cache_resource
@@ -164,7 +164,7 @@ with tab_image:
             i = run.reader.relpaths.index(relpath)
             maps = get_maps(path, i)
             picture = sup.compose(maps, overlay, opacity, score, colormap, level)
-            st.plotly_chart(get_figure(path, i, picture, run.name), key=f"image_fig_{k}")
+            st.plotly_chart(sup.image_figure(picture, get_hover(path, i), run.name), key=f"image_fig_{k}")
             stats = {
                 key: run.reader.stats().get(key, [np.nan] * len(run.reader))[i] for key in sup.TABLE_METRICS
             }
@@ -212,7 +212,7 @@ with tab_image:
                 base = read_image(photo_path)[rows, cols]
             picture = sup.compose(region, overlay, opacity, score, colormap, level, base=base)
             with column:
-                st.plotly_chart(sup.image_figure(picture, region), key=f"zoom_fig_{k}")
+                st.plotly_chart(sup.image_figure(picture, sup.hover_grid(region)), key=f"zoom_fig_{k}")
                 st.caption(
                     f"rows {rows.start}-{rows.stop - 1}, columns {cols.start}-{cols.stop - 1}"
                     + ("" if base is not None else " · photo not shown (outside the given folders)")
@@ -293,10 +293,14 @@ with tab_own:
     if own is not None:
         own_columns = st.columns(2)
         own_columns[0].plotly_chart(
-            sup.image_figure(sup.compose(own, "prediction", opacity, score, colormap), own, "prediction"),
+            sup.image_figure(
+                sup.compose(own, "prediction", opacity, score, colormap), sup.hover_grid(own), "prediction"
+            ),
             key="own_pred",
         )
         own_columns[1].plotly_chart(
-            sup.image_figure(sup.compose(own, "confidence", opacity, score, colormap), own, f"{score}"),
+            sup.image_figure(
+                sup.compose(own, "confidence", opacity, score, colormap), sup.hover_grid(own), score
+            ),
             key="own_conf",
         )

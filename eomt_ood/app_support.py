@@ -434,15 +434,27 @@ def hover_grid(maps: Mapping[str, Any], max_side: int = 192) -> tuple[np.ndarray
     return rows, cols, text.astype(object)
 
 
+def picture_source(picture: np.ndarray) -> str:
+    """A (h, w, 3) uint8 picture as a PNG data URI: a fraction of the size of the pixel list in a figure."""
+    import base64
+
+    from eomt_ood.data.png import encode_png
+
+    return "data:image/png;base64," + base64.b64encode(encode_png(np.ascontiguousarray(picture))).decode()
+
+
 def image_figure(
-    picture: np.ndarray, maps: Mapping[str, Any] | None = None, title: str = "", max_side: int = 192
+    picture: np.ndarray,
+    hover: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    title: str = "",
 ):
-    """Plotly figure of a (h, w, 3) picture; with `maps` (same h, w), hovering shows `pixel_readout`s."""
+    """Plotly figure of a (h, w, 3) uint8 picture; with `hover` (a `hover_grid` of maps of the same h, w),
+    hovering shows the pixel readouts."""
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Image(z=picture, hoverinfo="skip"))
-    if maps is not None:
-        rows, cols, text = hover_grid(maps, max_side)
+    fig = go.Figure(go.Image(source=picture_source(picture), hoverinfo="skip"))
+    if hover is not None:
+        rows, cols, text = hover
         fig.add_trace(
             go.Heatmap(
                 x=cols,

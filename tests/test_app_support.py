@@ -351,3 +351,20 @@ def test_decode_upload_rejects_garbage():
     np.testing.assert_array_equal(sup.decode_upload(encode_png(image), "x.png"), image)
     with pytest.raises(UserError, match="x.jpg: unreadable image"):
         sup.decode_upload(b"not an image", "x.jpg")
+
+
+def test_image_figure_carries_the_picture_and_the_readouts(run_dir):
+    import base64
+
+    from eomt_ood.data.png import decode_png
+
+    with StoreReader(run_dir / "predictions.h5") as reader:
+        maps = sup.read_maps(reader, 0)
+    picture = sup.compose(maps, "prediction", 0.5, "msp")
+    hover = sup.hover_grid(maps)
+    fig = sup.image_figure(picture, hover, "run")
+    source = fig.data[0].source
+    assert source.startswith("data:image/png;base64,")
+    np.testing.assert_array_equal(decode_png(base64.b64decode(source.split(",", 1)[1]), "fig"), picture)
+    assert fig.data[1].text[3][5] == hover[2][3, 5]
+    assert list(fig.layout.yaxis.range) == [picture.shape[0] - 0.5, -0.5]  # row 0 at the top, like the photo
