@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -89,10 +88,16 @@ table_sort = state.get("table_sort", sup.TABLE_METRICS[0])
 table = sup.worst_first(sup.image_rows(reader), table_sort, None if table_subset == "all" else table_subset)
 selection = state.get("image_table")
 picked_rows = tuple(selection["selection"]["rows"]) if selection else ()
-if picked_rows and state.get("_table_applied") != (picked_rows, table_subset, table_sort):
-    state["_table_applied"] = (picked_rows, table_subset, table_sort)
+view = (table_subset, table_sort)
+# A selection made under another filter or order points at a different row now: record it, do not apply it.
+if (
+    picked_rows
+    and state.get("_table_applied") != (picked_rows, view)
+    and state.get("_table_view", view) == view
+):
     row = table[picked_rows[0]]
     state["subset"], state["image"] = row["subset"], row["index"]
+state["_table_applied"], state["_table_view"] = (picked_rows, view), view
 
 subset = st.sidebar.selectbox("Subset", subsets, key="subset")
 in_subset = [i for i, s in enumerate(reader.subsets) if s == subset]
@@ -165,10 +170,8 @@ with tab_image:
             maps = get_maps(path, i)
             picture = sup.compose(maps, overlay, opacity, score, colormap, level)
             st.plotly_chart(sup.image_figure(picture, get_hover(path, i), run.name), key=f"image_fig_{k}")
-            stats = {
-                key: run.reader.stats().get(key, [np.nan] * len(run.reader))[i] for key in sup.TABLE_METRICS
-            }
-            st.caption(" · ".join(f"{key} {format_value(float(v))}" for key, v in stats.items()))
+            image_row = next(r for r in sup.image_rows(run.reader) if r["index"] == i)
+            st.caption(" · ".join(f"{key} {format_value(image_row[key])}" for key in sup.TABLE_METRICS))
             if level is not None and maps["gt_label"] is not None and score in maps["confs"]:
                 counts = sup.outcome_counts(
                     sup.outcome_map(maps["confs"][score], maps["gt_label"], maps["gt_invalid"], level)

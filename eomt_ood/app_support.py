@@ -258,7 +258,8 @@ def compose(
     """
     shape = maps["pred"].shape
     if base is None:
-        base = maps.get("rgb") if maps.get("rgb") is not None else gray_canvas(shape)
+        photo = maps.get("rgb")
+        base = photo if photo is not None else gray_canvas(shape)
     has_gt = maps.get("gt_label") is not None
     if overlay == "prediction":
         return blend(base, colorize_train_ids(maps["pred"]), opacity)
@@ -543,7 +544,9 @@ def build_model(model: str | None, checkpoint: Path | None):
     from eomt_ood.models import create_model
     from eomt_ood.models.checkpoints import load_model
 
-    net = create_model(model, checkpoint=checkpoint) if model is not None else load_model(checkpoint)
+    if model is None and checkpoint is None:
+        raise UserError("config.yaml: the run names neither a model nor a checkpoint")
+    net = create_model(model, checkpoint=checkpoint) if model is not None else load_model(checkpoint)  # type: ignore[arg-type]
     return net.eval()
 
 

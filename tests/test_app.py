@@ -144,8 +144,32 @@ def test_image_table_filters_sorts_and_opens_a_row(monkeypatch, runs):
     # A click on the second row (what the browser sends) opens that image.
     at.session_state["image_table"] = {"selection": {"rows": [1], "columns": []}}
     at.run()
-    assert at.sidebar.selectbox(key="image").value == int(table["index"].iloc[1])
+    opened = int(table["index"].iloc[1])
+    assert at.sidebar.selectbox(key="image").value == opened
     assert at.sidebar.selectbox(key="subset").value == "synobjs"
+    # Re-sorting while that row is still selected does not jump to whatever row 1 is now.
+    at.selectbox(key="table_sort").select("auprc_ood").run()
+    assert at.sidebar.selectbox(key="image").value == opened
+    # Nor does picking another image in the sidebar get overridden by the old selection.
+    other = next(i for i in (0, 1, 2) if i != opened)
+    at.sidebar.selectbox(key="image").select(other).run()
+    assert at.sidebar.selectbox(key="image").value == other
+
+
+def test_cli_refuses_a_folder_without_a_store(tmp_path):
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "eomt_ood.cli", "app", str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {tmp_path}: not a run directory (no predictions.h5)"
+
+
+def test_streamlit_command_serves_locally_and_headless():
+    command = sup.streamlit_command(8600, "127.0.0.1")
+    assert command[1:5] == ["-m", "streamlit", "run", SCRIPT]
+    assert {"--server.address=127.0.0.1", "--server.port=8600", "--server.headless=true"} <= set(command)
 
 
 @pytest.mark.slow  # the first model build imports torch and timm: tens of seconds on a loaded machine
