@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -108,6 +109,9 @@ relpath = reader.relpaths[index]
 overlay = st.sidebar.radio("Overlay", sup.OVERLAYS, index=1, key="overlay")
 opacity = st.sidebar.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
 colormap = st.sidebar.selectbox("Colour map", sup.COLORMAPS, key="colormap")
+st.sidebar.image(
+    np.repeat(sup.colormap_lut(colormap)[None], 12, axis=0), caption="confidence 0 → 1", width="stretch"
+)
 
 tab_image, tab_table, tab_curves, tab_metrics, tab_own = st.tabs(
     ["Image", "Images", "Curves", "Metrics", "Your image"]
@@ -166,6 +170,9 @@ with tab_image:
             if relpath not in run.reader.relpaths:
                 st.warning(f"{run.name}: no image {relpath}")
                 continue
+            if score not in run.reader.confidences:
+                st.warning(f"{run.name}: no confidence score {score}")
+                continue
             i = run.reader.relpaths.index(relpath)
             maps = get_maps(path, i)
             picture = sup.compose(maps, overlay, opacity, score, colormap, level)
@@ -198,7 +205,7 @@ with tab_image:
         zoom_columns = st.columns(len(chosen))
         for k, (column, path) in enumerate(zip(zoom_columns, chosen, strict=True)):
             run = get_run(path)
-            if relpath not in run.reader.relpaths:
+            if relpath not in run.reader.relpaths or score not in run.reader.confidences:
                 continue
             i = run.reader.relpaths.index(relpath)
             h, w = int(run.reader.heights[i]), int(run.reader.widths[i])

@@ -182,3 +182,12 @@ def test_own_image_runs_the_runs_model(monkeypatch, runs):
     maps = at.session_state["own_maps"]
     assert maps["pred"].shape == (256, 512) and set(maps["confs"]) == {"msp", "rba"}
     assert np.all(maps["confs"]["msp"] >= 0)
+
+
+def test_a_run_without_the_chosen_score_is_skipped_with_a_warning(monkeypatch, runs, tmp_path):
+    only_msp = make_run(tmp_path / "run-msp", seed=2, scores=("msp",))
+    at = _app(monkeypatch, runs[0], only_msp)
+    at.sidebar.selectbox(key="score").select("rba").run()
+    assert not at.exception
+    assert "run-msp: no confidence score rba" in [w.value for w in at.warning]
+    assert "image_fig_0" in _charts(at) and "image_fig_1" not in _charts(at)

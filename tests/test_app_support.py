@@ -20,7 +20,7 @@ from eomt_ood.store import StoreReader, StoreWriter, preview_shape
 SCORES = ["msp", "rba"]
 
 
-def _image(rng: np.random.Generator, height: int, width: int, ood: bool):
+def _image(rng: np.random.Generator, height: int, width: int, ood: bool, scores=tuple(SCORES)):
     """Synthetic maps: stripes of classes, a void band, an invalid box (OOD subsets) with lower confidence."""
     gt = ((np.arange(width)[None, :] * 19) // width).repeat(height, 0).astype(np.uint8)
     gt[: max(1, height // 10)] = 255
@@ -32,7 +32,7 @@ def _image(rng: np.random.Generator, height: int, width: int, ood: bool):
     pred[flip] = rng.integers(0, 19, int(flip.sum()))
     pred[gt == 255] = rng.integers(0, 19, int((gt == 255).sum()))
     confs = {}
-    for s, score in enumerate(SCORES):
+    for s, score in enumerate(scores):
         base = rng.normal(0.8 - 0.05 * s, 0.12, (height, width)) - 0.35 * invalid - 0.2 * (pred != gt)
         confs[score] = np.clip(np.floor(np.clip(base, 0, 1) * 65536), 0, 65535).astype(np.uint16)
     # A "photo": the label colours, darkened and noisy, with a bright object on the invalid box.
@@ -45,7 +45,7 @@ def _image(rng: np.random.Generator, height: int, width: int, ood: bool):
     return gt, invalid, pred, confs, rgb, top2_class, top2_score
 
 
-def make_run(folder: Path, seed: int = 0, images_root: Path | None = None) -> Path:
+def make_run(folder: Path, seed: int = 0, images_root: Path | None = None, scores=tuple(SCORES)) -> Path:
     """A small run dir: synobjs (3 images, OOD boxes; one 600x1200 so previews are downsampled), ACDCfog
     (2 images, no invalid pixels), synrain (1 image without GT); results.json from `curve_metrics` of the
     stored histograms, per score; config.yaml naming `images_root` (photos written there when given)."""
@@ -53,10 +53,10 @@ def make_run(folder: Path, seed: int = 0, images_root: Path | None = None) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     plan = [("synobjs", 64, 128, True), ("synobjs", 600, 1200, True), ("synobjs", 48, 96, True)]
     plan += [("ACDCfog", 64, 128, False), ("ACDCfog", 40, 80, False), ("synrain", 32, 64, None)]
-    hist = {s: {} for s in SCORES}
-    with StoreWriter(folder / "predictions.h5", model="eomt_test", confidences=SCORES) as store:
+    hist: dict = {s: {} for s in scores}
+    with StoreWriter(folder / "predictions.h5", model="eomt_test", confidences=list(scores)) as store:
         for n, (subset, h, w, ood) in enumerate(plan):
-            gt, invalid, pred, confs, rgb, t2c, t2s = _image(rng, h, w, bool(ood))
+            gt, invalid, pred, confs, rgb, t2c, t2s = _image(rng, h, w, bool(ood), scores)
             relpath = f"bravo_{subset}/img{n}.png"
             if images_root is not None:
                 from eomt_ood.data.png import write_png
@@ -65,7 +65,7 @@ def make_run(folder: Path, seed: int = 0, images_root: Path | None = None) -> Pa
             stats = {}
             valid = gt != 255
             if ood is not None:
-                for score in SCORES:
+                for score in scores:
                     counts = hist[score].setdefault(
                         subset, {k: 0 for k in ("correct", "wrong", "ood_pos", "ood_neg")}
                     )
@@ -76,7 +76,7 @@ def make_run(folder: Path, seed: int = 0, images_root: Path | None = None) -> Pa
                     pos, neg = binary_histograms(k[valid], (invalid != 0)[valid])
                     counts["ood_pos"] = counts["ood_pos"] + pos
                     counts["ood_neg"] = counts["ood_neg"] + neg
-                    if score == SCORES[0] and ood:
+                    if score == scores[0] and ood:
                         m = curve_metrics(pos[::-1], neg[::-1])
                         stats.update(auprc_ood=m["auprc"], fpr95_ood=m["fpr95"])
                 stats["miou"] = float(np.mean(pred[valid] == gt[valid]))  # a stand-in, only sorted on
@@ -92,18 +92,18 @@ def make_run(folder: Path, seed: int = 0, images_root: Path | None = None) -> Pa
                 rgb=rgb,
                 stats=stats,
             )
-        for score in SCORES:
+        for score in scores:
             for subset, counts in hist[score].items():
                 store.add_histograms(score, subset, counts)
     results: dict = {"meta": {"model": "eomt_test"}}
-    for score in SCORES:
+    for score in scores:
         h = hist[score]["synobjs"]
         m = curve_metrics(h["ood_pos"][::-1], h["ood_neg"][::-1])
         flat = {f"synobjs_{k}_ood": v for k, v in m.items()}
         flat["ood_hmean"] = 2 / (1 / m["auroc"] + 1 / m["auprc"])
         results[score] = flat
     (folder / "results.json").write_text(json.dumps(results))
-    config = {"model": "eomt_test", "checkpoint": None, "confidences": SCORES}
+    config = {"model": "eomt_test", "checkpoint": None, "confidences": list(scores)}
     config["images_root"] = str(images_root) if images_root is not None else None
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder
