@@ -30,6 +30,7 @@ from eomt_ood.metrics.histogram import FPR95_TPR, NUM_LEVELS, binary_histograms
 from eomt_ood.store import StoreReader
 
 APP_SCRIPT = Path(__file__).resolve().parents[1] / "app" / "explorer.py"
+BUNDLED_ASSETS = Path(__file__).resolve().parent / "assets"  # the demo checkpoint lives here; readable too
 TABLE_METRICS = ("auprc_ood", "fpr95_ood", "miou", "ece")
 OVERLAYS = ("none", "prediction", "confidence", "OOD ground truth", "OOD outcome")
 COLORMAPS = ("Viridis", "Inferno", "Cividis", "Greys", "RdYlGn")
@@ -135,6 +136,7 @@ def streamlit_command(port: int, host: str) -> list[str]:
         f"--server.port={port}",
         "--server.headless=true",
         "--browser.gatherUsageStats=false",
+        "--client.toolbarMode=minimal",
     ]
 
 
@@ -523,15 +525,13 @@ def subset_metric_rows(flat: Mapping[str, Any], subsets: Sequence[str]) -> list[
 def model_source(config: Mapping, roots: Sequence[Path]) -> tuple[str | None, Path | None]:
     """(model name or None, checkpoint path or None) from a run's config.yaml, refusing a checkpoint outside the
     given folders and the package's bundled assets (`UserError`)."""
-    from eomt_ood.bravo.run import DEMO_CHECKPOINT
-
     model = config.get("model")
     checkpoint = config.get("checkpoint")
     if checkpoint is None:
         if model is None:
             raise UserError("config.yaml: the run names neither a model nor a checkpoint")
         return str(model), None
-    allowed = allowed_file(checkpoint, roots, [DEMO_CHECKPOINT.parent.resolve()])
+    allowed = allowed_file(checkpoint, roots, [BUNDLED_ASSETS])
     if allowed is None:
         raise UserError(f"{checkpoint}: checkpoint outside the folders given to the app; not read")
     if not allowed.exists():

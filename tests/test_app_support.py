@@ -315,6 +315,11 @@ def test_runs_refuse_paths_outside(run_dir, tmp_path):
     with pytest.raises(UserError, match="outside the folders"):
         sup.model_source({"model": "eomt_test", "checkpoint": "/etc/passwd"}, roots)
     assert sup.model_source({"model": "eomt_test", "checkpoint": None}, roots) == ("eomt_test", None)
+    inside = run_dir / "weights.safetensors"
+    inside.write_bytes(b"")
+    assert sup.model_source({"model": None, "checkpoint": str(inside)}, roots) == (None, inside.resolve())
+    with pytest.raises(UserError, match="not found"):
+        sup.model_source({"model": None, "checkpoint": str(run_dir / "missing.safetensors")}, roots)
 
 
 def test_score_results_and_curves(run_dir):
