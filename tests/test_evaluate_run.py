@@ -63,6 +63,7 @@ def test_evaluate_equals_score_of_its_own_submission(bravo_set, tmp_path):
     # The second score is a different map of the same predictions: same mIoU, different confidence metrics.
     assert results["rba"]["synobjs_miou_valid"] == results["msp"]["synobjs_miou_valid"]
     assert results["rba"]["synobjs_auprc_ood"] != results["msp"]["synobjs_auprc_ood"]
+    assert results["meta"]["model_config"]["name"] == "eomt_test"
     on_disk = json.loads((run / "results.json").read_text())
     assert on_disk["msp"]["bravo_index"] == pytest.approx(results["msp"]["bravo_index"], abs=0)
     for name in ("report.html", "config.yaml", "predictions.h5"):
@@ -144,3 +145,33 @@ def test_unreadable_image_is_named_and_left_out(bravo_set, tmp_path):
     assert results["meta"]["inference"]["failed"] == [broken.relative_to(images).as_posix()]
     assert not preview_file(tmp_path / "run", broken.relative_to(images).as_posix()).exists()
     assert np.isfinite(results["meta"]["inference"]["forward_seconds"])
+
+
+def test_regression_gate_passes_on_the_real_maps_and_fails_on_degraded_ones(bravo_set, tmp_path):
+    from eomt_ood.bravo.evaluate import write_results
+    from eomt_ood.data.bravo import match_gt, open_tree, read_conf, read_mask
+    from eomt_ood.data.png import write_png
+    from eomt_ood.regress import run_gate
+
+    data = bravo_set[0]
+    run = tmp_path / "run"
+    results = evaluate_bravo(_config(bravo_set, run, confidences=("msp",)), progress=False)
+    baseline = tmp_path / "baseline.json"
+    write_results(results, baseline)
+    code, text = run_gate(baseline, run / "results.json")
+    assert code == 0, text
+
+    # Degrade on purpose: make every OOD pixel maximally confident, so the OOD ranking gets worse.
+    with open_tree(data / "gt", "gt") as gt:
+        for subset in ("synobjs", "SMIYC"):
+            for image in match_gt(gt.names)[subset]:
+                conf_path = run / "submission" / image.conf_name
+                conf = read_conf(conf_path.read_bytes(), str(conf_path))
+                invalid = read_mask(gt.read(image.mask_name), image.mask_name) != 0
+                write_png(conf_path, np.where(invalid, 65535, conf).astype(np.uint16))
+    degraded = score_submission(data / "gt", run / "submission", workers=0, progress=False, warn=None)
+    write_results(degraded, tmp_path / "degraded.json")
+    assert degraded["synobjs_auprc_ood"] < results["synobjs_auprc_ood"] - 0.005
+    code, text = run_gate(baseline, tmp_path / "degraded.json")
+    assert code == 1
+    assert "REGRESSED" in text and "synobjs_auprc_ood" in text

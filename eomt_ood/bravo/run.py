@@ -452,6 +452,28 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
     return results
 
 
+def describe_model(config: EvaluateConfig) -> dict[str, Any] | None:
+    """The run's model as {"name", "kwargs"}: from our checkpoint's metadata (read without loading tensors), else
+    the registered name; None when neither tells."""
+    import json
+
+    if config.checkpoint is not None and Path(config.checkpoint).suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(config.checkpoint), "pt") as handle:
+                metadata = handle.metadata() or {}
+        except (
+            Exception
+        ):  # an unreadable file fails loudly when the model is loaded; here it just says nothing
+            metadata = {}
+        if "config" in metadata:
+            return json.loads(metadata["config"])
+    if config.model is not None:
+        return {"name": config.model, "kwargs": {}}
+    return None
+
+
 def _meta(config: EvaluateConfig, accumulators: dict) -> dict[str, Any]:
     from eomt_ood import __version__
     from eomt_ood.bravo.evaluate import NUM_LEVELS
@@ -464,6 +486,7 @@ def _meta(config: EvaluateConfig, accumulators: dict) -> dict[str, Any]:
         "images_root": str(config.images_root),
         "model": config.model,
         "checkpoint": str(config.checkpoint) if config.checkpoint else None,
+        "model_config": describe_model(config),
         "confidences": list(config.confidences),
         "samples": str(config.samples) if sampled else None,
         "pixels": "official sampling" if sampled else "all pixels",
