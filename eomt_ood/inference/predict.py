@@ -9,6 +9,15 @@ confidence score (`eomt_ood.confidence`) are taken.
 Memory stays bounded for any image size: windows are forwarded in micro-batches, their mask logits are
 upsampled and scored a few queries at a time (never Q x S x S for a batch), and the full-resolution maps are
 produced in bands of rows (`predict_maps`), so only the (C+1, H', W') canvas grows with the image.
+
+Checked against the transformers port (tests/test_predict.py): `EomtImageProcessor(do_split_image=True,
+size={"shortest_edge": S, "longest_edge": None})` + `post_process_semantic_segmentation` give the same scores and
+argmax. Differences: the port's default size dict ({"shortest_edge": S, "longest_edge": S}) caps the long side at
+S (no windowing) and upsamples masks to (S, longest_edge), so `longest_edge` must be None; it upsamples all
+windows' mask logits at once (Q x S x S per window, in the logits' dtype) where we go by query chunks in float32;
+it picks the stitching axis from the original size and the split axis from the resized one (the same unless
+rounding makes a near-square image flip); it returns only the argmax, no scores. In eval it still builds attention
+masks while its `attn_mask_probs` > 0 (fresh models), so parity needs P_k = 0 as after training.
 """
 
 from __future__ import annotations
