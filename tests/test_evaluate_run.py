@@ -175,3 +175,19 @@ def test_regression_gate_passes_on_the_real_maps_and_fails_on_degraded_ones(brav
     code, text = run_gate(baseline, tmp_path / "degraded.json")
     assert code == 1
     assert "REGRESSED" in text and "synobjs_auprc_ood" in text
+
+
+def test_degenerate_subsets_are_named_but_the_run_keeps_its_outputs(bravo_set, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("eomt_test")
+    with torch.no_grad():  # predicts "bicycle" everywhere, so no subset has a correctly classified pixel
+        model.class_head.bias.fill_(-20.0)
+        model.class_head.bias[18] = 20.0
+    checkpoint = save_checkpoint(model, tmp_path / "bicycle.safetensors")
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"left unscored \(ACDCfog, .*no correctly classified valid pixel"):
+        evaluate_bravo(_config(bravo_set, run, checkpoint=checkpoint, confidences=("msp",)), progress=False)
+    results = json.loads((run / "results.json").read_text())
+    assert "ACDCfog_miou_valid" not in results and "ACDCfog" in results["meta"]["unscored_subsets"]
+    assert "SMIYC_auprc_ood" in results  # OOD metrics do not need correct pixels
+    assert (run / "predictions.h5").is_file() and (run / "report.html").is_file()

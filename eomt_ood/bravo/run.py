@@ -399,6 +399,7 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
                 )
                 per_image.append(row)
             results_by_score = {}
+            unscored: dict[str, str] = {}
             for score in scores:
                 subsets = [s for s in SUBSETS if s in accumulators[score]]
                 for subset in subsets:
@@ -414,12 +415,19 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
                         },
                     )
                 metrics: dict[str, Any] = {}
+                scored = []
                 for subset in subsets:
-                    metrics.update(
-                        (f"{subset}_{k}", v) for k, v in accumulators[score][subset].metrics().items()
-                    )
+                    try:
+                        subset_keys = accumulators[score][subset].metrics()
+                    except (
+                        UserError
+                    ) as exc:  # degenerate data: no made-up number; reported after all is written
+                        unscored.setdefault(subset, str(exc))
+                        continue
+                    metrics.update((f"{subset}_{k}", v) for k, v in subset_keys.items())
+                    scored.append(subset)
                 if metrics:
-                    metrics.update(summarise(metrics, subsets))
+                    metrics.update(summarise(metrics, scored))
                 results_by_score[score] = metrics
     finally:
         for tree in (gt_tree, samples_tree):
@@ -427,6 +435,7 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
                 tree.close()
 
     meta = _meta(config, accumulators[scores[0]])
+    meta["unscored_subsets"] = unscored
     results: dict[str, Any] = (
         dict(results_by_score[scores[0]]) if len(scores) == 1 else dict(results_by_score)
     )
@@ -543,6 +552,13 @@ def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, A
     results["meta"]["inference"] = {k: v for k, v in timing.items() if k != "failed"}
     results["meta"]["inference"]["failed"] = [rel for rel, _ in timing["failed"]]
     write_results(results, run_dir / "results.json")
+    unscored = results["meta"]["unscored_subsets"]
+    if unscored:
+        first = next(iter(unscored.values()))
+        raise UserError(
+            f"{run_dir}/results.json: {len(unscored)} subset(s) left unscored ({', '.join(unscored)}): {first}; "
+            "everything else was written"
+        )
     return results
 
 
