@@ -244,3 +244,13 @@ def test_report_without_ground_truth(tmp_path):
     assert len(plots.confidence_histograms({"SMIYC": np.array([1, 2, 3, 4])}).data[0].x) == 5
     # Nothing at all still gives a page.
     assert "Nothing to show" in build_report({}, {}, [])
+
+
+def test_ood_curves_leave_out_subsets_whose_invalid_pixels_are_not_ood():
+    rng = np.random.default_rng(7)
+    hist = {k: rng.integers(0, 5, 65536) for k in ("correct", "wrong", "ood_pos", "ood_neg")}
+    figure = plots.ood_curves({"ACDCfog": hist, "synobjs": hist, "synrain": hist})
+    names = " ".join(trace.name or "" for trace in figure.data)
+    assert "synobjs" in names
+    assert "ACDCfog" not in names and "synrain" not in names
+    assert plots.ood_curves({"ACDCfog": hist}) is None

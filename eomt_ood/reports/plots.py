@@ -23,7 +23,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from eomt_ood.data.bravo import SEMANTIC_SUBSETS, SUBSETS
+from eomt_ood.data.bravo import OOD_SUBSETS, SEMANTIC_SUBSETS, SUBSETS
 from eomt_ood.data.labels import TRAIN_ID_NAMES
 from eomt_ood.metrics.histogram import curve_metrics, curves, ece, reliability
 
@@ -166,12 +166,17 @@ def ood_curve_data(ood_pos: np.ndarray, ood_neg: np.ndarray, max_points: int | N
 
 
 def ood_curves(histograms: Mapping, max_points: int | None = CURVE_POINTS) -> go.Figure | None:
-    """PR and ROC curves of the OOD subsets (histograms with non-empty `ood_pos` and `ood_neg`); None if none.
+    """PR and ROC curves of the OOD subsets (SMIYC, synobjs) with non-empty `ood_pos` and `ood_neg`; None if none.
 
     The PR trace is drawn as steps ("vh": precision i holds on (recall i-1, recall i]), so its area is the
     step-integral AUPRC of bravo.md §4.3 when no point was thinned away; the legend shows the exact values.
     """
-    subsets = [s for s in ordered_subsets(histograms) if _nonempty(histograms, s, "ood_pos", "ood_neg")]
+    # Only the OOD subsets (bravo.md §4.7): the invalid pixels of the other subsets are not OOD positives.
+    subsets = [
+        s
+        for s in ordered_subsets(histograms)
+        if s in OOD_SUBSETS and _nonempty(histograms, s, "ood_pos", "ood_neg")
+    ]
     if not subsets:
         return None
     fig = make_subplots(
