@@ -260,3 +260,29 @@ def test_backbone_lr_zero_during_head_warmup_but_gradients_flow():
     for _ in range(15):
         scheduler.step()
     assert block0["lr"] == pytest.approx(1e-4 * 0.8**3 * 0.5)  # step 20: half-way through backbone warm-up
+
+
+def test_cli_train_rejects_unknown_keys(tmp_path):
+    from typer.testing import CliRunner
+
+    from eomt_ood.cli import app
+
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(CONFIG), "--set", "trainer.no_such_key=1", "--out", str(tmp_path)]
+    )
+    assert isinstance(result.exception, UserError)
+    assert "no_such_key" in str(result.exception) and "max_steps" in str(result.exception)
+
+
+def test_cli_train_runs_tiny_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from eomt_ood.cli import app
+
+    root = write_scenes(tmp_path / "data", 4)
+    args = ["train", "--config", str(CONFIG), "--out", str(tmp_path / "run"), "--set", f"data.root={root}"]
+    args += ["--set", "trainer.max_steps=2", "--set", "trainer.val_every_n_epochs=0", "--resume", "auto"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert "trained ->" in result.output
