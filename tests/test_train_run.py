@@ -163,7 +163,7 @@ def test_resume_missing_file_is_a_user_error(tmp_path):
 @pytest.mark.slow
 def test_tiny_model_overfits_synthetic_scenes(tmp_path):
     # eomt_test (D 32, 4 blocks, Q 8, S 64) on 4 blocky 64x128 scenes, 300 steps of the tiny config. Measured:
-    # mIoU 0.967 after 106 s of training on 2 shared, heavily loaded cores (~11-25 s unloaded). The streets
+    # mIoU 0.967 after 106 s of training on 2 shared, heavily loaded cores (300 such steps once took 11 s). The streets
     # generator's simple scenes need more steps (0.907 after 1200), too slow for a test on this machine.
     root = write_scenes(tmp_path / "data", 4)
     config = tiny_config(root, "trainer.val_every_n_epochs=1000000")
