@@ -407,7 +407,7 @@ def score_submission(
         metrics.update((f"{subset}_{key}", value) for key, value in accumulators[subset].metrics().items())
     results: dict[str, object] = dict(metrics)
     results.update(summarise(metrics, selected))
-    results["meta"] = _meta(gt, submission, samples, accumulators)
+    results["meta"] = scoring_meta(gt, submission, samples, accumulators)
     return results
 
 
@@ -489,14 +489,15 @@ def _run_tasks(
                 raise
 
 
-def _meta(gt, submission, samples, accumulators: dict[str, SubsetAccumulator]) -> dict[str, object]:
+def scoring_meta(gt, submission, samples, accumulators: dict[str, SubsetAccumulator]) -> dict[str, object]:
+    """The `meta` block of a results file: inputs, the conventions used, and per-subset pixel counts."""
     from eomt_ood import __version__
 
     sampled = samples is not None
     return {
         "package": "eomt-ood",
         "version": __version__,
-        "gt": str(gt),
+        "gt": str(gt) if gt is not None else None,
         "submission": str(submission),
         "samples": str(samples) if sampled else None,
         "pixels": "official sampling" if sampled else "all pixels",

@@ -201,6 +201,7 @@ def run_inference(config: EvaluateConfig, rels: Sequence[str], progress: bool = 
     }
     if not todo:
         return stats
+    start = time.perf_counter()
     model = prepare_model(_load_model(config), config.device)
     dtype = PRECISIONS[config.precision]
     loader = torch.utils.data.DataLoader(
@@ -211,12 +212,13 @@ def run_inference(config: EvaluateConfig, rels: Sequence[str], progress: bool = 
         collate_fn=_identity,
         multiprocessing_context="forkserver" if config.workers > 0 else None,
     )
-    start = time.perf_counter()
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1) as writer:
         for rel, image in tqdm(
             loader, total=len(todo), desc="evaluate", unit="img", disable=not progress, file=sys.stderr
         ):
+            if "startup_seconds" not in stats:  # model loading and reader start-up, paid once per run
+                stats["startup_seconds"] = time.perf_counter() - start
             if isinstance(image, str):
                 stats["failed"].append((rel, image))
                 tqdm.write(f"warning: skipped {image}", file=sys.stderr)
@@ -484,28 +486,19 @@ def describe_model(config: EvaluateConfig) -> dict[str, Any] | None:
 
 
 def _meta(config: EvaluateConfig, accumulators: dict) -> dict[str, Any]:
-    from eomt_ood import __version__
-    from eomt_ood.bravo.evaluate import NUM_LEVELS
+    from eomt_ood.bravo.evaluate import scoring_meta
 
-    sampled = config.samples is not None
-    return {
-        "package": "eomt-ood",
-        "version": __version__,
-        "gt": str(config.gt) if config.gt else None,
-        "images_root": str(config.images_root),
-        "model": config.model,
-        "checkpoint": str(config.checkpoint) if config.checkpoint else None,
-        "model_config": describe_model(config),
-        "confidences": list(config.confidences),
-        "samples": str(config.samples) if sampled else None,
-        "pixels": "official sampling" if sampled else "all pixels",
-        "pooling": "pooled over the pixels of each subset: one confusion matrix and one histogram set per subset",
-        "confidence_levels": NUM_LEVELS,
-        "confidence_of_level": "(k + 0.5) / 65536",
-        "void": "label 255 is void and dropped first; mask != 0 marks invalid pixels (OOD positives)",
-        "ece_weights": "float32(float32(T_b) / float32(N)), as the pinned official evaluator (numpy 1.x)",
-        "subsets": {s: acc.counts(sampled) for s, acc in accumulators.items()},
-    }
+    meta: dict[str, Any] = dict(
+        scoring_meta(config.gt, config.out / "submission", config.samples, accumulators)
+    )
+    meta.update(
+        images_root=str(config.images_root),
+        model=config.model,
+        checkpoint=str(config.checkpoint) if config.checkpoint else None,
+        model_config=describe_model(config),
+        confidences=list(config.confidences),
+    )
+    return meta
 
 
 def _warn(message: str) -> None:
@@ -563,25 +556,33 @@ def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, A
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """A short text table of the key metrics per subset (first score's block when several)."""
-    from eomt_ood.data.bravo import SUBSETS
+    """A short text table of the key metrics per subset (first score's block when several).
+
+    `ood_px` is the fraction of OOD pixels among the scored ones: the AUPRC_OOD of a confidence that knows
+    nothing, to read `auprc_ood` against.
+    """
+    from eomt_ood.data.bravo import OOD_SUBSETS, SUBSETS
 
     block = (
         results
         if any(k.endswith("_hmean") for k in results)
         else next((v for k, v in results.items() if k != "meta" and isinstance(v, dict)), {})
     )
-    columns = ("miou_valid", "ece_valid", "auroc_valid", "auprc_ood", "auroc_ood", "fpr95_ood")
-    lines = [f"{'subset':<14}" + "".join(f"{c:>13}" for c in columns)]
+    counts = results.get("meta", {}).get("subsets", {})
+    columns = ("miou_valid", "ece_valid", "auroc_valid", "auprc_ood", "ood_px", "auroc_ood", "fpr95_ood")
+    lines = [f"{'subset':<14}" + "".join(f"{c:>12}" for c in columns)]
     for subset in SUBSETS:
         if not any(k.startswith(f"{subset}_") for k in block):
             continue
         cells = []
         for column in columns:
             value = block.get(f"{subset}_{column}")
-            cells.append(f"{value:>13.4f}" if isinstance(value, float) else f"{'-':>13}")
+            if column == "ood_px" and subset in OOD_SUBSETS and subset in counts:
+                pos, neg = counts[subset]["invalid"], counts[subset]["valid"]
+                value = pos / (pos + neg) if pos + neg else None
+            cells.append(f"{value:>12.4f}" if isinstance(value, float) else f"{'-':>12}")
         lines.append(f"{subset:<14}" + "".join(cells))
     for key in ("semantic_hmean", "ood_hmean", "bravo_index"):
         if key in block:
-            lines.append(f"{key:<14}{block[key]:>13.4f}")
+            lines.append(f"{key:<14}{block[key]:>12.4f}")
     return "\n".join(lines)
