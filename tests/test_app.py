@@ -18,6 +18,15 @@ from eomt_ood.store import StoreReader
 SCRIPT = str(Path(__file__).resolve().parents[1] / "app" / "explorer.py")
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """AppTest runs the script as `__main__` and leaves it in sys.modules; worker processes that later tests
+    start (forkserver / spawn) re-import `__main__` and would run the app script and die. Put pytest's back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("apptest")
