@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -72,7 +73,7 @@ def evaluate_command(
     if dataset != "bravo":
         raise UserError(f"--dataset: unknown dataset {dataset!r}; available: bravo")
     scores = tuple(s.strip() for item in confidence for s in item.split(",") if s.strip())
-    options = dict(
+    options: dict[str, Any] = dict(
         confidences=scores,
         samples=samples,
         device=device,

@@ -191,3 +191,16 @@ def test_degenerate_subsets_are_named_but_the_run_keeps_its_outputs(bravo_set, t
     assert "ACDCfog_miou_valid" not in results and "ACDCfog" in results["meta"]["unscored_subsets"]
     assert "SMIYC_auprc_ood" in results  # OOD metrics do not need correct pixels
     assert (run / "predictions.h5").is_file() and (run / "report.html").is_file()
+
+
+def test_ground_truth_without_its_input_image_is_named(bravo_set, tmp_path):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(bravo_set[0] / "images", images)
+    missing = sorted(images.rglob("*.jpg"))[0]
+    missing.unlink()
+    with pytest.raises(
+        UserError, match=r"_labels_semantic_fake\.png: ground-truth image without an input image"
+    ):
+        evaluate_bravo(_config(bravo_set, tmp_path / "run", images_root=images), progress=False)

@@ -117,6 +117,7 @@ def _load_model(config: EvaluateConfig):
     if config.model is None and config.checkpoint is None:
         raise UserError("--model or --checkpoint is needed (or neither, for the bundled demo)")
     if config.model is None:
+        assert config.checkpoint is not None
         return load_model(config.checkpoint)
     return create_model(config.model, checkpoint=config.checkpoint)
 
@@ -204,8 +205,10 @@ def run_inference(config: EvaluateConfig, rels: Sequence[str], progress: bool = 
     start = time.perf_counter()
     model = prepare_model(_load_model(config), config.device)
     dtype = PRECISIONS[config.precision]
-    loader = torch.utils.data.DataLoader(
-        _ImageReader(config.images_root, todo),
+    assert config.images_root is not None
+    reader: Any = _ImageReader(config.images_root, todo)  # map-style: __len__ and __getitem__
+    loader: Any = torch.utils.data.DataLoader(
+        reader,
         batch_size=None,
         shuffle=False,
         num_workers=config.workers,
@@ -320,15 +323,15 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
     try:
         if gt_tree is not None:
             for subset_images in match_gt(gt_tree.names, _warn).values():
-                for image in subset_images:
-                    rel = by_pred.get(image.pred_name)
+                for gt_image in subset_images:
+                    rel = by_pred.get(gt_image.pred_name)
                     if rel is None:
                         raise UserError(
-                            f"{image.label_name}: ground-truth image without an input image under "
+                            f"{gt_image.label_name}: ground-truth image without an input image under "
                             f"{config.images_root}"
                         )
-                    gt_of[rel] = image
-        accumulators = {score: {} for score in scores}
+                    gt_of[rel] = gt_image
+        accumulators: dict[str, dict[str, Any]] = {score: {} for score in scores}
         conf_hist: dict[str, np.ndarray] = {}
         per_image: list[dict[str, Any]] = []
         model_name = str(config.model or config.checkpoint)
@@ -345,7 +348,7 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
                 extra: dict[str, Any] = {}
                 row: dict[str, Any] = {"subset": subset, "image": rel}
                 image = gt_of.get(rel)
-                if image is not None:
+                if image is not None and gt_tree is not None:
                     label = read_label(gt_tree.read(image.label_name), image.label_name)
                     mask = read_mask(gt_tree.read(image.mask_name), image.mask_name)
                     if label.shape != pred.shape or mask.shape != pred.shape:

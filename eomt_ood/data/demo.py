@@ -191,7 +191,7 @@ def render_out_of_context(
     height, width = label.shape
     background = np.isin(label, (10, 2, 8))
     background[int(height * 0.62) :] = False
-    resized = np.asarray(Image.fromarray(photo).resize((width, height), Image.BILINEAR))
+    resized = np.asarray(Image.fromarray(photo).resize((width, height), Image.Resampling.BILINEAR))
     out = np.where(background[..., None], resized, rgb)
     return out.astype(np.uint8), background
 
@@ -244,8 +244,10 @@ def paste_object(
     size = max(8, int((foot - horizon) / max(height - horizon, 1) * height * rng.uniform(0.35, 0.55)))
     scale = size / max(alpha.shape)
     h, w = max(2, int(alpha.shape[0] * scale)), max(2, int(alpha.shape[1] * scale))
-    obj = np.asarray(Image.fromarray(photo).resize((w, h), Image.BILINEAR))
-    obj_alpha = np.asarray(Image.fromarray(alpha.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+    obj = np.asarray(Image.fromarray(photo).resize((w, h), Image.Resampling.BILINEAR))
+    obj_alpha = (
+        np.asarray(Image.fromarray(alpha.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 0
+    )
     road_cols = np.flatnonzero(label[min(foot, height - 1)] == 0)
     centre = int(rng.choice(road_cols)) if road_cols.size else width // 2
     top, left = max(0, foot - h), int(np.clip(centre - w // 2, 0, max(width - w, 0)))
@@ -302,14 +304,18 @@ def demo_images(seed: int = 0, per_subset: int = 6, size: tuple[int, int] = (256
                     invalid.astype(np.uint8),
                 )
             )
-    cityscapes_like = {"synrain": render_lens_rain, "synflare": render_flare, "outofcontext": None}
-    for split, render in cityscapes_like.items():
+    cityscapes_like: dict[str, Callable | None] = {
+        "synrain": render_lens_rain,
+        "synflare": render_flare,
+        "outofcontext": None,
+    }
+    for split, shift in cityscapes_like.items():
         for i in range(per_subset):
             street = scene()
-            if render is None:
+            if shift is None:
                 shifted, invalid = render_out_of_context(street, rng, photos[i % len(photos)])
             else:
-                shifted, invalid = render(street, rng)
+                shifted, invalid = shift(street, rng)
             city = CITIES[i % len(CITIES)]
             base = f"bravo_{split}/{city}/{city}_{i:06d}_{19 + i:06d}"
             images.append(
