@@ -204,3 +204,14 @@ def test_ground_truth_without_its_input_image_is_named(bravo_set, tmp_path):
         UserError, match=r"_labels_semantic_fake\.png: ground-truth image without an input image"
     ):
         evaluate_bravo(_config(bravo_set, tmp_path / "run", images_root=images), progress=False)
+
+
+def test_resuming_with_other_settings_is_refused(bravo_set, tmp_path):
+    run = tmp_path / "run"
+    evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("msp",)), progress=False)
+    with pytest.raises(UserError, match=r"holds a run made with confidences = \['msp'\], not \['rba'\]"):
+        evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("rba",)), progress=False)
+    conf = sorted((run / "submission").rglob("*_conf.png"))[0]
+    conf.unlink()  # a finished image whose file went missing is named, not a traceback
+    with pytest.raises(UserError, match=r"_conf\.png: missing from the run"):
+        evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("msp",)), progress=False)

@@ -153,9 +153,35 @@ def confidence_file(run_dir: Path, score: str, rel: str) -> Path:
     return run_dir / "confidence" / score / raw_names(rel)[1]
 
 
-def _image_done(run_dir: Path, rel: str, scores: Sequence[str]) -> bool:
+def _image_done(run_dir: Path, rel: str) -> bool:
     # The preview is written last, after the submission pair and every further score's map.
     return preview_file(run_dir, rel).is_file()
+
+
+# What the files of a finished image depend on: resuming with other values would mix two runs in one submission.
+_OUTPUT_SETTINGS = ("images_root", "model", "checkpoint", "confidences", "precision")
+
+
+def _check_resume(config: EvaluateConfig) -> None:
+    """Refuse to resume into a run directory whose finished images were made with other settings."""
+    import yaml
+
+    from eomt_ood.config import to_dict
+
+    path = config.out / "config.yaml"
+    if not path.is_file() or not (config.out / "previews").is_dir():
+        return
+    try:
+        before = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise UserError(f"{path}: unreadable; delete the run directory or choose another --out") from None
+    now = to_dict(config)
+    for key in _OUTPUT_SETTINGS:
+        if before.get(key) != now[key]:
+            raise UserError(
+                f"{config.out}: holds a run made with {key} = {before.get(key)!r}, not {now[key]!r}; resuming would "
+                "mix the two, so choose another --out or delete it"
+            )
 
 
 def _write_outputs(
@@ -191,7 +217,7 @@ def run_inference(config: EvaluateConfig, rels: Sequence[str], progress: bool = 
             f"--precision: unknown precision {config.precision!r}; available: {', '.join(PRECISIONS)}"
         )
     run_dir = config.out
-    todo = [rel for rel in rels if not _image_done(run_dir, rel, config.confidences)]
+    todo = [rel for rel in rels if not _image_done(run_dir, rel)]
     stats: dict[str, Any] = {
         "images": len(rels),
         "skipped": len(rels) - len(todo),
@@ -288,6 +314,15 @@ def _image_metrics(subset: str, stats) -> dict[str, float]:
     return out
 
 
+def _read_output(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(
+            f"{path}: missing from the run; delete the image's preview to redo it, or rerun"
+        ) from None
+
+
 def _read_conf_maps(run_dir: Path, rel: str, scores: Sequence[str]) -> dict[str, np.ndarray]:
     from eomt_ood.data.bravo import read_conf
 
@@ -296,7 +331,7 @@ def _read_conf_maps(run_dir: Path, rel: str, scores: Sequence[str]) -> dict[str,
         path = (
             run_dir / "submission" / raw_names(rel)[1] if index == 0 else confidence_file(run_dir, score, rel)
         )
-        maps[score] = read_conf(path.read_bytes(), str(path))
+        maps[score] = read_conf(_read_output(path), str(path))
     return maps
 
 
@@ -340,7 +375,7 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
                 if not preview_file(run_dir, rel).is_file():
                     continue  # failed to read during inference; already reported
                 pred_path = run_dir / "submission" / raw_names(rel)[0]
-                pred = read_pred(pred_path.read_bytes(), str(pred_path))
+                pred = read_pred(_read_output(pred_path), str(pred_path))
                 confs = _read_conf_maps(run_dir, rel, scores)
                 preview = np.load(preview_file(run_dir, rel))
                 rgb = read_image(config.images_root / rel)
@@ -537,6 +572,7 @@ def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, A
         raise UserError(
             f"{config.images_root}: no BRAVO input images found (expected bravo_<split>/... files)"
         )
+    _check_resume(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     timing = run_inference(config, rels, progress=progress)
