@@ -7,6 +7,10 @@ no resize), fp32, masked attention off. Timed per image (median of --repeats aft
   hf_forward      transformers EomtForUniversalSegmentation forward of the same windows, same weights
   hf_pipeline     EomtImageProcessor (split) + forward + post_process_semantic_segmentation
   timm_forward    the same timm ViT backbone's forward_features (no queries, no heads)
+With --baselines, the Mask2Former baselines of the same size class as this EoMT-S (ViT-Adapter-S, Swin-T) go
+through the same `predict_maps` pipeline on the same image: <name>_pipeline and its ratio to ours_pipeline.
+(The paper reports EoMT about 4x faster than ViT-Adapter + Mask2Former with ViT-L on a GPU; for the large
+models' forward passes side by side use `bench_baselines.py --size large --device cuda`.)
 Peak memory (after one warm-up call): on CUDA `max_memory_allocated`; on CPU each measurement runs in a fresh
 subprocess that resets the kernel's peak-RSS mark (/proc/self/clear_refs) and reports VmHWM (the whole
 process: libraries and weights included) and its rise over the RSS just before the measured call. The size
@@ -212,6 +216,35 @@ def measure_memory(case: str, height: int, width: int, args) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])[case]
 
 
+BASELINES = ("m2f_vit_adapter_small", "m2f_swin_tiny")  # the size class of EoMT-S
+
+
+def time_baselines(image: np.ndarray, args, ours_seconds: float) -> dict:
+    """Seconds per image of each baseline through the same windowed pipeline, and the ratio to ours."""
+    from eomt_ood.inference.predict import predict_maps, prepare_model
+    from eomt_ood.models import create_model
+
+    out = {}
+    for name in BASELINES:
+        torch.manual_seed(0)
+        model = prepare_model(create_model(name, img_size=args.img_size), args.device)
+        seconds = time_case(
+            lambda model=model: predict_maps(
+                model, image, ("msp",), micro_batch=args.micro_batch, device=args.device
+            ),
+            args.device,
+            args.repeats,
+        )
+        out[f"{name}_pipeline"] = {
+            "seconds_per_image": round(seconds, 4),
+            "ratio_over_ours_pipeline": round(seconds / ours_seconds, 3),
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        }
+        del model
+        gc.collect()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -220,6 +253,13 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument(
+        "--baselines",
+        nargs="?",
+        const="small",
+        choices=("small", "large"),
+        help="also time the M2F baselines",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # comma-separated cases, run in a subprocess
     parser.add_argument("--height", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)
@@ -255,6 +295,8 @@ def main() -> None:
         "ratio_hf_forward_over_ours_forward": round(seconds["hf_forward"] / seconds["ours_forward"], 3),
         "ratio_hf_pipeline_over_ours_pipeline": round(seconds["hf_pipeline"] / seconds["ours_pipeline"], 3),
     }
+    if args.baselines:
+        result["baselines"] = time_baselines(image, args, seconds["ours_pipeline"])
     if not args.skip_memory:
         unit = "cuda max_memory_allocated" if args.device.startswith("cuda") else "process peak RSS (VmHWM)"
         result["memory_unit"] = f"MiB, {unit}; rise = peak minus the level just before the call"
