@@ -31,6 +31,26 @@ def _root() -> None:
 # Commands are added below this line, one thin function each.
 
 
+@app.command("compare")
+def compare_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `eomt-ood evaluate`."),
+    out: Path = typer.Option(..., "--out", help="Comparison report (HTML) to write."),
+    csv_path: Path | None = typer.Option(
+        None, "--csv", help="Also write the table as CSV (one row per run)."
+    ),
+    confidence: str | None = typer.Option(
+        None, "--confidence", help="Score to compare (default: each run's first, the submitted one)."
+    ),
+) -> None:
+    """Put several evaluation runs side by side: OOD table, PR curves, bars; flags differing conventions."""
+    from eomt_ood.reports.compare import compare_runs
+
+    summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence)
+    for line in summary["differences"]:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"compared {len(summary['rows'])} run(s) -> {out}" + (f", {csv_path}" if csv_path else ""))
+
+
 @app.command("models")
 def models_command() -> None:
     """List the registered model names and confidence scores."""

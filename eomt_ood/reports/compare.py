@@ -1,0 +1,585 @@
+"""`eomt-ood compare`: several evaluation runs side by side (the paper's OOD comparison: EoMT vs Mask2Former).
+
+Each RUN_DIR is a directory written by `eomt_ood.bravo.run.evaluate_bravo` (results.json, predictions.h5,
+config.yaml). For every run one confidence score is compared: `--confidence NAME` when given, else the run's
+first score (`meta.confidences[0]`, the one it submitted).
+
+The report holds
+
+- a table in the layout of the paper's OOD comparison: method, backbone, pre-training, AUPRC_OOD of each OOD
+  subset (SMIYC, synobjs), then AUROC_OOD / FPR95_OOD, and the BRAVO summaries; a second table with mIoU and
+  ECE of every subset;
+- precision-recall curves of all runs on one plot per OOD subset (OOD = positive, score = 1 - confidence, from
+  each run's stored histograms, bravo.md §4.6), and grouped bar charts of the key metrics per subset;
+- a warning banner listing every convention on which the runs differ (pixels scored, confidence score, subsets
+  and their image / pixel counts, input size, precision, unscored subsets). The report is still written: the
+  banner says what is not comparable instead of mixing it silently.
+
+Method, backbone and pre-training come from the model the run recorded (`meta.model_config` = {"name",
+"kwargs"}, else the checkpoint's safetensors metadata, else `meta.model`). Pre-training is what the registered
+architecture is built for (DINOv2 for the EoMT / ViT-Adapter ViTs, IN21K for Swin-L and DeiT-III, ...); the
+weights file does not record which backbone weights training started from, so this is the family's recipe, and
+"none" for the tiny random test sizes.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from eomt_ood.data.bravo import OOD_SUBSETS
+from eomt_ood.errors import UserError
+from eomt_ood.reports import plots
+from eomt_ood.reports.html import _CSS, _figure_html
+
+# Metrics of the OOD subsets, in the paper's order (AUPRC_OOD first: the headline number).
+OOD_METRICS = ("auprc_ood", "auroc_ood", "fpr95_ood")
+SEMANTIC_METRICS = ("miou_valid", "ece_valid")
+METRIC_LABELS = {
+    "auprc_ood": "AUPRC_OOD",
+    "auroc_ood": "AUROC_OOD",
+    "fpr95_ood": "FPR95_OOD",
+    "miou_valid": "mIoU",
+    "ece_valid": "ECE",
+}
+IDENTITY_COLUMNS = ("run", "method", "backbone", "pretraining", "model", "score", "pixels")
+
+# Registered-name prefix -> (method, backbone, pre-training of that architecture in the paper / its recipe).
+# Longest prefix wins, so "eomt_deit3_large" is not read as a DINOv2 ViT.
+_ARCHITECTURES = {
+    "eomt_small": ("EoMT", "ViT-S", "DINOv2"),
+    "eomt_base": ("EoMT", "ViT-B", "DINOv2"),
+    "eomt_large": ("EoMT", "ViT-L", "DINOv2"),
+    "eomt_giant": ("EoMT", "ViT-g", "DINOv2"),
+    "eomt_deit3_large": ("EoMT", "ViT-L", "DeiT-III (IN21K)"),
+    "eomt_eva02_large": ("EoMT", "ViT-L", "EVA-02"),
+    "eomt_test": ("EoMT", "test", "none"),
+    "m2f_swin_large": ("Mask2Former", "Swin-L", "IN21K"),
+    "m2f_swin_tiny": ("Mask2Former", "Swin-T", "IN1K"),
+    "m2f_swin_test": ("Mask2Former", "Swin test", "none"),
+    "m2f_vit_adapter_large": ("Mask2Former", "ViT-Adapter-L", "DINOv2"),
+    "m2f_vit_adapter_small": ("Mask2Former", "ViT-Adapter-S", "DINOv2"),
+    "m2f_vit_adapter_test": ("Mask2Former", "ViT-Adapter test", "none"),
+}
+
+
+def describe_architecture(name: str | None) -> tuple[str, str, str]:
+    """(method, backbone, pre-training) of a registered model name; "unknown" for what the name does not tell."""
+    if not name:
+        return "unknown", "unknown", "unknown"
+    matches = [prefix for prefix in _ARCHITECTURES if name == prefix or name.startswith(prefix + "_")]
+    if matches:
+        return _ARCHITECTURES[max(matches, key=len)]
+    if name.startswith("eomt"):
+        return "EoMT", "unknown", "unknown"
+    if name.startswith("m2f"):
+        return "Mask2Former", "unknown", "unknown"
+    return "unknown", "unknown", "unknown"
+
+
+def _default_img_size(name: str | None) -> int | None:
+    """Input size a registered name builds with when its kwargs do not set one (the `_1024` / `_512` suffix)."""
+    if not name:
+        return None
+    if name.endswith("_test"):
+        return 64
+    for size in (1024, 512):
+        if name.endswith(f"_{size}"):
+            return size
+    if name.startswith("m2f_") and not name.endswith("_test"):
+        return 1024
+    return None
+
+
+@dataclass
+class RunSummary:
+    """One run, reduced to what the comparison needs.
+
+    metrics: the flat official keys of the compared score (`<subset>_<metric>`, `bravo_index`, ...).
+    histograms[subset]: (65536,) int64 `correct`, `wrong`, `ood_pos`, `ood_neg` per confidence level (higher =
+    more confident), from the run's store; empty when the store has none for the score.
+    """
+
+    path: Path
+    label: str
+    score: str
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
+    config: dict[str, Any]
+    model_name: str | None
+    model_kwargs: dict[str, Any]
+    method: str
+    backbone: str
+    pretraining: str
+    histograms: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def img_size(self) -> int | None:
+        size = self.model_kwargs.get("img_size")
+        return int(size) if isinstance(size, int | float) else _default_img_size(self.model_name)
+
+
+def _model_config(run_dir: Path, meta: Mapping, config: Mapping) -> dict[str, Any] | None:
+    """The run's {"name", "kwargs"}: `meta.model_config`, else the checkpoint's metadata, else `meta.model`."""
+    recorded = meta.get("model_config")
+    if isinstance(recorded, Mapping) and recorded.get("name"):
+        return {"name": recorded["name"], "kwargs": dict(recorded.get("kwargs") or {})}
+    checkpoint = meta.get("checkpoint") or config.get("checkpoint")
+    if checkpoint and str(checkpoint).endswith(".safetensors") and Path(checkpoint).is_file():
+        from safetensors import safe_open
+
+        try:
+            # Metadata only: safe_open reads the header, no tensor is loaded.
+            with safe_open(str(checkpoint), "pt") as handle:
+                metadata = handle.metadata() or {}
+            if "config" in metadata:
+                parsed = json.loads(metadata["config"])
+                return {"name": parsed.get("name"), "kwargs": dict(parsed.get("kwargs") or {})}
+        except Exception:  # a foreign or damaged checkpoint only means the model is "unknown" here
+            pass
+    name = meta.get("model") or config.get("model")
+    return {"name": name, "kwargs": {}} if name else None
+
+
+def _score_block(run_dir: Path, results: Mapping, confidence: str | None) -> tuple[str, dict[str, Any]]:
+    """(score, flat metrics) of `results` (flat for one score, {score: {...}, "meta"} for several)."""
+    path = run_dir / "results.json"
+    meta = results.get("meta") or {}
+    recorded = [str(c) for c in meta.get("confidences") or []]
+    blocks = {k: v for k, v in results.items() if k != "meta"}
+    several = bool(blocks) and all(isinstance(v, Mapping) for v in blocks.values())
+    if several:
+        available = list(blocks)
+        score = confidence or (recorded[0] if recorded and recorded[0] in blocks else available[0])
+        if score not in blocks:
+            raise UserError(f"{path}: no results for confidence {score!r} (it has {', '.join(available)})")
+        return score, dict(blocks[score])
+    score = recorded[0] if recorded else None
+    if confidence is not None and score is not None and confidence != score:
+        raise UserError(f"{path}: no results for confidence {confidence!r} (it has {score})")
+    return confidence or score or "unknown", dict(blocks)
+
+
+def load_run(run_dir: str | Path, confidence: str | None = None) -> RunSummary:
+    """Read one run directory (results.json, config.yaml, predictions.h5); bad input is a one-line UserError."""
+    import yaml
+
+    from eomt_ood.store import StoreReader
+
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise UserError(f"{results_path}: not found (is {run_dir} an `eomt-ood evaluate` run directory?)")
+    try:
+        # Python's json reads the bare NaN tokens that write_results writes.
+        results = json.loads(results_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{results_path}: not readable JSON ({exc})") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{results_path}: not a results object")
+    config: dict[str, Any] = {}
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        try:
+            loaded = yaml.safe_load(config_path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"{config_path}: not readable YAML ({exc})") from None
+        config = loaded if isinstance(loaded, dict) else {}
+    meta = results.get("meta") if isinstance(results.get("meta"), dict) else {}
+    score, metrics = _score_block(run_dir, results, confidence)
+    if not metrics:
+        raise UserError(f"{results_path}: no metrics (was the run scored with --gt?)")
+    model = _model_config(run_dir, meta, config) or {}
+    name = model.get("name")
+    method, backbone, pretraining = describe_architecture(name)
+    with StoreReader(run_dir / "predictions.h5") as store:
+        try:
+            histograms = store.histograms(score)
+        except (OSError, KeyError) as exc:
+            raise UserError(f"{run_dir / 'predictions.h5'}: histograms not readable ({exc})") from None
+    return RunSummary(
+        path=run_dir,
+        label=run_dir.name or str(run_dir),
+        score=score,
+        metrics=metrics,
+        meta=meta,
+        config=config,
+        model_name=name,
+        model_kwargs=dict(model.get("kwargs") or {}),
+        method=method,
+        backbone=backbone,
+        pretraining=pretraining,
+        histograms=histograms,
+    )
+
+
+def load_runs(run_dirs: Sequence[str | Path], confidence: str | None = None) -> list[RunSummary]:
+    """Every run, with labels made unique (the directory name, else the whole path)."""
+    if not run_dirs:
+        raise UserError("RUN_DIR: give at least one run directory")
+    runs = [load_run(d, confidence) for d in run_dirs]
+    names = [r.label for r in runs]
+    for run in runs:
+        if names.count(run.label) > 1:
+            run.label = str(run.path)
+    return runs
+
+
+# ------------------------------------------------------------------------------------------------ conventions
+
+
+def _differs(values: Mapping[str, Any]) -> bool:
+    return len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1
+
+
+def _listing(values: Mapping[str, Any]) -> str:
+    return "; ".join(f"{label}: {value}" for label, value in values.items())
+
+
+def convention_differences(runs: Sequence[RunSummary]) -> list[str]:
+    """One line per convention on which the runs differ (empty when they agree on all of them)."""
+    lines = []
+    checks = {
+        "pixels scored": {r.label: r.meta.get("pixels", "unknown") for r in runs},
+        "confidence score": {r.label: r.score for r in runs},
+        "subsets evaluated": {
+            r.label: ", ".join(plots.ordered_subsets((r.meta.get("subsets") or {}).keys())) for r in runs
+        },
+        "input size (img_size)": {r.label: r.img_size or "unknown" for r in runs},
+        "precision": {r.label: r.config.get("precision", "unknown") for r in runs},
+    }
+    for what, values in checks.items():
+        if _differs(values):
+            lines.append(f"{what} differs: {_listing(values)}")
+    # Same subsets but other images or other ground-truth pixels: not the same test set (or not the same GT
+    # resolution), so the numbers are not comparable either.
+    subsets = plots.ordered_subsets({s for r in runs for s in (r.meta.get("subsets") or {})})
+    for subset in subsets:
+        for count in ("images", "valid", "invalid", "void"):
+            values = {
+                r.label: (r.meta.get("subsets") or {}).get(subset, {}).get(count)
+                for r in runs
+                if subset in (r.meta.get("subsets") or {})
+            }
+            if _differs(values):
+                lines.append(f"{subset}: {count} count differs: {_listing(values)}")
+    for run in runs:
+        unscored = run.meta.get("unscored_subsets") or {}
+        if unscored:
+            lines.append(f"{run.label}: subsets left unscored: {', '.join(unscored)}")
+        if run.model_name is None:
+            lines.append(f"{run.label}: the model is not recorded (method and backbone unknown)")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def _subsets(runs: Sequence[RunSummary]) -> list[str]:
+    return plots.ordered_subsets({s for r in runs for s in plots.subsets_in(r.metrics)})
+
+
+def comparison_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
+    """One dict per run: identity columns, then `<subset>_<metric>` (OOD metrics of the OOD subsets, mIoU and
+    ECE of every subset), then the summaries; None where a run lacks a value."""
+    subsets = _subsets(runs)
+    ood = [s for s in subsets if s in OOD_SUBSETS]
+    columns = [f"{s}_{m}" for m in OOD_METRICS for s in ood]
+    columns += [f"{s}_{m}" for s in subsets for m in SEMANTIC_METRICS]
+    columns += list(plots.SUMMARY_KEYS)
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {
+            "run": run.label,
+            "method": run.method,
+            "backbone": run.backbone,
+            "pretraining": run.pretraining,
+            "model": run.model_name or "unknown",
+            "score": run.score,
+            "pixels": run.meta.get("pixels", "unknown"),
+        }
+        row.update((column, run.metrics.get(column)) for column in columns)
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """The table as CSV (one row per run; floats in full precision, empty for a missing value), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    columns = list(rows[0]) if rows else list(IDENTITY_COLUMNS)
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()}
+            )
+    os.replace(tmp, path)
+    return path
+
+
+def _cell(value: Any) -> str:
+    return html.escape(
+        plots.format_value(value) if value is None or isinstance(value, int | float) else str(value)
+    )
+
+
+def _best(values: Sequence[Any], metric: str) -> set[int]:
+    """Indices of the best finite value of a column (ties all bold), none with fewer than two values."""
+    finite = [(i, float(v)) for i, v in enumerate(values) if isinstance(v, int | float) and math.isfinite(v)]
+    if len(finite) < 2:
+        return set()
+    target = (min if plots.lower_is_better(metric) else max)(v for _, v in finite)
+    return {i for i, v in finite if v == target}
+
+
+def _metric_of(column: str) -> str:
+    if column in plots.SUMMARY_KEYS:
+        return column
+    return next((m for m in (*OOD_METRICS, *SEMANTIC_METRICS) if column.endswith("_" + m)), column)
+
+
+def _html_table(
+    rows: Sequence[Mapping[str, Any]], groups: Sequence[tuple[str, Sequence[tuple[str, str]]]]
+) -> str:
+    """An HTML table with a two-level header: groups of (column key, sub-header); the best value in bold."""
+    head1 = [
+        '<th rowspan="2">method</th><th rowspan="2">backbone</th><th rowspan="2">pre-training</th>',
+        '<th rowspan="2">run</th><th rowspan="2">score</th>',
+    ]
+    head2 = []
+    for title, columns in groups:
+        head1.append(f'<th colspan="{len(columns)}">{html.escape(title)}</th>')
+        head2.extend(f"<th>{html.escape(sub)}</th>" for _, sub in columns)
+    keys = [key for _, columns in groups for key, _ in columns]
+    # The metric of a column decides its direction: "<subset>_ece_valid" -> lower is better.
+    best = {key: _best([row.get(key) for row in rows], _metric_of(key)) for key in keys}
+    body = []
+    for i, row in enumerate(rows):
+        cells = [f"<td>{_cell(row[k])}</td>" for k in ("method", "backbone", "pretraining", "run", "score")]
+        for key in keys:
+            text = _cell(row.get(key))
+            cells.append(f'<td class="num">{"<b>" + text + "</b>" if i in best[key] else text}</td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        '<table class="compare"><thead>'
+        f"<tr>{''.join(head1)}</tr><tr>{''.join(head2)}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def ood_table_html(runs: Sequence[RunSummary], rows: Sequence[Mapping[str, Any]]) -> str:
+    """The paper's layout: AUPRC_OOD per OOD subset first, then AUROC / FPR95, then the BRAVO summaries."""
+    ood = [s for s in _subsets(runs) if s in OOD_SUBSETS]
+    groups = [(METRIC_LABELS[m], [(f"{s}_{m}", s) for s in ood]) for m in OOD_METRICS if ood]
+    groups.append(("BRAVO", [(k, k) for k in plots.SUMMARY_KEYS]))
+    return _html_table(rows, groups)
+
+
+def semantic_table_html(runs: Sequence[RunSummary], rows: Sequence[Mapping[str, Any]]) -> str:
+    subsets = _subsets(runs)
+    return _html_table(
+        rows, [(METRIC_LABELS[m], [(f"{s}_{m}", s) for s in subsets]) for m in SEMANTIC_METRICS]
+    )
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def pr_curves(runs: Sequence[RunSummary], max_points: int | None = plots.CURVE_POINTS) -> go.Figure | None:
+    """Precision-recall curves (OOD = positive) of every run, one panel per OOD subset; None without data.
+
+    Legends carry the exact AUPRC of the histograms (`plots.ood_curve_data`), not of the thinned points.
+    """
+    subsets = [
+        s
+        for s in plots.ordered_subsets({s for r in runs for s in r.histograms})
+        if s in OOD_SUBSETS and any(plots._nonempty(r.histograms, s, "ood_pos", "ood_neg") for r in runs)
+    ]
+    if not subsets:
+        return None
+    fig = make_subplots(rows=1, cols=len(subsets), subplot_titles=[f"{s}: precision-recall" for s in subsets])
+    for i, run in enumerate(runs):
+        color = plots._COLORS[i % len(plots._COLORS)]
+        for col, subset in enumerate(subsets, start=1):
+            if not plots._nonempty(run.histograms, subset, "ood_pos", "ood_neg"):
+                continue
+            h = run.histograms[subset]
+            data = plots.ood_curve_data(h["ood_pos"], h["ood_neg"], max_points)
+            fig.add_trace(
+                go.Scatter(
+                    x=data["recall"],
+                    y=data["precision"],
+                    mode="lines",
+                    line={"shape": "vh", "color": color},
+                    name=f"{run.label} ({run.method} {run.backbone})",
+                    legendgroup=run.label,
+                    showlegend=col == 1,
+                    hovertemplate=f"{html.escape(run.label)} {subset} AUPRC {data['metrics']['auprc']:.4f}"
+                    "<br>recall %{x:.4f}<br>precision %{y:.4f}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        for col in range(1, len(subsets) + 1):
+            fig.update_xaxes(title_text="recall", range=[0, 1], row=1, col=col)
+            fig.update_yaxes(title_text="precision", range=[0, 1.02], row=1, col=col)
+    fig.update_layout(
+        template=plots.TEMPLATE,
+        title="OOD precision-recall (score = 1 - confidence)",
+        height=460,
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def metric_bars(runs: Sequence[RunSummary]) -> go.Figure | None:
+    """Grouped bars per metric (rows: AUPRC/AUROC/FPR95 over the OOD subsets, mIoU/ECE over all), a bar per run."""
+    subsets = _subsets(runs)
+    ood = [s for s in subsets if s in OOD_SUBSETS]
+    panels = [(m, ood) for m in OOD_METRICS if ood] + [(m, subsets) for m in SEMANTIC_METRICS]
+    panels = [(m, ss) for m, ss in panels if any(f"{s}_{m}" in r.metrics for r in runs for s in ss)]
+    if not panels:
+        return None
+    fig = make_subplots(
+        rows=len(panels),
+        cols=1,
+        subplot_titles=[
+            f"{METRIC_LABELS[m]} ({'lower' if plots.lower_is_better(m) else 'higher'} is better)"
+            for m, _ in panels
+        ],
+        vertical_spacing=0.25 / len(panels),
+    )
+    for i, run in enumerate(runs):
+        color = plots._COLORS[i % len(plots._COLORS)]
+        for row, (metric, names) in enumerate(panels, start=1):
+            values = [run.metrics.get(f"{s}_{metric}") for s in names]
+            fig.add_trace(
+                go.Bar(
+                    x=names,
+                    y=[v if isinstance(v, int | float) else None for v in values],
+                    name=run.label,
+                    marker_color=color,
+                    legendgroup=run.label,
+                    showlegend=row == 1,
+                    hovertemplate=f"{html.escape(run.label)}<br>%{{x}}: %{{y:.4f}}<extra></extra>",
+                ),
+                row=row,
+                col=1,
+            )
+    fig.update_layout(
+        template=plots.TEMPLATE, barmode="group", height=260 * len(panels), title="Metrics per subset"
+    )
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ the report
+
+_COMPARE_CSS = """
+.warning { background: #fff4e5; border: 1px solid #f0a040; border-radius: 8px; padding: 8px 16px; margin: 16px 0; }
+.warning h3 { margin: 4px 0; color: #a04000; }
+table.compare { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
+table.compare th, table.compare td { border: 1px solid #ddd; padding: 3px 8px; }
+table.compare th { background: #f6f6f6; } table.compare td.num { text-align: right; font-variant-numeric: tabular-nums; }
+"""
+
+
+def warning_banner(differences: Sequence[str]) -> str:
+    if not differences:
+        return (
+            '<p class="note">All runs share the same conventions (pixels, score, subsets, counts, size).</p>'
+        )
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in differences)
+    return (
+        '<div class="warning"><h3>Warning: these runs were not evaluated the same way; read the numbers with '
+        f"care</h3><ul>{items}</ul></div>"
+    )
+
+
+def build_comparison(runs: Sequence[RunSummary], title: str = "eomt-ood comparison") -> str:
+    """The comparison report as one self-contained HTML string."""
+    rows = comparison_rows(runs)
+    differences = convention_differences(runs)
+    sources = "".join(
+        f"<tr><td>{html.escape(r.label)}</td><td>{html.escape(str(r.path))}</td>"
+        f"<td>{html.escape(r.model_name or 'unknown')}</td></tr>"
+        for r in runs
+    )
+    curves = pr_curves(runs)
+    bars = metric_bars(runs)
+    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>",
+            f"<style>{_CSS}{_COMPARE_CSS}</style>",
+            f'<script type="text/javascript">{get_plotlyjs()}</script>',
+            "</head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            f'<p class="note">Written {created} by eomt-ood. Metrics as in bravo.md §4 (pooled over each subset); '
+            "the best value of each column is bold. Pre-training is that of the architecture's recipe.</p>",
+            warning_banner(differences),
+            "<h2>OOD detection</h2>",
+            ood_table_html(runs, rows),
+            "<h2>Segmentation and calibration</h2>",
+            semantic_table_html(runs, rows),
+            "<h2>OOD precision-recall curves</h2>",
+            _figure_html(curves)
+            if curves is not None
+            else '<p class="note">No OOD subset with stored histograms.</p>',
+            "<h2>Metrics per subset</h2>",
+            _figure_html(bars) if bars is not None else '<p class="note">No metrics.</p>',
+            f'<h2>Runs</h2><table class="meta">{sources}</table>',
+            "</body></html>",
+        ]
+    )
+
+
+def compare_runs(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    csv_path: str | Path | None = None,
+    confidence: str | None = None,
+    title: str = "eomt-ood comparison",
+) -> dict[str, Any]:
+    """Write the comparison report to `out` (and the table to `csv_path`); returns {"rows", "differences"}."""
+    runs = load_runs(run_dirs, confidence)
+    text = build_comparison(runs, title=title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    rows = comparison_rows(runs)
+    if csv_path is not None:
+        write_csv(rows, csv_path)
+    return {"rows": rows, "differences": convention_differences(runs)}
+
+
+__all__ = [
+    "RunSummary",
+    "build_comparison",
+    "compare_runs",
+    "comparison_rows",
+    "convention_differences",
+    "describe_architecture",
+    "load_run",
+    "load_runs",
+    "write_csv",
+]
