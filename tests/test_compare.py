@@ -177,3 +177,41 @@ def test_cli_compare(runs, tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     assert err.startswith("error: ") and f"{tmp_path / 'nope' / 'results.json'}: not found" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _copy_with_meta(source, target, **meta_changes):
+    shutil.copytree(source, target)
+    results = json.loads((target / "results.json").read_text())
+    for key, value in meta_changes.items():
+        if value is None:
+            results["meta"].pop(key, None)
+        else:
+            results["meta"][key] = value
+    (target / "results.json").write_text(json.dumps(results))
+    return target
+
+
+def test_model_is_read_from_the_checkpoint_when_meta_lacks_it(runs, tmp_path):
+    # Older runs without meta.model_config: the checkpoint's safetensors metadata still names the model.
+    older = _copy_with_meta(runs["swin"], tmp_path / "older", model_config=None)
+    run = load_run(older)
+    assert (run.model_name, run.method, run.backbone, run.img_size) == (
+        "m2f_swin_test",
+        "Mask2Former",
+        "Swin test",
+        64,
+    )
+    # Neither recorded nor a readable checkpoint: "unknown", and the report says so.
+    anonymous = _copy_with_meta(
+        runs["swin"], tmp_path / "anonymous", model_config=None, checkpoint="/nowhere.safetensors"
+    )
+    run = load_run(anonymous)
+    assert (run.model_name, run.method, run.backbone, run.pretraining) == (
+        None,
+        "unknown",
+        "unknown",
+        "unknown",
+    )
+    out = compare_runs([runs["swin"], anonymous], tmp_path / "u.html")
+    assert any("the model is not recorded" in line for line in out["differences"])
+    assert any(line.startswith("input size (img_size) differs") for line in out["differences"])
