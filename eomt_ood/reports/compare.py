@@ -300,6 +300,8 @@ def comparison_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
     columns = [f"{s}_{m}" for m in OOD_METRICS for s in ood]
     columns += [f"{s}_{m}" for s in subsets for m in SEMANTIC_METRICS]
     columns += list(plots.SUMMARY_KEYS)
+    # Only columns some run has a value for (SMIYC has no semantic ground truth, so no mIoU / ECE).
+    columns = [c for c in columns if any(c in r.metrics for r in runs)]
     rows = []
     for run in runs:
         row: dict[str, Any] = {
@@ -363,6 +365,9 @@ def _html_table(
         '<th rowspan="2">run</th><th rowspan="2">score</th>',
     ]
     head2 = []
+    present = set(rows[0]) if rows else set()
+    groups = [(title, [c for c in columns if c[0] in present]) for title, columns in groups]
+    groups = [(title, columns) for title, columns in groups if columns]
     for title, columns in groups:
         head1.append(f'<th colspan="{len(columns)}">{html.escape(title)}</th>')
         head2.extend(f"<th>{html.escape(sub)}</th>" for _, sub in columns)
@@ -377,9 +382,9 @@ def _html_table(
             cells.append(f'<td class="num">{"<b>" + text + "</b>" if i in best[key] else text}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
-        '<table class="compare"><thead>'
+        '<div class="scroll"><table class="compare"><thead>'
         f"<tr>{''.join(head1)}</tr><tr>{''.join(head2)}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -453,7 +458,9 @@ def metric_bars(runs: Sequence[RunSummary]) -> go.Figure | None:
     subsets = _subsets(runs)
     ood = [s for s in subsets if s in OOD_SUBSETS]
     panels = [(m, ood) for m in OOD_METRICS if ood] + [(m, subsets) for m in SEMANTIC_METRICS]
-    panels = [(m, ss) for m, ss in panels if any(f"{s}_{m}" in r.metrics for r in runs for s in ss)]
+    # Per panel only the subsets some run has the metric for (SMIYC has no mIoU / ECE).
+    panels = [(m, [s for s in ss if any(f"{s}_{m}" in r.metrics for r in runs)]) for m, ss in panels]
+    panels = [(m, ss) for m, ss in panels if ss]
     if not panels:
         return None
     fig = make_subplots(
@@ -493,6 +500,7 @@ def metric_bars(runs: Sequence[RunSummary]) -> go.Figure | None:
 _COMPARE_CSS = """
 .warning { background: #fff4e5; border: 1px solid #f0a040; border-radius: 8px; padding: 8px 16px; margin: 16px 0; }
 .warning h3 { margin: 4px 0; color: #a04000; }
+.scroll { overflow-x: auto; }
 table.compare { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 table.compare th, table.compare td { border: 1px solid #ddd; padding: 3px 8px; }
 table.compare th { background: #f6f6f6; } table.compare td.num { text-align: right; font-variant-numeric: tabular-nums; }
