@@ -108,6 +108,9 @@ def test_report_and_csv_carry_each_runs_own_numbers(runs, tmp_path):
             h = store.histograms("msp")["synobjs"]
         auprc = curve_metrics(h["ood_pos"][::-1], h["ood_neg"][::-1])["auprc"]
         assert math.isclose(auprc, results["synobjs_auprc_ood"], rel_tol=0, abs_tol=1e-12)
+    # The chance level printed under the table is the fraction of OOD pixels the run recorded.
+    counts = json.loads((order[0] / "results.json").read_text())["meta"]["subsets"]["synobjs"]
+    assert f"synobjs {format_value(counts['invalid'] / (counts['invalid'] + counts['valid']))}" in text
     # A column exists only where some run has the value (SMIYC has no semantic ground truth).
     for key in ("SMIYC_miou_valid", "ACDCfog_miou_valid", "synobjs_ece_valid"):
         assert (key in rows[0]) == any(key in _results(d) for d in order), key

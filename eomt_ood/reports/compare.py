@@ -396,6 +396,38 @@ def ood_table_html(runs: Sequence[RunSummary], rows: Sequence[Mapping[str, Any]]
     return _html_table(rows, groups)
 
 
+def chance_auprc(run: RunSummary, subset: str) -> float | None:
+    """AUPRC_OOD of a confidence that knows nothing: the fraction of OOD pixels among the scored ones (None if
+    the run does not record the counts). Read a run's AUPRC_OOD against it."""
+    counts = (run.meta.get("subsets") or {}).get(subset) or {}
+    sampled = run.meta.get("pixels") == "official sampling"
+    pos = counts.get("sampled_invalid" if sampled else "invalid")
+    neg = counts.get("sampled_valid" if sampled else "valid")
+    if not isinstance(pos, int) or not isinstance(neg, int) or pos + neg == 0:
+        return None
+    return pos / (pos + neg)
+
+
+def chance_note(runs: Sequence[RunSummary]) -> str:
+    """One line per distinct set of chance levels (one line when all runs share the test set)."""
+    ood = [s for s in _subsets(runs) if s in OOD_SUBSETS]
+    if not ood:
+        return ""
+    by_text: dict[str, list[str]] = {}
+    for run in runs:
+        text = ", ".join(f"{s} {plots.format_value(chance_auprc(run, s))}" for s in ood)
+        by_text.setdefault(text, []).append(run.label)
+    lines = [
+        f"{text}" + (f" ({', '.join(labels)})" if len(by_text) > 1 else "")
+        for text, labels in by_text.items()
+    ]
+    return (
+        '<p class="note">AUPRC_OOD of an uninformed confidence (fraction of OOD pixels): '
+        + html.escape("; ".join(lines))
+        + "</p>"
+    )
+
+
 def semantic_table_html(runs: Sequence[RunSummary], rows: Sequence[Mapping[str, Any]]) -> str:
     subsets = _subsets(runs)
     return _html_table(
@@ -545,6 +577,7 @@ def build_comparison(runs: Sequence[RunSummary], title: str = "eomt-ood comparis
             warning_banner(differences),
             "<h2>OOD detection</h2>",
             ood_table_html(runs, rows),
+            chance_note(runs),
             "<h2>Segmentation and calibration</h2>",
             semantic_table_html(runs, rows),
             "<h2>OOD precision-recall curves</h2>",
