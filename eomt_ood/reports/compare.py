@@ -198,7 +198,8 @@ def load_run(run_dir: str | Path, confidence: str | None = None) -> RunSummary:
         except (OSError, yaml.YAMLError) as exc:
             raise UserError(f"{config_path}: not readable YAML ({exc})") from None
         config = loaded if isinstance(loaded, dict) else {}
-    meta = results.get("meta") if isinstance(results.get("meta"), dict) else {}
+    recorded_meta = results.get("meta")
+    meta: dict[str, Any] = recorded_meta if isinstance(recorded_meta, dict) else {}
     score, metrics = _score_block(run_dir, results, confidence)
     if not metrics:
         raise UserError(f"{results_path}: no metrics (was the run scored with --gt?)")
@@ -364,7 +365,7 @@ def _html_table(
         '<th rowspan="2">method</th><th rowspan="2">backbone</th><th rowspan="2">pre-training</th>',
         '<th rowspan="2">run</th><th rowspan="2">score</th>',
     ]
-    head2 = []
+    head2: list[str] = []
     present = set(rows[0]) if rows else set()
     groups = [(title, [c for c in columns if c[0] in present]) for title, columns in groups]
     groups = [(title, columns) for title, columns in groups if columns]
