@@ -314,6 +314,55 @@ def _image_metrics(subset: str, stats) -> dict[str, float]:
     return out
 
 
+def _gt_by_image(gt_tree, rels: Sequence[str], images_root: Path | None) -> dict[str, Any]:
+    """{input image rel path: its `GtImage`}; a GT image without an input image is a `UserError`."""
+    from eomt_ood.data.bravo import match_gt
+
+    by_pred = {raw_names(rel)[0]: rel for rel in rels}
+    gt_of: dict[str, Any] = {}
+    for subset_images in match_gt(gt_tree.names, _warn).values():
+        for gt_image in subset_images:
+            rel = by_pred.get(gt_image.pred_name)
+            if rel is None:
+                raise UserError(
+                    f"{gt_image.label_name}: ground-truth image without an input image under {images_root}"
+                )
+            gt_of[rel] = gt_image
+    return gt_of
+
+
+def _histograms(totals) -> dict[str, np.ndarray]:
+    """The four pooled histograms of an `ImageStatistics` total, indexed by confidence level."""
+    return {
+        "correct": totals.correct,
+        "wrong": totals.wrong,
+        "ood_pos": totals.ood_pos,
+        "ood_neg": totals.ood_neg,
+    }
+
+
+def _score_metrics(
+    accumulators: dict[str, Any], subsets: Sequence[str], unscored: dict[str, str]
+) -> dict[str, Any]:
+    """Official keys and summaries of one score. A degenerate subset (e.g. no correctly classified pixel) gets no
+    made-up number: it is left out, with its reason in `unscored`, and the caller reports it after writing."""
+    from eomt_ood.bravo.evaluate import summarise
+
+    metrics: dict[str, Any] = {}
+    scored = []
+    for subset in subsets:
+        try:
+            subset_keys = accumulators[subset].metrics()
+        except UserError as exc:
+            unscored.setdefault(subset, str(exc))
+            continue
+        metrics.update((f"{subset}_{k}", v) for k, v in subset_keys.items())
+        scored.append(subset)
+    if metrics:
+        metrics.update(summarise(metrics, scored))
+    return metrics
+
+
 def _read_output(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -343,29 +392,18 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
     """
     from tqdm import tqdm
 
-    from eomt_ood.bravo.evaluate import SubsetAccumulator, image_statistics, summarise
+    from eomt_ood.bravo.evaluate import SubsetAccumulator, image_statistics
     from eomt_ood.bravo.sampling import decode_sample_indices
-    from eomt_ood.data.bravo import SUBSETS, match_gt, open_tree, read_label, read_mask, read_pred
+    from eomt_ood.data.bravo import SUBSETS, open_tree, read_label, read_mask, read_pred
     from eomt_ood.data.images import read_image
     from eomt_ood.reports.html import write_report
     from eomt_ood.store import StoreWriter, downsample_labels, preview_shape
 
     run_dir, scores = config.out, list(config.confidences)
-    by_pred = {raw_names(rel)[0]: rel for rel in rels}
-    gt_of: dict[str, Any] = {}
     gt_tree = open_tree(config.gt, "ground truth") if config.gt is not None else None
     samples_tree = open_tree(config.samples, "sampling file") if config.samples is not None else None
     try:
-        if gt_tree is not None:
-            for subset_images in match_gt(gt_tree.names, _warn).values():
-                for gt_image in subset_images:
-                    rel = by_pred.get(gt_image.pred_name)
-                    if rel is None:
-                        raise UserError(
-                            f"{gt_image.label_name}: ground-truth image without an input image under "
-                            f"{config.images_root}"
-                        )
-                    gt_of[rel] = gt_image
+        gt_of = _gt_by_image(gt_tree, rels, config.images_root) if gt_tree is not None else {}
         accumulators: dict[str, dict[str, Any]] = {score: {} for score in scores}
         conf_hist: dict[str, np.ndarray] = {}
         per_image: list[dict[str, Any]] = []
@@ -377,7 +415,8 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
                 pred_path = run_dir / "submission" / raw_names(rel)[0]
                 pred = read_pred(_read_output(pred_path), str(pred_path))
                 confs = _read_conf_maps(run_dir, rel, scores)
-                preview = np.load(preview_file(run_dir, rel))
+                with np.load(preview_file(run_dir, rel)) as preview:
+                    top2_class, top2_score = preview["top2_class"], preview["top2_score"]
                 rgb = read_image(config.images_root / rel)
                 subset = subset_of_image(rel) or "other"
                 extra: dict[str, Any] = {}
@@ -420,7 +459,6 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
                     hist = np.bincount(confs[scores[0]].ravel(), minlength=65536)
                     conf_hist[subset] = conf_hist.get(subset, 0) + hist
                 shape = preview_shape(*pred.shape)
-                top2_class, top2_score = preview["top2_class"], preview["top2_score"]
                 if top2_class.shape[1:] != shape:
                     top2_class, top2_score = (
                         downsample_labels(top2_class, shape),
@@ -444,31 +482,8 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
                 subsets = [s for s in SUBSETS if s in accumulators[score]]
                 for subset in subsets:
                     totals = accumulators[score][subset].totals
-                    store.add_histograms(
-                        score,
-                        subset,
-                        {
-                            "correct": totals.correct,
-                            "wrong": totals.wrong,
-                            "ood_pos": totals.ood_pos,
-                            "ood_neg": totals.ood_neg,
-                        },
-                    )
-                metrics: dict[str, Any] = {}
-                scored = []
-                for subset in subsets:
-                    try:
-                        subset_keys = accumulators[score][subset].metrics()
-                    except (
-                        UserError
-                    ) as exc:  # degenerate data: no made-up number; reported after all is written
-                        unscored.setdefault(subset, str(exc))
-                        continue
-                    metrics.update((f"{subset}_{k}", v) for k, v in subset_keys.items())
-                    scored.append(subset)
-                if metrics:
-                    metrics.update(summarise(metrics, scored))
-                results_by_score[score] = metrics
+                    store.add_histograms(score, subset, _histograms(totals))
+                results_by_score[score] = _score_metrics(accumulators[score], subsets, unscored)
     finally:
         for tree in (gt_tree, samples_tree):
             if tree is not None:
@@ -480,15 +495,7 @@ def score_run(config: EvaluateConfig, rels: Sequence[str], progress: bool = True
         dict(results_by_score[scores[0]]) if len(scores) == 1 else dict(results_by_score)
     )
     results["meta"] = meta
-    histograms = {
-        subset: {
-            "correct": acc.totals.correct,
-            "wrong": acc.totals.wrong,
-            "ood_pos": acc.totals.ood_pos,
-            "ood_neg": acc.totals.ood_neg,
-        }
-        for subset, acc in accumulators[scores[0]].items()
-    }
+    histograms = {subset: _histograms(acc.totals) for subset, acc in accumulators[scores[0]].items()}
     title = f"eomt-ood BRAVO evaluation: {model_name} ({scores[0]})"
     write_report(
         run_dir / "report.html",
@@ -512,9 +519,8 @@ def describe_model(config: EvaluateConfig) -> dict[str, Any] | None:
         try:
             with safe_open(str(config.checkpoint), "pt") as handle:
                 metadata = handle.metadata() or {}
-        except (
-            Exception
-        ):  # an unreadable file fails loudly when the model is loaded; here it just says nothing
+        except Exception:
+            # An unreadable file fails loudly when the model is loaded; here it just says nothing.
             metadata = {}
         if "config" in metadata:
             return json.loads(metadata["config"])
