@@ -181,7 +181,6 @@ def test_streamlit_command_serves_locally_and_headless():
     assert {"--server.address=127.0.0.1", "--server.port=8600", "--server.headless=true"} <= set(command)
 
 
-@pytest.mark.slow  # the first model build imports torch and timm: tens of seconds on a loaded machine
 def test_own_image_runs_the_runs_model(monkeypatch, runs):
     at = _app(monkeypatch, runs[0])
     at.radio(key="own_origin").set_value("bundled sample").run()

@@ -339,7 +339,6 @@ def test_score_results_and_curves(run_dir):
     run.reader.close()
 
 
-@pytest.mark.slow  # building the first model imports torch and timm: tens of seconds on a loaded machine
 def test_own_image_through_the_tiny_model():
     model = sup.build_model("eomt_test", None)
     image = np.random.default_rng(0).integers(0, 256, (40, 72, 3), dtype=np.uint8)

@@ -97,7 +97,6 @@ def test_few_steps_write_outputs(tmp_path):
     assert heads == pytest.approx([1e-4, 2e-4, 3e-4])  # lr 1e-3 * t/10 after steps 1, 2, 3
 
 
-@pytest.mark.slow
 def test_loss_decreases(tmp_path):
     root = write_scenes(tmp_path / "data", 4)
     config = tiny_config(
@@ -123,7 +122,6 @@ class StopAt:
         return _Stop()
 
 
-@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     # 6 scenes, batch 4 -> 1 step per epoch (drop_last); 3 steps per epoch with batch 2. Use batch 2: the kill at
     # step 4 is mid-epoch (epoch 1, batch 1), and validation runs at the end of every epoch in between.
@@ -160,7 +158,6 @@ def test_resume_missing_file_is_a_user_error(tmp_path):
         train(tiny_config(tmp_path), resume=tmp_path / "nope.ckpt", out_dir=tmp_path / "run")
 
 
-@pytest.mark.slow
 def test_tiny_model_overfits_synthetic_scenes(tmp_path):
     # eomt_test (D 32, 4 blocks, Q 8, S 64) on 4 blocky 64x128 scenes, 300 steps of the tiny config. Measured:
     # mIoU 0.967 after 106 s of training on 2 shared, heavily loaded cores (300 such steps once took 11 s). The streets

@@ -258,7 +258,6 @@ def test_worker_processes_write_the_same_tar(bravo_run, tmp_path):
     assert pooled.path.read_bytes() == inline.path.read_bytes()
 
 
-@pytest.mark.slow
 def test_worker_errors_reach_the_caller(bravo_run, tmp_path):
     submission, sampling, _ = bravo_run
     # A check that fails inside a worker still reaches the caller as one UserError naming the file.
