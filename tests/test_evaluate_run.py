@@ -128,6 +128,11 @@ def test_bad_options_are_user_errors(bravo_set, tmp_path):
         evaluate_bravo(_config(bravo_set, tmp_path / "x", confidences=("nope",)), progress=False)
     with pytest.raises(UserError, match="ground truth not found"):
         evaluate_bravo(_config(bravo_set, tmp_path / "x", gt=tmp_path / "missing"), progress=False)
+    with pytest.raises(UserError, match="--precision: unknown precision 'fp8'"):
+        evaluate_bravo(_config(bravo_set, tmp_path / "p", precision="fp8"), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device: cuda requested but no CUDA device is available"):
+            evaluate_bravo(_config(bravo_set, tmp_path / "d", device="cuda"), progress=False)
     with pytest.raises(UserError, match="no BRAVO input images"):
         evaluate_bravo(_config(bravo_set, tmp_path / "x", images_root=tmp_path), progress=False)
 

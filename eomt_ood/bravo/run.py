@@ -208,14 +208,18 @@ def run_inference(config: EvaluateConfig, rels: Sequence[str], progress: bool = 
     from tqdm import tqdm
 
     from eomt_ood.confidence import get_confidence
-    from eomt_ood.inference.predict import PRECISIONS, canvas_maps, canvas_top2, predict_canvas, prepare_model
+    from eomt_ood.inference.predict import (
+        canvas_maps,
+        canvas_top2,
+        parse_device,
+        parse_precision,
+        predict_canvas,
+        prepare_model,
+    )
 
     for score in config.confidences:
         get_confidence(score)
-    if config.precision not in PRECISIONS:
-        raise UserError(
-            f"--precision: unknown precision {config.precision!r}; available: {', '.join(PRECISIONS)}"
-        )
+    dtype, device = parse_precision(config.precision), parse_device(config.device)
     run_dir = config.out
     todo = [rel for rel in rels if not _image_done(run_dir, rel)]
     stats: dict[str, Any] = {
@@ -229,8 +233,7 @@ def run_inference(config: EvaluateConfig, rels: Sequence[str], progress: bool = 
     if not todo:
         return stats
     start = time.perf_counter()
-    model = prepare_model(_load_model(config), config.device)
-    dtype = PRECISIONS[config.precision]
+    model = prepare_model(_load_model(config), device)
     assert config.images_root is not None
     reader: Any = _ImageReader(config.images_root, todo)  # map-style: __len__ and __getitem__
     loader: Any = torch.utils.data.DataLoader(
@@ -254,9 +257,7 @@ def run_inference(config: EvaluateConfig, rels: Sequence[str], progress: bool = 
                 continue
             height, width = image.shape[:2]
             tic = time.perf_counter()
-            canvas = predict_canvas(
-                model, image, micro_batch=config.micro_batch, dtype=dtype, device=config.device
-            )
+            canvas = predict_canvas(model, image, micro_batch=config.micro_batch, dtype=dtype, device=device)
             stats["forward_seconds"] += time.perf_counter() - tic
             prediction, maps = canvas_maps(canvas, height, width, config.confidences)
             top2 = canvas_top2(canvas, height, width)
