@@ -1,7 +1,7 @@
 """Streamlit confidence explorer: `eomt-ood app RUN_DIR [RUN_DIR ...]` (streamlit run app/explorer.py -- RUN_DIR...).
 
-Layout and widgets only; every number and picture comes from `eomt_ood.app_support`. Every widget has a key, so
-`streamlit.testing.v1.AppTest` can drive it (tests/test_app.py).
+Layout and widgets only; every number and picture comes from `support.py` beside this file. Every widget has a
+key, so `streamlit.testing.v1.AppTest` can drive it (tests/test_app.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from eomt_ood import app_support as sup
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the support module beside this script
+
+import support as sup
+
 from eomt_ood.errors import UserError
 from eomt_ood.reports.plots import SUMMARY_KEYS, format_value, ordered_subsets
 
@@ -32,7 +35,7 @@ def get_maps(path: str, index: int) -> dict:
 
 @st.cache_data(max_entries=16)
 def get_region(path: str, index: int, rows: tuple[int, int], cols: tuple[int, int]) -> dict:
-    return sup.read_maps(get_run(path).reader, index, region=(slice(*rows), slice(*cols)))
+    return sup.read_region(get_run(path), index, (slice(*rows), slice(*cols)))
 
 
 @st.cache_data(max_entries=32)
@@ -64,6 +67,8 @@ except UserError as exc:
     st.stop()
 paths = [str(r) for r in roots]
 state = st.session_state
+names = [Path(p).name for p in paths]
+labels = {p: (n if names.count(n) == 1 else p) for p, n in zip(paths, names, strict=True)}  # unique labels
 
 # ------------------------------------------------------------------------------------------------ sidebar
 st.sidebar.title("Confidence explorer")
@@ -71,7 +76,7 @@ chosen = st.sidebar.multiselect(
     "Runs (side by side, first = reference)",
     paths,
     default=paths[: min(4, len(paths))],
-    format_func=lambda p: Path(p).name,
+    format_func=labels.get,
     max_selections=4,
     key="runs",
 )
@@ -86,7 +91,9 @@ subsets = ordered_subsets(set(reader.subsets))
 # A click in the image table (state of the previous rerun) opens that image: applied once per new selection.
 table_subset = state.get("table_subset", "all")
 table_sort = state.get("table_sort", sup.TABLE_METRICS[0])
-table = sup.worst_first(sup.image_rows(reader), table_sort, None if table_subset == "all" else table_subset)
+table = sup.worst_first(
+    sup.image_rows(reader, score), table_sort, None if table_subset == "all" else table_subset
+)
 selection = state.get("image_table")
 picked_rows = tuple(selection["selection"]["rows"]) if selection else ()
 view = (table_subset, table_sort)
@@ -177,7 +184,7 @@ with tab_image:
             maps = get_maps(path, i)
             picture = sup.compose(maps, overlay, opacity, score, colormap, level)
             st.plotly_chart(sup.image_figure(picture, get_hover(path, i), run.name), key=f"image_fig_{k}")
-            image_row = next(r for r in sup.image_rows(run.reader) if r["index"] == i)
+            image_row = next(r for r in sup.image_rows(run.reader, score) if r["index"] == i)
             st.caption(" · ".join(f"{key} {format_value(image_row[key])}" for key in sup.TABLE_METRICS))
             if level is not None and maps["gt_label"] is not None and score in maps["confs"]:
                 counts = sup.outcome_counts(
@@ -211,21 +218,13 @@ with tab_image:
             h, w = int(run.reader.heights[i]), int(run.reader.widths[i])
             rows, cols = sup.zoom_region(h, w, (centre_row, centre_col), factor)
             region = get_region(path, i, (rows.start, rows.stop), (cols.start, cols.stop))
-            photo_path = None
-            images_root = run.config.get("images_root")
-            if images_root:
-                photo_path = sup.allowed_file(Path(images_root) / relpath, roots)
-            base = None
-            if photo_path is not None and photo_path.is_file():
-                from eomt_ood.data.images import read_image
-
-                base = read_image(photo_path)[rows, cols]
+            base = region["rgb"]
             picture = sup.compose(region, overlay, opacity, score, colormap, level, base=base)
             with column:
                 st.plotly_chart(sup.image_figure(picture, sup.hover_grid(region)), key=f"zoom_fig_{k}")
                 st.caption(
                     f"rows {rows.start}-{rows.stop - 1}, columns {cols.start}-{cols.stop - 1}"
-                    + ("" if base is not None else " · photo not shown (outside the given folders)")
+                    + ("" if base is not None else " · photo not found where the run recorded it")
                 )
 
 # ------------------------------------------------------------------------------------------------ table
@@ -234,7 +233,7 @@ with tab_table:
     tc[0].selectbox("Subset", ["all", *subsets], key="table_subset")
     tc[1].selectbox("Sort by (worst first)", sup.TABLE_METRICS, key="table_sort")
     table = sup.worst_first(
-        sup.image_rows(reader),
+        sup.image_rows(reader, score),
         state["table_sort"],
         None if state["table_subset"] == "all" else state["table_subset"],
     )
@@ -264,7 +263,7 @@ with tab_curves:
 with tab_metrics:
     for k, path in enumerate(chosen):
         run = get_run(path)
-        flat = sup.score_results(run.results, score, run.reader.confidences[0])
+        flat = sup.score_results(run.results, score)
         st.markdown(f"**{run.name}** · {score}")
         if not flat:
             st.info("results.json has no metrics for this score.")

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eomt_ood.bravo.evaluate import ImageTask, image_statistics, score_image
-from eomt_ood.bravo.submission import quantise_confidence
-from eomt_ood.data.bravo import MemberRef, read_conf, read_label, read_mask, read_pred
+from eomt_ood.bravo.layout import MemberRef, read_conf, read_label, read_mask, read_pred
+from eomt_ood.bravo.scoring import ImageTask, image_statistics, score_image
+from eomt_ood.confidence.levels import quantise_confidence
 from eomt_ood.data.png import write_png
 
 HEIGHT, WIDTH = 1024, 2048
@@ -161,7 +161,7 @@ def child_peak_rss_mb(root: Path) -> float:
     """Peak RSS (MB) of a fresh process scoring the tree at `root` inline (workers=1)."""
     code = (
         "import resource, sys\n"
-        "from eomt_ood.bravo.evaluate import score_submission\n"
+        "from eomt_ood.bravo.scoring import score_submission\n"
         "score_submission(sys.argv[1] + '/gt', sys.argv[1] + '/sub', workers=1, progress=False, warn=None)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )

@@ -82,13 +82,22 @@ def evaluate_command(
     device: str = typer.Option("cpu", "--device"),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
     micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
-    workers: int = typer.Option(2, "--workers", min=0, help="Image-reading worker processes."),
+    workers: int = typer.Option(
+        2, "--workers", min=0, help="Worker processes per device: reading, scoring, PNG writing (0 = inline)."
+    ),
+    devices: int = typer.Option(
+        1, "--devices", min=1, help="Processes to share the images over (one per GPU with --device cuda)."
+    ),
+    skip_unreadable: bool = typer.Option(
+        False, "--skip-unreadable", help="Leave out unreadable input images (recorded) instead of failing."
+    ),
 ) -> None:
     """Run a model on BRAVO, write the submission, score it, and write results, store and report.
 
     With no --root and no --checkpoint it runs offline on the bundled demo set and demo model.
     """
-    from eomt_ood.bravo.run import EvaluateConfig, demo_config, evaluate_bravo, summary_table
+    from eomt_ood.bravo.pipeline import EvaluateConfig, demo_config, evaluate_bravo, summary_table
+    from eomt_ood.bravo.rundir import metric_blocks
 
     if dataset != "bravo":
         raise UserError(f"--dataset: unknown dataset {dataset!r}; available: bravo")
@@ -100,6 +109,8 @@ def evaluate_command(
         precision=precision,
         micro_batch=micro_batch,
         workers=workers,
+        devices=devices,
+        skip_unreadable=skip_unreadable,
     )
     if root is None and checkpoint is None and model is None:
         if gt is not None:
@@ -112,8 +123,11 @@ def evaluate_command(
             out=out, images_root=root, gt=gt, model=model, checkpoint=checkpoint, **options
         )
     results = evaluate_bravo(config)
+    if not results:  # a rank other than 0 of a multi-process run: rank 0 reports
+        return
     if len(results) > 1:
-        typer.echo(summary_table(results))
+        for score in metric_blocks(results) if len(scores) > 1 else [None]:
+            typer.echo(summary_table(results, score))
     typer.echo(f"wrote {config.out}/results.json, report.html, predictions.h5 and submission/")
 
 
@@ -152,8 +166,9 @@ def predict_command(
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
 ) -> None:
     """Windowed semantic inference: write a prediction and a confidence PNG for every input image."""
+    from eomt_ood.bravo.submission import predict_folder
     from eomt_ood.confidence import get_confidence
-    from eomt_ood.inference.predict import parse_device, parse_precision, predict_folder
+    from eomt_ood.inference.predict import parse_device, parse_precision
     from eomt_ood.models.registry import create_model
 
     dtype, torch_device = parse_precision(precision), parse_device(device)
@@ -202,9 +217,10 @@ def package_command(
     ),
 ) -> None:
     """Encode a raw submission into the BRAVO upload tar (bravo.md §3.3-3.4)."""
-    from eomt_ood.bravo.upload import package_upload, print_warning
+    from eomt_ood.bravo.upload import package_upload
+    from eomt_ood.io import warn
 
-    summary = package_upload(submission, samples, out, progress=True, warn=print_warning, workers=workers)
+    summary = package_upload(submission, samples, out, progress=True, warn=warn, workers=workers)
     print(f"wrote {summary.images} encoded image(s), {summary.size_bytes / 1e6:.1f} MB, to {summary.path}")
 
 
@@ -226,7 +242,8 @@ def score_command(
     ),
 ) -> None:
     """Score a raw BRAVO submission with the official metrics (bravo.md §4)."""
-    from eomt_ood.bravo.evaluate import score_submission, write_results
+    from eomt_ood.bravo.rundir import write_results
+    from eomt_ood.bravo.scoring import score_submission
 
     names = [s.strip() for item in subsets or [] for s in item.split(",") if s.strip()] or None
     results = score_submission(gt, submission, subsets=names, samples=samples, workers=workers)
@@ -240,7 +257,7 @@ def make_fixture_command(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
 ) -> None:
     """Write a small synthetic BRAVO fixture (GT, raw submission, sampling tar) for tests and demos."""
-    from eomt_ood.data.synthetic import make_fixture
+    from eomt_ood.bravo.fixture import make_fixture
 
     fixture = make_fixture(out, seed=seed)
     print(f"wrote {len(fixture.images)} images: {fixture.gt}, {fixture.submission}, {fixture.samples}")
@@ -281,13 +298,15 @@ def app_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (default: this machine only)."),
 ) -> None:
     """Open the Streamlit confidence explorer on RUN_DIR(s); reads nothing outside the given folders."""
-    from eomt_ood.app_support import launch_app
+    from eomt_ood.bravo.rundir import resolve_run_dirs
+    from eomt_ood.serve import check_address, serve_explorer
 
+    check_address(host, port)
     if not run_dirs:
-        from eomt_ood.bravo.run import ensure_demo_run
+        from eomt_ood.bravo.pipeline import ensure_demo_run
 
         run_dirs = [ensure_demo_run()]
-    raise typer.Exit(launch_app(run_dirs, port=port, host=host))
+    raise typer.Exit(serve_explorer(resolve_run_dirs(run_dirs), port=port, host=host))
 
 
 def main() -> None:

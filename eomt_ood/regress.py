@@ -1,9 +1,9 @@
 """Regression gate: compare the metrics of a run (`results.json`) with a stored baseline of the same format.
 
-Both files are what `eomt-ood score` writes (bravo.md §4.8): a flat JSON object of official keys
+Both files are results files (`eomt_ood.bravo.rundir`): a flat JSON object of official keys
 (`synobjs_auprc_ood`, `ACDCfog_ece_valid`, ...) plus an optional `meta` key, or, for runs that score several
 confidence maps, one such flat object per confidence score (`{"msp": {...}, "energy": {...}, "meta": {...}}`).
-Blocks are matched by score name. The Python-API wrapping `{"method": {...}, "result": true}` is read as flat.
+Blocks are matched by score name.
 
 Watched keys are fnmatch patterns over metric keys (default `*_auprc_ood`); only scalar metrics are compared
 (`iou_valid` lists never are). Higher is better, except keys containing `_ece_` or `_fpr95_` (lower is
@@ -14,20 +14,17 @@ key of the baseline that is absent from the results, or a NaN facing a number, f
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from eomt_ood.bravo.rundir import FLAT, load_results, metric_blocks, scalar_metrics, write_results
+from eomt_ood.bravo.scoring import lower_is_better
 from eomt_ood.errors import UserError
 
 DEFAULT_PATTERNS = ("*_auprc_ood",)
 DEFAULT_TOLERANCE = 0.005
-META_KEY = "meta"
-FLAT_BLOCK = ""
-"""Block name of a flat (single-score) results file."""
 
 # A difference read from JSON decimals carries float64 rounding (0.7 - 0.695 = 0.0050000000000000044); this slack
 # keeps "moved by exactly the tolerance" within it. It is far below any metric resolution that matters.
@@ -35,11 +32,6 @@ _ROUNDING_SLACK = 1e-12
 
 OK, REGRESSED, IMPROVED, NEW, MISSING = "ok", "REGRESSED", "improved", "new", "missing"
 FAILING = frozenset({REGRESSED, MISSING})
-
-
-def lower_is_better(key: str) -> bool:
-    """True for keys whose metric should go down (ECE and FPR95: `_ece_` / `_fpr95_` in the key)."""
-    return "_ece_" in key or "_fpr95_" in key
 
 
 @dataclass(frozen=True)
@@ -58,57 +50,6 @@ class Comparison:
         if self.baseline is None or self.current is None:
             return None
         return self.current - self.baseline
-
-
-def load_results(path: str | Path, what: str = "results") -> dict:
-    """Parse a results/baseline JSON file (bare `NaN` tokens allowed); bad input is a `UserError`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read {what} file ({exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object of metrics, got {type(data).__name__}")
-    return data
-
-
-def _is_scalar(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def metric_blocks(results: dict, name: str = "results") -> dict[str, dict[str, float]]:
-    """The scalar metrics of a results object per confidence-score block.
-
-    Returns `{FLAT_BLOCK: {key: value}}` for a flat file, `{score: {key: value}}` for per-score blocks. `meta` and
-    non-scalar values (the `iou_valid` lists) are left out. A top level that mixes metrics and blocks is a
-    `UserError` (`name` is used in the message).
-    """
-    body = {k: v for k, v in results.items() if k != META_KEY}
-    if (
-        set(body) == {"method", "result"}
-        and isinstance(body["result"], bool)
-        and isinstance(body["method"], dict)
-    ):
-        body = body["method"]  # the official Python API's wrapping
-    blocks = {k for k, v in body.items() if isinstance(v, dict)}
-    if not blocks:
-        return {FLAT_BLOCK: {k: float(v) for k, v in body.items() if _is_scalar(v)}}
-    if len(blocks) != len(body):
-        stray = sorted(set(body) - blocks)[:3]
-        raise UserError(
-            f"{name}: mixes per-score blocks ({', '.join(sorted(blocks)[:3])}) with top-level metrics "
-            f"({', '.join(stray)}); expected one or the other"
-        )
-    return {
-        block: {k: float(v) for k, v in body[block].items() if k != META_KEY and _is_scalar(v)}
-        for block in body
-    }
 
 
 def _status(baseline: float, current: float, tolerance: float, lower_better: bool) -> str:
@@ -139,9 +80,9 @@ def compare(
         raise UserError(f"--tolerance: must be a non-negative number, got {tolerance}")
     if not patterns:
         raise UserError("--keys: give at least one pattern")
-    base_blocks = metric_blocks(baseline, "baseline")
-    curr_blocks = metric_blocks(results, "results")
-    base_flat, curr_flat = set(base_blocks) == {FLAT_BLOCK}, set(curr_blocks) == {FLAT_BLOCK}
+    base_blocks = {k: scalar_metrics(v) for k, v in metric_blocks(baseline, "baseline").items()}
+    curr_blocks = {k: scalar_metrics(v) for k, v in metric_blocks(results, "results").items()}
+    base_flat, curr_flat = set(base_blocks) == {FLAT}, set(curr_blocks) == {FLAT}
     if base_flat != curr_flat:
         kinds = {True: "flat metrics", False: "per-score blocks"}
         raise UserError(
@@ -161,7 +102,7 @@ def compare(
         base, curr = base_blocks.get(block, {}), curr_blocks.get(block, {})
         keys = [k for k in base if watched(k)] + [k for k in curr if watched(k) and k not in base]
         for key in keys:
-            name = f"{block}/{key}" if block != FLAT_BLOCK else key
+            name = f"{block}/{key}" if block != FLAT else key
             lower = lower_is_better(key)
             b, c = base.get(key), curr.get(key)
             if c is None:
@@ -223,14 +164,6 @@ def _changed(row: Comparison) -> bool:
     return row.baseline != row.current
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # allow_nan keeps the official file's bare NaN tokens.
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run_gate(
     baseline_path: str | Path,
     results_path: str | Path,
@@ -247,7 +180,7 @@ def run_gate(
     baseline_path, results_path = Path(baseline_path), Path(results_path)
     results = load_results(results_path, "results")
     if update and not baseline_path.exists():
-        _write_json_atomic(baseline_path, results)
+        write_results(results, baseline_path)
         return 0, f"created baseline {baseline_path} from {results_path}"
     baseline = load_results(baseline_path, "baseline")
     if update:
@@ -260,7 +193,7 @@ def run_gate(
         except UserError as exc:
             # --update is how a new format or a newly watched metric enters the baseline, so it goes ahead.
             note = f"replaced without a per-key comparison ({exc})"
-        _write_json_atomic(baseline_path, results)
+        write_results(results, baseline_path)
         lines.append(f"updated baseline {baseline_path} from {results_path}: {note}")
         return 0, "\n".join(lines)
     rows = compare(baseline, results, patterns, tolerance)

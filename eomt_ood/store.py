@@ -1,31 +1,44 @@
-"""HDF5 store of an evaluation run's predictions, confidence maps, per-image statistics and histograms (h5py).
+"""The prediction store of a run: per image its previews and statistics, per subset its histograms (h5py).
 
-One file, `RUN_DIR/predictions.h5`, written once at the end of a run (to a temporary name, then renamed, so a
-reader never sees a half-written store) and read by the report, the app and re-scoring without the model.
+An evaluation produces one `ImageRecord` per image (`eomt_ood.bravo.pipeline`): small previews of the maps for the
+app and the report, the image's scalar metrics per confidence score, and its sufficient statistics (confusion
+matrix and sparse level histograms) from which any resample of images can be re-scored without the images
+(bootstrap intervals, paired comparisons). A record is saved on its own as soon as its image is finished
+(`save_record`, an `.npz` in the run folder: what makes an image "done" for resuming), and the records of a run
+are gathered into one file, `RUN_DIR/predictions.h5`, written to a temporary name and renamed when complete.
 
-Layout::
+Full-resolution maps are not stored here: they are the run's own PNGs (the raw submission), which the app reads
+when it zooms. Previews are at most 512 pixels on the long side and stored compressed by the worker that made
+them (each map as zlib-compressed `.npy` bytes, the photo as JPEG), so gathering them costs the writer no
+compression; `benchmarks/bench_evaluate.py` prints the bytes per image.
 
-    attrs: format, eomt_ood_version, model, confidences (list, the first is the submission's), num_levels
-    images/relpath, images/subset          (N,) strings, image i's BRAVO input path and subset name
-    images/height, images/width            (N,) int32
-    images/<i:06d>/pred                    (H, W) uint8 train ids
-    images/<i:06d>/conf/<score>            (H, W) uint16 levels k; confidence = (k + 0.5) / 65536
-    images/<i:06d>/gt_label, gt_invalid    (H, W) uint8: train ids (255 void) and 0/1 invalid (with ground truth)
-    images/<i:06d>/preview/...             the same maps at most PREVIEW_SIDE on the long side (nearest for
-                                           labels, level mean for confidences), plus top2_class (2, h, w) uint8
-                                           and top2_score (2, h, w) float16 of the normalised class scores, and
-                                           rgb (h, w, 3) uint8, the input image (box-filtered)
-    stats/<field>                          (N,) float64 per-image statistics (NaN where undefined)
-    histograms/<score>/<subset>/<name>     (65536,) int64: correct, wrong, ood_pos, ood_neg (indexed by level)
+Layout (format `eomt-ood-predictions-2`)::
 
-Full-resolution maps are chunked (256 x 256) and gzip-compressed, so the app reads one image (or one zoomed
-region) without touching the rest.
+    attrs: format, eomt_ood_version, model, confidences (the first is the submission's), num_levels
+    images/relpath, images/subset          (N,) strings: image i's BRAVO input path and subset
+    images/height, images/width            (N,) int32 full-resolution size
+    images/has_gt                          (N,) bool
+    previews/<i:06d>/<name>                (n,) uint8 bytes of one preview map (`pack_array`; `rgb`: JPEG):
+        pred                               (h, w) uint8 train ids (nearest)
+        conf/<score>                       (h, w) uint16 levels, the box-filter mean of the image's levels
+        gt_label, gt_invalid               (h, w) uint8 (nearest), with ground truth only
+        top2_class, top2_score             (2, h, w) uint8 / float16: the two best classes, normalised scores
+        rgb                                (h, w, 3) uint8 input photo
+    stats/<score>/<field>                  (N,) float64 per-image metrics (`eomt_ood.bravo.scoring.image_metrics`)
+    image_stats/cm                         (N, 19, 19) int32 confusion matrices (score-independent)
+    image_stats/pixels                     (N, 3) int64: valid, invalid, void pixels
+    image_stats/<score>/levels, counts     (M,) uint16 and (M, 3) int32: the sparse level histograms of all images
+    image_stats/<score>/offsets            (N + 1,) int64: image i's rows are offsets[i]:offsets[i+1]
+    histograms/<score>/<subset>/<name>     (65536,) int64 pooled: correct, wrong, ood_pos, ood_neg (by level)
+    level_histograms/<score>/<subset>      (65536,) int64 of every pixel, for runs without ground truth
 """
 
 from __future__ import annotations
 
-import os
+import io
+import zlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +47,15 @@ import numpy as np
 
 from eomt_ood import __version__
 from eomt_ood.errors import UserError
+from eomt_ood.io import atomic_path
 
-FORMAT = "eomt-ood-predictions-1"
+FORMAT = "eomt-ood-predictions-2"
 PREVIEW_SIDE = 512
-_CHUNK = 256
 _STR = h5py.string_dtype(encoding="utf-8")
+_GZIP = {"compression": "gzip", "compression_opts": 4, "shuffle": True}  # for the statistics tables
+
+
+# ------------------------------------------------------------------------------------------------ previews
 
 
 def preview_shape(height: int, width: int, side: int = PREVIEW_SIDE) -> tuple[int, int]:
@@ -69,123 +86,246 @@ def downsample_mean(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return summed / np.maximum(counts, 1)
 
 
-class StoreWriter:
-    """Write a store to `path` atomically: use as a context manager; the file appears only on a clean exit."""
+def pack_array(array: np.ndarray) -> np.ndarray:
+    """Any array -> (n,) uint8: its `.npy` bytes, zlib-compressed (lossless; `unpack_array` inverts it)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return np.frombuffer(zlib.compress(buffer.getvalue(), 6), dtype=np.uint8)
 
-    def __init__(self, path: str | Path, *, model: str, confidences: list[str], num_levels: int = 65536):
+
+def unpack_array(data: np.ndarray) -> np.ndarray:
+    return np.load(
+        io.BytesIO(zlib.decompress(np.asarray(data, dtype=np.uint8).tobytes())), allow_pickle=False
+    )
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> np.ndarray:
+    """(h, w, 3) uint8 -> JPEG bytes as a (n,) uint8 array (a photo preview costs a tenth of its raw size)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="JPEG", quality=quality)
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+
+
+def decode_jpeg(data: np.ndarray) -> np.ndarray:
+    """The inverse of `encode_jpeg`: (h, w, 3) uint8."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(np.asarray(data, dtype=np.uint8).tobytes())) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def make_previews(
+    pred: np.ndarray,
+    levels: Mapping[str, np.ndarray],
+    *,
+    gt_label: np.ndarray | None = None,
+    gt_invalid: np.ndarray | None = None,
+    rgb: np.ndarray | None = None,
+    top2: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The packed preview maps of one image from its full-resolution maps (names: see the module docstring).
+
+    pred (H, W) uint8; levels {score: (H, W) uint16}; gt_label (H, W) uint8 and gt_invalid (H, W) bool/uint8;
+    rgb at full or preview size (h, w, 3) uint8; top2 (classes, scores) already at preview size (2, h, w).
+    """
+    shape = preview_shape(*pred.shape)
+    maps = {"pred": downsample_labels(pred, shape)}
+    for score, conf in levels.items():
+        maps[f"conf/{score}"] = downsample_mean(conf, shape).round().astype(np.uint16)
+    if gt_label is not None and gt_invalid is not None:
+        maps["gt_label"] = downsample_labels(gt_label, shape)
+        maps["gt_invalid"] = downsample_labels((np.asarray(gt_invalid) != 0).astype(np.uint8), shape)
+    if top2 is not None:
+        if top2[0].shape != (2, *shape) or top2[1].shape != (2, *shape):
+            raise ValueError(
+                f"top-2 previews must have shape (2, {shape[0]}, {shape[1]}), got {top2[0].shape}"
+            )
+        maps["top2_class"] = top2[0].astype(np.uint8)
+        maps["top2_score"] = top2[1].astype(np.float16)
+    out = {name: pack_array(value) for name, value in maps.items()}
+    if rgb is not None:
+        if rgb.shape[:2] != shape:
+            rgb = (
+                np.stack([downsample_mean(rgb[..., c], shape) for c in range(3)], -1).round().astype(np.uint8)
+            )
+        out["rgb"] = encode_jpeg(rgb)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ one image
+
+
+@dataclass
+class ImageRecord:
+    """Everything the store keeps of one image (picklable: worker processes build it).
+
+    previews: see `make_previews`. stats: {score: {field: float}} (`image_metrics`). With ground truth: cm (19, 19),
+    pixels (valid, invalid, void), and per score the sparse histograms {score: (levels (m,) uint16, counts (m, 3))}.
+    Without: level_counts {score: (levels (m,) uint16, counts (m,))} of every pixel.
+    """
+
+    relpath: str
+    subset: str
+    height: int
+    width: int
+    previews: dict[str, np.ndarray]
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    cm: np.ndarray | None = None
+    pixels: tuple[int, int, int] | None = None
+    sparse: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    level_counts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def has_gt(self) -> bool:
+        return self.cm is not None
+
+
+def save_record(path: str | Path, record: ImageRecord) -> None:
+    """Write one record as an `.npz`, atomically (its existence is what marks the image as done)."""
+    arrays: dict[str, Any] = {
+        "meta": np.array(
+            [record.relpath, record.subset, str(record.height), str(record.width)], dtype=object
+        ).astype(str),
+        "stat_names": np.array([f"{s}/{k}" for s, row in record.stats.items() for k in row], dtype=str),
+        "stat_values": np.array([v for row in record.stats.values() for v in row.values()], dtype=np.float64),
+    }
+    arrays.update({f"preview/{name}": value for name, value in record.previews.items()})
+    if record.cm is not None and record.pixels is not None:
+        arrays["cm"] = record.cm.astype(np.int32)
+        arrays["pixels"] = np.asarray(record.pixels, dtype=np.int64)
+    for kind, table in (("sparse", record.sparse), ("level_counts", record.level_counts)):
+        for score, (levels, counts) in table.items():
+            arrays[f"{kind}/{score}/levels"] = levels
+            arrays[f"{kind}/{score}/counts"] = counts
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, **arrays)  # the previews are compressed already
+
+
+def load_record(path: str | Path) -> ImageRecord:
+    """Read a record written by `save_record`; an unreadable file is a `UserError` naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: unreadable image record ({exc}); delete it to redo the image") from None
+    relpath, subset, height, width = (str(v) for v in arrays["meta"])
+    stats: dict[str, dict[str, float]] = {}
+    for name, value in zip(arrays["stat_names"], arrays["stat_values"], strict=True):
+        score, key = str(name).split("/", 1)
+        stats.setdefault(score, {})[key] = float(value)
+    record = ImageRecord(
+        relpath,
+        subset,
+        int(height),
+        int(width),
+        previews={k[len("preview/") :]: v for k, v in arrays.items() if k.startswith("preview/")},
+        stats=stats,
+    )
+    if "cm" in arrays:
+        record.cm = arrays["cm"].astype(np.int64)
+        record.pixels = tuple(int(v) for v in arrays["pixels"])  # type: ignore[assignment]
+    for kind, table in (("sparse", record.sparse), ("level_counts", record.level_counts)):
+        for name in arrays:
+            if name.startswith(f"{kind}/") and name.endswith("/levels"):
+                score = name[len(kind) + 1 : -len("/levels")]
+                table[score] = (arrays[name], arrays[f"{kind}/{score}/counts"])
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ the store
+
+
+class StoreWriter:
+    """Gather records into `path`: a context manager; the file appears (atomically) only on a clean exit."""
+
+    def __init__(self, path: str | Path, *, model: str, confidences: list[str]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
         self._file = h5py.File(self._tmp, "w")
         self._file.attrs.update(
             format=FORMAT,
             eomt_ood_version=__version__,
             model=model,
-            num_levels=num_levels,
+            num_levels=65536,
             confidences=np.array(confidences, dtype=object),
         )
         self._confidences = list(confidences)
-        self._index: list[tuple[str, str, int, int]] = []
-        self._stats: list[Mapping[str, float]] = []
-        self._images = self._file.create_group("images")
+        self._index: list[tuple[str, str, int, int, bool]] = []
+        self._stats: list[dict[str, dict[str, float]]] = []
+        self._cm: list[np.ndarray] = []
+        self._pixels: list[tuple[int, int, int]] = []
+        self._sparse: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {s: [] for s in confidences}
 
     def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self._finish()
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
             self._file.close()
-            os.replace(self._tmp, self.path)
-        else:
-            self._file.close()
-            self._tmp.unlink(missing_ok=True)
+            self._atomic.__exit__(exc_type, exc, tb)
 
-    def _dataset(self, group: h5py.Group, name: str, data: np.ndarray) -> None:
-        chunks = tuple(min(_CHUNK, s) for s in data.shape) if data.ndim >= 2 else None
-        group.create_dataset(
-            name, data=data, chunks=chunks, compression="gzip", compression_opts=4, shuffle=True
-        )
-
-    def add_image(
-        self,
-        relpath: str,
-        subset: str,
-        pred: np.ndarray,
-        confs: Mapping[str, np.ndarray],
-        *,
-        top2_class: np.ndarray | None = None,
-        top2_score: np.ndarray | None = None,
-        gt_label: np.ndarray | None = None,
-        gt_invalid: np.ndarray | None = None,
-        rgb: np.ndarray | None = None,
-        stats: Mapping[str, float] | None = None,
-    ) -> None:
-        """Add one image: pred (H, W) uint8; confs {score: (H, W) uint16}; optional GT and previews.
-
-        `top2_class` / `top2_score` are already at preview size ((2, h, w); see `preview_shape`); `rgb` is the
-        full-size input (H, W, 3) uint8, of which only the preview is kept.
-        """
-        if set(confs) != set(self._confidences):
-            raise ValueError(f"confidences {sorted(confs)} do not match the store's {self._confidences}")
-        height, width = pred.shape
-        group = self._images.create_group(f"{len(self._index):06d}")
-        self._dataset(group, "pred", pred.astype(np.uint8, copy=False))
-        conf_group = group.create_group("conf")
-        for name, levels in confs.items():
-            if levels.shape != pred.shape or levels.dtype != np.uint16:
-                raise ValueError(f"{relpath}: confidence {name} must be uint16 {pred.shape}")
-            self._dataset(conf_group, name, levels)
-        shape = preview_shape(height, width)
-        preview = group.create_group("preview")
-        preview.create_dataset("pred", data=downsample_labels(pred, shape))
-        preview_conf = preview.create_group("conf")
-        for name, levels in confs.items():
-            preview_conf.create_dataset(name, data=downsample_mean(levels, shape).round().astype(np.uint16))
-        if gt_label is not None and gt_invalid is not None:
-            self._dataset(group, "gt_label", gt_label.astype(np.uint8, copy=False))
-            self._dataset(group, "gt_invalid", (gt_invalid != 0).astype(np.uint8))
-            preview.create_dataset("gt_label", data=downsample_labels(gt_label, shape))
-            preview.create_dataset(
-                "gt_invalid", data=downsample_labels((gt_invalid != 0).astype(np.uint8), shape)
-            )
-        if rgb is not None:
-            if rgb.shape != (height, width, 3):
-                raise ValueError(f"{relpath}: rgb must have shape ({height}, {width}, 3), got {rgb.shape}")
-            channels = [downsample_mean(rgb[..., c], shape) for c in range(3)]
-            preview.create_dataset("rgb", data=np.stack(channels, -1).round().astype(np.uint8))
-        if top2_class is not None and top2_score is not None:
-            if top2_class.shape != (2, *shape) or top2_score.shape != (2, *shape):
-                raise ValueError(f"{relpath}: top-2 previews must have shape (2, {shape[0]}, {shape[1]})")
-            preview.create_dataset("top2_class", data=top2_class.astype(np.uint8))
-            preview.create_dataset("top2_score", data=top2_score.astype(np.float16))
-        self._index.append((relpath, subset, height, width))
-        self._stats.append(dict(stats or {}))
+    def add(self, record: ImageRecord) -> None:
+        """Append one image's record (its index is the number of records added before it)."""
+        group = self._file.create_group(f"previews/{len(self._index):06d}")
+        for name, value in record.previews.items():
+            group.create_dataset(name, data=value)  # already compressed
+        self._index.append((record.relpath, record.subset, record.height, record.width, record.has_gt))
+        self._stats.append(record.stats)
+        zeros = (np.zeros(0, np.uint16), np.zeros((0, 3), np.int32))
+        self._cm.append(record.cm if record.cm is not None else np.zeros((19, 19), np.int64))
+        self._pixels.append(record.pixels or (0, 0, 0))
+        for score in self._confidences:
+            self._sparse[score].append(record.sparse.get(score, zeros))
 
     def add_histograms(self, score: str, subset: str, histograms: Mapping[str, np.ndarray]) -> None:
-        """Store a subset's pooled histograms ({"correct", "wrong", "ood_pos", "ood_neg"} -> (65536,) int64)."""
+        """A subset's pooled histograms ({"correct", "wrong", "ood_pos", "ood_neg"} -> (65536,) int64)."""
         group = self._file.require_group(f"histograms/{score}/{subset}")
         for name, counts in histograms.items():
             group.create_dataset(name, data=np.asarray(counts, dtype=np.int64), compression="gzip")
 
-    def _finish(self) -> None:
-        relpaths, subsets, heights, widths = (
-            zip(*self._index, strict=True) if self._index else ((), (), (), ())
+    def add_level_histogram(self, score: str, subset: str, counts: np.ndarray) -> None:
+        """A subset's (65536,) histogram of every pixel's level (runs without ground truth)."""
+        self._file.create_dataset(
+            f"level_histograms/{score}/{subset}", data=np.asarray(counts, dtype=np.int64), compression="gzip"
         )
-        self._images.create_dataset("relpath", data=np.array(relpaths, dtype=object), dtype=_STR)
-        self._images.create_dataset("subset", data=np.array(subsets, dtype=object), dtype=_STR)
-        self._images.create_dataset("height", data=np.array(heights, dtype=np.int32))
-        self._images.create_dataset("width", data=np.array(widths, dtype=np.int32))
-        stats = self._file.create_group("stats")
-        fields = sorted({key for row in self._stats for key in row})
-        for key in fields:
-            stats.create_dataset(
-                key, data=np.array([row.get(key, np.nan) for row in self._stats], dtype=np.float64)
-            )
+
+    def _finish(self) -> None:
+        columns = list(zip(*self._index, strict=True)) if self._index else [(), (), (), (), ()]
+        images = self._file.create_group("images")
+        images.create_dataset("relpath", data=np.array(columns[0], dtype=object), dtype=_STR)
+        images.create_dataset("subset", data=np.array(columns[1], dtype=object), dtype=_STR)
+        images.create_dataset("height", data=np.array(columns[2], dtype=np.int32))
+        images.create_dataset("width", data=np.array(columns[3], dtype=np.int32))
+        images.create_dataset("has_gt", data=np.array(columns[4], dtype=bool))
+        for score in self._confidences:
+            rows = [row.get(score, {}) for row in self._stats]
+            for key in sorted({k for row in rows for k in row}):
+                values = np.array([row.get(key, np.nan) for row in rows], dtype=np.float64)
+                self._file.create_dataset(f"stats/{score}/{key}", data=values)
+        count = len(self._index)
+        image_stats = self._file.create_group("image_stats")
+        image_stats.create_dataset(
+            "cm", data=np.array(self._cm, dtype=np.int32).reshape(count, 19, 19), **_GZIP
+        )
+        image_stats.create_dataset("pixels", data=np.array(self._pixels, dtype=np.int64).reshape(count, 3))
+        for score, parts in self._sparse.items():
+            sizes = [len(levels) for levels, _ in parts]
+            group = image_stats.create_group(score)
+            group.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+            levels = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint16)
+            counts = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 3), np.int32)
+            group.create_dataset("levels", data=levels.astype(np.uint16), **_GZIP)
+            group.create_dataset("counts", data=counts.astype(np.int32).reshape(-1, 3), **_GZIP)
 
 
 class StoreReader:
-    """Read a store written by `StoreWriter`. Cheap to open; reads maps lazily, one image at a time."""
+    """Read a store written by `StoreWriter`. Cheap to open; previews are read lazily, one image at a time."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -195,15 +335,21 @@ class StoreReader:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise UserError(f"{self.path}: not a readable HDF5 file ({exc})") from None
-        if self._file.attrs.get("format") != FORMAT:
+        found = self._file.attrs.get("format")
+        if found != FORMAT:
+            self._file.close()
+            hint = (
+                "; run `eomt-ood evaluate` again to rewrite it" if str(found).startswith("eomt-ood") else ""
+            )
             raise UserError(
-                f"{self.path}: not an eomt-ood prediction store (format {self._file.attrs.get('format')!r})"
+                f"{self.path}: not an eomt-ood prediction store of format {FORMAT} ({found!r}){hint}"
             )
         images = self._file["images"]
-        self.relpaths: list[str] = [s.decode() if isinstance(s, bytes) else s for s in images["relpath"][()]]
-        self.subsets: list[str] = [s.decode() if isinstance(s, bytes) else s for s in images["subset"][()]]
+        self.relpaths: list[str] = [_text(s) for s in images["relpath"][()]]
+        self.subsets: list[str] = [_text(s) for s in images["subset"][()]]
         self.heights = images["height"][()]
         self.widths = images["width"][()]
+        self._has_gt = images["has_gt"][()]
         self.confidences: list[str] = [str(c) for c in self._file.attrs["confidences"]]
         self.model: str = str(self._file.attrs.get("model", ""))
 
@@ -219,27 +365,29 @@ class StoreReader:
     def __len__(self) -> int:
         return len(self.relpaths)
 
-    def stats(self) -> dict[str, np.ndarray]:
-        """Per-image statistics: {field: (N,) float64}."""
-        return {key: ds[()] for key, ds in self._file["stats"].items()}
+    def index_of(self, relpath: str) -> int | None:
+        try:
+            return self.relpaths.index(relpath)
+        except ValueError:
+            return None
+
+    def stats(self, score: str | None = None) -> dict[str, np.ndarray]:
+        """Per-image metrics of `score` (default: the first): {field: (N,) float64}, NaN where undefined."""
+        score = score or self.confidences[0]
+        group = self._file.get(f"stats/{score}")
+        return {key: ds[()] for key, ds in group.items()} if group is not None else {}
 
     def has_ground_truth(self, index: int) -> bool:
-        return "gt_label" in self._file[f"images/{index:06d}"]
+        return bool(self._has_gt[index])
 
-    def read(
-        self, index: int, name: str, *, preview: bool = False, region: tuple[slice, slice] | None = None
-    ):
-        """One map of image `index`: "pred", "conf/<score>", "gt_label", "gt_invalid", "top2_class", "top2_score",
-        "rgb" (preview only).
-
-        `preview=True` reads the downsampled copy; `region` reads a window of the full-resolution map.
-        """
-        group = self._file[f"images/{index:06d}"]
-        key = f"preview/{name}" if preview else name
-        if key not in group:
-            raise KeyError(f"image {index} has no {key!r}")
-        dataset = group[key]
-        return dataset[region] if region is not None else dataset[()]
+    def preview(self, index: int, name: str) -> np.ndarray:
+        """One preview map of image `index`: "pred", "conf/<score>", "gt_label", "gt_invalid", "top2_class",
+        "top2_score" or "rgb". `KeyError` when the image has no such map."""
+        group = self._file[f"previews/{index:06d}"]
+        if name not in group:
+            raise KeyError(f"image {index} has no {name!r} preview")
+        data = group[name][()]
+        return decode_jpeg(data) if name == "rgb" else unpack_array(data)
 
     def histograms(self, score: str) -> dict[str, dict[str, np.ndarray]]:
         """{subset: {"correct", "wrong", "ood_pos", "ood_neg": (65536,) int64}} for one confidence score."""
@@ -250,5 +398,26 @@ class StoreReader:
             for subset, group in self._file[f"histograms/{score}"].items()
         }
 
+    def level_histograms(self, score: str) -> dict[str, np.ndarray]:
+        """{subset: (65536,) int64} of every pixel's level, for runs without ground truth ({} otherwise)."""
+        group = self._file.get(f"level_histograms/{score}")
+        return {subset: ds[()] for subset, ds in group.items()} if group is not None else {}
+
+    def image_statistics(self, score: str) -> dict[str, Any]:
+        """The per-image sufficient statistics of `score`: {"cm": (N, 19, 19), "pixels": (N, 3), "levels",
+        "counts", "offsets"} (the sparse histograms of image i are rows offsets[i]:offsets[i+1])."""
+        group = self._file["image_stats"]
+        return {
+            "cm": group["cm"][()].astype(np.int64),
+            "pixels": group["pixels"][()],
+            "levels": group[f"{score}/levels"][()],
+            "counts": group[f"{score}/counts"][()].astype(np.int64),
+            "offsets": group[f"{score}/offsets"][()],
+        }
+
     def iter_images(self) -> Iterator[tuple[int, str, str]]:
         yield from ((i, r, s) for i, (r, s) in enumerate(zip(self.relpaths, self.subsets, strict=True)))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

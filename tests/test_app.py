@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import support as sup
+from conftest import build_run
 from streamlit.testing.v1 import AppTest
-from test_app_support import make_run
 
-from eomt_ood import app_support as sup
 from eomt_ood.reports.plots import format_value
 from eomt_ood.store import StoreReader
 
@@ -27,12 +27,17 @@ def _keep_main_module():
     sys.modules["__main__"] = main
 
 
+BIG = "bravo_synobjs/bear/1.png"  # the 600x1200 image of the shared runs
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("apptest")
-    first = make_run(root / "run-a", seed=0, images_root=root / "run-a" / "images")
-    second = make_run(root / "run-b", seed=1)
-    return first, second
+def runs(finished_run, second_run) -> tuple[Path, Path]:
+    return finished_run, second_run
+
+
+def _index(run: Path, relpath: str) -> int:
+    with StoreReader(run / "predictions.h5") as reader:
+        return reader.relpaths.index(relpath)
 
 
 def _app(monkeypatch, *run_dirs) -> AppTest:
@@ -56,7 +61,7 @@ def test_no_run_dir_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["explorer.py", str(tmp_path)])
     at = AppTest.from_file(SCRIPT, default_timeout=60)
     at.run()
-    assert "not a run directory (no predictions.h5)" in at.error[0].value
+    assert "not a run folder (no predictions.h5)" in at.error[0].value
 
 
 def test_one_run_browse_threshold_and_readout(monkeypatch, runs):
@@ -67,21 +72,22 @@ def test_one_run_browse_threshold_and_readout(monkeypatch, runs):
     assert {"image_fig_0", "ood_curves_0", "reliability_0"} <= set(_charts(at))
 
     at.sidebar.selectbox(key="subset").select("synobjs").run()
-    assert at.sidebar.selectbox(key="image").value == 0
+    assert at.sidebar.selectbox(key="image").value == _index(runs[0], "bravo_synobjs/bear/0.png")
+    big = _index(runs[0], BIG)
     with StoreReader(runs[0] / "predictions.h5") as reader:
         hist = reader.histograms("msp")["synobjs"]
         expected = sup.tpr95_threshold(hist["ood_pos"], hist["ood_neg"])
         image_hist = sup.image_ood_histograms(
-            reader.read(1, "conf/rba", preview=True),
-            reader.read(1, "gt_label", preview=True),
-            reader.read(1, "gt_invalid", preview=True),
+            reader.preview(big, "conf/rba"),
+            reader.preview(big, "gt_label"),
+            reader.preview(big, "gt_invalid"),
         )
-        maps = sup.read_maps(reader, 1)
+        maps = sup.read_maps(reader, big)
     assert at.slider(key="threshold").value == pytest.approx(expected.doubt)
     assert f"TPR {expected.tpr:.4f}, FPR {expected.fpr:.4f}" in _captions(at)
 
     # Another image and score, the threshold from the image's own maps.
-    at.sidebar.selectbox(key="image").select(1)
+    at.sidebar.selectbox(key="image").select(big)
     at.sidebar.selectbox(key="score").select("rba").run()
     at.radio(key="threshold_source").set_value("this image's maps (preview)").run()
     from_image = sup.tpr95_threshold(*image_hist)
@@ -109,18 +115,28 @@ def test_one_run_browse_threshold_and_readout(monkeypatch, runs):
     assert not at.exception
 
 
-def test_zoom_reads_full_resolution_and_photo_only_inside(monkeypatch, runs):
-    at = _app(monkeypatch, *runs)
+def test_zoom_reads_full_resolution_and_the_photo_the_run_names(monkeypatch, runs, tmp_path):
+    import shutil
+
+    import yaml
+
+    # A copy of run-b whose config names an images folder that is gone: the zoom works, without the photo.
+    moved = tmp_path / "moved"
+    shutil.copytree(runs[1], moved / "run")
+    config = yaml.safe_load((moved / "run" / "config.yaml").read_text())
+    config["images_root"] = str(tmp_path / "gone")
+    (moved / "run" / "config.yaml").write_text(yaml.safe_dump(config))
+    at = _app(monkeypatch, runs[0], moved / "run")
     at.sidebar.selectbox(key="subset").select("synobjs").run()
-    at.sidebar.selectbox(key="image").select(1).run()
+    at.sidebar.selectbox(key="image").select(_index(runs[0], BIG)).run()
     at.toggle(key="zoom").set_value(True).run()
     at.select_slider(key="zoom_factor").set_value(8).run()
     assert {"zoom_fig_0", "zoom_fig_1"} <= set(_charts(at))
     captions = _captions(at)
     # 600x1200 at 1/8 around the centre: a 75x150 window.
     assert captions.count("rows 262-336, columns 525-674") == 2
-    # run-a's photos lie inside run-a; run-b names no images_root.
-    assert captions.count("photo not shown") == 1
+    # run-a's photos are where its config.yaml says; the copy's config names a folder that has no photos.
+    assert captions.count("photo not found") == 1
 
 
 def test_two_runs_side_by_side_and_metrics(monkeypatch, runs):
@@ -135,7 +151,8 @@ def test_two_runs_side_by_side_and_metrics(monkeypatch, runs):
         # The metric tables carry no element id (not selectable): they follow the image table, one per run.
         table = [d.value for d in at.dataframe if not d.proto.id][1]
         results = json.loads((runs[1] / "results.json").read_text())[score]
-        assert table.loc[0, "auprc_ood"] == results["synobjs_auprc_ood"]
+        synobjs = table.set_index("subset").loc["synobjs"]
+        assert synobjs["auprc_ood"] == results["synobjs_auprc_ood"]
     # Only one run selected: one picture.
     at.sidebar.multiselect(key="runs").unselect(str(runs[1].resolve())).run()
     assert "image_fig_1" not in _charts(at)
@@ -160,7 +177,8 @@ def test_image_table_filters_sorts_and_opens_a_row(monkeypatch, runs):
     at.selectbox(key="table_sort").select("auprc_ood").run()
     assert at.sidebar.selectbox(key="image").value == opened
     # Nor does picking another image in the sidebar get overridden by the old selection.
-    other = next(i for i in (0, 1, 2) if i != opened)
+    synobjs = [_index(runs[0], rel) for rel in ("bravo_synobjs/bear/0.png", BIG, "bravo_synobjs/cat/2.png")]
+    other = next(i for i in synobjs if i != opened)
     at.sidebar.selectbox(key="image").select(other).run()
     assert at.sidebar.selectbox(key="image").value == other
 
@@ -172,11 +190,13 @@ def test_cli_refuses_a_folder_without_a_store(tmp_path):
         [sys.executable, "-m", "eomt_ood.cli", "app", str(tmp_path)], capture_output=True, text=True
     )
     assert done.returncode == 2
-    assert done.stderr.strip() == f"error: {tmp_path}: not a run directory (no predictions.h5)"
+    assert done.stderr.strip() == f"error: {tmp_path}: not a run folder (no predictions.h5)"
 
 
 def test_streamlit_command_serves_locally_and_headless():
-    command = sup.streamlit_command(8600, "127.0.0.1")
+    from eomt_ood.serve import streamlit_command
+
+    command = streamlit_command(8600, "127.0.0.1")
     assert command[1:5] == ["-m", "streamlit", "run", SCRIPT]
     assert {"--server.address=127.0.0.1", "--server.port=8600", "--server.headless=true"} <= set(command)
 
@@ -193,7 +213,7 @@ def test_own_image_runs_the_runs_model(monkeypatch, runs):
 
 
 def test_a_run_without_the_chosen_score_is_skipped_with_a_warning(monkeypatch, runs, tmp_path):
-    only_msp = make_run(tmp_path / "run-msp", seed=2, scores=("msp",))
+    only_msp = build_run(tmp_path, seed=2, scores=("msp",), name="run-msp")
     at = _app(monkeypatch, runs[0], only_msp)
     at.sidebar.selectbox(key="score").select("rba").run()
     assert not at.exception

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_app_support import make_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -57,8 +56,8 @@ def _assert_not_blank(png: bytes) -> np.ndarray:
 
 
 @pytest.fixture
-def served_app(tmp_path):
-    run = make_run(tmp_path / "run-a", seed=0, images_root=tmp_path / "run-a" / "images")
+def served_app(finished_run):
+    run = finished_run
     port = _free_port()
     # The CLI starts streamlit as its child; a session of its own lets the test end both together.
     server = subprocess.Popen(

@@ -1,117 +1,24 @@
-"""Pure functions of the confidence explorer, and `make_run`, the small run directory the app tests share."""
+"""Pure functions of the confidence explorer (app/support.py), on the shared finished run of conftest.py."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+import support as sup
+from conftest import SCORES
 from sklearn.metrics import roc_curve
 
-from eomt_ood import app_support as sup
 from eomt_ood.data.labels import TRAIN_ID_COLORS, TRAIN_ID_NAMES
 from eomt_ood.errors import UserError
 from eomt_ood.metrics.histogram import binary_histograms, curve_metrics
-from eomt_ood.store import StoreReader, StoreWriter, preview_shape
-
-SCORES = ["msp", "rba"]
-
-
-def _image(rng: np.random.Generator, height: int, width: int, ood: bool, scores=tuple(SCORES)):
-    """Synthetic maps: stripes of classes, a void band, an invalid box (OOD subsets) with lower confidence."""
-    gt = ((np.arange(width)[None, :] * 19) // width).repeat(height, 0).astype(np.uint8)
-    gt[: max(1, height // 10)] = 255
-    invalid = np.zeros((height, width), np.uint8)
-    if ood:
-        invalid[height // 3 : height // 2, width // 4 : width // 2] = 1
-    pred = gt.copy()
-    flip = rng.random((height, width)) < 0.2
-    pred[flip] = rng.integers(0, 19, int(flip.sum()))
-    pred[gt == 255] = rng.integers(0, 19, int((gt == 255).sum()))
-    confs = {}
-    for s, score in enumerate(scores):
-        base = rng.normal(0.8 - 0.05 * s, 0.12, (height, width)) - 0.35 * invalid - 0.2 * (pred != gt)
-        confs[score] = np.clip(np.floor(np.clip(base, 0, 1) * 65536), 0, 65535).astype(np.uint16)
-    # A "photo": the label colours, darkened and noisy, with a bright object on the invalid box.
-    photo = 0.6 * TRAIN_ID_COLORS[np.minimum(gt, 18)] + rng.normal(0, 12, (height, width, 3))
-    photo[invalid != 0] = (250, 240, 60)
-    rgb = np.clip(photo, 0, 255).astype(np.uint8)
-    ph, pw = preview_shape(height, width)
-    top2_class = rng.integers(0, 19, (2, ph, pw), dtype=np.uint8)
-    top2_score = np.sort(rng.random((2, ph, pw)), axis=0)[::-1].astype(np.float16)
-    return gt, invalid, pred, confs, rgb, top2_class, top2_score
-
-
-def make_run(folder: Path, seed: int = 0, images_root: Path | None = None, scores=tuple(SCORES)) -> Path:
-    """A small run dir: synobjs (3 images, OOD boxes; one 600x1200 so previews are downsampled), ACDCfog
-    (2 images, no invalid pixels), synrain (1 image without GT); results.json from `curve_metrics` of the
-    stored histograms, per score; config.yaml naming `images_root` (photos written there when given)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    plan = [("synobjs", 64, 128, True), ("synobjs", 600, 1200, True), ("synobjs", 48, 96, True)]
-    plan += [("ACDCfog", 64, 128, False), ("ACDCfog", 40, 80, False), ("synrain", 32, 64, None)]
-    hist: dict = {s: {} for s in scores}
-    with StoreWriter(folder / "predictions.h5", model="eomt_test", confidences=list(scores)) as store:
-        for n, (subset, h, w, ood) in enumerate(plan):
-            gt, invalid, pred, confs, rgb, t2c, t2s = _image(rng, h, w, bool(ood), scores)
-            relpath = f"bravo_{subset}/img{n}.png"
-            if images_root is not None:
-                from eomt_ood.data.png import write_png
-
-                write_png(images_root / relpath, rgb)
-            stats = {}
-            valid = gt != 255
-            if ood is not None:
-                for score in scores:
-                    counts = hist[score].setdefault(
-                        subset, {k: 0 for k in ("correct", "wrong", "ood_pos", "ood_neg")}
-                    )
-                    k = confs[score]
-                    ok = valid & (invalid == 0)
-                    counts["correct"] = counts["correct"] + np.bincount(k[ok & (pred == gt)], minlength=65536)
-                    counts["wrong"] = counts["wrong"] + np.bincount(k[ok & (pred != gt)], minlength=65536)
-                    pos, neg = binary_histograms(k[valid], (invalid != 0)[valid])
-                    counts["ood_pos"] = counts["ood_pos"] + pos
-                    counts["ood_neg"] = counts["ood_neg"] + neg
-                    if score == scores[0] and ood:
-                        m = curve_metrics(pos[::-1], neg[::-1])
-                        stats.update(auprc_ood=m["auprc"], fpr95_ood=m["fpr95"])
-                stats["miou"] = float(np.mean(pred[valid] == gt[valid]))  # a stand-in, only sorted on
-            store.add_image(
-                relpath,
-                subset,
-                pred,
-                confs,
-                top2_class=t2c,
-                top2_score=t2s,
-                gt_label=gt if ood is not None else None,
-                gt_invalid=invalid if ood is not None else None,
-                rgb=rgb,
-                stats=stats,
-            )
-        for score in scores:
-            for subset, counts in hist[score].items():
-                store.add_histograms(score, subset, counts)
-    results: dict = {"meta": {"model": "eomt_test"}}
-    for score in scores:
-        h = hist[score]["synobjs"]
-        m = curve_metrics(h["ood_pos"][::-1], h["ood_neg"][::-1])
-        flat = {f"synobjs_{k}_ood": v for k, v in m.items()}
-        flat["ood_hmean"] = 2 / (1 / m["auroc"] + 1 / m["auprc"])
-        results[score] = flat
-    (folder / "results.json").write_text(json.dumps(results))
-    config = {"model": "eomt_test", "checkpoint": None, "confidences": list(scores)}
-    config["images_root"] = str(images_root) if images_root is not None else None
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    return folder
+from eomt_ood.store import StoreReader
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("app") / "run-a")
+def run_dir(finished_run):
+    return finished_run
 
 
 # ------------------------------------------------------------------------------------------------ threshold
@@ -239,34 +146,46 @@ def test_outcome_and_gt_overlays():
 
 
 def test_pixel_readout_and_hover_text(run_dir):
+    from eomt_ood.bravo.layout import read_label
+    from eomt_ood.data.images import read_image
+    from eomt_ood.data.png import read_png
+
     with StoreReader(run_dir / "predictions.h5") as reader:
-        maps = sup.read_maps(reader, 1)  # the 600x1200 image: previews are 256x512
+        index = reader.relpaths.index("bravo_synobjs/bear/1.png")  # the 600x1200 image: previews are 256x512
+        maps = sup.read_maps(reader, index)
         assert maps["pred"].shape == (256, 512) and maps["rgb"].shape == (256, 512, 3)
         r, c = 100, 200
         readout = sup.pixel_readout(maps, r, c)
-        assert readout["pred"] == TRAIN_ID_NAMES[reader.read(1, "pred", preview=True)[r, c]]
+        assert readout["pred"] == TRAIN_ID_NAMES[reader.preview(index, "pred")[r, c]]
         for score in SCORES:
-            level = int(reader.read(1, f"conf/{score}", preview=True)[r, c])
+            level = int(reader.preview(index, f"conf/{score}")[r, c])
             assert readout["confidence"][score] == (level + 0.5) / 65536
-        classes, scores = (
-            reader.read(1, "top2_class", preview=True),
-            reader.read(1, "top2_score", preview=True),
-        )
+        classes, scores = reader.preview(index, "top2_class"), reader.preview(index, "top2_score")
         assert readout["top2"][0] == (TRAIN_ID_NAMES[classes[0, r, c]], pytest.approx(float(scores[0, r, c])))
-        label = reader.read(1, "gt_label", preview=True)[r, c]
+        label = reader.preview(index, "gt_label")[r, c]
         assert readout["gt"] == ("void" if label == 255 else TRAIN_ID_NAMES[label])
         rows, cols, text = sup.hover_grid(maps, max_side=128)
         assert text.shape == (64, 128) and rows[1] == 4 and cols[1] == 4
         i, j = 25, 50
         assert text[i, j] == sup.format_readout(sup.pixel_readout(maps, rows[i], cols[j]))
-        region = sup.read_maps(reader, 1, region=(slice(300, 340), slice(10, 90)))
-        np.testing.assert_array_equal(region["pred"], reader.read(1, "pred")[300:340, 10:90])
-        assert region["rgb"] is None
+    # Zoom: full resolution from the run's own PNGs, the GT and the photo from the folders the run names.
+    run = sup.open_run(run_dir)
+    window = (slice(300, 340), slice(10, 90))
+    region = sup.read_region(run, index, window)
+    pred = read_png(run_dir / "submission" / "bravo_synobjs/bear/1_pred.png")
+    np.testing.assert_array_equal(region["pred"], pred[window])
+    conf = read_png(run_dir / "confidence" / "rba" / "bravo_synobjs/bear/1_conf.png")
+    np.testing.assert_array_equal(region["confs"]["rba"], conf[window])
+    gt = read_label((run_dir.parent / "gt" / "bravo_synobjs/bear/1_gt.png").read_bytes(), "gt")
+    np.testing.assert_array_equal(region["gt_label"], gt[window])
+    photo = read_image(run_dir.parent / "images" / "bravo_synobjs/bear/1.png")
+    np.testing.assert_array_equal(region["rgb"], photo[window])
+    run.reader.close()
 
 
 def test_readout_of_image_without_gt(run_dir):
     with StoreReader(run_dir / "predictions.h5") as reader:
-        maps = sup.read_maps(reader, 5)
+        maps = sup.read_maps(reader, reader.relpaths.index("bravo_synrain/x/5_leftImg8bit.png"))
         readout = sup.pixel_readout(maps, 0, 0)
         assert readout["gt"] is None and readout["ood"] is None
         assert "GT" not in sup.hover_grid(maps)[2][0, 0]
@@ -298,7 +217,7 @@ def test_image_table_sorts_worst_first(run_dir):
 
 def test_runs_refuse_paths_outside(run_dir, tmp_path):
     assert sup.resolve_run_dirs([run_dir, run_dir]) == [run_dir.resolve()]
-    with pytest.raises(UserError, match="not a run directory"):
+    with pytest.raises(UserError, match="not a run folder"):
         sup.resolve_run_dirs([tmp_path])
     with pytest.raises(UserError, match="at least one"):
         sup.resolve_run_dirs([])
@@ -324,18 +243,19 @@ def test_runs_refuse_paths_outside(run_dir, tmp_path):
 
 def test_score_results_and_curves(run_dir):
     run = sup.open_run(run_dir)
-    flat = sup.score_results(run.results, "rba", "msp")
+    flat = sup.score_results(run.results, "rba")
     h = run.reader.histograms("rba")["synobjs"]
     assert flat["synobjs_auprc_ood"] == curve_metrics(h["ood_pos"][::-1], h["ood_neg"][::-1])["auprc"]
-    single = {"synobjs_auprc_ood": 0.5, "meta": {}}
-    assert sup.score_results(single, "msp", "msp") == {"synobjs_auprc_ood": 0.5}
-    assert sup.score_results(single, "rba", "msp") == {}
+    single = {"synobjs_auprc_ood": 0.5, "meta": {"confidences": ["msp"]}}
+    assert sup.score_results(single, "msp") == {"synobjs_auprc_ood": 0.5}
+    assert sup.score_results(single, "rba") == {}
     ood_fig, rel_fig = sup.curve_figures(run.reader.histograms("msp"))
     assert len(ood_fig.data) == 2 * 1 + 1  # synobjs PR + ROC, and the diagonal; ACDCfog has no positives
     assert len(rel_fig.data) == 3 * 2  # synobjs and ACDCfog reliability panels
     rows = sup.subset_metric_rows(flat, ["synobjs", "ACDCfog"])
-    assert rows == [{"subset": "synobjs", "auroc_ood": flat["synobjs_auroc_ood"],
-                     "auprc_ood": flat["synobjs_auprc_ood"], "fpr95_ood": flat["synobjs_fpr95_ood"]}]  # fmt: skip
+    assert [row["subset"] for row in rows] == ["synobjs", "ACDCfog"]
+    assert rows[0]["auprc_ood"] == flat["synobjs_auprc_ood"] and "auprc_ood" not in rows[1]
+    assert rows[1]["miou_valid"] == flat["ACDCfog_miou_valid"]
     run.reader.close()
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eomt_ood.bravo import layout as bravo
 from eomt_ood.bravo.submission import raw_names
-from eomt_ood.data import bravo
 from eomt_ood.data.png import encode_png
 from eomt_ood.errors import UserError
 

@@ -17,10 +17,10 @@ import pytest
 from bravo_oracle import assert_results_equal, official_results
 from PIL import Image
 
-from eomt_ood.bravo.evaluate import ImageStatistics, image_statistics, score_submission, summarise
+from eomt_ood.bravo.fixture import make_fixture
 from eomt_ood.bravo.sampling import official_sample_indices, write_sampling_tar
+from eomt_ood.bravo.scoring import ImageStatistics, image_statistics, score_submission, summarise
 from eomt_ood.data.png import write_png
-from eomt_ood.data.synthetic import make_fixture
 from eomt_ood.errors import UserError
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from eomt_ood.bravo.run import EvaluateConfig, evaluate_bravo
+from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo
 from eomt_ood.cli import main
 from eomt_ood.data.demo import write_demo
 from eomt_ood.errors import UserError

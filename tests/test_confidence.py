@@ -3,9 +3,8 @@ import math
 import pytest
 import torch
 
-from eomt_ood.confidence import get_confidence, list_confidences, register_confidence
+from eomt_ood.confidence import PixelOutputs, get_confidence, list_confidences, register_confidence
 from eomt_ood.errors import UserError
-from eomt_ood.inference.predict import PixelOutputs
 
 C = 19
 
@@ -121,3 +120,17 @@ def test_unknown_name_lists_the_available_ones():
 def test_duplicate_registration_is_an_error():
     with pytest.raises(ValueError, match="twice"):
         register_confidence("msp")(lambda outputs: outputs.no_object)
+
+
+def test_shared_reductions_give_the_definitions_bit_for_bit():
+    """MSP and max score reuse the max taken for the prediction; they equal their definitions exactly."""
+    torch.manual_seed(1)
+    stack = torch.rand(20, 31, 17) * 2
+    stack[:-1, 0, 0] = 0  # every class score zero at one pixel
+    outputs = PixelOutputs.from_stack(stack)
+    scores = stack[:-1]
+    distribution = scores / scores.sum(0, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    assert torch.equal(get_confidence("msp")(outputs), distribution.amax(0).clamp(0, 1))
+    raw = scores.amax(0)
+    assert torch.equal(get_confidence("max_score")(outputs), (raw / (1 + raw)).clamp(0, 1))
+    assert torch.equal(outputs.prediction, scores.argmax(0))

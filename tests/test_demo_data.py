@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from eomt_ood.bravo.layout import OOD_SUBSETS, SUBSETS, match_gt
 from eomt_ood.bravo.submission import raw_names
-from eomt_ood.data.bravo import OOD_SUBSETS, SUBSETS, match_gt
 from eomt_ood.data.demo import demo_images, object_sources, write_demo
 
 

@@ -3,13 +3,15 @@
 import json
 import math
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from eomt_ood.bravo.evaluate import score_submission
-from eomt_ood.bravo.run import EvaluateConfig, evaluate_bravo, preview_file
+from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo
+from eomt_ood.bravo.rundir import RunDir, write_results
+from eomt_ood.bravo.scoring import score_submission
 from eomt_ood.data.demo import write_demo
 from eomt_ood.errors import UserError
 from eomt_ood.models import create_model, save_checkpoint
@@ -91,15 +93,22 @@ def test_evaluate_equals_score_of_its_own_submission(bravo_set, tmp_path):
         assert 0 <= stats["auprc_ood"][obj] <= 1 and math.isnan(
             stats["auprc_ood"][store.subsets.index("ACDCfog")]
         )
-        assert store.read(obj, "top2_class", preview=True).shape == (2, 64, 128)
-        assert store.read(obj, "rgb", preview=True).shape == (64, 128, 3)
+        assert store.preview(obj, "top2_class").shape == (2, 64, 128)
+        assert store.preview(obj, "rgb").shape == (64, 128, 3)
+        assert store.preview(obj, "conf/rba").dtype == np.uint16
+        # The per-image statistics re-score the run: their sum is the pooled histogram.
+        image_stats = store.image_statistics("msp")
+        rows = slice(image_stats["offsets"][obj], image_stats["offsets"][obj + 1])
+        pooled = np.zeros(65536, np.int64)
+        np.add.at(pooled, image_stats["levels"][rows].astype(np.intp), image_stats["counts"][rows, 2])
+        np.testing.assert_array_equal(pooled, hist["ood_pos"])  # one synobjs image in this set
 
 
 def test_interrupted_run_resumes_to_the_same_result(bravo_set, tmp_path):
     first = evaluate_bravo(_config(bravo_set, tmp_path / "a"), progress=False)
     run = tmp_path / "a"
-    previews = sorted((run / "previews").rglob("*.npz"))
-    kept, lost = previews[:4], previews[4:]
+    records = sorted((run / "records").rglob("*.npz"))
+    kept, lost = records[:4], records[4:]
     kept_times = [p.stat().st_mtime_ns for p in kept]
     for path in lost:  # as if the run had stopped after the first four images
         path.unlink()
@@ -137,7 +146,7 @@ def test_bad_options_are_user_errors(bravo_set, tmp_path):
         evaluate_bravo(_config(bravo_set, tmp_path / "x", images_root=tmp_path), progress=False)
 
 
-def test_unreadable_image_is_named_and_left_out(bravo_set, tmp_path):
+def test_unreadable_image_fails_the_run_unless_skipped(bravo_set, tmp_path):
     import shutil
 
     data = bravo_set[0]
@@ -145,16 +154,21 @@ def test_unreadable_image_is_named_and_left_out(bravo_set, tmp_path):
     shutil.copytree(data / "images", images)
     broken = sorted(images.rglob("*_leftImg8bit.png"))[0]
     broken.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    rel = broken.relative_to(images).as_posix()
     config = _config(bravo_set, tmp_path / "run", images_root=images, gt=None, confidences=("msp",))
-    results = evaluate_bravo(config, progress=False)
-    assert results["meta"]["inference"]["failed"] == [broken.relative_to(images).as_posix()]
-    assert not preview_file(tmp_path / "run", broken.relative_to(images).as_posix()).exists()
-    assert np.isfinite(results["meta"]["inference"]["forward_seconds"])
+    with pytest.raises(UserError, match=rf"{rel}: unreadable image .*--skip-unreadable"):
+        evaluate_bravo(config, progress=False)
+    assert not (tmp_path / "run" / "results.json").exists()
+    results = evaluate_bravo(replace(config, skip_unreadable=True), progress=False)
+    assert results["meta"]["inference"]["failed"] == [rel]
+    assert results["meta"]["skip_unreadable"] is True
+    assert not RunDir(tmp_path / "run").is_done(rel, ("msp",))
+    with StoreReader(tmp_path / "run" / "predictions.h5") as store:
+        assert len(store) == 8 and rel not in store.relpaths
 
 
 def test_regression_gate_passes_on_the_real_maps_and_fails_on_degraded_ones(bravo_set, tmp_path):
-    from eomt_ood.bravo.evaluate import write_results
-    from eomt_ood.data.bravo import match_gt, open_tree, read_conf, read_mask
+    from eomt_ood.bravo.layout import match_gt, open_tree, read_conf, read_mask
     from eomt_ood.data.png import write_png
     from eomt_ood.regress import run_gate
 
@@ -216,7 +230,14 @@ def test_resuming_with_other_settings_is_refused(bravo_set, tmp_path):
     evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("msp",)), progress=False)
     with pytest.raises(UserError, match=r"holds a run made with confidences = \['msp'\], not \['rba'\]"):
         evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("rba",)), progress=False)
+
+
+def test_a_finished_image_whose_file_went_missing_is_redone(bravo_set, tmp_path):
+    run = tmp_path / "run"
+    evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("msp",)), progress=False)
     conf = sorted((run / "submission").rglob("*_conf.png"))[0]
-    conf.unlink()  # a finished image whose file went missing is named, not a traceback
-    with pytest.raises(UserError, match=r"_conf\.png: missing from the run"):
-        evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("msp",)), progress=False)
+    before = conf.read_bytes()
+    conf.unlink()
+    results = evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("msp",)), progress=False)
+    assert results["meta"]["inference"]["predicted"] == 1 and results["meta"]["inference"]["skipped"] == 8
+    assert conf.read_bytes() == before

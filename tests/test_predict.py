@@ -4,15 +4,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eomt_ood.bravo.submission import raw_names
-from eomt_ood.confidence import list_confidences
+from eomt_ood.bravo.submission import outputs_complete, predict_folder, raw_names
+from eomt_ood.confidence import PixelOutputs, list_confidences
+from eomt_ood.confidence.levels import quantise_confidence
 from eomt_ood.data.png import read_png, write_png
 from eomt_ood.errors import UserError
 from eomt_ood.inference.predict import (
-    PixelOutputs,
-    outputs_complete,
+    canvas_levels,
+    canvas_maps,
     predict_canvas,
-    predict_folder,
     predict_image,
     predict_maps,
     prepare_model,
@@ -356,3 +356,19 @@ def test_cli_predict_user_errors_are_one_line(tmp_path, monkeypatch, capsys, arg
     assert run_cli(monkeypatch, *[x for kv in base.items() for x in kv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_levels_on_the_device_equal_quantised_maps():
+    """`canvas_levels` (argmax, scores and quantisation per band on the canvas's device) gives exactly the
+    prediction of `canvas_maps` and the levels that `quantise_confidence` makes of its float maps; also when
+    the canvas must be upsampled, and in bands that do not divide the image."""
+    torch.manual_seed(0)
+    canvas = torch.rand(20, 48, 80) * 3
+    for height, width, band in ((48, 80, 1000), (97, 161, 700), (48, 80, None)):
+        scores = tuple(list_confidences())
+        pred, maps = canvas_maps(canvas, height, width, scores, band_pixels=band or 1 << 18)
+        pred2, levels = canvas_levels(canvas, height, width, scores, band_pixels=band)
+        np.testing.assert_array_equal(pred, pred2)
+        for name in scores:
+            assert levels[name].dtype == np.uint16
+            np.testing.assert_array_equal(levels[name], quantise_confidence(maps[name]), err_msg=name)

@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from eomt_ood import cli
+from eomt_ood.bravo.rundir import metric_blocks
+from eomt_ood.bravo.scoring import lower_is_better
 from eomt_ood.errors import UserError
 from eomt_ood.regress import (
     IMPROVED,
@@ -20,8 +22,6 @@ from eomt_ood.regress import (
     compare,
     failed,
     format_table,
-    lower_is_better,
-    metric_blocks,
     run_gate,
 )
 

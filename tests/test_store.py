@@ -3,11 +3,17 @@ import pytest
 
 from eomt_ood.errors import UserError
 from eomt_ood.store import (
+    ImageRecord,
     StoreReader,
     StoreWriter,
     downsample_labels,
     downsample_mean,
+    load_record,
+    make_previews,
+    pack_array,
     preview_shape,
+    save_record,
+    unpack_array,
 )
 
 
@@ -32,77 +38,109 @@ def test_downsample_labels_picks_block_centres():
     assert downsample_labels(labels, (4, 4)).tolist() == labels.tolist()
 
 
-def _maps(rng, h, w):
+def _record(rng, relpath, subset, h, w, gt=True):
     pred = rng.integers(0, 19, (h, w), dtype=np.uint8)
-    confs = {
-        "msp": rng.integers(0, 65536, (h, w), dtype=np.uint16),
-        "rba": rng.integers(0, 65536, (h, w), dtype=np.uint16),
-    }
-    return pred, confs
+    levels = {s: rng.integers(0, 65536, (h, w), dtype=np.uint16) for s in ("msp", "rba")}
+    label = rng.integers(0, 19, (h, w), dtype=np.uint8) if gt else None
+    invalid = (rng.random((h, w)) < 0.1) if gt else None
+    # A photo-like picture (smooth, with some noise): JPEG keeps it close.
+    ramp = np.linspace(0, 200, w)[None, :, None] + np.linspace(0, 40, h)[:, None, None] + [0, 10, 20]
+    rgb = np.clip(ramp + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
+    previews = make_previews(pred, levels, gt_label=label, gt_invalid=invalid, rgb=rgb)
+    record = ImageRecord(relpath, subset, h, w, previews, stats={"msp": {"miou": 0.25}, "rba": {"miou": 0.5}})
+    if gt:
+        record.cm = rng.integers(0, 9, (19, 19))
+        record.pixels = (10, 2, 1)
+        for score in levels:
+            used = np.unique(levels[score].ravel()[:50])
+            record.sparse[score] = (
+                used.astype(np.uint16),
+                rng.integers(1, 5, (used.size, 3)).astype(np.int32),
+            )
+    return record, pred, levels, label, invalid, rgb
 
 
-def test_round_trip(tmp_path):
+def test_records_round_trip_on_disk_and_into_the_store(tmp_path):
     rng = np.random.default_rng(1)
-    path = tmp_path / "run" / "predictions.h5"
-    pred0, confs0 = _maps(rng, 40, 70)
-    pred1, confs1 = _maps(rng, 30, 30)
-    gt = rng.integers(0, 19, (40, 70), dtype=np.uint8)
-    inv = (rng.random((40, 70)) < 0.1).astype(np.uint8) * 255
+    first, pred, levels, label, invalid, rgb = _record(
+        rng, "bravo_synobjs/polar bear/1.png", "synobjs", 40, 70
+    )
+    second = _record(rng, "bravo_synrain/a/a_leftImg8bit.png", "synrain", 600, 1200, gt=False)[0]
+    save_record(tmp_path / "r.npz", first)
+    loaded = load_record(tmp_path / "r.npz")
+    assert (loaded.relpath, loaded.subset, loaded.height, loaded.width) == (first.relpath, "synobjs", 40, 70)
+    assert loaded.stats == first.stats and loaded.pixels == first.pixels
+    np.testing.assert_array_equal(loaded.cm, first.cm)
+    for score in ("msp", "rba"):
+        for a, b in zip(loaded.sparse[score], first.sparse[score], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert set(loaded.previews) == set(first.previews)
+
     counts = {k: rng.integers(0, 9, 65536) for k in ("correct", "wrong", "ood_pos", "ood_neg")}
-    rgb = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    path = tmp_path / "run" / "predictions.h5"
     with StoreWriter(path, model="eomt_test", confidences=["msp", "rba"]) as store:
-        store.add_image(
-            "bravo_synobjs/polar bear/1.png",
-            "synobjs",
-            pred0,
-            confs0,
-            gt_label=gt,
-            gt_invalid=inv,
-            rgb=rgb,
-            stats={"auprc_ood": 0.5, "miou": 0.25},
-        )
-        store.add_image("bravo_synrain/a/a_leftImg8bit.png", "synrain", pred1, confs1, stats={"miou": 0.75})
+        store.add(loaded)
+        store.add(second)
         store.add_histograms("msp", "synobjs", counts)
     with StoreReader(path) as reader:
-        assert len(reader) == 2
-        assert reader.relpaths == ["bravo_synobjs/polar bear/1.png", "bravo_synrain/a/a_leftImg8bit.png"]
-        assert reader.subsets == ["synobjs", "synrain"]
-        assert reader.confidences == ["msp", "rba"]
-        np.testing.assert_array_equal(reader.read(0, "pred"), pred0)
-        np.testing.assert_array_equal(reader.read(1, "conf/rba"), confs1["rba"])
-        np.testing.assert_array_equal(reader.read(0, "gt_invalid"), (inv != 0).astype(np.uint8))
-        np.testing.assert_array_equal(
-            reader.read(0, "conf/msp", region=(slice(5, 9), slice(60, 70))), confs0["msp"][5:9, 60:70]
+        assert len(reader) == 2 and reader.relpaths == [first.relpath, second.relpath]
+        assert reader.subsets == ["synobjs", "synrain"] and reader.confidences == ["msp", "rba"]
+        assert list(reader.heights) == [40, 600] and list(reader.widths) == [70, 1200]
+        # Below the preview side, label maps and levels are stored exactly; the photo as JPEG (close).
+        np.testing.assert_array_equal(reader.preview(0, "pred"), pred)
+        np.testing.assert_array_equal(reader.preview(0, "conf/rba"), levels["rba"])
+        np.testing.assert_array_equal(reader.preview(0, "gt_label"), label)
+        np.testing.assert_array_equal(reader.preview(0, "gt_invalid"), invalid.astype(np.uint8))
+        assert np.abs(reader.preview(0, "rgb").astype(int) - rgb).mean() < 4
+        assert reader.preview(1, "pred").shape == (256, 512) and reader.preview(1, "rgb").shape == (
+            256,
+            512,
+            3,
         )
+        with pytest.raises(KeyError):
+            reader.preview(1, "gt_label")
         assert reader.has_ground_truth(0) and not reader.has_ground_truth(1)
-        np.testing.assert_array_equal(
-            reader.read(0, "rgb", preview=True), rgb
-        )  # 40x70 is below the preview side
-        stats = reader.stats()
-        np.testing.assert_array_equal(stats["miou"], [0.25, 0.75])
-        assert np.isnan(stats["auprc_ood"][1])
-        hist = reader.histograms("msp")["synobjs"]
-        np.testing.assert_array_equal(hist["ood_pos"], counts["ood_pos"])
+        np.testing.assert_array_equal(reader.stats("rba")["miou"], [0.5, 0.5])
+        stats = reader.image_statistics("rba")
+        np.testing.assert_array_equal(stats["cm"][0], first.cm)
+        rows = slice(stats["offsets"][0], stats["offsets"][1])
+        np.testing.assert_array_equal(stats["levels"][rows], first.sparse["rba"][0])
+        np.testing.assert_array_equal(stats["counts"][rows], first.sparse["rba"][1])
+        assert stats["offsets"][2] == stats["offsets"][1]  # no GT: no rows
+        np.testing.assert_array_equal(reader.histograms("msp")["synobjs"]["ood_pos"], counts["ood_pos"])
         assert reader.histograms("rba") == {}
+
+
+def test_packed_arrays_are_lossless():
+    rng = np.random.default_rng(5)
+    for array in (rng.random((3, 4)).astype(np.float16), rng.integers(0, 65536, (7, 9), dtype=np.uint16)):
+        out = unpack_array(pack_array(array))
+        assert out.dtype == array.dtype
+        np.testing.assert_array_equal(out, array)
 
 
 def test_failed_write_leaves_no_file(tmp_path):
     path = tmp_path / "predictions.h5"
-    with pytest.raises(RuntimeError), StoreWriter(path, model="m", confidences=["msp"]) as store:
-        store.add_image(
-            "x.png",
-            "synobjs",
-            *_maps(np.random.default_rng(2), 4, 4)[:1],
-            {"msp": np.zeros((4, 4), np.uint16)},
-        )
+    record = _record(np.random.default_rng(2), "x.png", "synobjs", 4, 4)[0]
+    with pytest.raises(RuntimeError), StoreWriter(path, model="m", confidences=["msp", "rba"]) as store:
+        store.add(record)
         raise RuntimeError("interrupted")
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_reader_rejects_missing_and_foreign_files(tmp_path):
+def test_reader_rejects_missing_foreign_and_old_files(tmp_path):
+    import h5py
+
     with pytest.raises(UserError, match="prediction store not found"):
         StoreReader(tmp_path / "nope.h5")
     (tmp_path / "bad.h5").write_bytes(b"not hdf5")
     with pytest.raises(UserError, match="not a readable HDF5 file"):
         StoreReader(tmp_path / "bad.h5")
+    with h5py.File(tmp_path / "old.h5", "w") as old:
+        old.attrs["format"] = "eomt-ood-predictions-1"
+    with pytest.raises(UserError, match="run `eomt-ood evaluate` again"):
+        StoreReader(tmp_path / "old.h5")
+    (tmp_path / "broken.npz").write_bytes(b"PK not really")
+    with pytest.raises(UserError, match="broken.npz: unreadable image record"):
+        load_record(tmp_path / "broken.npz")

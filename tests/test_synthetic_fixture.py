@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eomt_ood.data.synthetic import make_fixture
+from eomt_ood.bravo.fixture import make_fixture
 
 
 def _digests(root: Path) -> dict[str, str]:

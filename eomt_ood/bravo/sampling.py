@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from eomt_ood.data.bravo import SAMPLES_SUFFIX, Tree, open_tree
+from eomt_ood.bravo.layout import SAMPLES_SUFFIX, Tree, open_tree
 from eomt_ood.errors import UserError
 
 SAMPLES_PER_IMAGE = 100_000

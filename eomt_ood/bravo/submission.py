@@ -1,4 +1,5 @@
-"""The raw BRAVO submission format (`bravo.md` §3.1): file names and the confidence quantiser.
+"""The raw BRAVO submission (docs/formats.md, "Raw submission"): file names, writing one image's pair, and
+writing a whole folder's (`eomt-ood predict`).
 
 For an input image `bravo_<split>/.../<name>.png|.jpg` the submission holds `<name>_pred.png` (8-bit train ids
 0..18) and `<name>_conf.png` (16-bit level k, read back as confidence (k + 0.5) / 65536), same size as the input.
@@ -6,14 +7,22 @@ For an input image `bravo_<split>/.../<name>.png|.jpg` the submission holds `<na
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eomt_ood.data.png import write_png
+from eomt_ood.data.images import IMAGE_SUFFIXES, find_images, image_size, read_image
+from eomt_ood.data.png import png_header, write_png
+from eomt_ood.errors import UserError
 
-NUM_LEVELS = 65536
-IMAGE_SUFFIXES = (".png", ".jpg")
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+LAYOUTS = ("bravo",)
 
 
 def raw_names(image_relpath: str) -> tuple[str, str]:
@@ -23,18 +32,6 @@ def raw_names(image_relpath: str) -> tuple[str, str]:
         raise ValueError(f"{image_relpath}: an input image must end in .png or .jpg")
     stem = str(path.with_suffix(""))
     return f"{stem}_pred.png", f"{stem}_conf.png"
-
-
-def quantise_confidence(confidence: np.ndarray) -> np.ndarray:
-    """Map confidences in [0, 1] (higher = more in-distribution) to uint16 levels k = min(floor(p*65536), 65535).
-
-    Values outside [0, 1] are clipped; NaN is a programmer error. The evaluator reads k as (k + 0.5) / 65536.
-    """
-    confidence = np.asarray(confidence, dtype=np.float64)
-    if np.isnan(confidence).any():
-        raise ValueError("confidence map contains NaN")
-    levels = np.floor(np.clip(confidence, 0.0, 1.0) * NUM_LEVELS)
-    return np.minimum(levels, NUM_LEVELS - 1).astype(np.uint16)
 
 
 def write_raw_pair(root: str | Path, image_relpath: str, pred: np.ndarray, conf_levels: np.ndarray) -> None:
@@ -48,3 +45,93 @@ def write_raw_pair(root: str | Path, image_relpath: str, pred: np.ndarray, conf_
     # conf first: a run that resumes treats an image as done when its pred exists (written last).
     write_png(Path(root) / conf_rel, conf_levels)
     write_png(Path(root) / pred_rel, pred)
+
+
+@dataclass
+class FolderReport:
+    """Outcome of `predict_folder`: images written, skipped as already complete, and failed (rel path, why)."""
+
+    written: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def outputs_complete(output_dir: str | Path, image_relpath: str, height: int, width: int) -> bool:
+    """True when both raw files of an image exist with readable PNG headers of the right size and depth."""
+    expected = {0: 8, 1: 16}  # pred: 8-bit grayscale, conf: 16-bit grayscale
+    for index, rel in enumerate(raw_names(image_relpath)):
+        path = Path(output_dir) / rel
+        try:
+            with path.open("rb") as handle:
+                header = png_header(handle.read(33), str(path))
+        except (OSError, UserError):
+            return False
+        if (header.height, header.width, header.bit_depth, header.color_type) != (
+            height,
+            width,
+            expected[index],
+            0,
+        ):
+            return False
+    return True
+
+
+def check_output_names(input_dir: Path, images: list[str]) -> None:
+    """Two inputs that would write the same raw files (`a.png` and `a.jpg`) are a `UserError` naming both."""
+    seen: dict[str, str] = {}
+    for rel in images:
+        pred_name = raw_names(rel)[0]
+        if pred_name in seen:
+            raise UserError(
+                f"{input_dir / rel}: writes the same {pred_name} as {input_dir / seen[pred_name]}; "
+                "rename one of them"
+            )
+        seen[pred_name] = rel
+
+
+def predict_folder(
+    model: nn.Module,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    confidence: str = "msp",
+    layout: str = "bravo",
+    micro_batch: int = 4,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> FolderReport:
+    """Write the raw BRAVO pair (`_pred.png` uint8, `_conf.png` uint16) of every image under `input_dir`.
+
+    Outputs mirror the input tree under `output_dir` and have the input's size. Images whose outputs are already
+    complete are skipped, so an interrupted run resumes. An unreadable image is reported by name on stderr and
+    the run goes on; the caller decides what a non-empty `failed` list means.
+    """
+    from tqdm import tqdm
+
+    from eomt_ood.confidence import get_confidence
+    from eomt_ood.inference.predict import canvas_levels, predict_canvas, prepare_model
+
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout: unknown layout {layout!r}; available: {', '.join(LAYOUTS)}")
+    get_confidence(confidence)  # fail on a bad name before any work
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    images = find_images(input_dir, exclude=output_dir)
+    check_output_names(input_dir, images)
+    model = prepare_model(model, device)
+    report = FolderReport()
+    for rel in tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr):
+        try:
+            height, width = image_size(input_dir / rel)
+            if outputs_complete(output_dir, rel, height, width):
+                report.skipped += 1
+                continue
+            image = read_image(input_dir / rel)
+        except UserError as exc:
+            report.failed.append((rel, str(exc)))
+            tqdm.write(f"warning: skipped {exc}", file=sys.stderr)
+            continue
+        canvas = predict_canvas(model, image, micro_batch=micro_batch, dtype=dtype, device=device)
+        prediction, levels = canvas_levels(canvas, height, width, (confidence,))
+        write_raw_pair(output_dir, rel, prediction, levels[confidence])
+        report.written += 1
+    return report

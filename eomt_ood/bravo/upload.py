@@ -16,15 +16,11 @@ decoder's checks, so an upload can be verified before it is sent (`verify_upload
 from __future__ import annotations
 
 import io
-import multiprocessing
-import os
 import struct
 import sys
 import tarfile
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +28,7 @@ import numpy as np
 import zstandard
 from tqdm import tqdm
 
-from eomt_ood.bravo.sampling import decode_sample_indices, open_sampling_file
-from eomt_ood.data.bravo import (
+from eomt_ood.bravo.layout import (
     ENCODED_SUFFIX,
     LABEL_SUFFIX,
     SAMPLES_SUFFIX,
@@ -44,7 +39,9 @@ from eomt_ood.data.bravo import (
     read_pred,
     subset_of_label,
 )
+from eomt_ood.bravo.sampling import decode_sample_indices, open_sampling_file
 from eomt_ood.errors import UserError
+from eomt_ood.io import ProcessMap, atomic_path, default_workers
 
 MAGIC = b"BV23"
 VERSION = 2
@@ -174,40 +171,12 @@ def encode_task(task: EncodeTask) -> bytes:
     return encode_image(pred, conf, indices)
 
 
-def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 4))
-
-
-def _encode_in_order(tasks: list[EncodeTask], workers: int, progress: bool) -> Iterator[bytes]:
+def _encode_in_order(tasks: list[EncodeTask], pool: ProcessMap, progress: bool) -> Iterator[bytes]:
     """Encoded bytes of each task, in task order (so the tar is deterministic), inline or from processes."""
     with tqdm(total=len(tasks), desc="encoding", unit="image", disable=not progress, file=sys.stderr) as bar:
-        if workers <= 1:
-            for task in tasks:
-                yield encode_task(task)
-                bar.update()
-            return
-        # forkserver: workers start clean, without threads inherited from the parent (tqdm, torch).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
-            window: deque[Future] = deque()
-            queue = iter(tasks)
-            try:
-                # A bounded window keeps at most 4 encoded images per worker in memory.
-                for task in queue:
-                    window.append(executor.submit(encode_task, task))
-                    if len(window) >= 4 * workers:
-                        break
-                while window:
-                    data = window.popleft().result()
-                    following = next(queue, None)
-                    if following is not None:
-                        window.append(executor.submit(encode_task, following))
-                    yield data
-                    bar.update()
-            except BaseException:
-                executor.shutdown(wait=True, cancel_futures=True)
-                raise
+        for data in pool.map(encode_task, tasks):
+            yield data
+            bar.update()
 
 
 def package_upload(
@@ -230,7 +199,11 @@ def package_upload(
     """
     out = Path(out)
     workers = default_workers() if workers is None else workers
-    with open_sampling_file(samples) as sampling, open_tree(submission, "submission") as sub:
+    with (
+        ProcessMap(workers if workers > 1 else 0) as pool,
+        open_sampling_file(samples) as sampling,
+        open_tree(submission, "submission") as sub,
+    ):
         sample_names = [n for n in sampling.names if n.endswith(SAMPLES_SUFFIX)]
         if warn is not None and len(sample_names) != len(sampling.names):
             others = sorted(set(sampling.names) - set(sample_names))
@@ -251,15 +224,9 @@ def package_upload(
                     base + ENCODED_SUFFIX,
                 )
             )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            with tarfile.open(tmp, "w") as tar:
-                for task, data in zip(tasks, _encode_in_order(tasks, workers, progress), strict=True):
-                    tar.addfile(_tar_info(task.encoded_name, len(data)), io.BytesIO(data))
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(out) as tmp, tarfile.open(tmp, "w") as tar:
+            for task, data in zip(tasks, _encode_in_order(tasks, pool, progress), strict=True):
+                tar.addfile(_tar_info(task.encoded_name, len(data)), io.BytesIO(data))
         used = {ref.name for task in tasks for ref in (task.pred, task.conf)}
         unused = sorted(set(sub.names) - used)
         if unused and warn is not None:
@@ -288,8 +255,3 @@ def verify_upload(upload: str | Path, samples: str | Path, progress: bool = Fals
                     f"image, the sample has {indices.size} indices up to {int(indices[-1])}"
                 )
     return len(sample_names)
-
-
-def print_warning(message: str) -> None:
-    """Default warning sink for the CLI: one line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)

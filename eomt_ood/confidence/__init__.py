@@ -1,52 +1,10 @@
-"""Registry of per-pixel confidence scores: name -> pure function `(PixelOutputs) -> (H, W) in [0, 1]`.
+"""Per-pixel confidence: the model outputs a score reads (`PixelOutputs`), the scores by name, their 16-bit levels.
 
-Higher = more in-distribution. Each score lives in `eomt_ood.confidence.scores` as one function decorated with
-`@register_confidence("name")`; its docstring states the raw range and the fixed monotone map to [0, 1].
+Importing the package registers every score of `eomt_ood.confidence.scores`.
 """
 
-from __future__ import annotations
+from eomt_ood.confidence import scores as scores
+from eomt_ood.confidence.outputs import PixelOutputs
+from eomt_ood.confidence.registry import ConfidenceFn, get_confidence, list_confidences, register_confidence
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from eomt_ood.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-
-    from eomt_ood.inference.predict import PixelOutputs
-
-ConfidenceFn = Callable[["PixelOutputs"], "torch.Tensor"]
-
-_CONFIDENCES: dict[str, ConfidenceFn] = {}
-
-
-def register_confidence(name: str) -> Callable[[ConfidenceFn], ConfidenceFn]:
-    """Decorator: register a confidence function under `name` (a duplicate name is a programmer error)."""
-
-    def decorate(fn: ConfidenceFn) -> ConfidenceFn:
-        if name in _CONFIDENCES:
-            raise ValueError(f"confidence {name!r} is registered twice")
-        _CONFIDENCES[name] = fn
-        return fn
-
-    return decorate
-
-
-def get_confidence(name: str) -> ConfidenceFn:
-    """The confidence function registered as `name`; an unknown name is a `UserError` listing the valid ones."""
-    try:
-        return _CONFIDENCES[name]
-    except KeyError:
-        raise UserError(
-            f"--confidence: unknown confidence {name!r}; available: {', '.join(list_confidences())}"
-        ) from None
-
-
-def list_confidences() -> list[str]:
-    """Registered confidence names, sorted."""
-    return sorted(_CONFIDENCES)
-
-
-# The scores register themselves on import; importing them here keeps the registry complete for every caller.
-from eomt_ood.confidence import scores as scores  # noqa: E402
+__all__ = ["ConfidenceFn", "PixelOutputs", "get_confidence", "list_confidences", "register_confidence"]

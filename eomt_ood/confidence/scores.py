@@ -5,7 +5,7 @@ whole BRAVO subsets, so the map from the raw value to [0, 1] is fixed and monoto
 each docstring states the raw range and that map. Scores must be pointwise (pixel (y, x) uses only the channels
 at (y, x)) because large images are scored in bands of rows.
 
-Inputs (`eomt_ood.inference.predict.PixelOutputs`, averaged over window overlaps before any score is taken):
+Inputs (`eomt_ood.confidence.outputs.PixelOutputs`, averaged over window overlaps before any score is taken):
 `class_scores` s (C, H, W) with s_c = sum_q softmax(z_q)[c] * sigmoid(m_q), each in [0, Q], and `no_object`
 n (H, W) = sum_q softmax(z_q)[C] * sigmoid(m_q). Note k + n = sum_q sigmoid(m_q) with k = sum_c s_c.
 
@@ -18,14 +18,11 @@ channel of raw class logits is needed.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
-from eomt_ood.confidence import register_confidence
-
-if TYPE_CHECKING:
-    from eomt_ood.inference.predict import PixelOutputs
+from eomt_ood.confidence.outputs import PixelOutputs
+from eomt_ood.confidence.registry import register_confidence
 
 # Smallest positive normal float32: guards a division where every class score underflowed to 0.
 _TINY = torch.finfo(torch.float32).tiny
@@ -39,8 +36,7 @@ def squash(x: torch.Tensor) -> torch.Tensor:
 
 def class_distribution(outputs: PixelOutputs) -> torch.Tensor:
     """(C, H, W) class scores normalised to sum 1 over c (all zeros where every score is 0)."""
-    scores = outputs.class_scores.float()
-    return scores / scores.sum(0, keepdim=True).clamp(min=_TINY)
+    return outputs.class_scores.float() / outputs.known_mass.clamp(min=_TINY)[None]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +51,9 @@ def msp_confidence(outputs: PixelOutputs) -> torch.Tensor:
     Raw range [1/C, 1] (0 where every score underflowed); map: identity. The probability-like score of the
     predicted class (argmax is the same class), so it is the natural choice for calibration (ECE).
     """
-    return _unit(class_distribution(outputs).amax(0))
+    # max_c (s_c / S) = (max_c s_c) / S exactly (division by one positive S is monotone and correctly rounded),
+    # so the max shared with the prediction serves here too.
+    return _unit(outputs.max_score / outputs.known_mass.clamp(min=_TINY))
 
 
 @register_confidence("max_score")
@@ -65,7 +63,7 @@ def max_score_confidence(outputs: PixelOutputs) -> torch.Tensor:
     Raw range [0, Q]; in practice mostly [0, 1], but overlapping queries of one class push it above 1, so
     clipping would tie the most confident pixels. Map: x / (1 + x) (strictly increasing; raw 1 -> 0.5).
     """
-    return _unit(squash(outputs.class_scores.float().amax(0)))
+    return _unit(squash(outputs.max_score))
 
 
 @register_confidence("entropy")
@@ -111,7 +109,7 @@ def no_object_confidence(outputs: PixelOutputs) -> torch.Tensor:
     Equals 1 - n / (k + n), i.e. one minus the normalised no-object mass. Raw range [0, 1]; map: identity
     (0 where no query claims the pixel at all).
     """
-    known = outputs.class_scores.float().sum(0)
+    known = outputs.known_mass
     total = known + outputs.no_object.float()
     return _unit(known / total.clamp(min=_TINY))
 
@@ -122,4 +120,4 @@ def known_mass_confidence(outputs: PixelOutputs) -> torch.Tensor:
 
     Raw range [0, Q]. Map: k / (1 + k) (strictly increasing; k = 1 -> 0.5).
     """
-    return _unit(squash(outputs.class_scores.float().sum(0)))
+    return _unit(squash(outputs.known_mass))

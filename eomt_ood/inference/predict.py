@@ -1,14 +1,14 @@
-"""Model + image -> per-pixel class scores, prediction and confidence maps (`eomt.md` §5, exact).
+"""Model + image -> per-pixel class scores, prediction and confidence maps (docs/models.md, "Inference").
 
 One forward pass per window yields everything: each window's (C+1, S, S) stack holds the C semantic scores
 s_c = sum_q softmax(z_q)[c] * sigmoid(m_q) and the no-object mass n = sum_q softmax(z_q)[C] * sigmoid(m_q)
 (one einsum over the full softmax). Stacks are averaged over window overlaps on a (C+1, H', W') float32 canvas
 BEFORE any normalisation, then resized bilinearly to the input size, where the argmax and every registered
-confidence score (`eomt_ood.confidence`) are taken.
+confidence score (`eomt_ood.confidence`) are taken, on the model's device.
 
 Memory stays bounded for any image size: windows are forwarded in micro-batches, their mask logits are
 upsampled and scored a few queries at a time (never Q x S x S for a batch), and the full-resolution maps are
-produced in bands of rows (`predict_maps`), so only the (C+1, H', W') canvas grows with the image.
+produced in bands of rows, so only the (C+1, H', W') canvas grows with the image. Nothing here writes a file.
 
 Checked against the transformers port (tests/test_predict.py): `EomtImageProcessor(do_split_image=True,
 size={"shortest_edge": S, "longest_edge": None})` + `post_process_semantic_segmentation` give the same scores and
@@ -22,21 +22,16 @@ masks while its `attn_mask_probs` > 0 (fresh models), so parity needs P_k = 0 as
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eomt_ood.bravo.submission import quantise_confidence, raw_names, write_raw_pair
-from eomt_ood.confidence import get_confidence
-from eomt_ood.data.images import find_images, image_size, read_image
-from eomt_ood.data.png import png_header
+from eomt_ood.confidence import PixelOutputs, get_confidence
+from eomt_ood.confidence.levels import quantise_tensor
 from eomt_ood.errors import UserError
 from eomt_ood.inference.windows import (
     add_window,
@@ -48,29 +43,6 @@ from eomt_ood.inference.windows import (
 )
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-LAYOUTS = ("bravo",)
-
-
-@dataclass(frozen=True)
-class PixelOutputs:
-    """Overlap-averaged per-pixel outputs of one image (or a band of its rows), float32.
-
-    class_scores: (C, H, W) semantic scores s_c = sum_q softmax(z_q)[c] * sigmoid(m_q), raw range [0, Q].
-    no_object: (H, W) no-object mass n = sum_q softmax(z_q)[C] * sigmoid(m_q), raw range [0, Q].
-    """
-
-    class_scores: torch.Tensor
-    no_object: torch.Tensor
-
-    @property
-    def prediction(self) -> torch.Tensor:
-        """(H, W) int64 class index, argmax_c of `class_scores`."""
-        return self.class_scores.argmax(0)
-
-    @classmethod
-    def from_stack(cls, stack: torch.Tensor) -> PixelOutputs:
-        """Split a (C+1, H, W) stack (classes, then no-object) into its fields."""
-        return cls(class_scores=stack[:-1], no_object=stack[-1])
 
 
 def parse_precision(name: str) -> torch.dtype | None:
@@ -196,12 +168,30 @@ def predict_maps(
     return canvas_maps(canvas, height, width, confidences, band_pixels=band_pixels)
 
 
+def _bands(
+    canvas: torch.Tensor, height: int, width: int, band_pixels: int | None
+) -> Iterator[tuple[slice, PixelOutputs]]:
+    """(rows, the `PixelOutputs` of those rows at the output size) for bands of about `band_pixels` pixels.
+
+    band_pixels None: one band on an accelerator (memory there is plentiful and one launch is fastest), bands of
+    2^18 pixels on the CPU (the working set stays in cache and memory flat).
+    """
+    if canvas.shape[0] - 1 > 256:
+        raise ValueError(f"{canvas.shape[0] - 1} classes do not fit an 8-bit prediction")
+    if band_pixels is None:
+        band_pixels = height * width if canvas.device.type != "cpu" else 1 << 18
+    band_rows = max(1, band_pixels // width)
+    for top in range(0, height, band_rows):
+        rows = slice(top, min(top + band_rows, height))
+        yield rows, PixelOutputs.from_stack(resize_rows(canvas, height, width, rows))
+
+
 def canvas_maps(
     canvas: torch.Tensor,
     height: int,
     width: int,
     confidences: Sequence[str] = ("msp",),
-    band_pixels: int = 1 << 18,
+    band_pixels: int | None = 1 << 18,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Prediction (H, W) uint8 and {name: (H, W) float32 confidence} from a (C+1, H', W') canvas.
 
@@ -210,106 +200,47 @@ def canvas_maps(
     returned maps is O(band_pixels * C) whatever the image size.
     """
     functions = {name: get_confidence(name) for name in confidences}
-    if canvas.shape[0] - 1 > 256:
-        raise ValueError(f"{canvas.shape[0] - 1} classes do not fit an 8-bit prediction")
     prediction = np.empty((height, width), dtype=np.uint8)
     maps = {name: np.empty((height, width), dtype=np.float32) for name in functions}
-    band_rows = max(1, band_pixels // width)
-    for top in range(0, height, band_rows):
-        rows = slice(top, min(top + band_rows, height))
-        band = PixelOutputs.from_stack(resize_rows(canvas, height, width, rows))
+    for rows, band in _bands(canvas, height, width, band_pixels):
         prediction[rows] = band.prediction.to(torch.uint8).cpu().numpy()
         for name, fn in functions.items():
             maps[name][rows] = fn(band).cpu().numpy()
     return prediction, maps
 
 
-def canvas_top2(
-    canvas: torch.Tensor, height: int, width: int, side: int = 512
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-2 classes and their normalised scores s_c / sum_c s_c at preview size, for per-pixel read-outs.
+def canvas_levels(
+    canvas: torch.Tensor,
+    height: int,
+    width: int,
+    confidences: Sequence[str] = ("msp",),
+    band_pixels: int | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Prediction (H, W) uint8 and {name: (H, W) uint16 confidence levels} from a (C+1, H', W') canvas.
 
-    canvas: (C+1, H', W'). Returns (2, h, w) uint8 class ids and (2, h, w) float16 scores, where (h, w) keeps
-    the aspect of (height, width) with the long side at most `side` (`eomt_ood.store.preview_shape`).
+    Like `canvas_maps`, but the 16-bit quantisation (`eomt_ood.confidence.levels`) also happens on the canvas's
+    device, so only the final uint8 / uint16 maps cross to the host. The levels equal
+    `quantise_confidence(canvas_maps(...)[1][name])` exactly.
     """
-    from eomt_ood.store import preview_shape
+    functions = {name: get_confidence(name) for name in confidences}
+    prediction = np.empty((height, width), dtype=np.uint8)
+    levels = {name: np.empty((height, width), dtype=np.uint16) for name in functions}
+    for rows, band in _bands(canvas, height, width, band_pixels):
+        prediction[rows] = band.prediction.to(torch.uint8).cpu().numpy()
+        for name, fn in functions.items():
+            levels[name][rows] = quantise_tensor(fn(band)).cpu().numpy().astype(np.uint16)
+    return prediction, levels
 
-    shape = preview_shape(height, width, side)
+
+def canvas_top2(canvas: torch.Tensor, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Top-2 classes and their normalised scores s_c / sum_c s_c at a small `shape`, for per-pixel read-outs.
+
+    canvas: (C+1, H', W'). Returns (2, h, w) uint8 class ids and (2, h, w) float16 scores, (h, w) = `shape`
+    (the preview size of the image, same aspect), resized with antialiasing.
+    """
     scores = F.interpolate(
         canvas[None, :-1].float(), size=shape, mode="bilinear", align_corners=False, antialias=True
     )[0].clamp_min_(0)
     normalised = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
     values, classes = normalised.topk(2, dim=0)
     return classes.to(torch.uint8).cpu().numpy(), values.to(torch.float16).cpu().numpy()
-
-
-@dataclass
-class FolderReport:
-    """Outcome of `predict_folder`: images written, skipped as already complete, and failed (rel path, why)."""
-
-    written: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def outputs_complete(output_dir: str | Path, image_relpath: str, height: int, width: int) -> bool:
-    """True when both raw files of an image exist with readable PNG headers of the right size and depth."""
-    expected = {0: 8, 1: 16}  # pred: 8-bit grayscale, conf: 16-bit grayscale
-    for index, rel in enumerate(raw_names(image_relpath)):
-        path = Path(output_dir) / rel
-        try:
-            with path.open("rb") as handle:
-                header = png_header(handle.read(33), str(path))
-        except (OSError, UserError):
-            return False
-        if (header.height, header.width, header.bit_depth, header.color_type) != (
-            height,
-            width,
-            expected[index],
-            0,
-        ):
-            return False
-    return True
-
-
-def predict_folder(
-    model: nn.Module,
-    input_dir: str | Path,
-    output_dir: str | Path,
-    confidence: str = "msp",
-    layout: str = "bravo",
-    micro_batch: int = 4,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> FolderReport:
-    """Write the raw BRAVO pair (`_pred.png` uint8, `_conf.png` uint16) of every image under `input_dir`.
-
-    Outputs mirror the input tree under `output_dir` and have the input's size (`bravo.md` §3.1). Images whose
-    outputs are already complete are skipped, so an interrupted run resumes. An unreadable image is reported by
-    name on stderr and the run goes on; the caller decides what a non-empty `failed` list means.
-    """
-    from tqdm import tqdm
-
-    if layout not in LAYOUTS:
-        raise UserError(f"--layout: unknown layout {layout!r}; available: {', '.join(LAYOUTS)}")
-    get_confidence(confidence)  # fail on a bad name before any work
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    images = find_images(input_dir, exclude=output_dir)
-    model = prepare_model(model, device)
-    report = FolderReport()
-    for rel in tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr):
-        try:
-            height, width = image_size(input_dir / rel)
-            if outputs_complete(output_dir, rel, height, width):
-                report.skipped += 1
-                continue
-            image = read_image(input_dir / rel)
-        except UserError as exc:
-            report.failed.append((rel, str(exc)))
-            tqdm.write(f"warning: skipped {exc}", file=sys.stderr)
-            continue
-        prediction, maps = predict_maps(model, image, (confidence,), micro_batch, dtype, device)
-        write_raw_pair(output_dir, rel, prediction, quantise_confidence(maps[confidence]))
-        report.written += 1
-    return report

@@ -138,9 +138,13 @@ def resize_rows(maps: torch.Tensor, height: int, width: int, rows: slice) -> tor
     row, the horizontal pass is `F.interpolate` with the row count unchanged (which is an exact identity in y).
     """
     in_height = maps.shape[-2]
-    lower, upper, weight = _source_taps(height, in_height, maps.device)
-    lower, upper, weight = lower[rows], upper[rows], weight[rows]
-    band = maps[:, lower] * (1 - weight)[:, None] + maps[:, upper] * weight[:, None]
+    if in_height == height:
+        # The taps would be the rows themselves with weight 0, an exact copy: skip the gather.
+        band = maps[:, rows]
+    else:
+        lower, upper, weight = _source_taps(height, in_height, maps.device)
+        lower, upper, weight = lower[rows], upper[rows], weight[rows]
+        band = maps[:, lower] * (1 - weight)[:, None] + maps[:, upper] * weight[:, None]
     if band.shape[-1] == width:
         return band
     return F.interpolate(band[None], size=(band.shape[-2], width), mode="bilinear", align_corners=False)[0]

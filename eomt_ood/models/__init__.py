@@ -1,6 +1,9 @@
-"""Segmentation models: EoMT on timm ViTs, its registry and checkpoint loading."""
+"""Segmentation models: EoMT on timm ViTs, its registry and checkpoint loading.
 
-from eomt_ood.models import baselines  # noqa: F401  (registers the m2f_* Mask2Former baselines)
+The Mask2Former baselines (`eomt_ood.models.baselines`, which import transformers) register themselves the first
+time the registry is asked for a name it does not know, so building an EoMT never pays for importing them.
+"""
+
 from eomt_ood.models.checkpoints import load_checkpoint, load_model, save_checkpoint
 from eomt_ood.models.eomt import EoMT
 from eomt_ood.models.registry import create_model, list_models, register_model

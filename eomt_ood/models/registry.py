@@ -30,8 +30,14 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def _register_baselines() -> None:
+    """Import the Mask2Former baselines, which register themselves (transformers is only imported then)."""
+    import eomt_ood.models.baselines  # noqa: F401
+
+
 def list_models() -> list[str]:
     """Sorted names of all registered models."""
+    _register_baselines()
     return sorted(_MODELS)
 
 
@@ -41,6 +47,8 @@ def create_model(name: str, checkpoint: str | Path | None = None, **overrides) -
     `pretrained_backbone=<path>` loads local timm/DINOv2 backbone weights and is not recorded in the config
     (a saved checkpoint holds the weights). Unknown names are a `UserError` that lists the available ones.
     """
+    if name not in _MODELS:
+        _register_baselines()
     if name not in _MODELS:
         raise UserError(f"model: unknown name {name!r}; available: {', '.join(list_models())}")
     model = _MODELS[name](**overrides)

@@ -1,6 +1,6 @@
 """`eomt-ood compare`: several evaluation runs side by side (the paper's OOD comparison: EoMT vs Mask2Former).
 
-Each RUN_DIR is a directory written by `eomt_ood.bravo.run.evaluate_bravo` (results.json, predictions.h5,
+Each RUN_DIR is a directory written by `eomt_ood.bravo.pipeline.evaluate_bravo` (results.json, predictions.h5,
 config.yaml). For every run one confidence score is compared: `--confidence NAME` when given, else the run's
 first score (`meta.confidences[0]`, the one it submitted).
 
@@ -28,22 +28,21 @@ import csv
 import html
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from eomt_ood.data.bravo import OOD_SUBSETS
+from eomt_ood.bravo.layout import OOD_SUBSETS
+from eomt_ood.bravo.scoring import lower_is_better
 from eomt_ood.errors import UserError
+from eomt_ood.io import atomic_path, check_output, write_text_atomic
 from eomt_ood.reports import plots
-from eomt_ood.reports.html import _CSS, _figure_html
+from eomt_ood.reports.html import figure_html, page, written_note
 
 # Metrics of the OOD subsets, in the paper's order (AUPRC_OOD first: the headline number).
 OOD_METRICS = ("auprc_ood", "auroc_ood", "fpr95_ood")
@@ -132,88 +131,28 @@ class RunSummary:
         return int(size) if isinstance(size, int | float) else _default_img_size(self.model_name)
 
 
-def _model_config(run_dir: Path, meta: Mapping, config: Mapping) -> dict[str, Any] | None:
-    """The run's {"name", "kwargs"}: `meta.model_config`, else the checkpoint's metadata, else `meta.model`."""
-    recorded = meta.get("model_config")
-    if isinstance(recorded, Mapping) and recorded.get("name"):
-        return {"name": recorded["name"], "kwargs": dict(recorded.get("kwargs") or {})}
-    checkpoint = meta.get("checkpoint") or config.get("checkpoint")
-    if checkpoint and str(checkpoint).endswith(".safetensors") and Path(checkpoint).is_file():
-        from safetensors import safe_open
-
-        try:
-            # Metadata only: safe_open reads the header, no tensor is loaded.
-            with safe_open(str(checkpoint), "pt") as handle:
-                metadata = handle.metadata() or {}
-            if "config" in metadata:
-                parsed = json.loads(metadata["config"])
-                return {"name": parsed.get("name"), "kwargs": dict(parsed.get("kwargs") or {})}
-        except Exception:  # a foreign or damaged checkpoint only means the model is "unknown" here
-            pass
-    name = meta.get("model") or config.get("model")
-    return {"name": name, "kwargs": {}} if name else None
-
-
-def _score_block(run_dir: Path, results: Mapping, confidence: str | None) -> tuple[str, dict[str, Any]]:
-    """(score, flat metrics) of `results` (flat for one score, {score: {...}, "meta"} for several)."""
-    path = run_dir / "results.json"
-    meta = results.get("meta") or {}
-    recorded = [str(c) for c in meta.get("confidences") or []]
-    blocks = {k: v for k, v in results.items() if k != "meta"}
-    several = bool(blocks) and all(isinstance(v, Mapping) for v in blocks.values())
-    if several:
-        available = list(blocks)
-        score = confidence or (recorded[0] if recorded and recorded[0] in blocks else available[0])
-        if score not in blocks:
-            raise UserError(f"{path}: no results for confidence {score!r} (it has {', '.join(available)})")
-        return score, dict(blocks[score])
-    score = recorded[0] if recorded else None
-    if confidence is not None and score is not None and confidence != score:
-        raise UserError(f"{path}: no results for confidence {confidence!r} (it has {score})")
-    return confidence or score or "unknown", dict(blocks)
-
-
 def load_run(run_dir: str | Path, confidence: str | None = None) -> RunSummary:
-    """Read one run directory (results.json, config.yaml, predictions.h5); bad input is a one-line UserError."""
-    import yaml
-
+    """Read one run folder (results.json, config.yaml, predictions.h5); bad input is a one-line UserError."""
+    from eomt_ood.bravo.rundir import RunDir, model_record, score_block
     from eomt_ood.store import StoreReader
 
-    run_dir = Path(run_dir)
-    results_path = run_dir / "results.json"
-    if not results_path.is_file():
-        raise UserError(f"{results_path}: not found (is {run_dir} an `eomt-ood evaluate` run directory?)")
-    try:
-        # Python's json reads the bare NaN tokens that write_results writes.
-        results = json.loads(results_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{results_path}: not readable JSON ({exc})") from None
-    if not isinstance(results, dict):
-        raise UserError(f"{results_path}: not a results object")
-    config: dict[str, Any] = {}
-    config_path = run_dir / "config.yaml"
-    if config_path.is_file():
-        try:
-            loaded = yaml.safe_load(config_path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"{config_path}: not readable YAML ({exc})") from None
-        config = loaded if isinstance(loaded, dict) else {}
+    run = RunDir(Path(run_dir))
+    results = run.read_results()
+    config = run.read_config()
     recorded_meta = results.get("meta")
     meta: dict[str, Any] = recorded_meta if isinstance(recorded_meta, dict) else {}
-    score, metrics = _score_block(run_dir, results, confidence)
+    score, metrics = score_block(results, confidence, where=str(run.results_file))
     if not metrics:
-        raise UserError(f"{results_path}: no metrics (was the run scored with --gt?)")
-    model = _model_config(run_dir, meta, config) or {}
+        raise UserError(f"{run.results_file}: no metrics (was the run scored with --gt?)")
+    score = score or "unknown"
+    model = model_record(meta, config) or {}
     name = model.get("name")
     method, backbone, pretraining = describe_architecture(name)
-    with StoreReader(run_dir / "predictions.h5") as store:
-        try:
-            histograms = store.histograms(score)
-        except (OSError, KeyError) as exc:
-            raise UserError(f"{run_dir / 'predictions.h5'}: histograms not readable ({exc})") from None
+    with StoreReader(run.store_file) as store:
+        histograms = store.histograms(score)
     return RunSummary(
-        path=run_dir,
-        label=run_dir.name or str(run_dir),
+        path=run.path,
+        label=run.path.name or str(run.path),
         score=score,
         metrics=metrics,
         meta=meta,
@@ -321,19 +260,15 @@ def comparison_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """The table as CSV (one row per run; floats in full precision, empty for a missing value), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     columns = list(rows[0]) if rows else list(IDENTITY_COLUMNS)
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow(
                 {k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()}
             )
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def _cell(value: Any) -> str:
@@ -347,7 +282,7 @@ def _best(values: Sequence[Any], metric: str) -> set[int]:
     finite = [(i, float(v)) for i, v in enumerate(values) if isinstance(v, int | float) and math.isfinite(v)]
     if len(finite) < 2:
         return set()
-    target = (min if plots.lower_is_better(metric) else max)(v for _, v in finite)
+    target = (min if lower_is_better(metric) else max)(v for _, v in finite)
     return {i for i, v in finite if v == target}
 
 
@@ -500,8 +435,7 @@ def metric_bars(runs: Sequence[RunSummary]) -> go.Figure | None:
         rows=len(panels),
         cols=1,
         subplot_titles=[
-            f"{METRIC_LABELS[m]} ({'lower' if plots.lower_is_better(m) else 'higher'} is better)"
-            for m, _ in panels
+            f"{METRIC_LABELS[m]} ({'lower' if lower_is_better(m) else 'higher'} is better)" for m, _ in panels
         ],
         vertical_spacing=0.25 / len(panels),
     )
@@ -563,18 +497,14 @@ def build_comparison(runs: Sequence[RunSummary], title: str = "eomt-ood comparis
     )
     curves = pr_curves(runs)
     bars = metric_bars(runs)
-    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return "\n".join(
+    note = (
+        "Metrics as in docs/metrics.md (pooled over each subset); the best value of each column is bold. "
+        "Pre-training is that of the architecture's recipe."
+    )
+    return page(
+        title,
         [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>{html.escape(title)}</title>",
-            f"<style>{_CSS}{_COMPARE_CSS}</style>",
-            f'<script type="text/javascript">{get_plotlyjs()}</script>',
-            "</head><body>",
-            f"<h1>{html.escape(title)}</h1>",
-            f'<p class="note">Written {created} by eomt-ood. Metrics as in bravo.md §4 (pooled over each subset); '
-            "the best value of each column is bold. Pre-training is that of the architecture's recipe.</p>",
+            written_note(note),
             warning_banner(differences),
             "<h2>OOD detection</h2>",
             ood_table_html(runs, rows),
@@ -582,14 +512,14 @@ def build_comparison(runs: Sequence[RunSummary], title: str = "eomt-ood comparis
             "<h2>Segmentation and calibration</h2>",
             semantic_table_html(runs, rows),
             "<h2>OOD precision-recall curves</h2>",
-            _figure_html(curves)
+            figure_html(curves)
             if curves is not None
             else '<p class="note">No OOD subset with stored histograms.</p>',
             "<h2>Metrics per subset</h2>",
-            _figure_html(bars) if bars is not None else '<p class="note">No metrics.</p>',
+            figure_html(bars) if bars is not None else '<p class="note">No metrics.</p>',
             f'<h2>Runs</h2><table class="meta">{sources}</table>',
-            "</body></html>",
-        ]
+        ],
+        css=_COMPARE_CSS,
     )
 
 
@@ -600,14 +530,15 @@ def compare_runs(
     confidence: str | None = None,
     title: str = "eomt-ood comparison",
 ) -> dict[str, Any]:
-    """Write the comparison report to `out` (and the table to `csv_path`); returns {"rows", "differences"}."""
+    """Write the comparison report to `out` (and the table to `csv_path`); returns {"rows", "differences"}.
+
+    The output paths are checked before any run is read: neither may be an existing file of an input run.
+    """
+    check_output(out, "--out", run_dirs)
+    if csv_path is not None:
+        check_output(csv_path, "--csv", [*run_dirs, out])
     runs = load_runs(run_dirs, confidence)
-    text = build_comparison(runs, title=title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, build_comparison(runs, title=title))
     rows = comparison_rows(runs)
     if csv_path is not None:
         write_csv(rows, csv_path)

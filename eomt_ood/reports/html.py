@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from eomt_ood.io import write_text_atomic
 from eomt_ood.reports import plots
 
 _CSS = """
@@ -33,7 +33,31 @@ table.meta td { padding: 2px 12px 2px 0; vertical-align: top; } table.meta td:fi
 """
 
 
-def _figure_html(fig: go.Figure) -> str:
+def page(title: str, body: list[str], css: str = "") -> str:
+    """A whole self-contained HTML page: `title` as <title> and <h1>, then `body`; plotly.js inlined once (not a
+    CDN link) so that the file opens offline and every figure only carries its data."""
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>",
+            f"<style>{_CSS}{css}</style>",
+            f'<script type="text/javascript">{get_plotlyjs()}</script>',
+            "</head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            *body,
+            "</body></html>",
+        ]
+    )
+
+
+def written_note(extra: str = "") -> str:
+    """The "Written <date> by eomt-ood" line under a page's title."""
+    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f'<p class="note">Written {created} by eomt-ood. {extra}</p>'
+
+
+def figure_html(fig: go.Figure) -> str:
     # plotly.js is written once in <head>; every figure only carries its data.
     return fig.to_html(
         full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True}
@@ -63,7 +87,7 @@ def _summary_html(results: Mapping) -> str:
 
 
 def _section(title: str, fig: go.Figure | None, missing: str) -> str:
-    body = _figure_html(fig) if fig is not None else f'<p class="note">{html.escape(missing)}</p>'
+    body = figure_html(fig) if fig is not None else f'<p class="note">{html.escape(missing)}</p>'
     return f"<h2>{html.escape(title)}</h2>\n{body}"
 
 
@@ -119,23 +143,8 @@ def build_report(
         sections.append(
             '<p class="note">Nothing to show: no metrics, histograms or confidences were given.</p>'
         )
-    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>{html.escape(title)}</title>",
-            f"<style>{_CSS}</style>",
-            # Inline (not a CDN link) so that the file opens offline; once, shared by every figure.
-            f'<script type="text/javascript">{get_plotlyjs()}</script>',
-            "</head><body>",
-            f"<h1>{html.escape(title)}</h1>",
-            f'<p class="note">Written {created} by eomt-ood. Metrics as in bravo.md §4 (pooled over each subset).</p>',
-            _summary_html(results),
-            *sections,
-            "</body></html>",
-        ]
-    )
+    note = "Metrics as in docs/metrics.md (pooled over each subset)."
+    return page(title, [written_note(note), _summary_html(results), *sections])
 
 
 def write_report(
@@ -153,13 +162,8 @@ def write_report(
     per_image: rows with `subset`, `image`, `auprc_ood`, `fpr95_ood`, `miou`, `ece`, `num_valid`, `num_invalid`.
     conf_histograms[subset]: (L,) counts per confidence level, for runs without ground truth.
     """
-    path = Path(path)
     text = build_report(results, histograms, per_image, title=title, conf_histograms=conf_histograms)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text)
 
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["build_report", "figure_html", "page", "write_report", "written_note"]

@@ -23,7 +23,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from eomt_ood.data.bravo import OOD_SUBSETS, SEMANTIC_SUBSETS, SUBSETS
+from eomt_ood.bravo.layout import OOD_SUBSETS, SEMANTIC_SUBSETS, SUBSETS
+from eomt_ood.bravo.scoring import lower_is_better
 from eomt_ood.data.labels import TRAIN_ID_NAMES
 from eomt_ood.metrics.histogram import curve_metrics, curves, ece, reliability
 
@@ -46,17 +47,10 @@ TEMPLATE = "plotly_white"
 
 
 def format_value(value) -> str:
-    """A metric as text: 4 decimals, `NaN`, or an en dash for an absent value."""
-    if value is None:
+    """A metric as text: 4 decimals, or an en dash for an absent or undefined (NaN) value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
     return f"{float(value):.4f}"
-
-
-def lower_is_better(metric: str) -> bool:
-    """ECE and FPR95 go down when a model gets better; every other metric goes up."""
-    return metric.startswith(("ece", "fpr95"))
 
 
 def subsets_in(results: Mapping) -> list[str]:

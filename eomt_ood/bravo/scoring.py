@@ -1,10 +1,11 @@
-"""BRAVO scoring (`bravo.md` §4): per-image statistics, per-subset pooling, the official keys and summaries.
+"""BRAVO scoring (docs/metrics.md): per-image statistics, per-subset pooling, the official keys and summaries.
 
-Data flow: for every GT image, `image_statistics` turns (label, mask, pred, conf) into one confusion matrix
-and three level histograms; a `SubsetAccumulator` sums them per subset (memory does not grow with the number of
-images); `subset_metrics` turns one accumulator into the official `<metric>` values; `summarise` adds the
-harmonic means of §4.9. `score_submission` does all of it over a GT tree and a raw submission tree (folders or
-tars), reading images in worker processes.
+The one scoring path of the project. For every GT image, `image_statistics` turns (label, mask, pred, conf)
+into one confusion matrix and three level histograms; a `Scorer` sums them per subset and per confidence score
+(memory does not grow with the number of images) and turns the sums into the official `<subset>_<metric>` keys
+and the harmonic-mean summaries. `eomt-ood score` feeds it from a raw submission on disk (`score_submission`,
+images read in worker processes); `eomt-ood evaluate` feeds it from predictions still in memory
+(`eomt_ood.bravo.pipeline`), through the same functions, so the two agree exactly.
 
 Conventions (the official evaluator's): pixels are pooled over a subset, confidence level k stands for
 (k + 0.5) / 65536, label 255 is void and dropped before anything else, mask != 0 is invalid. Semantic
@@ -14,17 +15,15 @@ doubt = 65535 - conf.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from eomt_ood.data.bravo import (
+from eomt_ood.bravo.layout import (
     NUM_CLASSES,
     OOD_SUBSETS,
     SEMANTIC_SUBSETS,
@@ -42,8 +41,9 @@ from eomt_ood.data.bravo import (
     warn_unmatched,
 )
 from eomt_ood.errors import UserError
+from eomt_ood.io import ProcessMap, default_workers, warn
+from eomt_ood.metrics.histogram import NUM_LEVELS
 
-NUM_LEVELS = 65536  # 16-bit confidence levels; equals eomt_ood.metrics.histogram.NUM_LEVELS
 _CM_OUTSIDE = NUM_CLASSES * NUM_CLASSES  # bincount slot for pixels that are not in the confusion matrix
 
 SEMANTIC_KEYS = (
@@ -95,6 +95,33 @@ class ImageStatistics:
             wrong=np.zeros(NUM_LEVELS, dtype=np.int64),
             ood_pos=np.zeros(NUM_LEVELS, dtype=np.int64),
         )
+
+    def sparse_histograms(self) -> tuple[np.ndarray, np.ndarray]:
+        """The level histograms without their empty levels: (levels (m,) uint16, counts (m, 3) int64), the
+        columns `correct`, `wrong`, `ood_pos`; m = the levels where any of them is non-zero (compact storage:
+        an image uses far fewer than 65536 levels, and the sampled ones far fewer still)."""
+        stacked = np.stack([self.correct, self.wrong, self.ood_pos], axis=1)
+        levels = np.flatnonzero(stacked.any(axis=1))
+        return levels.astype(np.uint16), stacked[levels]
+
+    @classmethod
+    def from_sparse(
+        cls, cm: np.ndarray, levels: np.ndarray, counts: np.ndarray, valid: int, invalid: int, void: int
+    ) -> ImageStatistics:
+        """Rebuild the statistics of one image from `cm`, `sparse_histograms()` and its pixel counts."""
+        stats = cls.zeros()
+        stats.cm += np.asarray(cm, dtype=np.int64)
+        index = np.asarray(levels, dtype=np.intp)
+        counts = np.asarray(counts, dtype=np.int64)
+        stats.correct[index], stats.wrong[index], stats.ood_pos[index] = (
+            counts[:, 0],
+            counts[:, 1],
+            counts[:, 2],
+        )
+        stats.valid, stats.invalid, stats.void = int(valid), int(invalid), int(void)
+        stats.scored_valid = int(counts[:, :2].sum())
+        stats.scored_invalid = int(counts[:, 2].sum())
+        return stats
 
     def __iadd__(self, other: ImageStatistics) -> ImageStatistics:
         self.cm += other.cm
@@ -199,7 +226,124 @@ def _ids(values: np.ndarray) -> str:
     return shown + (", ..." if values.size > 5 else "")
 
 
-# ------------------------------------------------------------------------------------------------ one subset
+def lower_is_better(key: str) -> bool:
+    """True for ECE and FPR95 (`ece_valid`, `synobjs_fpr95_ood`, `ece`, ...): every other metric goes up.
+
+    The one direction rule of the project: the summaries enter these as 1 - x, the regression gate, the
+    comparison and the app's "worst first" all read it from here.
+    """
+    tokens = key.split("_")
+    return "ece" in tokens or "fpr95" in tokens
+
+
+def image_metrics(subset: str, stats: ImageStatistics) -> dict[str, float]:
+    """Per-image statistics for the store, the report and the app (NaN where a metric is undefined).
+
+    The official metrics of the image alone (pooled over its pixels as a subset would be): `miou` and `ece`
+    (semantic subsets with valid pixels), `auroc_ood`, `auprc_ood`, `fpr95_ood` and `ood_fraction` (OOD subsets
+    with both invalid and valid pixels), pixel counts `num_valid`, `num_invalid`, and `mean_confidence` (the
+    mean confidence of the scored non-void pixels).
+    """
+    from eomt_ood.metrics.histogram import curve_metrics, ece
+    from eomt_ood.metrics.segmentation import mean_iou
+
+    nan = float("nan")
+    out = {
+        "num_valid": float(stats.valid),
+        "num_invalid": float(stats.invalid),
+        "miou": nan,
+        "ece": nan,
+        "auroc_ood": nan,
+        "auprc_ood": nan,
+        "fpr95_ood": nan,
+        "ood_fraction": nan,
+        "mean_confidence": nan,
+    }
+    pos, neg = stats.ood_pos, stats.ood_neg
+    scored = pos + neg
+    total = int(scored.sum())
+    if total:
+        levels = np.arange(NUM_LEVELS, dtype=np.float64)
+        out["mean_confidence"] = float((scored @ (levels + 0.5)) / total / NUM_LEVELS)
+    if stats.valid and subset in SEMANTIC_SUBSETS:
+        out["miou"] = float(mean_iou(stats.cm))
+        if stats.correct.sum() + stats.wrong.sum():
+            out["ece"] = float(ece(stats.correct, stats.wrong))
+    if subset in OOD_SUBSETS and pos.sum() and neg.sum():
+        ood = curve_metrics(pos[::-1], neg[::-1])
+        out.update(auroc_ood=ood["auroc"], auprc_ood=ood["auprc"], fpr95_ood=ood["fpr95"])
+        out["ood_fraction"] = float(pos.sum() / (pos.sum() + neg.sum()))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class GroundTruthRefs:
+    """Where one GT image's files are (small and picklable, for worker processes)."""
+
+    subset: str
+    label: MemberRef
+    mask: MemberRef
+    samples: MemberRef | None = None
+
+
+@dataclass
+class GroundTruth:
+    """One decoded GT image: label (H, W) uint8, mask (H, W) bool (True = invalid), optional sample indices."""
+
+    subset: str
+    label: np.ndarray
+    mask: np.ndarray
+    sample_idx: np.ndarray | None
+    label_name: str
+    samples_name: str = "sample"
+
+
+def read_ground_truth(refs: GroundTruthRefs) -> GroundTruth:
+    """Decode and check one GT image (label, mask and, with a sampling file, its sample indices)."""
+    label = read_label(refs.label.read(), refs.label.name)
+    mask = read_mask(refs.mask.read(), refs.mask.name)
+    if mask.shape != label.shape:
+        raise UserError(
+            f"{refs.mask.name}: size {_size(mask)} differs from the GT label {refs.label.name} ({_size(label)})"
+        )
+    sample_idx = None
+    if refs.samples is not None:
+        from eomt_ood.bravo.sampling import decode_sample_indices
+
+        sample_idx = decode_sample_indices(refs.samples.read(), refs.samples.name)
+    samples_name = refs.samples.name if refs.samples is not None else "sample"
+    return GroundTruth(refs.subset, label, mask, sample_idx, refs.label.name, samples_name)
+
+
+def score_maps(
+    gt: GroundTruth, pred: np.ndarray, conf: np.ndarray, pred_name: str, conf_name: str
+) -> ImageStatistics:
+    """`image_statistics` of a prediction against its GT, after checking that the sizes agree (naming the file)."""
+    for name, array in ((pred_name, pred), (conf_name, conf)):
+        if array.shape != gt.label.shape:
+            raise UserError(
+                f"{name}: size {_size(array)} differs from the GT label {gt.label_name} ({_size(gt.label)})"
+            )
+    return image_statistics(
+        gt.label,
+        gt.mask,
+        pred,
+        conf,
+        gt.sample_idx,
+        label_name=gt.label_name,
+        pred_name=pred_name,
+        sample_name=gt.samples_name,
+    )
+
+
+def _size(array: np.ndarray) -> str:
+    return f"{array.shape[1]}x{array.shape[0]}"
+
+
+# ------------------------------------------------------------------------------------------------ accumulation
 
 
 @dataclass
@@ -223,6 +367,91 @@ class SubsetAccumulator:
         if sampled:
             out.update(sampled_valid=t.scored_valid, sampled_invalid=t.scored_invalid)
         return out
+
+
+class Scorer:
+    """Per-subset sums of one confidence score's `ImageStatistics`; order of `add` calls does not matter."""
+
+    def __init__(self) -> None:
+        self.subsets: dict[str, SubsetAccumulator] = {}
+
+    def add(self, subset: str, stats: ImageStatistics) -> None:
+        self.subsets.setdefault(subset, SubsetAccumulator(subset)).add(stats)
+
+    def ordered(self) -> list[str]:
+        """The subsets seen, in the official order."""
+        return [s for s in SUBSETS if s in self.subsets]
+
+    def metrics(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """(official keys + summaries, {subset: why it was left unscored}).
+
+        A degenerate subset (e.g. no correctly classified pixel) gets no made-up number: it is left out of the
+        keys and the summaries, and its reason is returned; the caller decides whether that is an error.
+        """
+        metrics: dict[str, Any] = {}
+        unscored: dict[str, str] = {}
+        scored = []
+        for subset in self.ordered():
+            try:
+                values = self.subsets[subset].metrics()
+            except UserError as exc:
+                unscored[subset] = str(exc)
+                continue
+            metrics.update((f"{subset}_{k}", v) for k, v in values.items())
+            scored.append(subset)
+        if metrics:
+            metrics.update(summarise(metrics, scored))
+        return metrics, unscored
+
+    def counts(self, sampled: bool) -> dict[str, dict[str, int]]:
+        """Per-subset image and pixel counts (the `meta.subsets` block of a results file)."""
+        return {s: self.subsets[s].counts(sampled) for s in self.ordered()}
+
+    def state(self) -> np.ndarray:
+        """All sums as one (len(SUBSETS), K) int64 array in a fixed layout: summing the states of several
+        scorers (e.g. across processes) gives the state of their union. Inverse: `from_state`."""
+        rows = []
+        for subset in SUBSETS:
+            acc = self.subsets.get(subset) or SubsetAccumulator(subset)
+            t = acc.totals
+            counts = [acc.images, t.valid, t.invalid, t.void, t.scored_valid, t.scored_invalid]
+            rows.append(np.concatenate([np.array(counts), t.cm.ravel(), t.correct, t.wrong, t.ood_pos]))
+        return np.stack(rows).astype(np.int64)
+
+    @classmethod
+    def from_state(cls, state: np.ndarray) -> Scorer:
+        scorer = cls()
+        cells = NUM_CLASSES * NUM_CLASSES
+        for subset, row in zip(SUBSETS, np.asarray(state, dtype=np.int64), strict=True):
+            images, valid, invalid, void, scored_valid, scored_invalid = (int(v) for v in row[:6])
+            if images == 0:
+                continue
+            hists = row[6 + cells :].reshape(3, NUM_LEVELS)
+            totals = ImageStatistics(
+                row[6 : 6 + cells].reshape(NUM_CLASSES, NUM_CLASSES).copy(),
+                hists[0].copy(),
+                hists[1].copy(),
+                hists[2].copy(),
+                valid,
+                invalid,
+                void,
+                scored_valid,
+                scored_invalid,
+            )
+            scorer.subsets[subset] = SubsetAccumulator(subset, images, totals)
+        return scorer
+
+    def histograms(self) -> dict[str, dict[str, np.ndarray]]:
+        """{subset: {"correct", "wrong", "ood_pos", "ood_neg": (65536,) int64}}, indexed by confidence level."""
+        return {
+            s: {
+                "correct": acc.totals.correct,
+                "wrong": acc.totals.wrong,
+                "ood_pos": acc.totals.ood_pos,
+                "ood_neg": acc.totals.ood_neg,
+            }
+            for s, acc in ((s, self.subsets[s]) for s in self.ordered())
+        }
 
 
 def subset_metrics(subset: str, totals: ImageStatistics) -> dict[str, float | list[float]]:
@@ -271,16 +500,16 @@ def subset_metrics(subset: str, totals: ImageStatistics) -> dict[str, float | li
 
 
 def summarise(metrics: dict[str, object], subsets: Sequence[str] | None = None) -> dict[str, float]:
-    """Summary keys of §4.9: `<S>_hmean` per subset, then `semantic_hmean`, `ood_hmean`, `bravo_index`.
+    """Summary keys (docs/metrics.md, "Summaries"): `<S>_hmean` per subset, then `semantic_hmean`, `ood_hmean`, `bravo_index`.
 
-    metrics: the flat `<subset>_<metric>` dict. Scalars only (lists are skipped); keys containing `_ece_` or
-    `_fpr95_` enter as 1 - value. subsets: which `<S>_hmean` to write, default every subset with a key, in the
+    metrics: the flat `<subset>_<metric>` dict. Scalars only (lists are skipped); ECE and FPR95 keys
+    (`lower_is_better`) enter as 1 - value. subsets: which `<S>_hmean` to write, default every subset with a key, in the
     official order. Harmonic means follow scipy (0 if any value is 0, NaN if any is NaN or none).
     """
     from eomt_ood.metrics.histogram import hmean
 
     scalars = {
-        key: (1.0 - value if ("_ece_" in key or "_fpr95_" in key) else value)
+        key: (1.0 - value if lower_is_better(key) else value)
         for key, value in metrics.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
@@ -302,55 +531,19 @@ def summarise(metrics: dict[str, object], subsets: Sequence[str] | None = None) 
 
 @dataclass(frozen=True)
 class ImageTask:
-    """Everything a worker needs to score one GT image (small and picklable)."""
+    """Everything a worker needs to score one GT image of a submission (small and picklable)."""
 
-    subset: str
-    label: MemberRef
-    mask: MemberRef
+    gt: GroundTruthRefs
     pred: MemberRef
     conf: MemberRef
-    samples: MemberRef | None = None
 
 
 def score_image(task: ImageTask) -> tuple[str, ImageStatistics]:
-    """Read, check and count one image (runs in a worker process)."""
-    label = read_label(task.label.read(), task.label.name)
-    mask = read_mask(task.mask.read(), task.mask.name)
+    """Read, check and count one image of a submission (runs in a worker process)."""
+    gt = read_ground_truth(task.gt)
     pred = read_pred(task.pred.read(), task.pred.name)
     conf = read_conf(task.conf.read(), task.conf.name)
-    for ref, array in ((task.mask, mask), (task.pred, pred), (task.conf, conf)):
-        if array.shape != label.shape:
-            raise UserError(
-                f"{ref.name}: size {_size(array)} differs from the GT label {task.label.name} ({_size(label)})"
-            )
-    sample_idx = None
-    if task.samples is not None:
-        from eomt_ood.bravo.sampling import decode_sample_indices
-
-        sample_idx = decode_sample_indices(task.samples.read(), task.samples.name)
-    stats = image_statistics(
-        label,
-        mask,
-        pred,
-        conf,
-        sample_idx,
-        label_name=task.label.name,
-        pred_name=task.pred.name,
-        sample_name=task.samples.name if task.samples is not None else "sample",
-    )
-    return task.subset, stats
-
-
-def _size(array: np.ndarray) -> str:
-    return f"{array.shape[1]}x{array.shape[0]}"
-
-
-def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 4))
-
-
-def _stderr_warning(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    return gt.subset, score_maps(gt, pred, conf, task.pred.name, task.conf.name)
 
 
 def score_submission(
@@ -360,21 +553,27 @@ def score_submission(
     samples: str | Path | None = None,
     workers: int | None = None,
     progress: bool | None = None,
-    warn: Callable[[str], None] | None = _stderr_warning,
+    warn: Callable[[str], None] | None = warn,
 ) -> dict[str, object]:
     """Score a raw BRAVO submission against a GT tree; returns the results dict (official keys, then `meta`).
 
-    gt, submission: folders or tars (submission may be gzip/bz2/xz) in the BRAVO layout (`bravo.md` §2, §3.1).
+    gt, submission: folders or tars (submission may be gzip/bz2/xz) in the BRAVO layout (docs/formats.md).
     subsets: restrict to these subset names (default: every subset present in the GT). samples: the
     `bravo_SAMPLING.tar` to use the official per-image pixel sample (default: every pixel). workers: reading
     processes (default min(cpu count, 4); 0 or 1 = inline). progress: tqdm bar on stderr (None = only on a
-    terminal). warn: receives one line per warning (unmatched files). Bad input raises `UserError`.
+    terminal). warn: receives one line per warning (unmatched files). Bad input raises `UserError`, a
+    degenerate subset included (its metrics would be undefined).
     """
+    from tqdm import tqdm
+
     if subsets is not None:
         unknown = [s for s in subsets if s not in SUBSETS]
         if unknown:
             raise UserError(f"--subsets: unknown subset {unknown[0]!r}; valid names: {', '.join(SUBSETS)}")
+    workers = default_workers() if workers is None else workers
+    # Workers are forked before the trees are opened: they need nothing of the parent but the task.
     with (
+        ProcessMap(workers if workers > 1 else 0) as pool,
         open_tree(gt, "ground truth") as gt_tree,
         open_tree(submission, "submission") as sub_tree,
         _maybe_open_samples(samples) as samples_tree,
@@ -396,18 +595,27 @@ def score_submission(
         all_images = [image for s in SUBSETS for image in by_subset[s]]
         warn_unmatched(unmatched_submission_files(sub_tree.names, all_images), "submission", warn)
         tasks = [
-            _make_task(image, gt_tree, sub_tree, samples_tree) for s in selected for image in by_subset[s]
+            ImageTask(
+                ground_truth_refs(image, gt_tree, samples_tree),
+                _submission_ref(sub_tree, image.pred_name),
+                _submission_ref(sub_tree, image.conf_name),
+            )
+            for s in selected
+            for image in by_subset[s]
         ]
-        accumulators = {s: SubsetAccumulator(s) for s in selected}
-        for subset, stats in _run_tasks(tasks, workers, progress):
-            accumulators[subset].add(stats)
+        scorer = Scorer()
+        disable = None if progress is None else not progress
+        with tqdm(total=len(tasks), unit="img", file=sys.stderr, disable=disable, desc="scoring") as bar:
+            # Results arrive in any order; they are summed, so the totals do not depend on it.
+            for subset, stats in pool.map(score_image, tasks, ordered=False):
+                scorer.add(subset, stats)
+                bar.update()
 
-    metrics: dict[str, object] = {}
-    for subset in selected:
-        metrics.update((f"{subset}_{key}", value) for key, value in accumulators[subset].metrics().items())
+    metrics, unscored = scorer.metrics()
+    if unscored:
+        raise UserError(next(iter(unscored.values())))
     results: dict[str, object] = dict(metrics)
-    results.update(summarise(metrics, selected))
-    results["meta"] = scoring_meta(gt, submission, samples, accumulators)
+    results["meta"] = scoring_meta(gt, submission, samples, scorer)
     return results
 
 
@@ -425,71 +633,32 @@ def _maybe_open_samples(samples: str | Path | None):
     return open_tree(samples, "sampling file")
 
 
-def _make_task(image: GtImage, gt_tree: Tree, sub_tree: Tree, samples_tree: Tree | None) -> ImageTask:
+def _submission_ref(tree: Tree, name: str) -> MemberRef:
+    if name not in tree:
+        raise UserError(f"{name}: missing from the submission {tree.path}")
+    return tree.ref(name)
+
+
+def ground_truth_refs(image: GtImage, gt_tree: Tree, samples_tree: Tree | None) -> GroundTruthRefs:
+    """Where `image`'s label, mask and (with a sampling file) sample live; a missing file is a `UserError`."""
     if image.mask_name not in gt_tree:
         raise UserError(
             f"{image.mask_name}: mask file missing from the ground truth (its label {image.label_name} exists)"
         )
-    for name in (image.pred_name, image.conf_name):
-        if name not in sub_tree:
-            raise UserError(f"{name}: missing from the submission {sub_tree.path}")
     samples_ref = None
     if samples_tree is not None:
         if image.samples_name not in samples_tree:
             raise UserError(f"{image.samples_name}: missing from the sampling file {samples_tree.path}")
         samples_ref = samples_tree.ref(image.samples_name)
-    return ImageTask(
+    return GroundTruthRefs(
         subset=image.subset,
         label=gt_tree.ref(image.label_name),
         mask=gt_tree.ref(image.mask_name),
-        pred=sub_tree.ref(image.pred_name),
-        conf=sub_tree.ref(image.conf_name),
         samples=samples_ref,
     )
 
 
-def _run_tasks(
-    tasks: list[ImageTask], workers: int | None, progress: bool | None
-) -> Iterable[tuple[str, ImageStatistics]]:
-    """Yield (subset, statistics) per image, inline or from worker processes (at most 4 tasks per worker queued).
-
-    Results arrive in any order; they are summed, so the totals do not depend on it.
-    """
-    from tqdm import tqdm
-
-    workers = default_workers() if workers is None else workers
-    disable = None if progress is None else not progress
-    with tqdm(total=len(tasks), unit="img", file=sys.stderr, disable=disable, desc="scoring") as bar:
-        if workers <= 1:
-            for task in tasks:
-                yield score_image(task)
-                bar.update()
-            return
-        # forkserver: workers start clean (no inherited threads from tqdm or torch in the parent).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        pending: set[Future] = set()
-        queue = iter(tasks)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
-            try:
-                for task in queue:
-                    pending.add(executor.submit(score_image, task))
-                    if len(pending) >= 4 * workers:
-                        break
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        yield future.result()
-                        bar.update()
-                        task = next(queue, None)
-                        if task is not None:
-                            pending.add(executor.submit(score_image, task))
-            except BaseException:
-                executor.shutdown(wait=True, cancel_futures=True)
-                raise
-
-
-def scoring_meta(gt, submission, samples, accumulators: dict[str, SubsetAccumulator]) -> dict[str, object]:
+def scoring_meta(gt, submission, samples, scorer: Scorer) -> dict[str, object]:
     """The `meta` block of a results file: inputs, the conventions used, and per-subset pixel counts."""
     from eomt_ood import __version__
 
@@ -506,16 +675,5 @@ def scoring_meta(gt, submission, samples, accumulators: dict[str, SubsetAccumula
         "confidence_of_level": "(k + 0.5) / 65536",
         "void": "label 255 is void and dropped first; mask != 0 marks invalid pixels (OOD positives)",
         "ece_weights": "float32(float32(T_b) / float32(N)), as the pinned official evaluator (numpy 1.x)",
-        "subsets": {s: acc.counts(sampled) for s, acc in accumulators.items()},
+        "subsets": scorer.counts(sampled),
     }
-
-
-def write_results(results: dict[str, object], out: str | Path) -> None:
-    """Write the results as JSON (NaN as the bare token `NaN`, like Python's json), atomically."""
-    import json
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)

@@ -4,7 +4,7 @@ Everything the app shows is computed here, so it is testable without Streamlit: 
 paths outside the folders given on the command line), overlays and colour maps, per-pixel readouts, the OOD
 threshold at TPR 95 %, the image table, and curves drawn from the stored histograms.
 
-Conventions (bravo.md §4): a confidence level k (uint16) stands for confidence (k + 0.5) / 65536, higher = more
+Conventions (docs/metrics.md): a confidence level k (uint16) stands for confidence (k + 0.5) / 65536, higher = more
 in-distribution. The OOD score is the *doubt*, level j = 65535 - k, i.e. doubt (j + 0.5) / 65536 = 1 - confidence;
 a pixel is flagged OOD when its doubt level is >= the threshold level. OOD positives are the invalid non-void
 pixels (`gt_invalid`), negatives the valid non-void ones; void pixels (`gt_label == 255`) are not evaluated.
@@ -12,10 +12,7 @@ pixels (`gt_invalid`), negatives the valid non-void ones; void pixels (`gt_label
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,13 +21,20 @@ from typing import Any
 
 import numpy as np
 
+import eomt_ood
+from eomt_ood.bravo.rundir import RunDir, resolve_run_dirs, score_block
+from eomt_ood.bravo.scoring import lower_is_better
+from eomt_ood.confidence.levels import confidence_of_levels
 from eomt_ood.data.labels import IGNORE, TRAIN_ID_NAMES, colorize_train_ids
 from eomt_ood.errors import UserError
 from eomt_ood.metrics.histogram import FPR95_TPR, NUM_LEVELS, binary_histograms
 from eomt_ood.store import StoreReader
 
-APP_SCRIPT = Path(__file__).resolve().parents[1] / "app" / "explorer.py"
-BUNDLED_ASSETS = Path(__file__).resolve().parent / "assets"  # the demo checkpoint lives here; readable too
+__all__ = ["confidence_of_levels", "resolve_run_dirs"]  # re-exported for the explorer script
+
+BUNDLED_ASSETS = (
+    Path(eomt_ood.__file__).resolve().parent / "assets"
+)  # the demo checkpoint lives here; readable
 TABLE_METRICS = ("auprc_ood", "fpr95_ood", "miou", "ece")
 OVERLAYS = ("none", "prediction", "confidence", "OOD ground truth", "OOD outcome")
 COLORMAPS = ("Viridis", "Inferno", "Cividis", "Greys", "RdYlGn")
@@ -50,23 +54,9 @@ def is_inside(path: str | Path, roots: Sequence[Path]) -> bool:
     return any(resolved == root or root in resolved.parents for root in roots)
 
 
-def resolve_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Resolved run directories, each holding a `predictions.h5`; a missing one is a `UserError`."""
-    if not paths:
-        raise UserError("RUN_DIR: give at least one run directory (written by `eomt-ood evaluate`)")
-    runs = []
-    for path in paths:
-        run = Path(path).resolve()
-        if not (run / "predictions.h5").is_file():
-            raise UserError(f"{path}: not a run directory (no predictions.h5)")
-        if run not in runs:
-            runs.append(run)
-    return runs
-
-
 @dataclass
 class Run:
-    """One opened run directory: its store, results.json (or {}) and config.yaml (or {})."""
+    """One opened run folder: its store, results.json (or {}) and config.yaml (or {})."""
 
     path: Path
     reader: StoreReader
@@ -77,32 +67,26 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def folder(self) -> RunDir:
+        return RunDir(self.path)
+
 
 def open_run(path: Path) -> Run:
-    """Open a resolved run directory (see `resolve_run_dirs`); results and config are optional."""
-    import yaml
+    """Open a resolved run folder (see `resolve_run_dirs`); results and config are optional."""
+    run = RunDir(path)
+    results = run.read_results() if run.results_file.is_file() else {}
+    return Run(path, StoreReader(run.store_file), results, run.read_config())
 
-    results_path, config_path = path / "results.json", path / "config.yaml"
+
+def score_results(results: Mapping, score: str) -> dict:
+    """The flat official keys of one confidence score of a results dict ({} when it has none for `score`)."""
+    if not results:
+        return {}
     try:
-        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{results_path}: not valid JSON ({exc})") from None
-    try:
-        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{config_path}: not valid YAML ({exc})") from None
-    return Run(path, StoreReader(path / "predictions.h5"), results or {}, config or {})
-
-
-def score_results(results: Mapping, score: str, first_score: str) -> dict:
-    """The flat official keys of one confidence score: the `score` block when results.json has one per score,
-    else the flat dict itself when `score` is the run's first (submitted) score, else {}."""
-    block = results.get(score)
-    if isinstance(block, Mapping):
-        return dict(block)
-    if score == first_score and not any(isinstance(v, Mapping) and k != "meta" for k, v in results.items()):
-        return {k: v for k, v in results.items() if k != "meta"}
-    return {}
+        return dict(score_block(results, score)[1])
+    except UserError:
+        return {}
 
 
 def allowed_file(
@@ -114,38 +98,12 @@ def allowed_file(
     return Path(path).resolve() if is_inside(path, [*roots, *extra_roots]) else None
 
 
-def launch_app(run_dirs: Sequence[str | Path], port: int = 8501, host: str = "127.0.0.1") -> int:
-    """Run `streamlit run app/explorer.py` headless on host:port for the given run dirs; returns its exit code."""
-    runs = resolve_run_dirs(run_dirs)
-    if not APP_SCRIPT.is_file():
-        raise UserError(f"{APP_SCRIPT}: the explorer script is missing from this installation")
-    command = [*streamlit_command(port, host), "--", *map(str, runs)]
-    print(f"serving the explorer on http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
-    return subprocess.call(command)
-
-
-def streamlit_command(port: int, host: str) -> list[str]:
-    """The `python -m streamlit run` command line of the explorer, without the run dirs."""
-    return [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP_SCRIPT),
-        f"--server.address={host}",
-        f"--server.port={port}",
-        "--server.headless=true",
-        "--browser.gatherUsageStats=false",
-        "--client.toolbarMode=minimal",
-    ]
-
-
 # ------------------------------------------------------------------------------------------------ image table
 
 
-def image_rows(reader: StoreReader) -> list[dict[str, Any]]:
-    """One dict per stored image: index, subset, image (relpath) and the per-image statistics (NaN if absent)."""
-    stats = reader.stats()
+def image_rows(reader: StoreReader, score: str | None = None) -> list[dict[str, Any]]:
+    """One dict per stored image: index, subset, image (relpath) and its metrics of `score` (NaN if absent)."""
+    stats = reader.stats(score)
     rows = []
     for i, (relpath, subset) in enumerate(zip(reader.relpaths, reader.subsets, strict=True)):
         row: dict[str, Any] = {"index": i, "subset": subset, "image": relpath}
@@ -161,7 +119,7 @@ def worst_first(rows: Sequence[Mapping], metric: str, subset: str | None = None)
     Worst = lowest AUPRC / mIoU, highest FPR95 / ECE.
     """
     picked = [dict(r) for r in rows if subset in (None, r["subset"])]
-    higher_is_worse = metric.startswith(("fpr95", "ece"))
+    higher_is_worse = lower_is_better(metric)
 
     def key(row: Mapping) -> tuple[int, float]:
         value = float(row.get(metric, math.nan))
@@ -175,21 +133,18 @@ def worst_first(rows: Sequence[Mapping], metric: str, subset: str | None = None)
 # ------------------------------------------------------------------------------------------------ maps and colours
 
 
-def read_maps(
-    reader: StoreReader, index: int, preview: bool = True, region: tuple[slice, slice] | None = None
-) -> dict[str, Any]:
-    """The maps of one image: pred (h, w) uint8; confs {score: (h, w) uint16 levels}; gt_label / gt_invalid
-    (h, w) uint8 or None; and at preview size only, rgb (h, w, 3) uint8, top2_class (2, h, w) uint8 and
-    top2_score (2, h, w) float32, each None when the store lacks it. `region` reads a full-resolution window."""
-    kwargs: dict[str, Any] = {"preview": preview} if region is None else {"region": region}
-    maps: dict[str, Any] = {"pred": reader.read(index, "pred", **kwargs)}
-    maps["confs"] = {s: reader.read(index, f"conf/{s}", **kwargs) for s in reader.confidences}
+def read_maps(reader: StoreReader, index: int) -> dict[str, Any]:
+    """The preview maps of one image: pred (h, w) uint8; confs {score: (h, w) uint16 levels}; gt_label /
+    gt_invalid (h, w) uint8 or None; rgb (h, w, 3) uint8, top2_class (2, h, w) uint8 and top2_score (2, h, w)
+    float32, each None when the store lacks it."""
+    maps: dict[str, Any] = {"pred": reader.preview(index, "pred")}
+    maps["confs"] = {s: reader.preview(index, f"conf/{s}") for s in reader.confidences}
     gt = reader.has_ground_truth(index)
-    maps["gt_label"] = reader.read(index, "gt_label", **kwargs) if gt else None
-    maps["gt_invalid"] = reader.read(index, "gt_invalid", **kwargs) if gt else None
+    maps["gt_label"] = reader.preview(index, "gt_label") if gt else None
+    maps["gt_invalid"] = reader.preview(index, "gt_invalid") if gt else None
     for name in ("rgb", "top2_class", "top2_score"):
         try:
-            maps[name] = reader.read(index, name, preview=True) if preview and region is None else None
+            maps[name] = reader.preview(index, name)
         except KeyError:
             maps[name] = None
     if maps["top2_score"] is not None:
@@ -197,9 +152,43 @@ def read_maps(
     return maps
 
 
-def confidence_of_levels(levels: np.ndarray) -> np.ndarray:
-    """(...) uint16 levels -> float64 confidences (k + 0.5) / 65536 (higher = more in-distribution)."""
-    return (np.asarray(levels, dtype=np.float64) + 0.5) / NUM_LEVELS
+def read_region(run: Run, index: int, region: tuple[slice, slice]) -> dict[str, Any]:
+    """Full-resolution maps of one image inside `region`: pred and every score's confidence from the run's own
+    PNGs; the ground truth and the photo from the folders the run names in its config.yaml (`gt`,
+    `images_root`). Those live outside the run folder and are read because the run names them, and only files
+    that resolve inside them (no `..`, no link out). Same keys as `read_maps`; what is not there is None."""
+    from eomt_ood.bravo.layout import (
+        gt_image_of_input,
+        open_tree,
+        read_conf,
+        read_label,
+        read_mask,
+        read_pred,
+    )
+    from eomt_ood.data.images import read_image
+
+    folder, rel = run.folder, run.reader.relpaths[index]
+    maps: dict[str, Any] = {"top2_class": None, "top2_score": None, "gt_label": None, "gt_invalid": None}
+    pred_path = folder.pred_file(rel)
+    maps["pred"] = read_pred(pred_path.read_bytes(), str(pred_path))[region]
+    maps["confs"] = {}
+    for n, score in enumerate(run.reader.confidences):
+        path = folder.conf_file(rel, score, n == 0)
+        maps["confs"][score] = read_conf(path.read_bytes(), str(path))[region]
+    gt_root, image = run.config.get("gt"), gt_image_of_input(rel)
+    if gt_root and image is not None and run.reader.has_ground_truth(index) and Path(gt_root).exists():
+        with open_tree(gt_root, "ground truth") as tree:
+            if image.label_name in tree and image.mask_name in tree:
+                maps["gt_label"] = read_label(tree.read(image.label_name), image.label_name)[region]
+                invalid = read_mask(tree.read(image.mask_name), image.mask_name)
+                maps["gt_invalid"] = invalid[region].astype(np.uint8)
+    maps["rgb"] = None
+    images_root = run.config.get("images_root")
+    if images_root:
+        photo = allowed_file(Path(images_root) / rel, [Path(images_root).resolve()])
+        if photo is not None and photo.is_file():
+            maps["rgb"] = read_image(photo)[region]
+    return maps
 
 
 @lru_cache(maxsize=16)
@@ -541,8 +530,7 @@ def model_source(config: Mapping, roots: Sequence[Path]) -> tuple[str | None, Pa
 
 def build_model(model: str | None, checkpoint: Path | None):
     """The run's model in eval mode: `create_model(model, checkpoint=...)`, or `load_model(checkpoint)`."""
-    from eomt_ood.models import create_model
-    from eomt_ood.models.checkpoints import load_model
+    from eomt_ood.models import create_model, load_model
 
     if model is None and checkpoint is None:
         raise UserError("config.yaml: the run names neither a model nor a checkpoint")
@@ -551,14 +539,14 @@ def build_model(model: str | None, checkpoint: Path | None):
 
 
 def predict_own_image(model, image: np.ndarray, confidences: Sequence[str]) -> dict[str, Any]:
-    """Run `predict_maps` on a (H, W, 3) uint8 image; returns maps shaped like `read_maps` (levels, no GT)."""
-    from eomt_ood.bravo.submission import quantise_confidence
-    from eomt_ood.inference.predict import predict_maps
+    """Predict a (H, W, 3) uint8 image; returns maps shaped like `read_maps` (levels, no GT, no top-2)."""
+    from eomt_ood.inference.predict import canvas_levels, predict_canvas, prepare_model
 
-    pred, confs = predict_maps(model, image, confidences)
+    canvas = predict_canvas(prepare_model(model), image)
+    pred, levels = canvas_levels(canvas, image.shape[0], image.shape[1], confidences)
     return {
         "pred": pred,
-        "confs": {s: quantise_confidence(c) for s, c in confs.items()},
+        "confs": levels,
         "gt_label": None,
         "gt_invalid": None,
         "rgb": image,

@@ -234,6 +234,17 @@ def open_tree(path: str | Path, label: str = "tree") -> Tree:
 # ------------------------------------------------------------------------------------------------ matching
 
 
+def subset_of_image(rel: str) -> str | None:
+    """The subset of an input image path (`bravo_ACDC/fog/...` -> "ACDCfog"), or None outside the layout."""
+    parts = rel.split("/")
+    if len(parts) < 2 or not parts[0].startswith("bravo_") or parts[0][6:] not in SPLIT_TYPES:
+        return None
+    split = parts[0][6:]
+    if split == "ACDC":
+        return f"ACDC{parts[1]}" if parts[1] in ACDC_CONDITIONS else None
+    return split
+
+
 @dataclass(frozen=True)
 class GtImage:
     """One GT image: its subset, split type and `<base>` (relative path without the label suffix)."""
@@ -261,6 +272,15 @@ class GtImage:
     @property
     def samples_name(self) -> str:
         return self.base + SAMPLES_SUFFIX
+
+
+def gt_image_of_input(rel: str) -> GtImage | None:
+    """The `GtImage` an input image path belongs to (its GT names follow from it), None outside the layout."""
+    split = rel.split("/", 1)[0].removeprefix("bravo_")
+    suffix = IMAGE_SUFFIX.get(split)
+    if suffix is None or not rel.endswith(suffix) or subset_of_image(rel) is None:
+        return None
+    return subset_of_label(rel[: -len(suffix)] + LABEL_SUFFIX[split])
 
 
 def subset_of_label(name: str) -> GtImage | None:

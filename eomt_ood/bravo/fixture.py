@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from eomt_ood.bravo.layout import IMAGE_SUFFIX, LABEL_SUFFIX, MASK_SUFFIX, SUBSET_SPLIT
 from eomt_ood.bravo.sampling import official_sample_indices, write_sampling_tar
-from eomt_ood.bravo.submission import quantise_confidence, write_raw_pair
-from eomt_ood.data.bravo import IMAGE_SUFFIX, LABEL_SUFFIX, MASK_SUFFIX, SUBSET_SPLIT
+from eomt_ood.bravo.submission import write_raw_pair
+from eomt_ood.confidence.levels import quantise_confidence
 from eomt_ood.data.png import write_png
 
 HEIGHT, WIDTH = 160, 320

@@ -1,0 +1,734 @@
+"""`eomt-ood evaluate --dataset bravo`: images -> model -> predictions, scores, store and report, as one stream.
+
+One image goes through three stages, each on its own hardware, joined by bounded queues (memory stays flat however
+many images):
+
+1. a worker process reads and decodes the input image and resizes it to the model's side (`read_input`);
+2. the model's device does the forward over the windows, the window merge, the upsampling, every requested
+   confidence score, the argmax and the 16-bit quantisation (`eomt_ood.inference.predict`);
+3. a worker process reads the ground truth, counts the image's statistics for every score with the functions
+   `eomt-ood score` uses (`eomt_ood.bravo.scoring`), writes the PNGs, makes the previews and saves the image's
+   record, last (`finish_image`).
+
+The main process adds each record's statistics to the per-subset sums and the record to the store, so nothing
+the run wrote is read back to score it. An image is done when its record exists: an interrupted run resumes at
+the first image without one, and the results do not depend on where it stopped. With `devices` > 1 (or under
+`torchrun`) the images are shared out over processes by Lightning Fabric; each rank predicts and scores its
+share, the sums are all-reduced and rank 0 writes the results.
+
+The run folder (paths, config.yaml, results.json) belongs to `eomt_ood.bravo.rundir`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eomt_ood.bravo.rundir import RunDir, pack_results, write_results
+from eomt_ood.errors import UserError
+
+# What the files of a finished image depend on: resuming with other values would mix two runs in one folder.
+OUTPUT_SETTINGS = ("images_root", "model", "checkpoint", "confidences", "precision")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Everything `evaluate_bravo` needs; written to RUN_DIR/config.yaml."""
+
+    out: Path = Path("runs/bravo-demo")
+    images_root: Path | None = None  # the BRAVO input tree (bravo_ACDC/..., bravo_synobjs/...)
+    gt: Path | None = None  # ground-truth folder or tar; None: no scoring
+    model: str | None = None  # registered name; None: taken from the checkpoint's metadata
+    checkpoint: Path | None = None
+    confidences: tuple[str, ...] = ("msp",)
+    samples: Path | None = None  # bravo_SAMPLING.tar for the official pixel sample when scoring
+    device: str = "cpu"
+    precision: str = "fp32"
+    micro_batch: int = 4
+    workers: int = 2  # worker processes per rank (reading, statistics, PNG writing); 0 = inline
+    devices: int = 1  # processes (one per GPU on CUDA) to share the images over
+    skip_unreadable: bool = (
+        False  # an unreadable input image is left out (recorded) instead of failing the run
+    )
+    demo: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def demo_config(out: Path | None = None, **changes: Any) -> EvaluateConfig:
+    """The bundled demo (`eomt_ood.bravo.demo`): generated BRAVO-layout images and GT, the demo checkpoint."""
+    from eomt_ood.bravo.demo import DEMO_RUN_DIR, demo_inputs
+
+    return replace(EvaluateConfig(out=out or DEMO_RUN_DIR, demo=True, **demo_inputs()), **changes)
+
+
+def ensure_demo_run() -> Path:
+    """The demo's run folder, evaluated first if it has no store yet (used by `eomt-ood app`)."""
+    from eomt_ood.bravo.demo import DEMO_RUN_DIR
+
+    if not RunDir(DEMO_RUN_DIR).store_file.is_file():
+        evaluate_bravo(demo_config())
+    return DEMO_RUN_DIR
+
+
+# ------------------------------------------------------------------------------------------------ stage 1
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    root: str
+    rel: str
+    side: int  # the model's input side: the image is resized so its short side is this
+
+
+@dataclass
+class ReadResult:
+    """A decoded input: `resized` (H', W', 3) uint8 with short side = side, `preview` photo, the original size;
+    or the reason it could not be read."""
+
+    rel: str
+    resized: np.ndarray | None = None
+    preview: np.ndarray | None = None
+    height: int = 0
+    width: int = 0
+    error: str | None = None
+
+
+def read_input(task: ReadTask) -> ReadResult:
+    """Stage 1 (worker): decode one input image, resize it for the model, make the photo preview."""
+    from eomt_ood.data.images import read_image
+    from eomt_ood.inference.windows import resize_image
+    from eomt_ood.store import downsample_mean, preview_shape
+
+    try:
+        rgb = read_image(Path(task.root) / task.rel)
+    except UserError as exc:
+        return ReadResult(task.rel, error=str(exc))
+    height, width = rgb.shape[:2]
+    shape = preview_shape(height, width)
+    if shape == (height, width):
+        preview = rgb
+    else:
+        preview = (
+            np.stack([downsample_mean(rgb[..., c], shape) for c in range(3)], -1).round().astype(np.uint8)
+        )
+    return ReadResult(task.rel, resize_image(rgb, task.side), preview, height, width)
+
+
+# ------------------------------------------------------------------------------------------------ stage 3
+
+
+@dataclass
+class FinishTask:
+    """One predicted image on its way to disk: maps at full resolution, previews, where its GT is."""
+
+    run_dir: str
+    rel: str
+    subset: str
+    scores: tuple[str, ...]
+    pred: np.ndarray  # (H, W) uint8
+    levels: dict[str, np.ndarray]  # {score: (H, W) uint16}
+    top2: tuple[np.ndarray, np.ndarray]
+    photo: np.ndarray  # preview-size RGB
+    gt: Any = None  # GroundTruthRefs or None
+
+
+def finish_image(task: FinishTask) -> Any:
+    """Stage 3 (worker): statistics against the GT, PNGs, previews, and the record (returned, and saved last)."""
+    from eomt_ood.bravo.scoring import image_metrics, read_ground_truth, score_maps
+    from eomt_ood.bravo.submission import write_raw_pair
+    from eomt_ood.data.png import write_png
+    from eomt_ood.store import ImageRecord, make_previews, save_record
+
+    run = RunDir(Path(task.run_dir))
+    height, width = task.pred.shape
+    record = ImageRecord(task.rel, task.subset, height, width, previews={})
+    gt = read_ground_truth(task.gt) if task.gt is not None else None
+    if gt is not None:
+        if gt.label.shape != task.pred.shape:
+            raise UserError(
+                f"{gt.label_name}: ground-truth size {gt.label.shape[1]}x{gt.label.shape[0]} differs from the "
+                f"input image {task.rel} ({width}x{height})"
+            )
+        for index, score in enumerate(task.scores):
+            stats = score_maps(
+                gt,
+                task.pred,
+                task.levels[score],
+                pred_name=str(run.pred_file(task.rel)),
+                conf_name=str(run.conf_file(task.rel, score, index == 0)),
+            )
+            levels, counts = stats.sparse_histograms()
+            record.sparse[score] = (levels, counts.astype(np.int32))
+            record.stats[score] = image_metrics(task.subset, stats)
+            record.cm, record.pixels = stats.cm, (stats.valid, stats.invalid, stats.void)
+    else:
+        for score in task.scores:
+            counts = np.bincount(task.levels[score].ravel(), minlength=65536)
+            levels = np.flatnonzero(counts)
+            record.level_counts[score] = (levels.astype(np.uint16), counts[levels])
+            mean = (float(task.levels[score].mean(dtype=np.float64)) + 0.5) / 65536
+            record.stats[score] = {"mean_confidence": mean}
+    for score in task.scores[1:]:
+        write_png(run.conf_file(task.rel, score, first=False), task.levels[score])
+    write_raw_pair(run.submission, task.rel, task.pred, task.levels[task.scores[0]])
+    record.previews = make_previews(
+        task.pred,
+        task.levels,
+        gt_label=gt.label if gt is not None else None,
+        gt_invalid=gt.mask if gt is not None else None,
+        rgb=task.photo,
+        top2=task.top2,
+    )
+    save_record(run.record_file(task.rel), record)
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ the stream
+
+
+@dataclass
+class _Plan:
+    """What one rank does: every image of the run in order, which are done, where their GT is."""
+
+    rels: list[str]
+    subsets: dict[str, str]
+    gt: dict[str, Any]  # rel -> GroundTruthRefs (images with ground truth only)
+    todo: list[str]
+
+
+def _plan(config: EvaluateConfig, run: RunDir, gt_tree: Any, samples_tree: Any) -> _Plan:
+    """List the input images, match the GT to them and check every GT / sample file is there (before any work)."""
+    from eomt_ood.bravo.layout import match_gt, subset_of_image
+    from eomt_ood.bravo.scoring import ground_truth_refs
+    from eomt_ood.bravo.submission import check_output_names, raw_names
+    from eomt_ood.data.images import find_images
+    from eomt_ood.io import warn
+
+    assert config.images_root is not None
+    rels, subsets = [], {}
+    for rel in find_images(config.images_root, exclude=run.path):
+        subset = subset_of_image(rel)
+        if subset is not None:
+            rels.append(rel)
+            subsets[rel] = subset
+    if not rels:
+        raise UserError(
+            f"{config.images_root}: no BRAVO input images found (expected bravo_<split>/... files)"
+        )
+    check_output_names(config.images_root, rels)
+    gt_refs: dict[str, Any] = {}
+    if gt_tree is not None:
+        by_pred = {raw_names(rel)[0]: rel for rel in rels}
+        for images in match_gt(gt_tree.names, warn).values():
+            for image in images:
+                rel = by_pred.get(image.pred_name)
+                if rel is None:
+                    raise UserError(
+                        f"{image.label_name}: ground-truth image without an input image under {config.images_root}"
+                    )
+                gt_refs[rel] = ground_truth_refs(image, gt_tree, samples_tree)
+    todo = [rel for rel in rels if not run.is_done(rel, config.confidences)]
+    return _Plan(rels, subsets, gt_refs, todo)
+
+
+def _predict_stream(
+    config: EvaluateConfig, run: RunDir, plan: _Plan, todo: Sequence[str], model: Any, pool: Any, timing: dict
+) -> Iterator[tuple[str, Any]]:
+    """Stages 1-3 over `todo`, in order: yields (rel, record), record None for an image left out as unreadable."""
+    from eomt_ood.inference.predict import canvas_levels, canvas_top2, parse_precision, predict_canvas
+    from eomt_ood.io import warn
+    from eomt_ood.store import preview_shape
+
+    dtype, device = parse_precision(config.precision), next(model.parameters()).device
+    side = int(model.img_size)
+    window = max(2, 2 * pool.workers)
+    reads = (pool.submit(read_input, ReadTask(str(config.images_root), rel, side)) for rel in todo)
+    reading: deque = deque(next(reads) for _ in range(min(window, len(todo))))
+    finishing: deque = deque()  # (rel, future of its record)
+    while reading:
+        item = reading.popleft().result()
+        following = next(reads, None)
+        if following is not None:
+            reading.append(following)
+        if item.error is not None:
+            if not config.skip_unreadable:
+                raise UserError(
+                    f"{item.error}; fix or remove it, or pass --skip-unreadable to leave it out "
+                    "(finished images are kept)"
+                )
+            warn(f"skipped {item.error}")
+            timing["failed"].append(item.rel)
+            finishing.append((item.rel, None))
+            continue
+        tic = time.perf_counter()
+        canvas = predict_canvas(
+            model, item.resized, micro_batch=config.micro_batch, dtype=dtype, device=device
+        )
+        pred, levels = canvas_levels(canvas, item.height, item.width, config.confidences)
+        top2 = canvas_top2(canvas, preview_shape(item.height, item.width))
+        timing["model_seconds"] += time.perf_counter() - tic
+        task = FinishTask(
+            str(run.path),
+            item.rel,
+            plan.subsets[item.rel],
+            config.confidences,
+            pred,
+            levels,
+            top2,
+            item.preview,
+            plan.gt.get(item.rel),
+        )
+        finishing.append((item.rel, pool.submit(finish_image, task)))
+        while len(finishing) > window:
+            yield _finished(finishing.popleft())
+    while finishing:
+        yield _finished(finishing.popleft())
+
+
+def _finished(entry: tuple[str, Any]) -> tuple[str, Any]:
+    rel, future = entry
+    return rel, (future.result() if future is not None else None)
+
+
+def _in_order(
+    run: RunDir, rels: Sequence[str], todo: Sequence[str], stream: Any
+) -> Iterator[tuple[str, Any, bool]]:
+    """(rel, record or None, new) for every image of `rels` in order: finished ones loaded from their records,
+    the `todo` ones taken from `stream()` (started at the first one needed)."""
+    from eomt_ood.store import load_record
+
+    pending = set(todo)
+    produced: Iterator[tuple[str, Any]] | None = None
+    for rel in rels:
+        if rel not in pending:
+            yield rel, load_record(run.record_file(rel)), False
+            continue
+        if produced is None:
+            produced = stream()
+        got, record = next(produced)
+        assert got == rel, (got, rel)
+        yield rel, record, True
+
+
+def _load_model(config: EvaluateConfig, device: Any) -> Any:
+    from eomt_ood.inference.predict import prepare_model
+    from eomt_ood.models import create_model, load_model
+
+    if config.model is None and config.checkpoint is None:
+        raise UserError("--model or --checkpoint is needed (or neither, for the bundled demo)")
+    if config.model is None:
+        assert config.checkpoint is not None
+        model = load_model(config.checkpoint)
+    else:
+        model = create_model(config.model, checkpoint=config.checkpoint)
+    return prepare_model(model, device)
+
+
+# ------------------------------------------------------------------------------------------------ ranks
+
+
+@dataclass
+class _Ranks:
+    """This process's place among the evaluating processes (one, unless `devices` > 1 or under torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    fabric: Any = None
+
+    @classmethod
+    def start(cls, config: EvaluateConfig) -> _Ranks:
+        import os
+
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if config.devices == 1 and launched == 1:
+            return cls()
+        from lightning.fabric import Fabric
+
+        accelerator = "cuda" if config.device.startswith("cuda") else "cpu"
+        devices = int(os.environ.get("LOCAL_WORLD_SIZE", config.devices)) if launched > 1 else config.devices
+        try:
+            fabric = Fabric(
+                accelerator=accelerator,
+                devices=devices,
+                num_nodes=max(1, launched // devices),
+                strategy="ddp",
+            )
+            fabric.launch()
+        except (
+            Exception
+        ) as exc:  # Lightning's misconfiguration errors: a device count this machine cannot give
+            if type(exc).__name__ != "MisconfigurationException":
+                raise
+            raise UserError(f"--devices {config.devices}: {exc}") from None
+        return cls(fabric.global_rank, fabric.world_size, fabric)
+
+    def device(self, config: EvaluateConfig) -> Any:
+        from eomt_ood.inference.predict import parse_device
+
+        return self.fabric.device if self.fabric is not None else parse_device(config.device)
+
+    def barrier(self) -> None:
+        if self.fabric is not None:
+            self.fabric.barrier()
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        """The element-wise sum of `array` over all ranks (int64)."""
+        if self.fabric is None:
+            return array
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(self.fabric.device)
+        return self.fabric.all_reduce(tensor, reduce_op="sum").cpu().numpy()
+
+    def say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ totals
+
+
+class _Totals:
+    """The run's sums: per score a `Scorer` (images with GT) and per-subset level histograms (images without)."""
+
+    def __init__(self, scores: Sequence[str]):
+        from eomt_ood.bravo.scoring import Scorer
+
+        self.scores = list(scores)
+        self.scorers = {score: Scorer() for score in scores}
+        self.level_counts: dict[str, dict[str, np.ndarray]] = {score: {} for score in scores}
+
+    def add(self, record: Any) -> None:
+        from eomt_ood.bravo.scoring import ImageStatistics
+
+        for score in self.scores:
+            if record.has_gt:
+                levels, counts = record.sparse[score]
+                stats = ImageStatistics.from_sparse(record.cm, levels, counts, *record.pixels)
+                self.scorers[score].add(record.subset, stats)
+            else:
+                levels, counts = record.level_counts[score]
+                hist = self.level_counts[score].setdefault(record.subset, np.zeros(65536, np.int64))
+                np.add.at(hist, levels.astype(np.intp), counts)
+
+    def reduce(self, ranks: _Ranks) -> None:
+        """Sum the totals of every rank (all ranks must call this)."""
+        from eomt_ood.bravo.layout import SUBSETS
+        from eomt_ood.bravo.scoring import Scorer
+
+        if ranks.world == 1:
+            return
+        for score in self.scores:
+            self.scorers[score] = Scorer.from_state(ranks.sum(self.scorers[score].state()))
+            hists = np.stack([self.level_counts[score].get(s, np.zeros(65536, np.int64)) for s in SUBSETS])
+            summed = ranks.sum(hists)
+            self.level_counts[score] = {s: h for s, h in zip(SUBSETS, summed, strict=True) if h.any()}
+
+    def add_histograms(self, store: Any) -> None:
+        for score in self.scores:
+            for subset, histograms in self.scorers[score].histograms().items():
+                store.add_histograms(score, subset, histograms)
+            for subset, counts in self.level_counts[score].items():
+                store.add_level_histogram(score, subset, counts)
+
+
+def _row(record: Any, score: str) -> dict[str, Any]:
+    """The report's per-image row: subset, image and the image's metrics of `score`."""
+    return {"subset": record.subset, "image": record.relpath, **record.stats.get(score, {})}
+
+
+def _write_store(
+    run: RunDir,
+    config: EvaluateConfig,
+    model_name: str,
+    records: Any,
+    totals: _Totals,
+    accumulate: bool,
+    bar: Any,
+) -> list[dict[str, Any]]:
+    """Gather `records` into the store (adding them to `totals` when `accumulate`); returns the report's rows."""
+    from eomt_ood.store import StoreWriter
+
+    rows = []
+    with StoreWriter(run.store_file, model=model_name, confidences=list(config.confidences)) as store:
+        for _, record, new in records:
+            if record is None:
+                continue
+            if accumulate:
+                totals.add(record)
+            store.add(record)
+            rows.append(_row(record, config.confidences[0]))
+            if new:
+                bar.update()
+        totals.add_histograms(store)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def check_inputs(config: EvaluateConfig) -> None:
+    """Every path and option that can be checked without the model, before anything expensive starts."""
+    if config.images_root is None:
+        raise UserError(
+            "--root: the BRAVO image folder is needed (or neither --root nor --checkpoint, for the demo)"
+        )
+    if not Path(config.images_root).is_dir():
+        raise UserError(f"--root: {config.images_root}: folder not found")
+    if config.gt is not None and not Path(config.gt).exists():
+        raise UserError(f"--gt: {config.gt}: ground truth not found")
+    if config.samples is not None and config.gt is None:
+        raise UserError("--samples needs --gt: the official sample only matters when scoring")
+    if config.samples is not None and not Path(config.samples).is_file():
+        raise UserError(f"--samples: {config.samples}: sampling file not found")
+    if config.checkpoint is not None and not Path(config.checkpoint).exists():
+        raise UserError(f"--checkpoint: {config.checkpoint}: file not found")
+    if not config.confidences or len(set(config.confidences)) != len(config.confidences):
+        raise UserError("--confidence: give each score once (at least one)")
+    if config.devices < 1:
+        raise UserError(f"--devices: must be at least 1, got {config.devices}")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out}: exists and is not a folder")
+    for source in (config.images_root, config.gt, config.samples, config.checkpoint):
+        if source is not None and Path(source).resolve() == out.resolve():
+            raise UserError(f"--out: {out} is also an input; choose another folder")
+
+
+def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the whole evaluation into `config.out`; returns the results dict (only `meta` without GT).
+
+    Bad input is a `UserError`, raised before the model is loaded wherever it can be known then. A subset whose
+    metrics are undefined (degenerate data) is named in a `UserError` after everything else was written.
+    """
+    from eomt_ood.io import ProcessMap
+
+    check_inputs(config)
+    start = time.perf_counter()
+    # The workers are forked now, before torch is imported or any thread started (see `eomt_ood.io`).
+    with ProcessMap(config.workers) as pool:
+        results = _evaluate(config, pool, start, progress)
+    unscored = results.get("meta", {}).get("unscored_subsets") or {}
+    if unscored:
+        first = next(iter(unscored.values()))
+        raise UserError(
+            f"{RunDir(config.out).results_file}: {len(unscored)} subset(s) left unscored "
+            f"({', '.join(unscored)}): {first}; everything else was written"
+        )
+    return results
+
+
+def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from eomt_ood.bravo.layout import open_tree
+    from eomt_ood.config import to_dict
+    from eomt_ood.io import remove_stale_temporaries
+
+    run = RunDir(config.out)
+    ranks = _Ranks.start(config)
+    say = ranks.say if progress else _quiet
+    with contextlib.ExitStack() as stack:
+        gt_tree = stack.enter_context(open_tree(config.gt, "ground truth")) if config.gt else None
+        samples_tree = (
+            stack.enter_context(open_tree(config.samples, "sampling file")) if config.samples else None
+        )
+        plan = _plan(config, run, gt_tree, samples_tree)
+        if ranks.rank == 0:
+            stack.enter_context(run.lock("eomt-ood evaluate"))
+            settings = to_dict(config)
+            run.check_resumable(settings, OUTPUT_SETTINGS)
+            run.write_config(settings)
+            remove_stale_temporaries(run.path)
+        mine = plan.rels[ranks.rank :: ranks.world]
+        unfinished = set(plan.todo)
+        todo = [rel for rel in mine if rel in unfinished]
+        if len(plan.todo) < len(plan.rels):
+            say(f"resuming: {len(plan.rels) - len(plan.todo)} of {len(plan.rels)} images done")
+        timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0}
+        model = None
+        if todo:
+            say(f"loading model {config.model or Path(str(config.checkpoint)).name} ...")
+            model = _load_model(config, ranks.device(config))
+            timing["startup_seconds"] = time.perf_counter() - start
+        model_name = _model_name(model, config)
+        totals = _Totals(config.confidences)
+        records = _in_order(
+            run, mine, todo, lambda: _predict_stream(config, run, plan, todo, model, pool, timing)
+        )
+        bar = tqdm(
+            total=len(todo),
+            desc="evaluate",
+            unit="img",
+            disable=not progress or ranks.rank != 0,
+            file=sys.stderr,
+        )
+        with bar:
+            if ranks.world == 1:
+                rows = _write_store(run, config, model_name, records, totals, True, bar)
+            else:
+                for _, record, new in records:
+                    if record is not None:
+                        totals.add(record)
+                    bar.update(int(new))
+                totals.reduce(ranks)
+                ranks.barrier()
+                if ranks.rank != 0:
+                    return {}
+                everything = _in_order(run, plan.rels, [], lambda: iter(()))
+                rows = _write_store(run, config, model_name, everything, totals, False, bar)
+        timing.update(
+            seconds=time.perf_counter() - start,
+            images=len(plan.rels),
+            skipped=len(plan.rels) - len(plan.todo),
+            predicted=len(todo) - len(timing["failed"]),
+            ranks=ranks.world,
+        )
+        return _write_results(run, config, _model_record(model, config), totals, rows, timing)
+
+
+def _write_results(
+    run: RunDir, config: EvaluateConfig, model: dict | None, totals: _Totals, rows: list, timing: dict
+) -> dict[str, Any]:
+    results = _results(config, totals, model)
+    results["meta"]["inference"] = timing
+    write_results(results, run.results_file)
+    _write_report(run, config, model["name"] if model else "unknown model", results, totals, rows)
+    return results
+
+
+def gather_run(config: EvaluateConfig, timing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the store, results.json and report of a run folder whose images all have their records.
+
+    What `evaluate_bravo` does after its images are finished, from the records on disk: for a run whose
+    records were made elsewhere (another machine, a test). Returns the results dict.
+    """
+    from contextlib import nullcontext
+
+    from eomt_ood.bravo.layout import subset_of_image
+    from eomt_ood.data.images import find_images
+
+    assert config.images_root is not None
+    run = RunDir(config.out)
+    rels = [r for r in find_images(config.images_root, exclude=run.path) if subset_of_image(r) is not None]
+    missing = [rel for rel in rels if not run.is_done(rel, config.confidences)]
+    if missing:
+        raise UserError(f"{run.record_file(missing[0])}: missing ({len(missing)} image(s) not finished)")
+    model = _model_record(None, config)
+    totals = _Totals(config.confidences)
+    records = _in_order(run, rels, [], lambda: iter(()))
+    rows = _write_store(
+        run, config, model["name"] if model else "unknown model", records, totals, True, nullcontext()
+    )
+    return _write_results(run, config, model, totals, rows, timing or {})
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _model_record(model: Any, config: EvaluateConfig) -> dict[str, Any] | None:
+    """{"name", "kwargs"} of the model: from the loaded model, else from the checkpoint or the name."""
+    from eomt_ood.bravo.rundir import model_record
+
+    if model is not None:
+        from eomt_ood.models.registry import model_config
+
+        try:
+            return dict(model_config(model))
+        except ValueError:
+            pass
+    return model_record(
+        {"model": config.model, "checkpoint": str(config.checkpoint) if config.checkpoint else None}
+    )
+
+
+def _model_name(model: Any, config: EvaluateConfig) -> str:
+    """The model's short name for titles and the store: its registered name, else the checkpoint file's name."""
+    record = _model_record(model, config)
+    if record is not None:
+        return str(record["name"])
+    return Path(str(config.checkpoint)).name if config.checkpoint else "unknown model"
+
+
+def _results(config: EvaluateConfig, totals: _Totals, model: dict[str, Any] | None) -> dict[str, Any]:
+    """The results dict: one block of official keys per score (flat for one score) and `meta`."""
+    from eomt_ood.bravo.rundir import NAN_NOTE
+    from eomt_ood.bravo.scoring import scoring_meta
+
+    blocks, unscored = {}, {}
+    for score in config.confidences:
+        metrics, left_out = totals.scorers[score].metrics()
+        blocks[score] = metrics
+        for subset, why in left_out.items():
+            unscored.setdefault(subset, why)
+    meta = scoring_meta(
+        config.gt, RunDir(config.out).submission, config.samples, totals.scorers[config.confidences[0]]
+    )
+    meta.update(
+        images_root=str(config.images_root),
+        model=config.model,
+        checkpoint=str(config.checkpoint) if config.checkpoint else None,
+        model_config=model,
+        confidences=list(config.confidences),
+        unscored_subsets=unscored,
+        skip_unreadable=config.skip_unreadable,
+        nan=NAN_NOTE,
+    )
+    return pack_results(blocks, meta) if config.gt is not None else {"meta": meta}
+
+
+def _write_report(
+    run: RunDir, config: EvaluateConfig, model_name: str, results: dict, totals: _Totals, rows: list
+) -> None:
+    from eomt_ood.bravo.rundir import score_block
+    from eomt_ood.reports.html import write_report
+
+    first = config.confidences[0]
+    block = score_block(results, first)[1] if config.gt is not None else {}
+    write_report(
+        run.report_file,
+        block | {"meta": results["meta"]},
+        totals.scorers[first].histograms(),
+        rows,
+        title=f"eomt-ood BRAVO evaluation: {model_name} ({first})",
+        conf_histograms=totals.level_counts[first] or None,
+    )
+
+
+def summary_table(results: dict[str, Any], score: str | None = None) -> str:
+    """A short text table of the key metrics per subset of one score (the submitted one by default).
+
+    `ood_px` is the fraction of OOD pixels among the scored ones: the AUPRC_OOD of a confidence that knows
+    nothing, to read `auprc_ood` against.
+    """
+    from eomt_ood.bravo.layout import OOD_SUBSETS, SUBSETS
+    from eomt_ood.bravo.rundir import score_block
+
+    score, block = score_block(results, score)
+    counts = results.get("meta", {}).get("subsets", {})
+    columns = ("miou_valid", "ece_valid", "auroc_valid", "auprc_ood", "ood_px", "auroc_ood", "fpr95_ood")
+    lines = [f"{'subset':<14}" + "".join(f"{c:>12}" for c in columns)]
+    for subset in SUBSETS:
+        if not any(k.startswith(f"{subset}_") for k in block):
+            continue
+        cells = []
+        for column in columns:
+            value = block.get(f"{subset}_{column}")
+            if column == "ood_px" and subset in OOD_SUBSETS and subset in counts:
+                pos, neg = counts[subset]["invalid"], counts[subset]["valid"]
+                value = pos / (pos + neg) if pos + neg else None
+            cells.append(f"{value:>12.4f}" if isinstance(value, float) else f"{'–':>12}")
+        lines.append(f"{subset:<14}" + "".join(cells))
+    for key in ("semantic_hmean", "ood_hmean", "bravo_index"):
+        if key in block:
+            lines.append(f"{key:<14}{block[key]:>12.4f}")
+    return f"{score}:\n" + "\n".join(lines) if score else "\n".join(lines)

@@ -1,0 +1,317 @@
+"""The one owner of a run folder and of the results JSON (docs/formats.md, "Run folder").
+
+A run folder is what `eomt-ood evaluate` writes::
+
+    RUN_DIR/config.yaml                the resolved settings (resuming with other settings is refused)
+    RUN_DIR/submission/...             the raw BRAVO tree: 8-bit _pred.png, 16-bit _conf.png of the first score
+    RUN_DIR/confidence/<score>/...     16-bit _conf.png of every further score
+    RUN_DIR/records/<image>.npz        one record per finished image (`eomt_ood.store.ImageRecord`), written
+                                       after the image's PNGs: an image is done when its record exists
+    RUN_DIR/predictions.h5             the records gathered (`eomt_ood.store`), plus the pooled histograms
+    RUN_DIR/results.json               official keys + `meta`; one block per score when there are several
+    RUN_DIR/report.html                the report
+    RUN_DIR/.lock                      held while a command writes the folder (who holds it is written inside)
+
+A results file (also what `eomt-ood score` writes) is a flat object of official keys (`synobjs_auprc_ood`,
+`bravo_index`, ...) plus `meta`, or, for several confidence scores, `{"msp": {...}, "rba": {...}, "meta": {...}}`.
+NaN (an undefined metric) is written as the bare token `NaN`, as Python's `json` and the official evaluator do;
+`meta.nan` says so. `evaluate`, `score`, `compare`, `regress`, the report and the app read and write these only
+through this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eomt_ood.bravo.submission import raw_names
+from eomt_ood.errors import UserError
+from eomt_ood.io import write_text_atomic
+
+META = "meta"
+FLAT = ""
+"""Block name of a flat (single-score) results file."""
+NAN_NOTE = "NaN marks an undefined metric and is written as the bare token NaN (Python's json, the official evaluator)"
+
+
+# ------------------------------------------------------------------------------------------------ results files
+
+
+def load_results(path: str | Path, what: str = "results") -> dict[str, Any]:
+    """Parse a results JSON file (bare `NaN` tokens allowed); a missing or malformed file is a `UserError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a {what} file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read {what} file ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object of metrics, got {type(data).__name__}")
+    return data
+
+
+def write_results(results: Mapping[str, Any], out: str | Path) -> Path:
+    """Write a results dict as JSON (NaN as the bare token `NaN`), atomically."""
+    return write_text_atomic(out, json.dumps(results, indent=2, allow_nan=True) + "\n")
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def metric_blocks(results: Mapping[str, Any], name: str = "results") -> dict[str, dict[str, Any]]:
+    """The metrics of a results object per confidence-score block, `meta` left out.
+
+    `{FLAT: {key: value}}` for a flat file, `{score: {key: value}}` for per-score blocks; values as stored
+    (scalars and the `iou_valid` lists). The official Python API's wrapping `{"method": {...}, "result": true}` is
+    read as flat. A top level that mixes metrics and blocks is a `UserError` (`name` is used in the message).
+    """
+    body = {k: v for k, v in results.items() if k != META}
+    if (
+        set(body) == {"method", "result"}
+        and isinstance(body["result"], bool)
+        and isinstance(body["method"], dict)
+    ):
+        body = body["method"]
+    blocks = {k for k, v in body.items() if isinstance(v, dict)}
+    if not blocks:
+        return {FLAT: body}
+    if len(blocks) != len(body):
+        stray = sorted(set(body) - blocks)[:3]
+        raise UserError(
+            f"{name}: mixes per-score blocks ({', '.join(sorted(blocks)[:3])}) with top-level metrics "
+            f"({', '.join(stray)}); expected one or the other"
+        )
+    return {block: {k: v for k, v in body[block].items() if k != META} for block in body}
+
+
+def scalar_metrics(block: Mapping[str, Any]) -> dict[str, float]:
+    """The scalar metrics of one block as floats (lists such as `iou_valid` left out)."""
+    return {k: float(v) for k, v in block.items() if _is_scalar(v)}
+
+
+def score_block(
+    results: Mapping[str, Any], score: str | None = None, where: str = "results"
+) -> tuple[str | None, dict[str, Any]]:
+    """(score name, its flat metrics) of a results object.
+
+    score None: the submitted score (`meta.confidences[0]`, else the first block). A flat file holds one score,
+    the one `meta.confidences` names (None when it names none); asking it for another is a `UserError`.
+    """
+    blocks = metric_blocks(results, where)
+    recorded = [str(c) for c in (results.get(META) or {}).get("confidences") or []]
+    if set(blocks) == {FLAT}:
+        own = recorded[0] if recorded else None
+        if score is not None and own is not None and score != own:
+            raise UserError(f"{where}: no results for confidence {score!r} (it has {own})")
+        return score or own, blocks[FLAT]
+    if score is None:
+        score = recorded[0] if recorded and recorded[0] in blocks else next(iter(blocks))
+    if score not in blocks:
+        raise UserError(f"{where}: no results for confidence {score!r} (it has {', '.join(blocks)})")
+    return score, blocks[score]
+
+
+def pack_results(blocks: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A results object from {score: flat metrics}: flat for one score, one block per score for several."""
+    if len(blocks) == 1:
+        results = dict(next(iter(blocks.values())))
+    else:
+        results = {score: dict(block) for score, block in blocks.items()}
+    results[META] = dict(meta)
+    return results
+
+
+def model_record(meta: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The model a run used, as {"name", "kwargs"}: `meta.model_config`, else the checkpoint's metadata (read
+    without loading tensors), else the registered name; None when nothing tells."""
+    config = config or {}
+    recorded = meta.get("model_config")
+    if isinstance(recorded, Mapping) and recorded.get("name"):
+        return {"name": recorded["name"], "kwargs": dict(recorded.get("kwargs") or {})}
+    checkpoint = meta.get("checkpoint") or config.get("checkpoint")
+    if checkpoint:
+        found = checkpoint_model_record(checkpoint)
+        if found is not None:
+            return found
+    name = meta.get("model") or config.get("model")
+    return {"name": name, "kwargs": {}} if name else None
+
+
+def checkpoint_model_record(checkpoint: str | Path) -> dict[str, Any] | None:
+    """{"name", "kwargs"} from an eomt-ood safetensors checkpoint's metadata, None for any other file."""
+    if not str(checkpoint).endswith(".safetensors") or not Path(checkpoint).is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(checkpoint), "pt") as handle:  # the header only: no tensor is read
+            metadata = handle.metadata() or {}
+        parsed = json.loads(metadata["config"]) if "config" in metadata else None
+    except Exception:  # a foreign or damaged file only means the model is not recorded here
+        return None
+    if not isinstance(parsed, dict) or not parsed.get("name"):
+        return None
+    return {"name": parsed["name"], "kwargs": dict(parsed.get("kwargs") or {})}
+
+
+def model_label(meta: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
+    """A short name of a run's model for titles: the registered name, else the checkpoint's file name."""
+    record = model_record(meta, config)
+    if record is not None:
+        return str(record["name"])
+    checkpoint = meta.get("checkpoint") or (config or {}).get("checkpoint")
+    return Path(str(checkpoint)).name if checkpoint else "unknown model"
+
+
+# ------------------------------------------------------------------------------------------------ the folder
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and files of one run folder (see the module docstring); nothing is created until written."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def store_file(self) -> Path:
+        return self.path / "predictions.h5"
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def submission(self) -> Path:
+        return self.path / "submission"
+
+    @property
+    def records(self) -> Path:
+        return self.path / "records"
+
+    def conf_file(self, rel: str, score: str, first: bool) -> Path:
+        """The 16-bit confidence PNG of input image `rel` for `score` (the submission's when `first`)."""
+        root = self.submission if first else self.path / "confidence" / score
+        return root / raw_names(rel)[1]
+
+    def pred_file(self, rel: str) -> Path:
+        return self.submission / raw_names(rel)[0]
+
+    def record_file(self, rel: str) -> Path:
+        return self.records / f"{rel}.npz"
+
+    def is_done(self, rel: str, scores: tuple[str, ...] | list[str]) -> bool:
+        """An image is done when its record exists (written after all its PNGs) and its PNGs are all still there
+        (a file deleted since makes the image one to redo)."""
+        files = [self.record_file(rel), self.pred_file(rel)]
+        files += [self.conf_file(rel, score, index == 0) for index, score in enumerate(scores)]
+        return all(path.is_file() for path in files)
+
+    def outputs(self) -> tuple[Path, ...]:
+        """Every file a command writes directly into the folder (a command must not take one as an input)."""
+        return (self.config_file, self.results_file, self.store_file, self.report_file)
+
+    # --- config.yaml ----------------------------------------------------------------------------------------
+
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as a dict ({} when absent); unreadable YAML is a `UserError`."""
+        import yaml
+
+        if not self.config_file.is_file():
+            return {}
+        try:
+            data = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"{self.config_file}: not readable YAML ({exc.__class__.__name__})") from None
+        return data if isinstance(data, dict) else {}
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        import yaml
+
+        write_text_atomic(self.config_file, yaml.safe_dump(dict(config), sort_keys=False))
+
+    def check_resumable(self, config: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+        """Refuse to resume into a folder whose finished images were made with other values of `keys`."""
+        if not self.records.is_dir() or not any(self.records.iterdir()):
+            return
+        before = self.read_config()
+        for key in keys:
+            if before.get(key) != config.get(key):
+                raise UserError(
+                    f"{self.path}: holds a run made with {key} = {before.get(key)!r}, not {config.get(key)!r}; "
+                    "resuming would mix the two, so choose another --out or delete it"
+                )
+
+    # --- results.json ---------------------------------------------------------------------------------------
+
+    def read_results(self) -> dict[str, Any]:
+        if not self.results_file.is_file():
+            raise UserError(
+                f"{self.results_file}: not found (is {self.path} an `eomt-ood evaluate` run folder?)"
+            )
+        return load_results(self.results_file)
+
+    # --- the lock -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold an exclusive lock on the folder while `command` writes it; a second writer gets a `UserError`
+        naming the process that holds it. The lock dies with its process (flock), so a kill leaves none."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / ".lock"
+        handle = path.open("a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise UserError(
+                    f"{self.path}: in use by {holder}; wait for it to finish or choose another --out"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} ({command})\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+
+def resolve_run_dirs(paths: list[str] | list[Path] | tuple) -> list[Path]:
+    """Resolved run folders, each holding a prediction store, without duplicates; else a `UserError`."""
+    if not paths:
+        raise UserError("RUN_DIR: give at least one run folder (written by `eomt-ood evaluate`)")
+    runs: list[Path] = []
+    for path in paths:
+        run = Path(path).resolve()
+        if not RunDir(run).store_file.is_file():
+            raise UserError(f"{path}: not a run folder (no predictions.h5)")
+        if run not in runs:
+            runs.append(run)
+    return runs

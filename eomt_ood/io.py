@@ -1,0 +1,215 @@
+"""Plumbing every command shares: atomic writes, the warning printer, and one bounded process map.
+
+- `atomic_path` / `write_bytes_atomic` / `write_text_atomic`: a file appears whole or not at all (temporary name in
+  the same folder, then `os.replace`), so an interrupted job never leaves a half-written file that a resumed run
+  would take for finished, and a failed write leaves no temporary behind.
+- `warn`: one line on stderr, prefixed `warning:`.
+- `ProcessMap`: a pool of worker processes fed through a bounded window (memory stays flat however many items),
+  whose workers die with their parent even when the parent is killed with SIGKILL (Linux `PR_SET_PDEATHSIG`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from eomt_ood.errors import UserError
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def temporary_name(path: Path) -> Path:
+    """The hidden temporary sibling a write to `path` goes through (`.<name>.<pid>.tmp`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on any exception it is removed.
+
+    Parent folders are created. The temporary name keeps `path`'s suffix last (`.x.json.<pid>.tmp` would
+    confuse writers that pick a format from the suffix, so the suffix is repeated: `.x.<pid>.tmp.json`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (see `atomic_path`); returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write UTF-8 `text` to `path` atomically (see `atomic_path`); returns the path."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete `.*.tmp*` files that killed writers left in `folder` (not recursive); returns how many."""
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for path in folder.glob(".*.tmp*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def check_output(
+    path: str | Path, option: str, inputs: Iterable[str | Path | None] = (), folder: bool = False
+) -> None:
+    """Before any work: a `UserError` unless `path` can be written as a file (or a folder when `folder`).
+
+    Refused: a file path that is an existing folder (or a folder path that is an existing file); a path whose
+    nearest existing parent is not a writable folder; a path that is one of `inputs` or an existing file inside
+    an input folder (no command writes over its own input).
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved.exists() and resolved.is_dir() != folder:
+        kind = "is a folder" if resolved.is_dir() else "is a file"
+        raise UserError(f"{option}: {path} {kind}; expected a {'folder' if folder else 'file'}")
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source).resolve()
+        if resolved == source or (source.is_dir() and source in resolved.parents and resolved.exists()):
+            raise UserError(f"{option}: {path} is one of this command's inputs; choose another path")
+    parent = resolved.parent if not resolved.exists() else resolved if folder else resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option}: {path}: cannot write there ({parent} is not a writable folder)")
+
+
+# ------------------------------------------------------------------------------------------------ warnings
+
+
+def warn(message: str) -> None:
+    """Print one warning line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def default_workers(limit: int = 4) -> int:
+    """min(CPU count, limit), at least 1."""
+    return max(1, min(os.cpu_count() or 1, limit))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: ask the kernel to SIGKILL this process when its parent dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    # Ctrl-C reaches the whole process group; the parent decides what an interruption means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _start_method() -> str:
+    # fork: workers start in milliseconds and their parent is this process (so PR_SET_PDEATHSIG ties them to
+    # it). Pools are therefore created before torch or any thread starts; see `ProcessMap`.
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+class ProcessMap:
+    """A pool of `workers` processes that maps functions over items with at most `window` items in flight.
+
+    Create it early, before importing torch or starting threads: the workers are forked at once, so they
+    inherit only what the parent had loaded then. `workers <= 0` runs everything inline in the caller (the
+    same results, for tests and debugging). Use as a context manager; leaving it (also by an exception) stops
+    the workers without waiting for queued work.
+    """
+
+    def __init__(self, workers: int, window: int | None = None):
+        self.workers = max(0, int(workers))
+        self.window = window or 2 * max(1, self.workers)
+        self._executor: ProcessPoolExecutor | None = None
+        if self.workers > 0:
+            context = multiprocessing.get_context(_start_method())
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=context,
+                initializer=_die_with_parent,
+                initargs=(os.getpid(),),
+            )
+            # With fork every worker starts at the first submit: start them now, before the caller imports more.
+            for future in [self._executor.submit(os.getpid) for _ in range(self.workers)]:
+                future.result()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run `fn(*args)` in a worker (or inline); returns a future."""
+        if self._executor is None:
+            future: Future = Future()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # delivered through the future, as a worker's would be
+                future.set_exception(exc)
+            return future
+        return self._executor.submit(fn, *args)
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], ordered: bool = True) -> Iterator[Any]:
+        """Yield `fn(item)` for every item, keeping at most `window` items submitted and not yet yielded.
+
+        ordered: results in input order (else as they finish). A worker's exception is raised here when its
+        result is due; the remaining queued items are cancelled.
+        """
+        items = iter(items)
+        if ordered:
+            queue: deque[Future] = deque()
+            for item in items:
+                queue.append(self.submit(fn, item))
+                if len(queue) >= self.window:
+                    yield queue.popleft().result()
+            while queue:
+                yield queue.popleft().result()
+            return
+        pending: set[Future] = set()
+        for item in items:
+            pending.add(self.submit(fn, item))
+            if len(pending) >= self.window:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+
+    def close(self, cancel: bool = False) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=cancel)
+            self._executor = None
+
+    def __enter__(self) -> ProcessMap:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(cancel=exc_type is not None)

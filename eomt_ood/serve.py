@@ -1,0 +1,89 @@
+"""`eomt-ood app`: serve the Streamlit explorer (`app/explorer.py`) as a child process.
+
+The host and port are checked before anything is printed (a busy port or a bad address is one line, exit 2);
+the child dies with this process, also when this process is killed (Linux `PR_SET_PDEATHSIG`), and a SIGTERM
+sent here is passed on to it.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from eomt_ood.errors import UserError
+
+
+def explorer_script() -> Path:
+    """The explorer script: inside the installed package (wheel), else the checkout's top-level `app/`."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_bundled" / "app" / "explorer.py", package.parent / "app" / "explorer.py"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{package}: the explorer script (app/explorer.py) is missing from this installation")
+
+
+def check_address(host: str, port: int) -> None:
+    """A `UserError` unless `host:port` can be listened on now (valid address, port free)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OverflowError):
+        raise UserError(f"--host {host}: not an address of this machine (or not resolvable)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UserError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
+def streamlit_command(port: int, host: str) -> list[str]:
+    """The `python -m streamlit run` command line of the explorer, without the run folders."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(explorer_script()),
+        f"--server.address={host}",
+        f"--server.port={port}",
+        "--server.headless=true",
+        "--browser.gatherUsageStats=false",
+        "--client.toolbarMode=minimal",
+    ]
+
+
+def _child_dies_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def serve_explorer(run_dirs: Sequence[Path], port: int = 8501, host: str = "127.0.0.1") -> int:
+    """Serve the explorer on host:port for the given (resolved) run folders until stopped; returns its exit code."""
+    command = [*streamlit_command(port, host), "--", *map(str, run_dirs)]
+    check_address(host, port)
+    print(f"serving the explorer on http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    child = subprocess.Popen(
+        command, preexec_fn=_child_dies_with_parent
+    )  # the explorer starts no thread before this
+
+    def stop(signum: int, frame: object) -> None:
+        child.terminate()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.terminate()
+        child.wait()
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
