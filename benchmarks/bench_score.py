@@ -8,6 +8,9 @@ Prints one JSON object:
   void filtering, confusion matrix, then per-histogram argsort + np.add.at into 65,536 float64 bins), and the
   same two including PNG reading/decoding (``ours_end_to_end`` = `score_image`, ``official_end_to_end``);
   ``speedup`` gives the ratios official / ours.
+- ``floor``: `score_submission` on ``--workers`` processes against just reading and decoding the same files on
+  as many processes (the I/O floor of scoring: the four PNGs of every image), over ``--floor-images`` images;
+  ``ratio`` = score / decode-only (target: at most 1.3).
 - ``peak_rss_mb``: peak RSS of a child process running `score_submission` (workers=1) over 10 and over 100
   images (hard links to the same few files under distinct names), and their ratio.
 
@@ -28,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from eomt_ood.bravo.layout import MemberRef, read_conf, read_label, read_mask, read_pred
-from eomt_ood.bravo.scoring import ImageTask, image_statistics, score_image
+from eomt_ood.bravo.scoring import GroundTruthRefs, ImageTask, image_statistics, score_image, score_submission
 from eomt_ood.confidence.levels import quantise_confidence
 from eomt_ood.data.png import write_png
+from eomt_ood.io import ProcessMap
 
 HEIGHT, WIDTH = 1024, 2048
 BASE = "bravo_synobjs/obj/{}"
@@ -105,16 +109,49 @@ def _task(root: Path, i: int) -> ImageTask:
         MemberRef(str(root / folder), base + suffix)
         for folder, suffix in zip(("gt", "gt", "sub", "sub"), SUFFIXES, strict=True)
     ]
-    return ImageTask("synobjs", *refs)
+    return ImageTask(GroundTruthRefs("synobjs", refs[0], refs[1]), refs[2], refs[3])
 
 
 def _decode(task: ImageTask):
     return (
-        read_label(task.label.read(), task.label.name),
-        read_mask(task.mask.read(), task.mask.name),
+        read_label(task.gt.label.read(), task.gt.label.name),
+        read_mask(task.gt.mask.read(), task.gt.mask.name),
         read_pred(task.pred.read(), task.pred.name),
         read_conf(task.conf.read(), task.conf.name),
     )
+
+
+def _decode_only(task: ImageTask) -> int:
+    return sum(array.ndim for array in _decode(task))
+
+
+def floor(root: Path, workers: int) -> dict[str, object]:
+    """score_submission vs decoding the same files, both on `workers` processes (each timed twice, best kept)."""
+    tasks = [_task(root, int(p.name[: -len("_gt.png")])) for p in sorted((root / "gt").rglob("*_gt.png"))]
+
+    def decode_all() -> None:
+        with ProcessMap(workers) as pool:
+            for _ in pool.map(_decode_only, tasks, ordered=False):
+                pass
+
+    def score_all() -> None:
+        score_submission(root / "gt", root / "sub", workers=workers, progress=False, warn=None)
+
+    seconds = {}
+    for name, fn in (("decode_only_s", decode_all), ("score_s", score_all)):
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        seconds[name] = min(times)
+    return {
+        "images": len(tasks),
+        "workers": workers,
+        **{k: round(v, 3) for k, v in seconds.items()},
+        "ratio": round(seconds["score_s"] / seconds["decode_only_s"], 3),
+        "target_ratio": 1.3,
+    }
 
 
 def _mean_ms(fn, items, repeats: int) -> float:
@@ -174,6 +211,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3, help="distinct 2048x1024 images to generate")
     parser.add_argument("--repeats", type=int, default=2, help="timing repeats per image (best is kept)")
     parser.add_argument("--memory-counts", type=int, nargs=2, default=(10, 100), metavar=("SMALL", "LARGE"))
+    parser.add_argument("--workers", type=int, default=2, help="processes for the floor comparison")
+    parser.add_argument("--floor-images", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         root = Path(tmp)
@@ -185,6 +224,8 @@ def main() -> None:
             "cpus": os.cpu_count(),
         }
         report.update(speed(root / "images", args.images, args.repeats))
+        link_tree(root / "images", root / "floor", args.images, args.floor_images)
+        report["floor"] = floor(root / "floor", args.workers)
         rss = {}
         for count in args.memory_counts:
             link_tree(root / "images", root / f"tree{count}", args.images, count)

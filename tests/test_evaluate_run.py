@@ -241,3 +241,39 @@ def test_a_finished_image_whose_file_went_missing_is_redone(bravo_set, tmp_path)
     results = evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("msp",)), progress=False)
     assert results["meta"]["inference"]["predicted"] == 1 and results["meta"]["inference"]["skipped"] == 8
     assert conf.read_bytes() == before
+
+
+def test_two_processes_equal_one(bravo_set, tmp_path):
+    """`--devices 2` on the CPU (Lightning Fabric, gloo): each process predicts and scores half of the images,
+    the sums are all-reduced, and every key equals the one-process run's."""
+    import subprocess
+    import sys
+
+    data, checkpoint = bravo_set
+    one = evaluate_bravo(_config(bravo_set, tmp_path / "one"), progress=False)
+    command = [sys.executable, "-m", "eomt_ood.cli", "evaluate", "--root", str(data / "images"), "--gt"]
+    command += [
+        str(data / "gt"),
+        "--checkpoint",
+        str(checkpoint),
+        "--confidence",
+        "msp,rba",
+        "--workers",
+        "0",
+    ]
+    command += ["--devices", "2", "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    for score in ("msp", "rba"):
+        _assert_same(_official(one[score]), _official(two[score]))
+    assert two["meta"]["subsets"] == one["meta"]["subsets"]
+    assert two["meta"]["inference"]["ranks"] == 2 and two["meta"]["inference"]["predicted"] == 9
+    with (
+        StoreReader(tmp_path / "one" / "predictions.h5") as a,
+        StoreReader(tmp_path / "two" / "predictions.h5") as b,
+    ):
+        assert a.relpaths == b.relpaths
+        np.testing.assert_array_equal(
+            a.image_statistics("rba")["counts"], b.image_statistics("rba")["counts"]
+        )

@@ -115,3 +115,26 @@ def test_resize_rows_in_bands_equals_a_full_bilinear_resize(src, dst):
 def test_resize_rows_is_exact_identity_at_the_same_size():
     maps = torch.randn(2, 9, 11)
     assert torch.equal(resize_rows(maps, 9, 11, slice(2, 7)), maps[:, 2:7])
+
+
+def test_placing_windows_equals_adding_them_to_zeros():
+    """`place_window` (copy where nothing is yet, add on the overlap) gives exactly zeros + `add_window`, for
+    windows along the width and along the height, with and without overlaps; every position gets written."""
+    from eomt_ood.inference.windows import add_window, place_window
+
+    torch.manual_seed(0)
+    for height, width in ((64, 200), (64, 128), (170, 64), (64, 64)):
+        side = 64
+        starts = window_starts(max(height, width), side)
+        windows = torch.rand(len(starts), 3, side, side)
+        added = torch.zeros(3, height, width)
+        placed = torch.full((3, height, width), float("nan"))  # unwritten positions would stay NaN
+        filled = 0
+        for window, start in zip(windows, starts, strict=True):
+            add_window(added, window, start)
+            filled = place_window(placed, window, start, filled)
+        assert torch.equal(placed, added)
+        assert torch.equal(
+            average_overlaps(placed.clone(), side),
+            added / window_counts(max(height, width), side).view((-1, 1) if height > width else (1, -1)),
+        )

@@ -253,6 +253,7 @@ def _predict_stream(
     reads = (pool.submit(read_input, ReadTask(str(config.images_root), rel, side)) for rel in todo)
     reading: deque = deque(next(reads) for _ in range(min(window, len(todo))))
     finishing: deque = deque()  # (rel, future of its record)
+    canvas = None  # reused from image to image when the sizes agree
     while reading:
         item = reading.popleft().result()
         following = next(reads, None)
@@ -270,7 +271,7 @@ def _predict_stream(
             continue
         tic = time.perf_counter()
         canvas = predict_canvas(
-            model, item.resized, micro_batch=config.micro_batch, dtype=dtype, device=device
+            model, item.resized, micro_batch=config.micro_batch, dtype=dtype, device=device, out=canvas
         )
         pred, levels = canvas_levels(canvas, item.height, item.width, config.confidences)
         top2 = canvas_top2(canvas, preview_shape(item.height, item.width))
@@ -387,6 +388,16 @@ class _Ranks:
 
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(self.fabric.device)
         return self.fabric.all_reduce(tensor, reduce_op="sum").cpu().numpy()
+
+    def gather(self, items: list) -> list:
+        """The concatenation of every rank's `items` (picklable), in rank order."""
+        if self.fabric is None:
+            return items
+        import torch.distributed as dist
+
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, items)
+        return [item for part in parts for item in part]
 
     def say(self, message: str) -> None:
         if self.rank == 0:
@@ -580,7 +591,8 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
                         totals.add(record)
                     bar.update(int(new))
                 totals.reduce(ranks)
-                ranks.barrier()
+                timing["failed"] = ranks.gather(timing["failed"])
+                todo = ranks.gather(todo)
                 if ranks.rank != 0:
                     return {}
                 everything = _in_order(run, plan.rels, [], lambda: iter(()))

@@ -34,9 +34,9 @@ from eomt_ood.confidence import PixelOutputs, get_confidence
 from eomt_ood.confidence.levels import quantise_tensor
 from eomt_ood.errors import UserError
 from eomt_ood.inference.windows import (
-    add_window,
     average_overlaps,
     crop_window,
+    place_window,
     resize_image,
     resize_rows,
     window_starts,
@@ -71,23 +71,40 @@ def prepare_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.Mo
     return model.to(device)
 
 
+def _query_chunk(side: int) -> int:
+    # Queries upsampled at once: at most ~28 MB of float32 masks, under glibc's largest mmap threshold (32 MB),
+    # so the chunk buffers come from the heap and are reused instead of being faulted in afresh each time.
+    return max(1, (7 << 20) // (side * side))
+
+
 def window_stack(
-    mask_logits: torch.Tensor, class_logits: torch.Tensor, side: int, query_chunk: int = 25
+    mask_logits: torch.Tensor,
+    class_logits: torch.Tensor,
+    side: int,
+    query_chunk: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One window's (C+1, S, S) stack from its mask logits (Q, h, w) and class logits (Q, C+1).
 
     Mask logits are upsampled to S x S bilinearly (align_corners=False) in the logit domain, then
     stack[k] = sum_q softmax(z_q)[k] * sigmoid(m_q): k < C are the semantic scores, k = C the no-object mass.
-    Queries are processed `query_chunk` at a time so the upsampled logits never take Q x S x S memory.
+    Queries are processed `query_chunk` at a time so the upsampled logits never take Q x S x S memory. `out`: a
+    (C+1, S * S) float32 buffer to write into (reused across windows), else a new one.
     """
-    probs = class_logits.float().softmax(-1)  # softmax over C+1, no-object included (eomt.md §5.4)
-    stack = torch.zeros((probs.shape[-1], side * side), dtype=torch.float32, device=mask_logits.device)
-    for first in range(0, mask_logits.shape[0], query_chunk):
-        chunk = mask_logits[first : first + query_chunk].float()
+    probs = class_logits.float().softmax(-1)  # softmax over C+1, no-object included (docs/models.md)
+    chunk_size = query_chunk or _query_chunk(side)
+    if out is None:
+        out = torch.empty((probs.shape[-1], side * side), dtype=torch.float32, device=mask_logits.device)
+    for first in range(0, mask_logits.shape[0], chunk_size):
+        chunk = mask_logits[first : first + chunk_size].float()
         masks = F.interpolate(chunk[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+        masks = masks.sigmoid_().reshape(masks.shape[0], -1)
         # einsum("qhw,qk->khw") accumulated in place: no (C+1, S, S) temporary per chunk.
-        stack.addmm_(probs[first : first + query_chunk].T, masks.sigmoid_().reshape(masks.shape[0], -1))
-    return stack.view(-1, side, side)
+        if first == 0:
+            torch.mm(probs[:chunk_size].T, masks, out=out)
+        else:
+            out.addmm_(probs[first : first + chunk_size].T, masks)
+    return out.view(-1, side, side)
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
@@ -105,11 +122,14 @@ def predict_canvas(
     micro_batch: int = 4,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The overlap-averaged (C+1, H', W') float32 stack of an image at its resized size (short side = S).
 
     image: uint8 (H, W, 3) or (3, H, W). The model must already be prepared (`prepare_model`) and on `device`;
-    `dtype` (bf16 / fp16) runs the forward under autocast, scoring stays float32.
+    `dtype` (bf16 / fp16) runs the forward under autocast, scoring stays float32. `out`: the canvas of an earlier
+    call, overwritten when its shape fits (a stream of equal-size images then allocates it once; on the CPU a
+    fresh 160 MB canvas per image costs more in page faults than filling it).
     """
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
@@ -118,7 +138,13 @@ def predict_canvas(
     height, width = resized.shape[-2:]
     starts = window_starts(max(height, width), side)
     device = torch.device(device)
-    canvas = torch.zeros((int(model.num_classes) + 1, height, width), dtype=torch.float32, device=device)
+    shape = (int(model.num_classes) + 1, height, width)
+    if out is not None and out.shape == shape and out.device == device and out.dtype == torch.float32:
+        canvas = out  # every position is written by `place_window` below: no zero fill needed
+    else:
+        canvas = torch.empty(shape, dtype=torch.float32, device=device)
+    filled = 0
+    stack = torch.empty((shape[0], side * side), dtype=torch.float32, device=device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     with torch.inference_mode():
         for first in range(0, len(starts), micro_batch):
@@ -129,7 +155,8 @@ def predict_canvas(
                 mask_logits_list, class_logits_list = model(batch)
             mask_logits, class_logits = mask_logits_list[-1], class_logits_list[-1]
             for i, start in enumerate(batch_starts):
-                add_window(canvas, window_stack(mask_logits[i], class_logits[i], side), start)
+                window = window_stack(mask_logits[i], class_logits[i], side, out=stack)
+                filled = place_window(canvas, window, start, filled)
             del mask_logits_list, class_logits_list, mask_logits, class_logits
     return average_overlaps(canvas, side)
 
@@ -236,11 +263,10 @@ def canvas_top2(canvas: torch.Tensor, shape: tuple[int, int]) -> tuple[np.ndarra
     """Top-2 classes and their normalised scores s_c / sum_c s_c at a small `shape`, for per-pixel read-outs.
 
     canvas: (C+1, H', W'). Returns (2, h, w) uint8 class ids and (2, h, w) float16 scores, (h, w) = `shape`
-    (the preview size of the image, same aspect), resized with antialiasing.
+    (the preview size of the image, same aspect).
     """
-    scores = F.interpolate(
-        canvas[None, :-1].float(), size=shape, mode="bilinear", align_corners=False, antialias=True
-    )[0].clamp_min_(0)
+    # Area averaging: each preview pixel is the mean of the canvas pixels it covers (cheap and alias-free).
+    scores = F.interpolate(canvas[None, :-1].float(), size=shape, mode="area")[0].clamp_min_(0)
     normalised = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
     values, classes = normalised.topk(2, dim=0)
     return classes.to(torch.uint8).cpu().numpy(), values.to(torch.float16).cpu().numpy()

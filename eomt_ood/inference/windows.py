@@ -87,17 +87,40 @@ def add_window(canvas: torch.Tensor, window: torch.Tensor, start: int) -> None:
     crop_window(canvas, start, window.shape[-1]).add_(window)
 
 
+def place_window(canvas: torch.Tensor, window: torch.Tensor, start: int, filled: int) -> int:
+    """In place: put a (K, S, S) window into the (K, H', W') canvas at `start` on the long side, where the first
+    `filled` positions already hold the sum of earlier windows: the overlap is added, the rest copied. Windows
+    placed in `window_starts` order so fill the canvas with the same sums as zeros + `add_window` (x + 0 = x for
+    the non-negative maps here), without a zero fill of the whole canvas. Returns the new `filled`."""
+    side = window.shape[-1]
+    height, width = canvas.shape[-2:]
+    axis = -2 if height > width else -1
+    region = crop_window(canvas, start, side)
+    shared = max(0, min(filled - start, side))
+    if shared:
+        region.narrow(axis, 0, shared).add_(window.narrow(axis, 0, shared))
+    region.narrow(axis, shared, side - shared).copy_(window.narrow(axis, shared, side - shared))
+    return max(filled, start + side)
+
+
 def average_overlaps(canvas: torch.Tensor, side: int) -> torch.Tensor:
     """In place: divide a (K, H', W') sum canvas by the window count of each position; returns the canvas.
 
     Counts come from `window_counts` on the long side; they are >= 1 wherever a window landed, which is every
-    position, so this equals the transformers port's `sum / count.clamp(min=1)`.
+    position, so this equals the transformers port's `sum / count.clamp(min=1)`. Only the span between the first
+    and the last overlapping position is divided (elsewhere the count is 1 and x / 1 = x).
     """
     height, width = canvas.shape[-2:]
+    counts = window_counts(max(height, width), side)
+    shared = torch.nonzero(counts > 1).flatten()
+    if shared.numel() == 0:
+        return canvas
+    lo, hi = int(shared[0]), int(shared[-1]) + 1
+    counts = counts[lo:hi].to(canvas.device)
     if height > width:
-        canvas.div_(window_counts(height, side).to(canvas.device)[:, None])
+        canvas[:, lo:hi].div_(counts[:, None])
     else:
-        canvas.div_(window_counts(width, side).to(canvas.device)[None, :])
+        canvas[:, :, lo:hi].div_(counts[None, :])
     return canvas
 
 
