@@ -43,11 +43,12 @@ def compare_command(
     ),
 ) -> None:
     """Put several evaluation runs side by side: OOD table, PR curves, bars; flags differing conventions."""
+    from eomt_ood.io import warn
     from eomt_ood.reports.compare import compare_runs
 
     summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence)
     for line in summary["differences"]:
-        print(f"warning: {line}", file=sys.stderr)
+        warn(line)
     print(f"compared {len(summary['rows'])} run(s) -> {out}" + (f", {csv_path}" if csv_path else ""))
 
 

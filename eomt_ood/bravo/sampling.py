@@ -18,6 +18,7 @@ import zstandard
 
 from eomt_ood.bravo.layout import SAMPLES_SUFFIX, Tree, open_tree
 from eomt_ood.errors import UserError
+from eomt_ood.io import atomic_path
 
 SAMPLES_PER_IMAGE = 100_000
 SAMPLING_SEED = 1
@@ -126,15 +127,11 @@ def write_sampling_tar(path: str | Path, samples: Iterable[tuple[str, np.ndarray
 
     Members are named `<base>_samples.bin`, sorted, with zero mtime/uid/gid, so equal input gives equal bytes.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     members = sorted((base + SAMPLES_SUFFIX, encode_sample_indices(idx)) for base, idx in samples)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644
             info.mtime = 0
             tar.addfile(info, io.BytesIO(data))
-    tmp.replace(path)

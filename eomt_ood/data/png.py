@@ -8,7 +8,6 @@ interrupted writer never leaves a half-written file that a resumed run would tak
 from __future__ import annotations
 
 import io
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from eomt_ood.errors import UserError
+from eomt_ood.io import write_bytes_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
@@ -104,9 +104,4 @@ def _pillow_wants_mode() -> bool:
 
 def write_png(path: str | Path, array: np.ndarray, compress_level: int = 1) -> None:
     """Write `array` as a PNG atomically (see `encode_png` for accepted arrays); parent folders are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = encode_png(array, compress_level=compress_level)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, encode_png(array, compress_level=compress_level))
