@@ -247,3 +247,17 @@ def test_own_save_round_trip_and_registry_settings(tmp_path):
     assert (ade.num_queries, ade.num_classes) == (100, 150)
     with pytest.raises(UserError, match="RoPE"):
         enable_token_merging(model)
+
+
+def test_training_rescales_rope_coordinates_like_hugging_face():
+    # HF's DINOv3 (which the official code trains) rescales RoPE coordinates at random in training only.
+    assert transformers.DINOv3ViTConfig().pos_embed_rescale == 2.0
+    torch.manual_seed(4)
+    model = create_model("eomt_dinov3_test", masked_attn_enabled=False)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        model.train()
+        first, second = model(x)[0][-1], model(x)[0][-1]
+        model.eval()
+        assert torch.equal(model(x)[0][-1], model(x)[0][-1])
+    assert not torch.allclose(first, second)

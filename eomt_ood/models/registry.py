@@ -187,7 +187,9 @@ def eomt_eva02_large_patch16_512(**kwargs) -> EoMT:
 # released weights are deltas to the DINOv3 backbone: build with pretrained_backbone=<DINOv3 weights> and
 # checkpoint=<the official file> (models/checkpoints.py adds the two). The *_1024 variants keep the Cityscapes
 # defaults of this toolkit (C = 19, Q = 100) for training here; no official checkpoint exists for them.
-_DINOV3 = dict(dynamic_img_size=False)
+# rope_rescale_coords: in training, HF's DINOv3 scales the RoPE coordinates by one log-uniform factor in [1/2, 2]
+# per forward (its config's pos_embed_rescale = 2), and the official EoMT trains through that module.
+_DINOV3 = dict(dynamic_img_size=False, rope_rescale_coords=2.0)
 _DINOV3_COCO = dict(num_queries=200, num_classes=133, **_DINOV3)
 
 
