@@ -80,8 +80,16 @@ def evaluate_command(
     samples: Path | None = typer.Option(
         None, "--samples", help="bravo_SAMPLING.tar: score the official sample."
     ),
-    device: str = typer.Option("cpu", "--device"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (autocast)."
+    ),
+    compile_model: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA, off on CPU)."
+    ),
+    token_merging: str = typer.Option(
+        "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
+    ),
     micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
     workers: int = typer.Option(
         2, "--workers", min=0, help="Worker processes per device: reading, scoring, PNG writing (0 = inline)."
@@ -108,6 +116,8 @@ def evaluate_command(
         samples=samples,
         device=device,
         precision=precision,
+        compile=compile_model,
+        token_merging=token_merging,
         micro_batch=micro_batch,
         workers=workers,
         devices=devices,
@@ -164,20 +174,35 @@ def predict_command(
     layout: str = typer.Option("bravo", "--layout", help="Output layout (bravo: raw BRAVO submission)."),
     micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (autocast)."
+    ),
+    compile_model: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA, off on CPU)."
+    ),
+    token_merging: str = typer.Option(
+        "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
+    ),
 ) -> None:
     """Windowed semantic inference: write a prediction and a confidence PNG for every input image."""
     from eomt_ood.bravo.submission import predict_folder
     from eomt_ood.confidence import get_confidence
-    from eomt_ood.inference.predict import parse_device, parse_precision
+    from eomt_ood.inference.predict import parse_device, resolve_runtime
+    from eomt_ood.models.algm import enable_token_merging, parse_token_merging
     from eomt_ood.models.registry import create_model
 
-    dtype, torch_device = parse_precision(precision), parse_device(device)
+    torch_device = parse_device(device)
+    merging = parse_token_merging(token_merging)
+    dtype, compiled = resolve_runtime(torch_device, precision, compile_model, merging is not None)
     get_confidence(confidence)
     if not input_dir.is_dir():
         raise UserError(f"--input: {input_dir}: folder not found")
     net = create_model(model, checkpoint=checkpoint)
-    report = predict_folder(net, input_dir, output_dir, confidence, layout, micro_batch, dtype, torch_device)
+    if merging is not None:
+        enable_token_merging(net, merging)
+    report = predict_folder(
+        net, input_dir, output_dir, confidence, layout, micro_batch, dtype, torch_device, compile=compiled
+    )
     done = f"{report.written} written, {report.skipped} already complete, {len(report.failed)} failed"
     print(f"{done} -> {output_dir}")
     if report.failed:

@@ -36,7 +36,7 @@ from eomt_ood.bravo.rundir import RunDir, pack_results, write_results
 from eomt_ood.errors import UserError
 
 # What the files of a finished image depend on: resuming with other values would mix two runs in one folder.
-OUTPUT_SETTINGS = ("images_root", "model", "checkpoint", "confidences", "precision")
+OUTPUT_SETTINGS = ("images_root", "model", "checkpoint", "confidences", "precision", "token_merging")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,9 @@ class EvaluateConfig:
     confidences: tuple[str, ...] = ("msp",)
     samples: Path | None = None  # bravo_SAMPLING.tar for the official pixel sample when scoring
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
+    compile: bool | None = None  # torch.compile; None: on CUDA (without token merging), off on the CPU
+    token_merging: str = "none"  # "algm": ALGM token merging at inference (docs/models.md)
     micro_batch: int = 4
     workers: int = 2  # worker processes per rank (reading, statistics, PNG writing); 0 = inline
     devices: int = 1  # processes (one per GPU on CUDA) to share the images over
@@ -247,7 +249,8 @@ def _predict_stream(
     from eomt_ood.io import warn
     from eomt_ood.store import preview_shape
 
-    dtype, device = parse_precision(config.precision), next(model.parameters()).device
+    device = next(model.parameters()).device
+    dtype = parse_precision(config.precision, device)
     side = int(model.img_size)
     window = max(2, 2 * pool.workers)
     reads = (pool.submit(read_input, ReadTask(str(config.images_root), rel, side)) for rel in todo)
@@ -320,8 +323,9 @@ def _in_order(
 
 
 def _load_model(config: EvaluateConfig, device: Any) -> Any:
-    from eomt_ood.inference.predict import prepare_model
+    from eomt_ood.inference.predict import prepare_model, resolve_runtime
     from eomt_ood.models import create_model, load_model
+    from eomt_ood.models.algm import enable_token_merging, parse_token_merging
 
     if config.model is None and config.checkpoint is None:
         raise UserError("--model or --checkpoint is needed (or neither, for the bundled demo)")
@@ -330,7 +334,11 @@ def _load_model(config: EvaluateConfig, device: Any) -> Any:
         model = load_model(config.checkpoint)
     else:
         model = create_model(config.model, checkpoint=config.checkpoint)
-    return prepare_model(model, device)
+    merging = parse_token_merging(config.token_merging)
+    if merging is not None:
+        enable_token_merging(model, merging)
+    compile_model = resolve_runtime(device, config.precision, config.compile, merging is not None)[1]
+    return prepare_model(model, device, compile_model)
 
 
 # ------------------------------------------------------------------------------------------------ ranks
@@ -604,14 +612,33 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             predicted=len(todo) - len(timing["failed"]),
             ranks=ranks.world,
         )
-        return _write_results(run, config, _model_record(model, config), totals, rows, timing)
+        extra = {"token_merging": _token_merging_record(model, config)}
+        return _write_results(run, config, _model_record(model, config), totals, rows, timing, extra)
+
+
+def _token_merging_record(model: Any, config: EvaluateConfig) -> dict[str, Any] | None:
+    """The token-merging settings the run used (resolved on the model when it was loaded), None when off."""
+    if config.token_merging == "none":
+        return None
+    if model is not None:
+        from eomt_ood.models.algm import token_merging_settings
+
+        return token_merging_settings(model)
+    return {"method": config.token_merging}
 
 
 def _write_results(
-    run: RunDir, config: EvaluateConfig, model: dict | None, totals: _Totals, rows: list, timing: dict
+    run: RunDir,
+    config: EvaluateConfig,
+    model: dict | None,
+    totals: _Totals,
+    rows: list,
+    timing: dict,
+    extra: dict | None = None,
 ) -> dict[str, Any]:
     results = _results(config, totals, model)
     results["meta"]["inference"] = timing
+    results["meta"].update(extra or {"token_merging": _token_merging_record(None, config)})
     write_results(results, run.results_file)
     _write_report(run, config, model["name"] if model else "unknown model", results, totals, rows)
     return results
@@ -702,8 +729,13 @@ def _write_report(
     run: RunDir, config: EvaluateConfig, model_name: str, results: dict, totals: _Totals, rows: list
 ) -> None:
     from eomt_ood.bravo.rundir import score_block
-    from eomt_ood.reports.html import write_report
+    from eomt_ood.io import warn
 
+    try:
+        from eomt_ood.reports.html import write_report
+    except ModuleNotFoundError as exc:  # plotly is optional where only the numbers are wanted (a GPU node)
+        warn(f"{run.report_file}: not written ({exc.name} is not installed); the results are complete")
+        return
     first = config.confidences[0]
     block = score_block(results, first)[1] if config.gt is not None else {}
     write_report(

@@ -99,12 +99,14 @@ def predict_folder(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    compile: bool | None = None,
 ) -> FolderReport:
     """Write the raw BRAVO pair (`_pred.png` uint8, `_conf.png` uint16) of every image under `input_dir`.
 
     Outputs mirror the input tree under `output_dir` and have the input's size. Images whose outputs are already
     complete are skipped, so an interrupted run resumes. An unreadable image is reported by name on stderr and
-    the run goes on; the caller decides what a non-empty `failed` list means.
+    the run goes on; the caller decides what a non-empty `failed` list means. compile: see `prepare_model`
+    (None: on CUDA only).
     """
     from tqdm import tqdm
 
@@ -117,7 +119,7 @@ def predict_folder(
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     images = find_images(input_dir, exclude=output_dir)
     check_output_names(input_dir, images)
-    model = prepare_model(model, device)
+    model = prepare_model(model, device, compile)
     report = FolderReport()
     for rel in tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr):
         try:

@@ -45,10 +45,19 @@ from eomt_ood.inference.windows import (
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def parse_precision(name: str) -> torch.dtype | None:
-    """ "fp32" -> None (no autocast), "bf16" / "fp16" -> the autocast dtype; anything else is a `UserError`."""
+def parse_precision(name: str, device: str | torch.device | None = None) -> torch.dtype | None:
+    """ "fp32" -> None (no autocast), "bf16" / "fp16" -> the autocast dtype; anything else is a `UserError`.
+
+    "auto" (needs `device`): bf16 autocast on CUDA (fp16 where the GPU has no bf16), fp32 elsewhere.
+    """
+    if name == "auto" and device is not None:
+        if torch.device(device).type != "cuda":
+            return None
+        bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()  # older GPUs: fp16
+        return torch.bfloat16 if bf16 else torch.float16
     if name not in PRECISIONS:
-        raise UserError(f"--precision: unknown precision {name!r}; available: {', '.join(PRECISIONS)}")
+        choices = ", ".join(["auto", *PRECISIONS]) if device is not None else ", ".join(PRECISIONS)
+        raise UserError(f"--precision: unknown precision {name!r}; available: {choices}")
     return PRECISIONS[name]
 
 
@@ -63,12 +72,41 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
-def prepare_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
-    """Put a model in inference mode: eval, masked attention off (`eomt.md` §1.5), on `device`."""
+def resolve_runtime(
+    device: str | torch.device,
+    precision: str = "auto",
+    compile: bool | None = None,
+    token_merging: bool = False,
+) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether to compile) for a run on `device`; the defaults are the fast path.
+
+    precision: "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16" or "fp16". compile: None = on where the
+    device is CUDA (as the official code runs), off on CPU (inductor takes minutes to compile there) and off
+    with token merging (its token counts change with every batch, so graphs would break and recompile).
+    """
+    device = torch.device(device)
+    dtype = parse_precision(precision, device)
+    if compile is None:
+        return dtype, device.type == "cuda" and not token_merging
+    return dtype, bool(compile)
+
+
+def prepare_model(
+    model: nn.Module, device: str | torch.device = "cpu", compile: bool | None = None
+) -> nn.Module:
+    """Put a model in inference mode: eval, masked attention off (`eomt.md` §1.5), on `device`.
+
+    compile: `torch.compile` the forward in place (None: see `resolve_runtime`). The first forward of each
+    input shape then pays the compilation; outputs agree with eager to float tolerance.
+    """
     model.eval()
     if hasattr(model, "masked_attn_enabled"):
         model.masked_attn_enabled = False
-    return model.to(device)
+    model = model.to(device)
+    merging = getattr(model, "token_merging", None) is not None
+    if resolve_runtime(device, "fp32", compile, token_merging=merging)[1]:
+        model.compile()
+    return model
 
 
 def _query_chunk(side: int) -> int:

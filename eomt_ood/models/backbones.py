@@ -19,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filter
 
 from eomt_ood.errors import UserError
+from eomt_ood.models.checkpoints import dinov3_to_timm, is_hf_dinov3
 
 # Where each backbone's pretrained weights come from (for the error message when the local file is missing).
 PRETRAINED_TAGS = {
@@ -28,6 +29,9 @@ PRETRAINED_TAGS = {
     "vit_giant_patch14_reg4_dinov2": "vit_giant_patch14_reg4_dinov2.lvd142m",
     "deit3_large_patch16_384": "deit3_large_patch16_384.fb_in22k_ft_in1k",
     "eva02_large_patch14_224": "eva02_large_patch14_224.mim_m38m",
+    "vit_small_patch16_dinov3_qkvb": "vit_small_patch16_dinov3_qkvb.lvd1689m",
+    "vit_base_patch16_dinov3_qkvb": "vit_base_patch16_dinov3_qkvb.lvd1689m",
+    "vit_large_patch16_dinov3_qkvb": "vit_large_patch16_dinov3_qkvb.lvd1689m",
 }
 
 
@@ -71,8 +75,9 @@ def load_pretrained_backbone(backbone: VisionTransformer | Eva, path: str | Path
     """Load local pretrained ViT weights into `backbone` in place, resampling patch kernel and pos-embed.
 
     Accepts timm-format files (`model.safetensors` / `pytorch_model.bin` of a timm hub repo) and the original
-    DINOv2 format (keys `mask_token`, `register_tokens`, `w12`/`w3` for SwiGLU), and timm EVA-02 files (via
-    timm's Eva filter). Classifier heads are dropped.
+    DINOv2 format (keys `mask_token`, `register_tokens`, `w12`/`w3` for SwiGLU), timm EVA-02 files (via
+    timm's Eva filter), and DINOv3 as timm, Meta (.pth) or Hugging Face (facebook/dinov3-*) files.
+    Classifier heads are dropped.
     """
     path = Path(path)
     if not path.is_file():
@@ -82,8 +87,16 @@ def load_pretrained_backbone(backbone: VisionTransformer | Eva, path: str | Path
             f"(hub repo timm/{tag}, file model.safetensors) on a machine with network and place them at {path}"
         )
     state_dict = _read_state_dict(path)
+    if is_hf_dinov3(state_dict):  # Hugging Face DINOv3ViTModel (facebook/dinov3-*): timm names first
+        state_dict = dinov3_to_timm(state_dict)
     timm_filter: Any = timm_eva_filter if isinstance(backbone, Eva) else timm_vit_filter
     state_dict = timm_filter(state_dict, backbone)
+    if "dinov3" in name:
+        # timm's plain DINOv3 files drop the q/v biases, which are all zero in those distilled models; the
+        # qkvb backbone EoMT fine-tunes (as the official code does through Hugging Face) starts them at zero.
+        for key, param in backbone.named_parameters():
+            if key.endswith(("attn.q_bias", "attn.v_bias")) and key not in state_dict:
+                state_dict[key] = torch.zeros_like(param)
     if isinstance(backbone, Eva) and "norm.weight" not in state_dict and "fc_norm.weight" in state_dict:
         # timm's default EVA-02 applies its last LayerNorm after average pooling (fc_norm); EoMT builds it with
         # use_fc_norm=False and needs that LayerNorm on the tokens as its final_norm: same parameters.
@@ -98,3 +111,5 @@ def load_pretrained_backbone(backbone: VisionTransformer | Eva, path: str | Path
     except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
         detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
         raise UserError(f"{path}: does not fit backbone {name or type(backbone).__name__}: {detail}") from exc
+    # Official DINOv3 EoMT checkpoints are deltas to these weights (models/checkpoints.py adds them).
+    setattr(backbone, "pretrained_weights", str(path))  # noqa: B010

@@ -6,7 +6,9 @@ Formats, told apart by their keys, not file names (docs/eomt.md §3):
 - Hugging Face `EomtForUniversalSegmentation` (`embeddings.*`, `layers.N.attention.{q,k,v}_proj`, ...) and the
   older port generation (`model.` prefix, `model.encoder.layers`, `model.encoder.query`, `attention.proj_out`);
 - ours (`backbone.<timm>`, `q.weight`, `class_head`, `mask_head.{0,2,4}`, `upscale.N`, `attn_mask_probs`),
-  written by `save_checkpoint` as safetensors with the model name and kwargs in the metadata.
+  written by `save_checkpoint` as safetensors with the model name and kwargs in the metadata;
+- official DINOv3 EoMT (`network.encoder.backbone.` + Hugging Face DINOv3ViTModel keys with `embeddings` renamed
+  `patch_embed` and `layer` renamed `blocks`), whose released files hold deltas to the DINOv3 backbone.
 
 Files are read with safetensors or `torch.load(weights_only=True)` only: nothing is ever unpickled.
 """
@@ -87,17 +89,23 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
 # ------------------------------------------------------------------------------------- format normalisation
 def _from_official_or_ours(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     anchor = next(k for k in state_dict if k.endswith("backbone.cls_token"))
-    backbone_prefix = anchor[
-        : -len("cls_token")
-    ]  # "network.encoder.backbone." | "backbone." | "model.backbone."
+    # "network.encoder.backbone." | "backbone." | "model.backbone."
+    return _split_network(state_dict, anchor[: -len("cls_token")], lambda backbone: backbone)
+
+
+def _split_network(
+    state_dict: dict[str, Tensor], backbone_prefix: str, convert_backbone: Any
+) -> dict[str, Tensor]:
+    """Keys under `backbone_prefix` -> `backbone.` + convert_backbone(their rest); the module's others unprefixed."""
     module_prefix = backbone_prefix[: -len("backbone.")]
     if module_prefix.endswith("encoder."):  # official: the ViT and pixel constants sit in network.encoder
         module_prefix = module_prefix[: -len("encoder.")]
-    out = {}
+    backbone = {k[len(backbone_prefix) :]: v for k, v in state_dict.items() if k.startswith(backbone_prefix)}
+    out = {"backbone." + k: v for k, v in convert_backbone(backbone).items()}
     for key, value in state_dict.items():
         if key.startswith(backbone_prefix):
-            out["backbone." + key[len(backbone_prefix) :]] = value
-        elif key.startswith(module_prefix):
+            continue
+        if key.startswith(module_prefix):
             rest = key[len(module_prefix) :]
             if rest.removeprefix("encoder.") in _PIXEL_CONSTANTS or rest.startswith("criterion."):
                 continue  # constants, and the loss's class weights (rebuilt by the loss; shape depends on C)
@@ -167,12 +175,111 @@ def _from_hugging_face(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+_DINOV3_RENAMES = [  # (regex on a Hugging Face DINOv3ViTModel key, timm Eva key); official EoMT aliases too
+    (r"(?:embeddings|patch_embed)\.cls_token", "cls_token"),
+    (r"(?:embeddings|patch_embed)\.register_tokens", "reg_token"),
+    (r"(?:embeddings|patch_embed)\.patch_embeddings\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"(?:layer|blocks)\.(\d+)\.norm([12])\.(weight|bias)", r"blocks.\1.norm\2.\3"),
+    (r"(?:layer|blocks)\.(\d+)\.attention\.o_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"(?:layer|blocks)\.(\d+)\.attention\.q_proj\.bias", r"blocks.\1.attn.q_bias"),
+    (r"(?:layer|blocks)\.(\d+)\.attention\.v_proj\.bias", r"blocks.\1.attn.v_bias"),
+    (r"(?:layer|blocks)\.(\d+)\.layer_scale([12])\.lambda1", r"blocks.\1.gamma_\2"),
+    (r"(?:layer|blocks)\.(\d+)\.mlp\.up_proj\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (r"(?:layer|blocks)\.(\d+)\.mlp\.down_proj\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+]
+_DINOV3_ANCHOR = "patch_embed.patch_embeddings.weight"  # the official EoMT's name for DINOv3's patch conv
+
+
+def is_hf_dinov3(state_dict: dict[str, Tensor]) -> bool:
+    """A Hugging Face DINOv3ViTModel state dict (no prefix), e.g. facebook/dinov3-vitl16-pretrain-lvd1689m."""
+    return "embeddings.patch_embeddings.weight" in state_dict and "layer.0.norm1.weight" in state_dict
+
+
+def is_official_dinov3(state_dict: dict[str, Tensor]) -> bool:
+    """An official tue-mps/eomt DINOv3 file: the HF DINOv3 backbone under `...encoder.backbone.`, aliased."""
+    return any(k.endswith("backbone." + _DINOV3_ANCHOR) for k in state_dict)
+
+
+def dinov3_to_timm(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face DINOv3ViTModel keys (or the official EoMT aliases `patch_embed.*`, `blocks.N.*`) -> timm's
+    `vit_*_patch16_dinov3_qkvb` keys: q/k/v weights fused as rows [q; k; v], q and v biases kept (DINOv3 has no
+    k bias), LayerScale as gamma_1/2; the mask token (pre-training only) and RoPE buffers are dropped."""
+    out: dict[str, Tensor] = {}
+    qkv: dict[str, dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        if key.endswith("mask_token") or key.startswith("rope_embeddings."):
+            continue
+        if ".mlp.gate_proj." in key:
+            raise CheckpointMismatch("gated-MLP DINOv3 (ViT-S+/H+/7B) backbones are not supported")
+        split = re.fullmatch(r"(?:layer|blocks)\.(\d+)\.attention\.([qkv])_proj\.weight", key)
+        if split:
+            qkv.setdefault(split[1], {})[split[2]] = value
+            continue
+        if re.fullmatch(r"(?:layer|blocks)\.\d+\.attention\.k_proj\.bias", key):
+            if value.abs().max() > 0:
+                raise CheckpointMismatch(f"{key} is not zero; timm's DINOv3 has no key bias")
+            continue
+        for pattern, replacement in _DINOV3_RENAMES:
+            if re.fullmatch(pattern, key):
+                key = re.sub(pattern, replacement, key)
+                break
+        out[key] = value  # norm.* keeps its name; unknown keys pass through so strict loading names them
+    for block, parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointMismatch(f"block {block} has only {sorted(parts)} of the q/k/v projections")
+        out[f"blocks.{block}.attn.qkv.weight"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out
+
+
+def _from_official_dinov3(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    anchor = next(k for k in state_dict if k.endswith("backbone." + _DINOV3_ANCHOR))
+    return _split_network(state_dict, anchor[: -len(_DINOV3_ANCHOR)], dinov3_to_timm)
+
+
+def _add_dinov3_base(delta: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Official DINOv3 EoMT weights from their released deltas, the way the official loader rebuilds them.
+
+    It adds every tensor to a base: the model as initialised with the DINOv3 backbone weights, every parameter
+    outside the backbone zeroed, buffers as initialised (attn_mask_probs = 1). So the backbone needs its DINOv3
+    weights loaded first (`pretrained_backbone`). A file whose final LayerNorm weight is O(1) holds full weights,
+    not deltas (fine-tuning moves LayerNorm weights by far less), and is taken as it is without a backbone.
+    """
+    backbone: Any = getattr(model, "backbone", None)
+    pretrained = getattr(backbone, "pretrained_weights", None)
+    norm = delta.get("backbone.norm.weight")
+    full_weights = norm is not None and float(norm.abs().mean()) > 0.5
+    if pretrained is None:
+        if full_weights:
+            return delta
+        raise CheckpointMismatch(
+            "official DINOv3 EoMT weights are deltas to the DINOv3 backbone: build the model with "
+            "pretrained_backbone=<DINOv3 weights> (timm vit_*_patch16_dinov3_qkvb.lvd1689m, "
+            "facebook/dinov3-*-pretrain-lvd1689m or Meta's .pth)"
+        )
+    if full_weights:
+        raise CheckpointMismatch(
+            "holds full DINOv3 EoMT weights, not deltas: build the model without pretrained_backbone"
+        )
+    base = model.state_dict()
+    out = {}
+    for key, value in delta.items():
+        if key.startswith("backbone.") and key in base and base[key].shape == value.shape:
+            out[key] = base[key].to(value.dtype) + value
+        elif key == "attn_mask_probs":
+            out[key] = 1 + value
+        else:
+            out[key] = value  # zero base; a key the model lacks is named by the strict load
+    return out
+
+
 def to_eomt_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Normalise an official / Lightning / Hugging Face / own state dict to our key names (model-independent)."""
     inner: Any = state_dict.get("state_dict")
     if isinstance(inner, dict):
         state_dict = inner
     state_dict = {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
+    if is_official_dinov3(state_dict):
+        return _from_official_dinov3(state_dict)
     if any(k.endswith("embeddings.cls_token") for k in state_dict):
         return _from_hugging_face(state_dict)
     if any(k.endswith("backbone.cls_token") for k in state_dict):
@@ -186,9 +293,12 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
     """Any supported EoMT state dict -> one that `model.load_state_dict(..., strict=True)` accepts.
 
     Pure: the input is not modified. A missing `attn_mask_probs` (older HF files) defaults to zeros, i.e. the
-    fully annealed state in which masking changes nothing.
+    fully annealed state in which masking changes nothing. Official DINOv3 deltas are added to the model's
+    DINOv3 backbone weights (`_add_dinov3_base`).
     """
     out = to_eomt_keys(state_dict)
+    if is_official_dinov3({k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}):
+        out = _add_dinov3_base(out, model)
     probs: Any = getattr(model, "attn_mask_probs", None)
     if "attn_mask_probs" not in out and isinstance(probs, Tensor):
         out["attn_mask_probs"] = torch.zeros_like(probs)

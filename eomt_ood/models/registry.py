@@ -188,6 +188,67 @@ def eomt_eva02_large_patch16_512(**kwargs) -> EoMT:
     return _create_eomt("eva02_large_patch14_224", **_defaults(defaults, kwargs))
 
 
+# DINOv3 (timm's `vit_*_patch16_dinov3_qkvb`: native patch 16, 4 registers, RoPE on the patches, LayerScale;
+# the q/v biases the official code trains through Hugging Face's DINOv3ViTModel). Official EoMT DINOv3 settings
+# (tue-mps/eomt model_zoo/dinov3.md): COCO panoptic S / B / L at 640 and L at 1280 with Q = 200, C = 133; ADE20K
+# semantic L at 512 with Q = 100, C = 150; L2 = 4 for L, 3 for S / B (as in the DINOv2 S / B configs). Their
+# released weights are deltas to the DINOv3 backbone: build with pretrained_backbone=<DINOv3 weights> and
+# checkpoint=<the official file> (models/checkpoints.py adds the two). The *_1024 variants keep the Cityscapes
+# defaults of this toolkit (C = 19, Q = 100) for training here; no official checkpoint exists for them.
+# rope_rescale_coords: in training, HF's DINOv3 scales the RoPE coordinates by one log-uniform factor in [1/2, 2]
+# per forward (its config's pos_embed_rescale = 2), and the official EoMT trains through that module.
+_DINOV3 = dict(dynamic_img_size=False, rope_rescale_coords=2.0)
+_DINOV3_COCO = dict(num_queries=200, num_classes=133, **_DINOV3)
+
+
+@register_model
+def eomt_dinov3_small_patch16_640(**kwargs) -> EoMT:
+    defaults = dict(img_size=640, num_blocks=3, **_DINOV3_COCO)
+    return _create_eomt("vit_small_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_base_patch16_640(**kwargs) -> EoMT:
+    defaults = dict(img_size=640, num_blocks=3, **_DINOV3_COCO)
+    return _create_eomt("vit_base_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_large_patch16_640(**kwargs) -> EoMT:
+    defaults = dict(img_size=640, num_blocks=4, **_DINOV3_COCO)
+    return _create_eomt("vit_large_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_large_patch16_1280(**kwargs) -> EoMT:
+    defaults = dict(img_size=1280, num_blocks=4, **_DINOV3_COCO)
+    return _create_eomt("vit_large_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_large_patch16_512(**kwargs) -> EoMT:
+    defaults = dict(img_size=512, num_blocks=4, num_queries=100, num_classes=150, **_DINOV3)
+    return _create_eomt("vit_large_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_small_patch16_1024(**kwargs) -> EoMT:
+    defaults = dict(img_size=1024, num_blocks=3, **_DINOV3)
+    return _create_eomt("vit_small_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_base_patch16_1024(**kwargs) -> EoMT:
+    defaults = dict(img_size=1024, num_blocks=3, **_DINOV3)
+    return _create_eomt("vit_base_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_large_patch16_1024(**kwargs) -> EoMT:
+    defaults = dict(img_size=1024, num_blocks=4, **_DINOV3)
+    return _create_eomt("vit_large_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
 @register_model
 def eomt_test(**kwargs) -> EoMT:
     """Tiny DINOv2-style EoMT for tests: S 64, p 16 (G 4), D 32, 4 blocks, 2 heads, 2 registers, L2 2, Q 8, C 19."""
@@ -202,3 +263,20 @@ def eomt_test(**kwargs) -> EoMT:
         num_classes=19,
     )
     return _create_eomt("vit_small_patch14_reg4_dinov2", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_test(**kwargs) -> EoMT:
+    """Tiny DINOv3-style EoMT for tests: S 64, p 16 (G 4), D 32, 4 blocks, 2 heads, 2 registers, L2 2, Q 8, C 19."""
+    defaults = dict(
+        img_size=64,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        num_reg_tokens=2,
+        num_blocks=2,
+        num_queries=8,
+        num_classes=19,
+        **_DINOV3,
+    )
+    return _create_eomt("vit_small_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))

@@ -81,8 +81,9 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class TrainerConfig:
     """Lightning Trainer settings. max_steps (when set) overrides epochs. precision: "16-mixed" (recipe, GPU),
-    "bf16-mixed" or "32-true" (CPU). checkpoint_every_n_steps: periodic checkpoints (plus one at the end).
-    val_every_n_epochs: 0 turns validation off."""
+    "bf16-mixed" or "32-true" (CPU). compile: torch.compile the model; null = on where training runs on CUDA
+    (the official recipe compiles), off on CPU. checkpoint_every_n_steps: periodic checkpoints (plus one at the
+    end). val_every_n_epochs: 0 turns validation off."""
 
     epochs: int = 107
     max_steps: int | None = None
@@ -94,7 +95,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     seed: int = 0
     float32_matmul_precision: str = "medium"
-    compile: bool = False
+    compile: bool | None = None
     log_every_n_steps: int = 50
     val_every_n_epochs: int = 1
     checkpoint_every_n_steps: int = 1000

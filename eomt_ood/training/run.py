@@ -244,6 +244,15 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     return create_model(m.name, checkpoint=m.checkpoint, **overrides)
 
 
+def compile_enabled(setting: bool | None, accelerator: str) -> bool:
+    """`trainer.compile`: an explicit true/false wins; null compiles exactly when training runs on CUDA."""
+    if setting is not None:
+        return setting
+    if accelerator in ("gpu", "cuda"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()
+
+
 def build_trainer(
     config: TrainConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()
 ) -> tuple[L.Trainer, Path]:
@@ -318,7 +327,7 @@ def train(
         torch.set_float32_matmul_precision(t.float32_matmul_precision)
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = build_model(config)
-    if t.compile:
+    if compile_enabled(t.compile, t.accelerator):
         model.compile()
     module = EoMTTrainingModule(
         model,
