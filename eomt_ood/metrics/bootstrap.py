@@ -870,20 +870,23 @@ def percentile_intervals(replicates: Replicates, level: float = DEFAULT_LEVEL) -
 
 
 def paired_differences(a: Replicates, b: Replicates, level: float = DEFAULT_LEVEL) -> dict[str, Difference]:
-    """{key: Difference} of run a minus run b for every key both have.
+    """{key: Difference} of run a minus run b for every key, over the same resampled images.
 
-    Both must come from the same draws on every subset they share (same images in the same order, same seed
-    and B, or the same `draws` passed in); else ValueError. A replicate where either run is degenerate is left out.
+    Both runs must cover the same subsets with the same draws (the same seed and B over the same number of
+    images per subset, or the same `draws` passed in); else ValueError. The draws cannot tell whether the
+    images are the same and in the same order: the caller checks the image names (and restricts both runs to
+    the images they share, `ImageSetStatistics.take`) before pairing. A replicate where either run is
+    degenerate is left out.
     """
-    for name in set(a.draws) & set(b.draws):
+    if list(a.draws) != list(b.draws):
+        raise ValueError(f"the runs cover different subsets: {list(a.draws)} vs {list(b.draws)}")
+    for name in a.draws:
         if not np.array_equal(a.draws[name], b.draws[name]):
             raise ValueError(
                 f"subset {name}: the two runs were resampled with different draws; pairing needs the same"
             )
     out = {}
     for key, values in a.values.items():
-        if key not in b.values:
-            continue
         low, high, bad = _percentiles(values - b.values[key], level)
         excludes = bool(low > 0.0 or high < 0.0)
         out[key] = Difference(a.point[key] - b.point[key], low, high, excludes, bad)

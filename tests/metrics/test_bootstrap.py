@@ -219,6 +219,11 @@ def test_paired_runs_share_draws_and_refuse_different_ones(fixture_sets):
     other = bs.bootstrap(sets, SEMANTIC_SUBSETS, OOD_SUBSETS, replicates=20, seed=5)
     with pytest.raises(ValueError, match="different draws"):
         bs.paired_differences(a, other)
+    fewer = bs.bootstrap(
+        {s: sets[s] for s in ("ACDCfog", "SMIYC")}, SEMANTIC_SUBSETS, OOD_SUBSETS, 20, seed=4
+    )
+    with pytest.raises(ValueError, match="different subsets"):
+        bs.paired_differences(a, fewer)
 
 
 # ------------------------------------------------------------------------------------------------ storage
