@@ -43,6 +43,10 @@ from scipy import special
 
 from eomt_ood.data.bravo import OOD_SUBSETS, SEMANTIC_SUBSETS
 from eomt_ood.metrics import bootstrap as bs
+from eomt_ood.metrics.image_stats import (
+    CATEGORIES,
+    ImageSetStatistics,
+)
 
 HEIGHT, WIDTH = 1024, 2048
 LEVELS = 65536
@@ -97,9 +101,9 @@ def _level_probs(mean: np.ndarray, sd: float) -> np.ndarray:
     return np.diff(np.concatenate([zeros, cdf, ones], axis=1), axis=1)
 
 
-def synthetic_subset(rng: np.random.Generator, subset: str, n: int) -> bs.ImageSetStatistics:
+def synthetic_subset(rng: np.random.Generator, subset: str, n: int) -> ImageSetStatistics:
     """n images of one subset: per-image difficulty, error rate and invalid fraction; Poisson level counts."""
-    return bs.ImageSetStatistics.from_images(_synthetic_images(rng, subset, n))
+    return ImageSetStatistics.from_images(_synthetic_images(rng, subset, n))
 
 
 def _synthetic_images(rng: np.random.Generator, subset: str, n: int) -> Iterator[SimpleNamespace]:
@@ -126,23 +130,23 @@ def _synthetic_images(rng: np.random.Generator, subset: str, n: int) -> Iterator
             yield SimpleNamespace(cm=cm, correct=correct[i], wrong=wrong[i], ood_pos=ood_pos[i])
 
 
-def synthetic_set(sizes: Mapping[str, int], seed: int) -> dict[str, bs.ImageSetStatistics]:
+def synthetic_set(sizes: Mapping[str, int], seed: int) -> dict[str, ImageSetStatistics]:
     rng = np.random.default_rng(seed)
     return {subset: synthetic_subset(rng, subset, n) for subset, n in sizes.items()}
 
 
-def _nnz_per_image(stats: Mapping[str, bs.ImageSetStatistics]) -> dict[str, float]:
+def _nnz_per_image(stats: Mapping[str, ImageSetStatistics]) -> dict[str, float]:
     total = sum(s.n_images for s in stats.values())
     return {
         name: round(sum(getattr(s, name).levels.size for s in stats.values()) / total, 1)
-        for name in bs.CATEGORIES
+        for name in CATEGORIES
     }
 
 
 # ------------------------------------------------------------------------------------------------ storage
 
 
-def write_h5(path: Path, stats: Mapping[str, bs.ImageSetStatistics]) -> None:
+def write_h5(path: Path, stats: Mapping[str, ImageSetStatistics]) -> None:
     with h5py.File(path, "w") as f:
         for subset, s in stats.items():
             group = f.create_group(subset)
@@ -158,10 +162,10 @@ class LazyH5(Mapping):
         with h5py.File(path, "r") as f:
             self.names = list(f)
 
-    def __getitem__(self, subset: str) -> bs.ImageSetStatistics:
+    def __getitem__(self, subset: str) -> ImageSetStatistics:
         with h5py.File(self.path, "r") as f:
             arrays = {k: v[()] for k, v in f[subset].items()}
-        return bs.ImageSetStatistics.decode(arrays, f"{self.path}:/{subset}")
+        return ImageSetStatistics.decode(arrays, f"{self.path}:/{subset}")
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
@@ -170,7 +174,7 @@ class LazyH5(Mapping):
         return len(self.names)
 
 
-def storage(stats: Mapping[str, bs.ImageSetStatistics], tmp: Path) -> dict[str, float]:
+def storage(stats: Mapping[str, ImageSetStatistics], tmp: Path) -> dict[str, float]:
     n = sum(s.n_images for s in stats.values())
     path = tmp / "storage.h5"
     write_h5(path, stats)
@@ -189,7 +193,7 @@ def child(path: str, mode: str) -> None:
     """Child process: load, time B = 1000, print {seconds, load_s, peak_rss_mb} as JSON."""
     t0 = time.perf_counter()
     if mode == "lazy":
-        subsets: Mapping[str, bs.ImageSetStatistics] = LazyH5(Path(path))
+        subsets: Mapping[str, ImageSetStatistics] = LazyH5(Path(path))
     else:
         subsets = dict(LazyH5(Path(path)).items())
     load = time.perf_counter() - t0
@@ -226,7 +230,7 @@ def run_child(path: Path, mode: str, threads: str | None = None) -> dict[str, fl
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bounds_moved(stats: Mapping[str, bs.ImageSetStatistics], bins: list[int]) -> dict[str, object]:
+def bounds_moved(stats: Mapping[str, ImageSetStatistics], bins: list[int]) -> dict[str, object]:
     """Largest move of any interval bound, coarse (with and without the shift) vs lossless, same draws."""
     draws = bs.draw_subsets({k: s.n_images for k, s in stats.items()}, 1000, bs.DEFAULT_SEED)
     t0 = time.perf_counter()
@@ -287,7 +291,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-bootstrap-") as tmp:
         tmp_path = Path(tmp)
         image = image_statistics(*realistic_image())
-        one = {"image": bs.ImageSetStatistics.from_images([image])}
+        one = {"image": ImageSetStatistics.from_images([image])}
         report["realistic_image"] = {"nonempty_levels": _nnz_per_image(one), **storage(one, tmp_path)}
 
         t0 = time.perf_counter()

@@ -14,7 +14,6 @@ import json
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from bravo_oracle import LAYOUT, official_results
@@ -31,8 +30,13 @@ from eomt_ood.data.bravo import (
     read_pred,
 )
 from eomt_ood.data.synthetic import make_fixture
-from eomt_ood.errors import UserError
 from eomt_ood.metrics import bootstrap as bs
+from eomt_ood.metrics.image_stats import (
+    CATEGORIES,
+    ImageSetStatistics,
+    SparseHistograms,
+    image_set_statistics,
+)
 
 TOL = 1e-12
 
@@ -58,7 +62,7 @@ def fixture_sets(fixture):
         conf = read_conf((fixture.submission / (base + conf_suffix)).read_bytes(), "conf")
         per.setdefault(subset, []).append(image_statistics(label, mask, pred, conf))
         bases.setdefault(subset, []).append(base)
-    sets = {s: bs.ImageSetStatistics.from_images(per[s]) for s in SUBSETS if s in per}
+    sets = {s: ImageSetStatistics.from_images(per[s]) for s in SUBSETS if s in per}
     return sets, bases
 
 
@@ -161,7 +165,7 @@ def test_coarse_bins_keep_miou_ece_fpr95_exact_when_images_cover_different_level
         for c, size in enumerate((400, 150, 60)):
             np.add.at(dense[c, i], rng.integers(low, low + 3000, size), 1)
     cm = rng.integers(0, 50, (n, 19, 19))
-    stats = bs.image_set_statistics(cm, *dense)
+    stats = image_set_statistics(cm, *dense)
     args = ({"synobjs": stats}, ["synobjs"], ["synobjs"])
     lossless = bs.bootstrap(*args, replicates=50, max_bins=None)
     coarse = bs.bootstrap(*args, replicates=50, max_bins=32)
@@ -226,75 +230,6 @@ def test_paired_runs_share_draws_and_refuse_different_ones(fixture_sets):
         bs.paired_differences(a, fewer)
 
 
-# ------------------------------------------------------------------------------------------------ storage
-
-
-def test_encode_decode_round_trip_is_exact_through_hdf5(fixture_sets, tmp_path):
-    sets, _ = fixture_sets
-    stats = sets["synobjs"]
-    with h5py.File(tmp_path / "stats.h5", "w") as f:
-        group = f.create_group("synobjs")
-        for name, array in stats.encode().items():
-            group.create_dataset(name, data=array, compression="gzip", shuffle=True)
-    with h5py.File(tmp_path / "stats.h5", "r") as f:
-        back = bs.ImageSetStatistics.decode({k: v[()] for k, v in f["synobjs"].items()}, "stats.h5:/synobjs")
-    np.testing.assert_array_equal(back.cm, stats.cm)
-    for name in bs.CATEGORIES:
-        for i in range(stats.n_images):
-            np.testing.assert_array_equal(getattr(back, name).dense(i), getattr(stats, name).dense(i))
-    assert back.encode().keys() == stats.encode().keys()
-
-
-def test_from_images_keeps_every_count():
-    rng = np.random.default_rng(0)
-
-    class Image:
-        def __init__(self):
-            self.cm = rng.integers(0, 9, size=(19, 19))
-            self.correct = np.where(rng.random(65536) < 0.01, rng.integers(1, 70000, 65536), 0)
-            self.wrong = np.zeros(65536, np.int64)  # an empty histogram
-            self.ood_pos = np.zeros(65536, np.int64)
-            self.ood_pos[[0, 65535]] = [3, 2**33]  # the extreme levels, and a count beyond uint32
-
-    images = [Image() for _ in range(4)]
-    stats = bs.ImageSetStatistics.from_images(iter(images))
-    encoded = stats.encode()
-    assert encoded["correct_counts"].dtype == np.uint32 and encoded["ood_pos_counts"].dtype == np.uint64
-    assert encoded["wrong_levels"].size == 0 and encoded["cm"].dtype == np.uint8
-    for i, image in enumerate(images):
-        for name in bs.CATEGORIES:
-            np.testing.assert_array_equal(getattr(stats, name).dense(i), getattr(image, name))
-    picked = stats.take(np.array([2, 2, 0]))
-    np.testing.assert_array_equal(picked.correct.dense(1), images[2].correct)
-    np.testing.assert_array_equal(picked.cm[2], images[0].cm)
-    np.testing.assert_array_equal(stats.correct.pooled(), sum(im.correct for im in images))
-
-
-def _broken(encoded: dict, name: str, fn) -> dict:
-    out = dict(encoded)
-    out[name] = fn(out[name].copy())
-    return out
-
-
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda e: {k: v for k, v in e.items() if k != "wrong_counts"}, "lack the dataset"),
-        (lambda e: _broken(e, "cm", lambda a: a.astype(np.float64)), "'cm' must be"),
-        (lambda e: _broken(e, "correct_levels", lambda a: a.astype(np.int32)), "uint16"),
-        (lambda e: _broken(e, "correct_levels", lambda a: a[::-1].copy()), "strictly increasing"),
-        (lambda e: _broken(e, "wrong_counts", lambda a: a * 0), "zeros"),
-        (lambda e: _broken(e, "ood_pos_offsets", lambda a: a[:-1]), "offsets"),
-        (lambda e: _broken(e, "ood_pos_offsets", lambda a: a[::-1].copy()), "rise from 0"),
-    ],
-)
-def test_decode_rejects_bad_data_with_one_user_error(fixture_sets, change, message):
-    sets, _ = fixture_sets
-    with pytest.raises(UserError, match=message) as err:
-        bs.ImageSetStatistics.decode(change(sets["synobjs"].encode()), "run.h5:/synobjs")
-    assert str(err.value).startswith("run.h5:/synobjs: ")
-
-
 # ------------------------------------------------------------------------------------------------ degenerate
 
 
@@ -311,7 +246,7 @@ def test_degenerate_replicates_are_nan_and_counted():
     ood[0, rng.integers(0, 30000, 30)] += 1
     cm = np.zeros((n, 19, 19), np.int64)
     cm[:, 0, 0], cm[:, 0, 1] = correct.sum(1), wrong.sum(1)
-    stats = bs.image_set_statistics(cm, correct, wrong, ood)
+    stats = image_set_statistics(cm, correct, wrong, ood)
     reps = bs.bootstrap({"synobjs": stats}, ["synobjs"], ["synobjs"], replicates=200, seed=0)
     missed = reps.draws["synobjs"][:, 0] == 0
     assert 0 < missed.sum() < 200
@@ -347,16 +282,16 @@ def _level_probs(mean: np.ndarray) -> np.ndarray:
     return np.diff(cdf, axis=1)
 
 
-def _sparse(rows: np.ndarray) -> bs.SparseHistograms:
+def _sparse(rows: np.ndarray) -> SparseHistograms:
     """(n, 256) counts on the levels 0, 256, ... as sparse histograms (no 65,536-wide dense rows)."""
     image, index = np.nonzero(rows)
     offsets = np.searchsorted(image, np.arange(rows.shape[0] + 1))
-    return bs.SparseHistograms(
+    return SparseHistograms(
         (index * LEVEL_STEP).astype(np.uint16), rows[image, index].astype(np.uint32), offsets
     )
 
 
-def _simulate(rng: np.random.Generator, n: int) -> bs.ImageSetStatistics:
+def _simulate(rng: np.random.Generator, n: int) -> ImageSetStatistics:
     """n images: OOD fraction ~ Beta(2, 18) per image, a per-image conf shift shared by all its pixels."""
     fraction = rng.beta(2.0, 18.0, n)
     shift = rng.normal(0.0, SHIFT_SD, n)
@@ -364,7 +299,7 @@ def _simulate(rng: np.random.Generator, n: int) -> bs.ImageSetStatistics:
     ood = rng.multinomial(n_ood, _level_probs(shift - OOD_MEAN))
     valid = rng.multinomial(PIXELS - n_ood, _level_probs(shift))
     empty = _sparse(np.zeros_like(valid))
-    return bs.ImageSetStatistics(np.zeros((n, 19, 19), np.int64), _sparse(valid), empty, _sparse(ood))
+    return ImageSetStatistics(np.zeros((n, 19, 19), np.int64), _sparse(valid), empty, _sparse(ood))
 
 
 def _true_auprc() -> float:
@@ -406,11 +341,11 @@ def test_coverage_of_the_95_percent_interval():
 # ------------------------------------------------------------------------------------------------ paired test
 
 
-def _run(images: list[dict], noise_seed: int, degrade: float = 0.0) -> bs.ImageSetStatistics:
+def _run(images: list[dict], noise_seed: int, degrade: float = 0.0) -> ImageSetStatistics:
     """Statistics of one run: the shared per-pixel scores plus small test-time noise; `degrade` raises the
     confidence of OOD and wrong pixels (a worse model on the same images)."""
     rng = np.random.default_rng(noise_seed)
-    cms, rows = [], {name: [] for name in bs.CATEGORIES}
+    cms, rows = [], {name: [] for name in CATEGORIES}
     for image in images:
         score = image["score"] + rng.normal(0.0, 0.02, image["score"].shape)
         score = score + degrade * (image["ood"] | ~image["correct"])
@@ -423,7 +358,7 @@ def _run(images: list[dict], noise_seed: int, degrade: float = 0.0) -> bs.ImageS
         cm = np.zeros((19, 19), np.int64)
         np.add.at(cm, (image["label"][valid], image["pred"][valid]), 1)
         cms.append(cm)
-    return bs.image_set_statistics(np.stack(cms), *(np.stack(rows[name]) for name in bs.CATEGORIES))
+    return image_set_statistics(np.stack(cms), *(np.stack(rows[name]) for name in CATEGORIES))
 
 
 def _images(rng: np.random.Generator, n: int = 30, pixels: int = 400) -> list[dict]:
