@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 from scipy import special
 
-from eomt_ood.data.bravo import OOD_SUBSETS, SEMANTIC_SUBSETS
+from eomt_ood.bravo.layout import OOD_SUBSETS, SEMANTIC_SUBSETS
 from eomt_ood.metrics import bootstrap as bs
 from eomt_ood.metrics.image_stats import (
     CATEGORIES,
@@ -279,7 +279,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from eomt_ood.bravo.evaluate import image_statistics
+    from eomt_ood.bravo.scoring import image_statistics
 
     report: dict[str, object] = {
         "numpy": np.__version__,

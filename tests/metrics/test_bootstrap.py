@@ -19,8 +19,8 @@ import pytest
 from bravo_oracle import LAYOUT, official_results
 from scipy import special
 
-from eomt_ood.bravo.evaluate import image_statistics
-from eomt_ood.data.bravo import (
+from eomt_ood.bravo.fixture import make_fixture
+from eomt_ood.bravo.layout import (
     OOD_SUBSETS,
     SEMANTIC_SUBSETS,
     SUBSETS,
@@ -29,7 +29,7 @@ from eomt_ood.data.bravo import (
     read_mask,
     read_pred,
 )
-from eomt_ood.data.synthetic import make_fixture
+from eomt_ood.bravo.scoring import image_statistics
 from eomt_ood.metrics import bootstrap as bs
 from eomt_ood.metrics.image_stats import (
     CATEGORIES,
