@@ -90,8 +90,8 @@ def _from_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
         elif key.startswith("patch_embed.norm."):
             out["embeddings.norm." + key.rsplit(".", 1)[1]] = value
         elif match := re.match(r"^layers\.(\d+)\.downsample\.(.+)$", key):
-            stage = int(match.group(1)) + merge_shift
-            out[f"encoder.layers.{stage}.downsample.{match.group(2)}"] = value
+            merged_stage = int(match.group(1)) + merge_shift
+            out[f"encoder.layers.{merged_stage}.downsample.{match.group(2)}"] = value
         elif match := re.match(
             r"^layers\.(\d+)\.blocks\.(\d+)\.(.+)\.(weight|bias|relative_position_bias_table)$", key
         ):
