@@ -41,6 +41,11 @@ def compare_command(
     confidence: str | None = typer.Option(
         None, "--confidence", help="Score to compare (default: each run's first, the submitted one)."
     ),
+    paper: bool = typer.Option(
+        False,
+        "--paper",
+        help="Also print the EoMT paper's Table E beside the measured AUPRC_OOD of every score.",
+    ),
 ) -> None:
     """Put several evaluation runs side by side: OOD table, PR curves, bars; flags differing conventions."""
     from eomt_ood.io import warn
@@ -49,6 +54,8 @@ def compare_command(
     summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence)
     for line in summary["differences"]:
         warn(line)
+    if paper:
+        print(summary["paper_table"])
     print(f"compared {len(summary['rows'])} run(s) -> {out}" + (f", {csv_path}" if csv_path else ""))
 
 

@@ -486,8 +486,36 @@ def warning_banner(differences: Sequence[str]) -> str:
     )
 
 
+# ------------------------------------------------------------------------------- paper reference (Table E)
+# Hook only: the paper's numbers and the table live in `reports/paper.py`; this gathers each run's model and
+# every score block of its results.json (not just the compared score).
+
+
+def paper_reference(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
+    """The rows of the paper's Table E beside every score each run computed (`paper.table_e_rows`)."""
+    from eomt_ood.reports import paper
+
+    entries = []
+    for run in runs:
+        results = json.loads((run.path / "results.json").read_text())
+        entries.append(paper.RunScores(run.label, run.model_name, paper.score_blocks(results)))
+    return paper.table_e_rows(entries)
+
+
+def with_paper_columns(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
+    """`comparison_rows` plus the Table E row of each run's architecture and the paper's AUPRC_OOD."""
+    from eomt_ood.reports import paper
+
+    return [dict(row) | paper.reference_columns(run.model_name) for row, run in zip(rows, runs, strict=True)]
+
+
+# ------------------------------------------------------------------------------- end of paper reference hook
+
+
 def build_comparison(runs: Sequence[RunSummary], title: str = "eomt-ood comparison") -> str:
     """The comparison report as one self-contained HTML string."""
+    from eomt_ood.reports.paper import table_e_html
+
     rows = comparison_rows(runs)
     differences = convention_differences(runs)
     sources = "".join(
@@ -509,6 +537,8 @@ def build_comparison(runs: Sequence[RunSummary], title: str = "eomt-ood comparis
             "<h2>OOD detection</h2>",
             ood_table_html(runs, rows),
             chance_note(runs),
+            "<h2>Paper reference: Table E of the EoMT paper</h2>",  # paper reference hook
+            table_e_html(paper_reference(runs)),
             "<h2>Segmentation and calibration</h2>",
             semantic_table_html(runs, rows),
             "<h2>OOD precision-recall curves</h2>",
@@ -530,7 +560,8 @@ def compare_runs(
     confidence: str | None = None,
     title: str = "eomt-ood comparison",
 ) -> dict[str, Any]:
-    """Write the comparison report to `out` (and the table to `csv_path`); returns {"rows", "differences"}.
+    """Write the comparison report to `out` (and the table to `csv_path`); returns {"rows", "differences",
+    "paper_table"} (the last: the paper's Table E beside the measured numbers, as text).
 
     The output paths are checked before any run is read: neither may be an existing file of an input run.
     """
@@ -539,10 +570,13 @@ def compare_runs(
         check_output(csv_path, "--csv", [*run_dirs, out])
     runs = load_runs(run_dirs, confidence)
     write_text_atomic(out, build_comparison(runs, title=title))
-    rows = comparison_rows(runs)
+    rows = with_paper_columns(comparison_rows(runs), runs)  # paper reference hook
     if csv_path is not None:
         write_csv(rows, csv_path)
-    return {"rows": rows, "differences": convention_differences(runs)}
+    from eomt_ood.reports.paper import table_e_text
+
+    paper_table = table_e_text(paper_reference(runs))  # paper reference hook
+    return {"rows": rows, "differences": convention_differences(runs), "paper_table": paper_table}
 
 
 __all__ = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -25,15 +25,26 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """root: a Cityscapes layout (leftImg8bit/, gtFine/); batch_size is per device (effective batch =
-    batch_size x devices x nodes x accumulate_grad_batches; the recipe uses 16). val_max_images limits
-    validation (null = all)."""
+    batch_size x devices x nodes x accumulate_grad_batches; the recipes use 16). val_max_images limits
+    validation (null = all).
+
+    augmentation "eomt" (`data.transforms.TrainTransform`): scale jitter `scale_range` relative to fitting the
+    image into S x S, S x S crops (S = the model's img_size). "mask2former" (`ShortSideCropTransform`): short
+    side drawn from `short_sides` (long side capped at `max_long_side`), `crop_size` (h, w) crops with
+    `single_category_max_area`, then colour jitter and flip.
+    """
 
     root: Path = Path("data/cityscapes")
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 4
     num_workers: int = 4
+    augmentation: Literal["eomt", "mask2former"] = "eomt"
     scale_range: tuple[float, float] = (0.5, 2.0)
+    short_sides: tuple[int, ...] = ()
+    max_long_side: int = 4096
+    crop_size: tuple[int, int] | None = None
+    single_category_max_area: float = 1.0
     color_jitter: bool = True
     val_max_images: int | None = None
     val_micro_batch: int = 4
@@ -54,13 +65,23 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with layer-wise LR decay inside the backbone (spec §4.4); grad_clip is the global L2 norm."""
+    """AdamW; per-parameter lr and weight decay as in `training/optim.py`.
+
+    llrd: layer-wise lr decay over the backbone's ViT blocks (1.0 = off; needed for backbones without blocks).
+    backbone_lr_multiplier: every backbone parameter's lr x this (Mask2Former: 0.1).
+    weight_decay_norm / weight_decay_embed: decay of normalisation-layer parameters / of embeddings and position
+    tables; null = weight_decay (EoMT decays everything, Mask2Former uses 0.0 for both).
+    grad_clip: the global L2 norm of all gradients is clipped to this (0 = off).
+    """
 
     lr: float = 1e-4
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     llrd: float = 0.8
+    backbone_lr_multiplier: float = 1.0
+    weight_decay_norm: float | None = None
+    weight_decay_embed: float | None = None
     grad_clip: float = 0.01
 
 
@@ -82,8 +103,9 @@ class ScheduleConfig:
 class TrainerConfig:
     """Lightning Trainer settings. max_steps (when set) overrides epochs. precision: "16-mixed" (recipe, GPU),
     "bf16-mixed" or "32-true" (CPU). compile: torch.compile the model; null = on where training runs on CUDA
-    (the official recipe compiles), off on CPU. checkpoint_every_n_steps: periodic checkpoints (plus one at the
-    end). val_every_n_epochs: 0 turns validation off."""
+    (the official recipe compiles), off on CPU. sync_batchnorm: BatchNorm statistics over all processes
+    (ViT-Adapter's spatial prior module; no effect on one device). checkpoint_every_n_steps: periodic checkpoints
+    (plus one at the end). val_every_n_epochs: 0 turns validation off."""
 
     epochs: int = 107
     max_steps: int | None = None
@@ -92,6 +114,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "16-mixed"
+    sync_batchnorm: bool = False
     accumulate_grad_batches: int = 1
     seed: int = 0
     float32_matmul_precision: str = "medium"

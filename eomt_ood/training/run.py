@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from eomt_ood.config import to_dict
 from eomt_ood.errors import UserError
-from eomt_ood.training.config import TrainConfig
+from eomt_ood.training.config import DataConfig, TrainConfig
 from eomt_ood.training.module import EoMTTrainingModule, step_seed
 
 CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
@@ -129,6 +129,28 @@ class SeededSamples(Dataset):
                 random.setstate(py_state)
 
 
+def build_train_transform(data: DataConfig, img_size: int) -> Callable:
+    """The training augmentation `data.augmentation` names, for a model of input side `img_size`."""
+    from eomt_ood.data.transforms import ShortSideCropTransform, TrainTransform
+
+    if data.augmentation == "eomt":
+        return TrainTransform(img_size, scale_range=data.scale_range, color_jitter=data.color_jitter)
+    if not data.short_sides or min(data.short_sides) <= 0:
+        raise UserError("data.short_sides: the mask2former augmentation needs a list of positive short sides")
+    crop = data.crop_size or (img_size, img_size)
+    if min(crop) <= 0:
+        raise UserError(f"data.crop_size: {list(crop)} must be two positive sizes (height, width)")
+    if not 0 < data.single_category_max_area <= 1:
+        raise UserError(f"data.single_category_max_area: {data.single_category_max_area} is not in (0, 1]")
+    return ShortSideCropTransform(
+        data.short_sides,
+        crop,
+        max_long_side=data.max_long_side,
+        single_category_max_area=data.single_category_max_area,
+        color_jitter=data.color_jitter,
+    )
+
+
 class CityscapesData(L.LightningDataModule):
     """Cityscapes train (augmented, `StepSampler`) and val (full resolution, sharded across ranks) loaders."""
 
@@ -139,10 +161,9 @@ class CityscapesData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         from eomt_ood.data.cityscapes import CityscapesSemantic, collate_batch
-        from eomt_ood.data.transforms import TrainTransform
 
         d, trainer = self.config.data, self.trainer
-        transform = TrainTransform(self.img_size, scale_range=d.scale_range, color_jitter=d.color_jitter)
+        transform = build_train_transform(d, self.img_size)
         dataset = CityscapesSemantic(d.root, d.train_split, transform=transform)
         sampler = StepSampler(
             len(dataset),
@@ -232,7 +253,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     m = config.model
     overrides = dict(m.overrides)
     if m.pretrained_backbone is not None:
-        if not Path(m.pretrained_backbone).is_file():
+        if not Path(m.pretrained_backbone).exists():  # a file, or a Hugging Face folder (Swin)
             # The backbone loader names the timm weights to fetch; say which config key to fix, too.
             try:
                 create_model(m.name, pretrained_backbone=m.pretrained_backbone, **overrides)
@@ -277,10 +298,11 @@ def build_trainer(
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,  # type: ignore[arg-type]
+        sync_batchnorm=t.sync_batchnorm,
         max_epochs=t.epochs if t.max_steps is None else -1,
         max_steps=t.max_steps if t.max_steps is not None else -1,
         accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=config.optim.grad_clip,
+        gradient_clip_val=config.optim.grad_clip or None,  # the total L2 norm over all parameters
         gradient_clip_algorithm="norm",
         check_val_every_n_epoch=max(1, t.val_every_n_epochs),
         limit_val_batches=None if t.val_every_n_epochs > 0 else 0,

@@ -167,6 +167,9 @@ class Mask2FormerSwin(nn.Module):
         masked_attn_enabled: kept for the interface; no effect (see module docstring).
     """
 
+    # Where the Swin backbone lives (the Hugging Face layout); training reads it for the backbone lr multiplier.
+    backbone_prefix = "model.pixel_level_module.encoder"
+
     def __init__(self, config: Mask2FormerConfig, img_size: int = 1024, masked_attn_enabled: bool = True):
         super().__init__()
         universal = Mask2FormerForUniversalSegmentation(config)  # builds and initialises the parts as HF does
@@ -304,6 +307,7 @@ def _create_m2f_swin(
     dim_feedforward: int = 2048,
     encoder_feedforward_dim: int = 1024,
     masked_attn_enabled: bool = True,
+    pretrained_backbone: str | Path | None = None,
 ) -> Mask2FormerSwin:
     backbone = swin_config(embed_dim, depths, num_heads, window_size, drop_path_rate)
     config = mask2former_config(
@@ -317,13 +321,19 @@ def _create_m2f_swin(
         dim_feedforward=dim_feedforward,
         encoder_feedforward_dim=encoder_feedforward_dim,
     )
-    return Mask2FormerSwin(config, img_size=img_size, masked_attn_enabled=masked_attn_enabled)
+    model = Mask2FormerSwin(config, img_size=img_size, masked_attn_enabled=masked_attn_enabled)
+    if pretrained_backbone is not None:
+        from eomt_ood.models.baselines.swin_weights import load_swin_backbone
+
+        load_swin_backbone(model.model.pixel_level_module.encoder, pretrained_backbone)
+    return model
 
 
 @register_model
 def m2f_swin_large(**kwargs) -> Mask2FormerSwin:
     """Mask2Former Swin-L (IN21k, window 12) for Cityscapes semantic: Q 100, C 19, S 1024 windows; the layout of
-    facebook/mask2former-swin-large-cityscapes-semantic (load it with checkpoint=<folder or weight file>)."""
+    facebook/mask2former-swin-large-cityscapes-semantic (load it with checkpoint=<folder or weight file>).
+    pretrained_backbone=<timm / original / Hugging Face Swin-L file or folder> starts from ImageNet weights."""
     return _create_m2f_swin(**kwargs)
 
 
