@@ -333,7 +333,17 @@ def test_cityscapes_folder_loads_and_predicts_like_transformers(tmp_path, safe):
         masks, classes = model(windows)
     torch.testing.assert_close(masks[-1], ref.masks_queries_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(classes[-1], ref.class_queries_logits, rtol=1e-4, atol=1e-4)
-    # Prediction: two 64 x 64 windows scored from transformers' logits (semantic scores of docs/models.md).
+    # Prediction, Mask2Former's protocol (m2f_swin_large's default): the whole image in one pass, scored from
+    # transformers' logits of the whole image (the semantic scores of docs/models.md).
+    full = x[None]
+    with torch.no_grad():
+        ref_full = oracle(pixel_values=(full * 255 - D2_MEAN) / D2_STD)
+    out = predict.predict_image(model, image)
+    up = F.interpolate(ref_full.masks_queries_logits, size=(64, 128), mode="bilinear", align_corners=False)
+    scores = torch.einsum("bqhw,bqc->bchw", up.sigmoid(), ref_full.class_queries_logits.softmax(-1)[..., :19])
+    torch.testing.assert_close(out.class_scores, scores[0], rtol=1e-4, atol=1e-4)
+    # Windowed, as EoMT is evaluated: two 64 x 64 windows side by side.
+    model.whole_image_inference = False
     out = predict.predict_image(model, image)
     up = F.interpolate(
         ref.masks_queries_logits, size=(64, 64), mode="bilinear", align_corners=False

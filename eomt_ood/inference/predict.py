@@ -109,16 +109,16 @@ def prepare_model(
     return model
 
 
-def _query_chunk(side: int) -> int:
+def _query_chunk(pixels: int) -> int:
     # Queries upsampled at once: at most ~28 MB of float32 masks, under glibc's largest mmap threshold (32 MB),
     # so the chunk buffers come from the heap and are reused instead of being faulted in afresh each time.
-    return max(1, (7 << 20) // (side * side))
+    return max(1, (7 << 20) // pixels)
 
 
 def window_stack(
     mask_logits: torch.Tensor,
     class_logits: torch.Tensor,
-    side: int,
+    side: int | tuple[int, int],
     query_chunk: int | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -127,22 +127,24 @@ def window_stack(
     Mask logits are upsampled to S x S bilinearly (align_corners=False) in the logit domain, then
     stack[k] = sum_q softmax(z_q)[k] * sigmoid(m_q): k < C are the semantic scores, k = C the no-object mass.
     Queries are processed `query_chunk` at a time so the upsampled logits never take Q x S x S memory. `out`: a
-    (C+1, S * S) float32 buffer to write into (reused across windows), else a new one.
+    (C+1, S * S) float32 buffer to write into (reused across windows), else a new one. `side` may be a
+    (height, width) pair for a non-square "window" (a whole image, see `predict_canvas`).
     """
+    height, width = (side, side) if isinstance(side, int) else side
     probs = class_logits.float().softmax(-1)  # softmax over C+1, no-object included (docs/models.md)
-    chunk_size = query_chunk or _query_chunk(side)
+    chunk_size = query_chunk or _query_chunk(height * width)
     if out is None:
-        out = torch.empty((probs.shape[-1], side * side), dtype=torch.float32, device=mask_logits.device)
+        out = torch.empty((probs.shape[-1], height * width), dtype=torch.float32, device=mask_logits.device)
     for first in range(0, mask_logits.shape[0], chunk_size):
         chunk = mask_logits[first : first + chunk_size].float()
-        masks = F.interpolate(chunk[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+        masks = F.interpolate(chunk[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         masks = masks.sigmoid_().reshape(masks.shape[0], -1)
         # einsum("qhw,qk->khw") accumulated in place: no (C+1, S, S) temporary per chunk.
         if first == 0:
             torch.mm(probs[:chunk_size].T, masks, out=out)
         else:
             out.addmm_(probs[first : first + chunk_size].T, masks)
-    return out.view(-1, side, side)
+    return out.view(-1, height, width)
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
@@ -167,15 +169,19 @@ def predict_canvas(
     image: uint8 (H, W, 3) or (3, H, W). The model must already be prepared (`prepare_model`) and on `device`;
     `dtype` (bf16 / fp16) runs the forward under autocast, scoring stays float32. `out`: the canvas of an earlier
     call, overwritten when its shape fits (a stream of equal-size images then allocates it once; on the CPU a
-    fresh 160 MB canvas per image costs more in page faults than filling it).
+    fresh 160 MB canvas per image costs more in page faults than filling it). A model with
+    `whole_image_inference` set (Mask2Former's own Cityscapes protocol) sees the resized image in one forward
+    pass instead of S x S windows.
     """
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
     side = int(model.img_size)
     resized = torch.tensor(resize_image(_as_hwc(image), side)).permute(2, 0, 1)  # (3, H', W') uint8, a copy
     height, width = resized.shape[-2:]
-    starts = window_starts(max(height, width), side)
     device = torch.device(device)
+    if getattr(model, "whole_image_inference", False):
+        return _predict_whole(model, resized, dtype, device)
+    starts = window_starts(max(height, width), side)
     shape = (int(model.num_classes) + 1, height, width)
     if out is not None and out.shape == shape and out.device == device and out.dtype == torch.float32:
         canvas = out  # every position is written by `place_window` below: no zero fill needed
@@ -197,6 +203,19 @@ def predict_canvas(
                 filled = place_window(canvas, window, start, filled)
             del mask_logits_list, class_logits_list, mask_logits, class_logits
     return average_overlaps(canvas, side)
+
+
+def _predict_whole(
+    model: nn.Module, resized: torch.Tensor, dtype: torch.dtype | None, device: torch.device
+) -> torch.Tensor:
+    """The (C+1, H', W') stack of a (3, H', W') uint8 image forwarded whole (no windows, nothing to average)."""
+    height, width = resized.shape[-2:]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    with torch.inference_mode():
+        batch = resized[None].to(device).float().div_(255)
+        with autocast:
+            mask_logits_list, class_logits_list = model(batch)
+        return window_stack(mask_logits_list[-1][0], class_logits_list[-1][0], (height, width)).clone()
 
 
 def predict_image(

@@ -163,14 +163,23 @@ class Mask2FormerSwin(nn.Module):
 
     Args:
         config: `Mask2FormerConfig` with a Swin `backbone_config`.
-        img_size: S, the square window side for windowed inference (Swin itself accepts any size).
+        img_size: S, the square window side for windowed inference (Swin itself accepts any size), and the short
+            side images are resized to.
         masked_attn_enabled: kept for the interface; no effect (see module docstring).
+        whole_image_inference: predict the resized image in one pass instead of S x S windows (Mask2Former's own
+            Cityscapes evaluation: the whole 1024 x 2048 image).
     """
 
     # Where the Swin backbone lives (the Hugging Face layout); training reads it for the backbone lr multiplier.
     backbone_prefix = "model.pixel_level_module.encoder"
 
-    def __init__(self, config: Mask2FormerConfig, img_size: int = 1024, masked_attn_enabled: bool = True):
+    def __init__(
+        self,
+        config: Mask2FormerConfig,
+        img_size: int = 1024,
+        masked_attn_enabled: bool = True,
+        whole_image_inference: bool = False,
+    ):
         super().__init__()
         universal = Mask2FormerForUniversalSegmentation(config)  # builds and initialises the parts as HF does
         self.model = universal.model
@@ -179,6 +188,7 @@ class Mask2FormerSwin(nn.Module):
         self.num_classes = config.num_labels
         self.num_queries = config.num_queries
         self.masked_attn_enabled = masked_attn_enabled
+        self.whole_image_inference = whole_image_inference
         self.config: dict | None = None  # filled by the registry (name + kwargs)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -307,6 +317,7 @@ def _create_m2f_swin(
     dim_feedforward: int = 2048,
     encoder_feedforward_dim: int = 1024,
     masked_attn_enabled: bool = True,
+    whole_image_inference: bool = False,
     pretrained_backbone: str | Path | None = None,
 ) -> Mask2FormerSwin:
     backbone = swin_config(embed_dim, depths, num_heads, window_size, drop_path_rate)
@@ -321,7 +332,12 @@ def _create_m2f_swin(
         dim_feedforward=dim_feedforward,
         encoder_feedforward_dim=encoder_feedforward_dim,
     )
-    model = Mask2FormerSwin(config, img_size=img_size, masked_attn_enabled=masked_attn_enabled)
+    model = Mask2FormerSwin(
+        config,
+        img_size=img_size,
+        masked_attn_enabled=masked_attn_enabled,
+        whole_image_inference=whole_image_inference,
+    )
     if pretrained_backbone is not None:
         from eomt_ood.models.baselines.swin_weights import load_swin_backbone
 
@@ -333,8 +349,9 @@ def _create_m2f_swin(
 def m2f_swin_large(**kwargs) -> Mask2FormerSwin:
     """Mask2Former Swin-L (IN21k, window 12) for Cityscapes semantic: Q 100, C 19, S 1024 windows; the layout of
     facebook/mask2former-swin-large-cityscapes-semantic (load it with checkpoint=<folder or weight file>).
-    pretrained_backbone=<timm / original / Hugging Face Swin-L file or folder> starts from ImageNet weights."""
-    return _create_m2f_swin(**kwargs)
+    pretrained_backbone=<timm / original / Hugging Face Swin-L file or folder> starts from ImageNet weights.
+    Predicts whole images (Mask2Former's Cityscapes protocol: 1024 x 2048 in one pass), not S x S windows."""
+    return _create_m2f_swin(**{"whole_image_inference": True, **kwargs})
 
 
 @register_model
