@@ -13,7 +13,7 @@ from transformers import Mask2FormerForUniversalSegmentation
 
 from eomt_ood.errors import UserError
 from eomt_ood.models import create_model, list_models
-from eomt_ood.models.checkpoints import load_model, save_checkpoint
+from eomt_ood.models.registry import load_model, save_checkpoint
 
 TEST_MODELS = ["m2f_swin_test", "m2f_vit_adapter_test"]
 # Detectron2's Mask2Former pixel mean/std on 0-255 RGB, written out independently of the package constants.
@@ -120,9 +120,9 @@ def test_swin_rejects_a_folder_for_another_architecture(swin, tmp_path):
     with pytest.raises(UserError, match=r"config\.json: num_queries is 8, but this model has 12"):
         create_model("m2f_swin_test", num_queries=12, checkpoint=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(UserError, match="folder has none of model.safetensors, pytorch_model.bin"):
         create_model("m2f_swin_test", checkpoint=tmp_path / "empty")
-    with pytest.raises(UserError, match="checkpoint not found"):
+    with pytest.raises(UserError, match="weights file not found"):
         create_model("m2f_swin_test", checkpoint=tmp_path / "missing")
 
 

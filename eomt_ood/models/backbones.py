@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from timm.models.eva import Eva
 from timm.models.eva import checkpoint_filter_fn as timm_eva_filter
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filter
 
 from eomt_ood.errors import UserError
+from eomt_ood.models.checkpoints import read_state_dict
 
 # Where each backbone's pretrained weights come from (for the error message when the local file is missing).
 PRETRAINED_TAGS = {
@@ -53,35 +53,21 @@ def create_backbone(
     return backbone
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled objects; also corrupt files
-        raise UserError(f"{path}: cannot read as a weights-only torch file ({type(exc).__name__})") from exc
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-    return obj
-
-
 def load_pretrained_backbone(backbone: VisionTransformer | Eva, path: str | Path, name: str = "") -> None:
     """Load local pretrained ViT weights into `backbone` in place, resampling patch kernel and pos-embed.
 
-    Accepts timm-format files (`model.safetensors` / `pytorch_model.bin` of a timm hub repo) and the original
-    DINOv2 format (keys `mask_token`, `register_tokens`, `w12`/`w3` for SwiGLU), and timm EVA-02 files (via
-    timm's Eva filter). Classifier heads are dropped.
+    path: a weights file or a folder holding one. Accepts timm-format files (`model.safetensors` /
+    `pytorch_model.bin` of a timm hub repo), Meta's original DINOv2 files (keys `mask_token`,
+    `register_tokens`, `w12`/`w3` for SwiGLU) and timm EVA-02 files (via timm's Eva filter).
+    Classifier heads are dropped. The patch kernel (e.g. 14 -> 16) and the position embedding (e.g. 37 x 37 ->
+    64 x 64) are then resampled by timm's own filter (FlexiViT pseudo-inverse; bicubic, antialiased).
     """
-    path = Path(path)
-    if not path.is_file():
-        tag = PRETRAINED_TAGS.get(name, name or "the matching timm model")
-        raise UserError(
-            f"{path}: pretrained backbone file not found; download the timm weights '{tag}' "
-            f"(hub repo timm/{tag}, file model.safetensors) on a machine with network and place them at {path}"
-        )
-    state_dict = _read_state_dict(path)
+    tag = PRETRAINED_TAGS.get(name, name or "the matching timm model")
+    hint = (
+        f"download the timm weights '{tag}' (hub repo timm/{tag}, file model.safetensors) on a machine with "
+        f"network and place them at {path}"
+    )
+    state_dict, _ = read_state_dict(path, missing_hint=hint)
     timm_filter: Any = timm_eva_filter if isinstance(backbone, Eva) else timm_vit_filter
     state_dict = timm_filter(state_dict, backbone)
     if isinstance(backbone, Eva) and "norm.weight" not in state_dict and "fc_norm.weight" in state_dict:

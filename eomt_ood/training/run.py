@@ -292,7 +292,7 @@ def build_trainer(
 
 
 def export_weights(model: torch.nn.Module, path: Path) -> None:
-    from eomt_ood.models.checkpoints import save_checkpoint
+    from eomt_ood.models.registry import save_checkpoint
 
     save_checkpoint(model, path)
 
