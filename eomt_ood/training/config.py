@@ -13,8 +13,8 @@ from typing import Any
 @dataclass(frozen=True)
 class ModelConfig:
     """name: a registered model; overrides: its keyword overrides (e.g. num_classes, depth for tiny models);
-    pretrained_backbone: local timm/DINOv2 backbone weights (null = random init); checkpoint: start from EoMT
-    weights instead (fine-tuning)."""
+    pretrained_backbone: local backbone weights, a file or a Hugging Face DINOv2 folder (null = random init);
+    checkpoint: start from EoMT weights instead (fine-tuning)."""
 
     name: str = "eomt_large_patch16_1024"
     overrides: dict[str, Any] = field(default_factory=dict)

@@ -232,7 +232,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     m = config.model
     overrides = dict(m.overrides)
     if m.pretrained_backbone is not None:
-        if not Path(m.pretrained_backbone).is_file():
+        if not Path(m.pretrained_backbone).exists():  # a file, or a Hugging Face folder
             # The backbone loader names the timm weights to fetch; say which config key to fix, too.
             try:
                 create_model(m.name, pretrained_backbone=m.pretrained_backbone, **overrides)
