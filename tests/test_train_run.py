@@ -12,6 +12,7 @@ import torch
 from eomt_ood.config import load_config
 from eomt_ood.data.png import write_png
 from eomt_ood.errors import UserError
+from eomt_ood.models import create_model, load_checkpoint
 from eomt_ood.training.config import TrainConfig
 from eomt_ood.training.run import StepSampler, find_last_checkpoint, train
 
@@ -97,6 +98,28 @@ def test_few_steps_write_outputs(tmp_path):
     assert heads == pytest.approx([1e-4, 2e-4, 3e-4])  # lr 1e-3 * t/10 after steps 1, 2, 3
 
 
+def test_keeps_the_latest_and_the_best_checkpoint_unless_told_to_keep_all(tmp_path):
+    # 4 scenes, batch 2: 2 steps per epoch, validation after each epoch (steps 2, 4, 6), a save every 2 steps.
+    root = write_scenes(tmp_path / "data", 4)
+    sets = ["trainer.max_steps=6", "data.batch_size=2", "trainer.checkpoint_every_n_steps=2"]
+    sets += ["trainer.val_every_n_epochs=1", "trainer.log_every_n_steps=1"]
+    train(tiny_config(root, *sets), out_dir=tmp_path / "default")
+    rows = read_metrics(tmp_path / "default")
+    # The i-th validation ran after optimizer step 2i (the CSV's own step column counts from 0).
+    mious = [(2 * (i + 1), float(r["val/miou"])) for i, r in enumerate(r for r in rows if r.get("val/miou"))]
+    assert len(mious) == 3
+    best_step = next(step for step, miou in mious if miou == max(m for _, m in mious))  # first of the ties
+    kept = sorted(p.name for p in (tmp_path / "default" / "checkpoints").glob("*.ckpt"))
+    assert kept == sorted(["step=0000006.ckpt", f"best-step={best_step:07d}.ckpt"])
+    best = tmp_path / "default" / "checkpoints" / f"best-step={best_step:07d}.ckpt"
+    load_checkpoint(create_model("eomt_test"), best)  # the best checkpoint loads like any other
+    train(tiny_config(root, *sets, "trainer.keep_checkpoints=all"), out_dir=tmp_path / "all")
+    kept = sorted(p.name for p in (tmp_path / "all" / "checkpoints").glob("*.ckpt"))
+    assert kept == ["step=0000002.ckpt", "step=0000004.ckpt", "step=0000006.ckpt"]
+    with pytest.raises(UserError, match="keep_checkpoints: 'some' is not one of 'last_and_best', 'all'"):
+        tiny_config(root, "trainer.keep_checkpoints=some")
+
+
 def test_loss_decreases(tmp_path):
     root = write_scenes(tmp_path / "data", 4)
     config = tiny_config(
@@ -177,7 +200,6 @@ def test_tiny_model_overfits_synthetic_scenes(tmp_path):
     from eomt_ood.data.cityscapes import CityscapesSemantic, semantic_target
     from eomt_ood.inference.predict import predict_image, prepare_model
     from eomt_ood.metrics import ConfusionMatrix
-    from eomt_ood.models import create_model
 
     model = prepare_model(create_model("eomt_test", checkpoint=weights))
     metric = ConfusionMatrix(num_classes=19, ignore_index=255)
@@ -204,7 +226,6 @@ def test_configs_load(path):
 
 
 def _tiny_module(total_steps: int = 100):
-    from eomt_ood.models import create_model
     from eomt_ood.training.module import EoMTTrainingModule
 
     config = load_config(TrainConfig, CONFIG, ["optim.lr=1e-4"])

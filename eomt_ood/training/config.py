@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,11 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class TrainerConfig:
     """Lightning Trainer settings. max_steps (when set) overrides epochs. precision: "16-mixed" (recipe, GPU),
-    "bf16-mixed" or "32-true" (CPU). checkpoint_every_n_steps: periodic checkpoints (plus one at the end).
-    val_every_n_epochs: 0 turns validation off."""
+    "bf16-mixed" or "32-true" (CPU). checkpoint_every_n_steps: how often the latest state is saved (plus once
+    at the end). keep_checkpoints: "last_and_best" keeps the latest `step=N.ckpt` and the one with the highest
+    val/miou (`best-step=N.ckpt`); "all" keeps every periodic one (an EoMT-L checkpoint with its Adam moments
+    is about 3.8 GB: 20 of them for the Cityscapes recipe). val_every_n_epochs: 0 turns validation off (and with
+    it the best checkpoint)."""
 
     epochs: int = 107
     max_steps: int | None = None
@@ -98,6 +101,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     val_every_n_epochs: int = 1
     checkpoint_every_n_steps: int = 1000
+    keep_checkpoints: Literal["last_and_best", "all"] = "last_and_best"
     progress_bar: bool = True
 
 
