@@ -307,7 +307,16 @@ def test_cli_train_runs_tiny_config(tmp_path):
     from eomt_ood.cli import app
 
     root = write_scenes(tmp_path / "data", 4)
-    args = ["train", "--config", str(CONFIG), "--out", str(tmp_path / "run"), "--set", f"data.root={root}"]
+    # The recipe by name (configs/eomt_test_synthetic.yaml), as a user of the installed wheel would give it.
+    args = [
+        "train",
+        "--config",
+        "eomt_test_synthetic",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        f"data.root={root}",
+    ]
     args += ["--set", "trainer.max_steps=2", "--set", "trainer.val_every_n_epochs=0", "--resume", "auto"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
