@@ -198,6 +198,7 @@ def test_windowed_inference_path(fixture, request):
     )
 
 
+@pytest.mark.slow
 def test_vit_adapter_trains_on_synthetic_scenes(tmp_path):
     # The training loop (loss on every decoder prediction, LLRD on model.backbone) runs unchanged.
     from test_train_run import read_metrics, write_scenes
@@ -219,6 +220,7 @@ def test_vit_adapter_trains_on_synthetic_scenes(tmp_path):
     assert type(load_model(weights)).__name__ == "ViTAdapterMask2Former"
 
 
+@pytest.mark.slow
 def test_large_models_match_published_parameter_counts():
     # EoMT paper Table B step (0): ViT-Adapter-L + Mask2Former, COCO panoptic (Q 200, 133 classes, 640): 349M.
     # Mask2Former paper / HF model card: Swin-L Mask2Former 216M.

@@ -120,6 +120,7 @@ def test_keeps_the_latest_and_the_best_checkpoint_unless_told_to_keep_all(tmp_pa
         tiny_config(root, "trainer.keep_checkpoints=some")
 
 
+@pytest.mark.slow
 def test_loss_decreases(tmp_path):
     root = write_scenes(tmp_path / "data", 4)
     config = tiny_config(
@@ -181,6 +182,7 @@ def test_resume_missing_file_is_a_user_error(tmp_path):
         train(tiny_config(tmp_path), resume=tmp_path / "nope.ckpt", out_dir=tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_synthetic_scenes(tmp_path):
     # eomt_test (D 32, 4 blocks, Q 8, S 64) on 4 procedural street scenes (the generator's simple mode, 64x128;
     # train = val), 1600 steps of the tiny config. Measured on an idle 2-core machine: mIoU 0.916 after 40 s.
