@@ -36,7 +36,7 @@ from eomt_ood.models.algm import (
     enable_token_merging,
     token_merging_settings,
 )
-from eomt_ood.models.checkpoints import load_model
+from eomt_ood.models.registry import load_model
 
 METRIC_SUFFIXES = ("_auprc_ood", "_auroc_ood", "_fpr95_ood", "_miou_valid")
 SUMMARY_KEYS = ("semantic_hmean", "ood_hmean", "bravo_index")

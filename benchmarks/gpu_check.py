@@ -282,7 +282,7 @@ def compare_precisions(model, image: np.ndarray, device: torch.device) -> dict[s
 def section_precision(device: torch.device, plan: Plan) -> dict[str, Any]:
     from eomt_ood.bravo.demo import DEMO_CHECKPOINT
     from eomt_ood.inference.predict import prepare_model
-    from eomt_ood.models.checkpoints import load_model
+    from eomt_ood.models.registry import load_model
 
     out: dict[str, Any] = {}
     model = build("large", plan, device)
@@ -319,7 +319,7 @@ def run_evaluate(
 def section_evaluate(device: torch.device, plan: Plan, size: str = "large") -> dict[str, Any]:
     from eomt_ood.data.png import write_png
     from eomt_ood.inference.predict import resolve_runtime
-    from eomt_ood.models.checkpoints import save_checkpoint
+    from eomt_ood.models.registry import save_checkpoint
 
     # What evaluate runs by default on this device: bf16 autocast and compiled on CUDA, fp32 eager on CPU.
     dtype, compiled = resolve_runtime(device)

@@ -298,8 +298,10 @@ def make_fixture_command(
 
 @app.command("train")
 def train_command(
-    config: Path = typer.Option(
-        ..., "--config", help="Training YAML, e.g. configs/eomt_large_cityscapes_1024.yaml."
+    config: str = typer.Option(
+        ...,
+        "--config",
+        help="Recipe: a bundled name (e.g. eomt_large_cityscapes_1024; see the configs/ folder) or a YAML path.",
     ),
     sets: list[str] | None = typer.Option(
         None, "--set", help="Override KEY=VALUE, e.g. trainer.max_steps=100."
@@ -313,10 +315,11 @@ def train_command(
 ) -> None:
     """Train EoMT with the official recipe (Lightning; one or more GPUs/nodes, or CPU for tiny configs)."""
     from eomt_ood.config import load_config
+    from eomt_ood.resources import find_config
     from eomt_ood.training.config import TrainConfig
     from eomt_ood.training.run import train
 
-    weights = train(load_config(TrainConfig, config, sets), resume=resume, out_dir=out)
+    weights = train(load_config(TrainConfig, find_config(config), sets), resume=resume, out_dir=out)
     print(f"trained -> {weights}")
 
 

@@ -14,7 +14,7 @@ from tiny_recipes import RECIPES, tiny_config
 
 from eomt_ood.config import load_config, to_dict
 from eomt_ood.models import list_models
-from eomt_ood.models.checkpoints import load_model
+from eomt_ood.models.registry import load_model
 from eomt_ood.training.config import TrainConfig
 from eomt_ood.training.run import find_last_checkpoint, train
 

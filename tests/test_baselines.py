@@ -14,7 +14,7 @@ from transformers import Mask2FormerForUniversalSegmentation
 
 from eomt_ood.errors import UserError
 from eomt_ood.models import create_model, list_models
-from eomt_ood.models.checkpoints import load_model, save_checkpoint
+from eomt_ood.models.registry import load_model, save_checkpoint
 
 TEST_MODELS = ["m2f_swin_test", "m2f_vit_adapter_test"]
 # Detectron2's Mask2Former pixel mean/std on 0-255 RGB, written out independently of the package constants.
@@ -121,9 +121,9 @@ def test_swin_rejects_a_folder_for_another_architecture(swin, tmp_path):
     with pytest.raises(UserError, match=r"config\.json: num_queries is 8, but this model has 12"):
         create_model("m2f_swin_test", num_queries=12, checkpoint=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(UserError, match="folder has none of model.safetensors, pytorch_model.bin"):
         create_model("m2f_swin_test", checkpoint=tmp_path / "empty")
-    with pytest.raises(UserError, match="checkpoint not found"):
+    with pytest.raises(UserError, match="weights file not found"):
         create_model("m2f_swin_test", checkpoint=tmp_path / "missing")
 
 
@@ -199,6 +199,7 @@ def test_windowed_inference_path(fixture, request):
     )
 
 
+@pytest.mark.slow
 def test_vit_adapter_trains_on_synthetic_scenes(tmp_path):
     # The training loop (loss on every decoder prediction, LLRD on model.backbone) runs unchanged.
     from test_train_run import read_metrics, write_scenes
@@ -220,6 +221,7 @@ def test_vit_adapter_trains_on_synthetic_scenes(tmp_path):
     assert type(load_model(weights)).__name__ == "ViTAdapterMask2Former"
 
 
+@pytest.mark.slow
 def test_large_models_match_published_parameter_counts():
     # EoMT paper Table B step (0): ViT-Adapter-L + Mask2Former, COCO panoptic (Q 200, 133 classes, 640): 349M.
     # Mask2Former paper / HF model card: Swin-L Mask2Former 216M.

@@ -231,7 +231,7 @@ def test_deltas_without_the_dinov3_backbone_are_a_user_error(tmp_path, oracle_an
 
 
 def test_own_save_round_trip_and_registry_settings(tmp_path):
-    from eomt_ood.models.checkpoints import load_model, save_checkpoint
+    from eomt_ood.models.registry import load_model, save_checkpoint
 
     torch.manual_seed(3)
     model = create_model("eomt_dinov3_test").eval()

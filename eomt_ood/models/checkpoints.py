@@ -6,18 +6,19 @@ Formats, told apart by their keys, not file names (docs/eomt.md §3):
 - Hugging Face `EomtForUniversalSegmentation` (`embeddings.*`, `layers.N.attention.{q,k,v}_proj`, ...) and the
   older port generation (`model.` prefix, `model.encoder.layers`, `model.encoder.query`, `attention.proj_out`);
 - ours (`backbone.<timm>`, `q.weight`, `class_head`, `mask_head.{0,2,4}`, `upscale.N`, `attn_mask_probs`),
-  written by `save_checkpoint` as safetensors with the model name and kwargs in the metadata;
+  written by `registry.save_checkpoint` as safetensors with the model name and kwargs in the metadata;
 - official DINOv3 EoMT (`network.encoder.backbone.` + Hugging Face DINOv3ViTModel keys with `embeddings` renamed
   `patch_embed` and `layer` renamed `blocks`), whose released files hold deltas to the DINOv3 backbone.
 
-Files are read with safetensors or `torch.load(weights_only=True)` only: nothing is ever unpickled.
+`read_state_dict` is the package's one reader of weights files (EoMT checkpoints, backbone weights, baseline
+checkpoints): safetensors or `torch.load(weights_only=True)` only, so nothing is ever unpickled. This module
+knows file formats and key layouts but not the registry: building a model from a file is `registry.load_model`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -36,54 +37,105 @@ class CheckpointMismatch(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- reading files
+# The package's only reader of weights files: EoMT checkpoints, backbone weights and baseline checkpoints all
+# come through `read_state_dict`, so a file problem reads the same whichever model asked for it.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-def resolve_weights_file(path: str | Path) -> Path:
-    """A weights file, or the model.safetensors / pytorch_model.bin inside a folder (a hub repo download)."""
+def resolve_weights_file(path: str | Path, missing_hint: str = "") -> Path:
+    """A weights file, or what a Hugging Face folder holds: model.safetensors, pytorch_model.bin, or the index
+    of a sharded save (model.safetensors.index.json / pytorch_model.bin.index.json), in that order.
+
+    missing_hint: appended to the "not found" error (e.g. where to download the file).
+    """
     path = Path(path)
     if path.is_dir():
-        for name in WEIGHT_FILES:
+        for name in WEIGHT_FILES + SHARD_INDEXES:
             if (path / name).is_file():
                 return path / name
-        raise UserError(f"{path}: folder has no {' or '.join(WEIGHT_FILES)}")
+        raise UserError(f"{path}: folder has none of {', '.join(WEIGHT_FILES + SHARD_INDEXES)}")
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint file not found")
+        raise UserError(f"{path}: weights file not found" + (f"; {missing_hint}" if missing_hint else ""))
     return path
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a .safetensors / .bin / .pt / .pth / .ckpt file or a folder holding one.
+def read_state_dict(path: str | Path, missing_hint: str = "") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a weights file, or of the weights in a Hugging Face folder.
 
-    Metadata is empty unless the file is safetensors. Lightning `{"state_dict": ...}` files are unwrapped.
+    Reads .safetensors (with its metadata), .bin / .pt / .pth / .ckpt through `torch.load(weights_only=True)`,
+    and sharded Hugging Face saves through their index. Lightning `{"state_dict": ...}` and `{"model": ...}`
+    wrappers (Lightning .ckpt, Meta's DeiT/DINO release files) are unwrapped. Metadata is empty unless the
+    file is safetensors. Every failure is a UserError naming the file: not found, unreadable, pickled Python
+    objects refused, not a dict of tensors.
     """
-    path = resolve_weights_file(path)
+    path = resolve_weights_file(path, missing_hint)
+    if path.name in SHARD_INDEXES:
+        return _read_shards(path), {}
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        return _read_safetensors(path)
+    return _read_torch(path), {}
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                metadata = dict(f.metadata() or {})
-                return {k: f.get_tensor(k) for k in f.keys()}, metadata
-        except Exception as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
     try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata
+    except Exception as exc:
+        raise UserError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from exc
+
+
+def _read_torch(path: Path) -> dict[str, Tensor]:
+    try:
+        # weights_only refuses anything but tensors and plain containers: pickled objects never run.
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        # weights_only refuses anything but tensors and plain containers: pickled objects never run.
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
-        # torch's useful line names the refused global, e.g. "Unsupported global: GLOBAL argparse.Namespace"
-        reason = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), type(exc).__name__)
-        reason = reason.split(" was not an allowed global")[0]
-        raise UserError(
-            f"{path}: refused to load: not a weights-only torch file (it holds pickled Python objects, or it "
-            f"is corrupt): {reason[:200]}"
-        ) from exc
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # Lightning .ckpt
+        # The line that matters names the refused global, e.g. "Unsupported global: GLOBAL argparse.Namespace".
+        refused = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), None)
+        if refused is not None:
+            refused = refused.split(" was not an allowed global")[0][:200]
+            raise UserError(
+                f"{path}: refused to unpickle: the file holds Python objects besides tensors ({refused}); "
+                "only weights-only files are loaded"
+            ) from exc
+        raise UserError(f"{path}: unreadable torch weights file ({_first_line(exc)})") from exc
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model"):  # Lightning .ckpt; Meta release files
+            if isinstance(obj.get(wrapper), dict) and not all(isinstance(v, Tensor) for v in obj.values()):
+                obj = obj[wrapper]
+                break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise UserError(f"{path}: expected a dict of tensors (a state dict), found {type(obj).__name__}")
-    return obj, {}
+        raise UserError(f"{path}: expected a dict of tensors (a state dict), found {_describe(obj)}")
+    return obj
+
+
+def _read_shards(index: Path) -> dict[str, Tensor]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{index}: unreadable shard index ({_first_line(exc)})") from exc
+    state: dict[str, Tensor] = {}
+    for name in shards:
+        shard = resolve_weights_file(index.parent / name)
+        state |= _read_safetensors(shard)[0] if shard.suffix == ".safetensors" else _read_torch(shard)
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, dict):
+        odd = next(k for k, v in obj.items() if not isinstance(v, Tensor))
+        return f"a dict whose entry {str(odd)[:60]!r} is a {type(obj[odd]).__name__}"
+    return f"a {type(obj).__name__}"
 
 
 # ------------------------------------------------------------------------------------- format normalisation
@@ -452,30 +504,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, load_class_head: bool = 
         raise UserError(f"{path}: {exc}") from exc
 
 
-# ------------------------------------------------------------------------------------------- saving / rebuild
-def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Write the model's state dict as safetensors with {"format", "name", "config"} metadata (+ a .json beside).
-
-    The model must come from `create_model` (it carries its name and construction kwargs). Written atomically.
-    """
-    from safetensors.torch import save_file
-
-    from eomt_ood.models.registry import model_config
-
-    path = Path(path)
-    config = model_config(model)
-    config_json = json.dumps(config, sort_keys=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        tensors, str(tmp), metadata={"format": FORMAT_TAG, "name": config["name"], "config": config_json}
-    )
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return path
-
-
+# ---------------------------------------------------------------------------------------- Hugging Face configs
 def hf_config_to_kwargs(config: dict) -> tuple[str, dict]:
     """Registered name and overrides for a Hugging Face `EomtConfig` (config.json as a dict).
 
@@ -503,49 +532,3 @@ def hf_config_to_kwargs(config: dict) -> tuple[str, dict]:
         return "eomt_giant_patch16_1024", kwargs
     kwargs["mlp_ratio"] = mlp_ratio
     return "eomt_large_patch16_1024", kwargs
-
-
-def load_model(path: str | Path, **overrides) -> nn.Module:
-    """Rebuild a model from a file (or folder) and load it; `overrides` (e.g. masked_attn_enabled=False) win.
-
-    The architecture comes from, in order: our safetensors metadata (`save_checkpoint`); a Hugging Face
-    `config.json` beside the weights (model_type "eomt"); the tensor shapes, when they match a registered
-    DINOv2 size (official `pytorch_model.bin`).
-    """
-    from eomt_ood.models.registry import create_model
-
-    path = resolve_weights_file(path)
-    state_dict, metadata = read_state_dict(path)
-    hf_config_path = path.parent / "config.json"
-    if metadata.get("format") == FORMAT_TAG:
-        config = json.loads(metadata["config"])
-        name, kwargs = config["name"], dict(config["kwargs"])
-    elif hf_config_path.is_file() and _is_eomt_hf_config(hf_config_path):
-        name, kwargs = hf_config_to_kwargs(json.loads(hf_config_path.read_text()))
-    else:
-        try:
-            inferred = infer_config(state_dict)
-        except CheckpointMismatch as exc:
-            raise UserError(f"{path}: {exc}") from exc
-        name = suggest_model_name(inferred)
-        if name is None:
-            raise UserError(
-                f"{path}: no eomt_ood metadata and no registered size with embed dim {inferred['embed_dim']} and "
-                f"{inferred['depth']} blocks; build it with create_model(name, checkpoint=..., **overrides)"
-            )
-        kwargs = {k: inferred[k] for k in ("img_size", "num_queries", "num_classes")}
-        if inferred["num_blocks"] is not None:
-            kwargs["num_blocks"] = inferred["num_blocks"]
-    model = create_model(name, **{**kwargs, **overrides})
-    try:
-        load_state_dict_into(model, state_dict)
-    except CheckpointMismatch as exc:
-        raise UserError(f"{path}: {exc}") from exc
-    return model
-
-
-def _is_eomt_hf_config(path: Path) -> bool:
-    try:
-        return json.loads(path.read_text()).get("model_type") == "eomt"
-    except (OSError, ValueError, AttributeError):
-        return False

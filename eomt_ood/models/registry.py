@@ -1,8 +1,10 @@
-"""Model registry: named architectures are tiny functions that only set defaults (timm style).
+"""Model registry, the builder: named architectures are tiny functions that only set defaults (timm style).
 
 Every named model can be built at toy size by overriding kwargs (img_size, embed_dim, depth, num_heads,
 reg_tokens, num_queries, num_classes, num_blocks, ...). `create_model` records the name and the overrides in
-`model.config` so `save_checkpoint` / `load_model` can rebuild the same architecture.
+`model.config`; `save_checkpoint` writes them into the weights file and `load_model` rebuilds the same
+architecture from it. Reading files and converting foreign key layouts is `models/checkpoints.py`'s job; this
+module only decides which registered model a file describes.
 
 EoMT names follow docs/eomt.md §1.1 (paper Table A); defaults are the Cityscapes semantic setting
 (C = 19, Q = 100).
@@ -10,6 +12,8 @@ EoMT names follow docs/eomt.md §1.1 (paper Table A); defaults are the Cityscape
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +21,17 @@ from torch import nn
 
 from eomt_ood.errors import UserError
 from eomt_ood.models.backbones import create_backbone
+from eomt_ood.models.checkpoints import (
+    FORMAT_TAG,
+    CheckpointMismatch,
+    hf_config_to_kwargs,
+    infer_config,
+    load_checkpoint,
+    load_state_dict_into,
+    read_state_dict,
+    resolve_weights_file,
+    suggest_model_name,
+)
 from eomt_ood.models.eomt import EoMT
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -59,8 +74,6 @@ def create_model(name: str, checkpoint: str | Path | None = None, **overrides) -
     else:  # e.g. a transformers model whose `config` is its own PretrainedConfig
         setattr(model, "registry_config", recorded)  # noqa: B010
     if checkpoint is not None:
-        from eomt_ood.models.checkpoints import load_checkpoint
-
         load_checkpoint(model, checkpoint)
     return model
 
@@ -74,6 +87,73 @@ def model_config(model: nn.Module) -> dict:
     raise ValueError(f"{type(model).__name__} was not built by create_model; it has no registry config")
 
 
+# ------------------------------------------------------------------------------------ saving and rebuilding
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Write the model's state dict as safetensors with {"format", "name", "config"} metadata (+ a .json beside).
+
+    The model must come from `create_model` (it carries its name and construction kwargs). Written atomically.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config = model_config(model)
+    config_json = json.dumps(config, sort_keys=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(
+        tensors, str(tmp), metadata={"format": FORMAT_TAG, "name": config["name"], "config": config_json}
+    )
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_model(path: str | Path, **overrides) -> nn.Module:
+    """Rebuild a model from a file (or folder) and load it; `overrides` (e.g. masked_attn_enabled=False) win.
+
+    The architecture comes from, in order: our safetensors metadata (`save_checkpoint`); a Hugging Face
+    `config.json` beside the weights (model_type "eomt"); the tensor shapes, when they match a registered
+    DINOv2 size (official `pytorch_model.bin`).
+    """
+    path = resolve_weights_file(path)
+    state_dict, metadata = read_state_dict(path)
+    hf_config_path = path.parent / "config.json"
+    if metadata.get("format") == FORMAT_TAG:
+        config = json.loads(metadata["config"])
+        name, kwargs = config["name"], dict(config["kwargs"])
+    elif hf_config_path.is_file() and _is_eomt_hf_config(hf_config_path):
+        name, kwargs = hf_config_to_kwargs(json.loads(hf_config_path.read_text()))
+    else:
+        try:
+            inferred = infer_config(state_dict)
+        except CheckpointMismatch as exc:
+            raise UserError(f"{path}: {exc}") from exc
+        name = suggest_model_name(inferred)
+        if name is None:
+            raise UserError(
+                f"{path}: no eomt_ood metadata and no registered size with embed dim {inferred['embed_dim']} and "
+                f"{inferred['depth']} blocks; build it with create_model(name, checkpoint=..., **overrides)"
+            )
+        kwargs = {k: inferred[k] for k in ("img_size", "num_queries", "num_classes")}
+        if inferred["num_blocks"] is not None:
+            kwargs["num_blocks"] = inferred["num_blocks"]
+    model = create_model(name, **{**kwargs, **overrides})
+    try:
+        load_state_dict_into(model, state_dict)
+    except CheckpointMismatch as exc:
+        raise UserError(f"{path}: {exc}") from exc
+    return model
+
+
+def _is_eomt_hf_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("model_type") == "eomt"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# ------------------------------------------------------------------------------------------ architectures
 def _create_eomt(
     backbone: str,
     *,

@@ -13,8 +13,8 @@ from typing import Any, Literal
 @dataclass(frozen=True)
 class ModelConfig:
     """name: a registered model; overrides: its keyword overrides (e.g. num_classes, depth for tiny models);
-    pretrained_backbone: local timm/DINOv2 backbone weights (null = random init); checkpoint: start from EoMT
-    weights instead (fine-tuning)."""
+    pretrained_backbone: local backbone weights, a file or a Hugging Face DINOv2 folder (null = random init);
+    checkpoint: start from EoMT weights instead (fine-tuning)."""
 
     name: str = "eomt_large_patch16_1024"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -104,8 +104,11 @@ class TrainerConfig:
     """Lightning Trainer settings. max_steps (when set) overrides epochs. precision: "16-mixed" (recipe, GPU),
     "bf16-mixed" or "32-true" (CPU). compile: torch.compile the model; null = on where training runs on CUDA
     (the official recipe compiles), off on CPU. sync_batchnorm: BatchNorm statistics over all processes
-    (ViT-Adapter's spatial prior module; no effect on one device). checkpoint_every_n_steps: periodic checkpoints
-    (plus one at the end). val_every_n_epochs: 0 turns validation off."""
+    (ViT-Adapter's spatial prior module; no effect on one device). checkpoint_every_n_steps: how often the latest
+    state is saved (plus once at the end). keep_checkpoints: "last_and_best" keeps the latest `step=N.ckpt` and
+    the one with the highest val/miou (`best-step=N.ckpt`); "all" keeps every periodic one (an EoMT-L checkpoint
+    with its Adam moments is about 3.8 GB: 20 of them for the Cityscapes recipe). val_every_n_epochs: 0 turns
+    validation off (and with it the best checkpoint)."""
 
     epochs: int = 107
     max_steps: int | None = None
@@ -122,6 +125,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     val_every_n_epochs: int = 1
     checkpoint_every_n_steps: int = 1000
+    keep_checkpoints: Literal["last_and_best", "all"] = "last_and_best"
     progress_bar: bool = True
 
 

@@ -3,7 +3,9 @@
 `train(config, resume, out_dir)` is what `eomt-ood train` calls. Output layout under `out_dir`:
 
     config.yaml                      the resolved config of the run
-    checkpoints/step=NNNNNNN.ckpt    Lightning checkpoints (every `checkpoint_every_n_steps` and at the end)
+    checkpoints/step=NNNNNNN.ckpt    the latest Lightning checkpoint (saved every `checkpoint_every_n_steps` and
+                                     at the end; with `keep_checkpoints: all` every one is kept)
+    checkpoints/best-step=NNNNNNN.ckpt  the checkpoint with the highest val/miou so far (when validation runs)
     checkpoints/config.yaml          the same resolved config, next to the checkpoints
     logs/version_*/metrics.csv       CSV log;  tb/version_*/  TensorBoard log
     model.safetensors                final weights (`models.checkpoints` format, loadable by create_model)
@@ -37,6 +39,7 @@ from eomt_ood.training.config import DataConfig, TrainConfig
 from eomt_ood.training.module import EoMTTrainingModule, step_seed
 
 CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
+BEST_MONITOR = "val/miou"
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -253,7 +256,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     m = config.model
     overrides = dict(m.overrides)
     if m.pretrained_backbone is not None:
-        if not Path(m.pretrained_backbone).exists():  # a file, or a Hugging Face folder (Swin)
+        if not Path(m.pretrained_backbone).exists():  # a file, or a Hugging Face folder (DINOv2, Swin)
             # The backbone loader names the timm weights to fetch; say which config key to fix, too.
             try:
                 create_model(m.name, pretrained_backbone=m.pretrained_backbone, **overrides)
@@ -282,15 +285,33 @@ def build_trainer(
 
     t = config.trainer
     folder = out_dir / "checkpoints"
-    checkpointing = ModelCheckpoint(
+    keep_all = t.keep_checkpoints == "all"
+    # The latest state, for resuming: with save_top_k=1 and no monitor Lightning replaces the previous file.
+    latest = ModelCheckpoint(
         dirpath=folder,
         filename="step={step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=-1,
+        save_top_k=-1 if keep_all else 1,
         save_last=False,
         save_on_train_epoch_end=False,
     )
+    checkpointing: list[L.Callback] = [latest]
+    if not keep_all and t.val_every_n_epochs > 0:
+        # The best by validation mIoU, checked after every validation (the name differs from step=N, so resume
+        # "auto" never picks it).
+        checkpointing.append(
+            ModelCheckpoint(
+                dirpath=folder,
+                filename="best-step={step:07d}",
+                auto_insert_metric_name=False,
+                monitor=BEST_MONITOR,
+                mode="max",
+                save_top_k=1,
+                save_last=False,
+                save_on_train_epoch_end=False,
+            )
+        )
     loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tb")]
     trainer = L.Trainer(
         accelerator=t.accelerator,
@@ -314,7 +335,7 @@ def build_trainer(
         default_root_dir=out_dir,
         logger=loggers,
         callbacks=[
-            checkpointing,
+            *checkpointing,
             ConfigAndStepCheckpoint(config, folder),
             *callbacks,
         ],
@@ -323,7 +344,7 @@ def build_trainer(
 
 
 def export_weights(model: torch.nn.Module, path: Path) -> None:
-    from eomt_ood.models.checkpoints import save_checkpoint
+    from eomt_ood.models.registry import save_checkpoint
 
     save_checkpoint(model, path)
 
@@ -373,6 +394,11 @@ def train(
     final = folder / f"step={trainer.global_step:07d}.ckpt"
     if not final.exists():
         trainer.save_checkpoint(final, weights_only=False)
+    if t.keep_checkpoints != "all" and trainer.is_global_zero:
+        # The end-of-run save above is the new latest; the periodic one it supersedes goes.
+        for path in folder.glob("step=*.ckpt"):
+            if path != final and CHECKPOINT_NAME.match(path.name):
+                path.unlink()
     weights = out_dir / "model.safetensors"
     if trainer.is_global_zero:
         export_weights(module.model, weights)

@@ -41,6 +41,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from eomt_ood.errors import UserError
+from eomt_ood.models.checkpoints import read_state_dict, resolve_weights_file
 from eomt_ood.models.eomt import IMAGENET_MEAN, IMAGENET_STD
 from eomt_ood.models.registry import register_model
 
@@ -220,24 +221,6 @@ class Mask2FormerSwin(nn.Module):
 
 # ---- Hugging Face checkpoints -------------------------------------------------------------------------------
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a safetensors file, or of a torch file read with weights_only=True (never unpickles objects)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled objects; also corrupt files
-        raise UserError(f"{path}: cannot read as a weights-only torch file ({type(exc).__name__})") from exc
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
-
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: Mask2FormerSwin) -> dict[str, Tensor]:
     """A `Mask2FormerForUniversalSegmentation` state dict -> ours: drop the loss module's buffers
@@ -276,19 +259,10 @@ def load_hf_checkpoint(model: Mask2FormerSwin, path: str | Path) -> None:
     facebook/mask2former-swin-large-cityscapes-semantic), or one of those weight files. A config.json next to
     the weights is checked against the model first.
     """
-    path = Path(path)
-    if path.is_dir():
-        found = [path / name for name in _WEIGHT_FILES if (path / name).is_file()]
-        if not found:
-            raise UserError(f"{path}: no {' or '.join(_WEIGHT_FILES)} in this folder")
-        weights = found[0]
-    elif path.is_file():
-        weights = path
-    else:
-        raise UserError(f"{path}: checkpoint not found")
+    weights = resolve_weights_file(path)
     if (weights.parent / "config.json").is_file():
         check_hf_config(weights.parent / "config.json", model)
-    state = checkpoint_filter_fn(read_state_dict(weights), model)
+    state = checkpoint_filter_fn(read_state_dict(weights)[0], model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(

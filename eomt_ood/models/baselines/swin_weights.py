@@ -23,12 +23,11 @@ import json
 import re
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from eomt_ood.errors import UserError
+from eomt_ood.models.checkpoints import read_state_dict, resolve_weights_file
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Keys a classification checkpoint carries that the backbone has no place for.
 _DROPPED = re.compile(
     r"^(head\.|classifier\.|norm\.|layernorm\.|pooler\.)|relative_position_index$|attn_mask$|\.num_batches_tracked$"
@@ -42,40 +41,6 @@ _BLOCK_NAMES = {
     "mlp.fc2": "output.dense",
 }
 _OWN_KEYS = re.compile(r"^hidden_states_norms\.|relative_position_index$")
-
-
-def resolve_weights(path: str | Path) -> Path:
-    """A weights file, or the weights file of a folder (model.safetensors, else pytorch_model.bin)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in _WEIGHT_FILES:
-            if (path / name).is_file():
-                return path / name
-        raise UserError(f"{path}: no {' or '.join(_WEIGHT_FILES)} in this folder")
-    if not path.is_file():
-        raise UserError(
-            f"{path}: pretrained Swin weights not found; download timm 'swin_large_patch4_window12_384.ms_in22k' "
-            "(hub repo timm/swin_large_patch4_window12_384.ms_in22k, file model.safetensors) on a machine with "
-            f"network and place it at {path}"
-        )
-    return path
-
-
-def read_tensors(path: Path) -> dict[str, Tensor]:
-    """Tensors of a safetensors file or a weights-only torch file (a top-level "model" dict is unwrapped)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled objects; also corrupt files
-        raise UserError(f"{path}: cannot read as a weights-only torch file ({type(exc).__name__})") from exc
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
-    return {k: v for k, v in state.items() if isinstance(v, Tensor)}
 
 
 def _from_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -153,11 +118,16 @@ def load_swin_backbone(encoder: nn.Module, path: str | Path) -> None:
     Every backbone tensor must come from the file (except the output norms and index buffers, which keep their
     values); a missing, unexpected or mis-shaped tensor is a UserError naming the file and the key.
     """
-    weights = resolve_weights(path)
+    hint = (
+        "download timm 'swin_large_patch4_window12_384.ms_in22k' (hub repo "
+        "timm/swin_large_patch4_window12_384.ms_in22k, file model.safetensors) on a machine with network and "
+        f"place it at {path}"
+    )
+    weights = resolve_weights_file(path, missing_hint=hint)
     if Path(path).is_dir():
         _check_hf_config(Path(path), encoder)
     try:
-        converted = swin_backbone_state_dict(read_tensors(weights))
+        converted = swin_backbone_state_dict(read_state_dict(weights)[0])
     except UserError as exc:
         raise UserError(f"{weights}: {exc}") from None
     expected = encoder.state_dict()
