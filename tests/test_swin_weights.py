@@ -94,7 +94,7 @@ def test_hugging_face_folder_matches_transformers_own_loading(tmp_path):
 def test_bad_weights_are_user_errors(reference, tmp_path):
     model, _, _ = reference
     with pytest.raises(
-        UserError, match=r"missing\.safetensors: pretrained Swin weights not found.*timm/swin_large"
+        UserError, match=r"missing\.safetensors: weights file not found; download .*timm/swin_large"
     ):
         create_model("m2f_swin_test", pretrained_backbone=tmp_path / "missing.safetensors", **SWIN)
     path = tmp_path / "swin.safetensors"
@@ -110,5 +110,5 @@ def test_bad_weights_are_user_errors(reference, tmp_path):
     with pytest.raises(UserError, match="not a Swin checkpoint"):
         create_model("m2f_swin_test", pretrained_backbone=vit)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(UserError, match="empty: folder has none of model.safetensors, pytorch_model.bin"):
         create_model("m2f_swin_test", pretrained_backbone=tmp_path / "empty")
