@@ -30,6 +30,16 @@ print(f"wheel: package, configs and app/explorer.py under {Path(eomt_ood.__file_
 PY
 "$bin/eomt-ood" evaluate --dataset bravo --out "$work/demo-run"
 test -s "$work/demo-run/results.json"
+# The explorer from the wheel: served on 127.0.0.1, its page rendered in headless Chromium (the checkout's venv
+# drives the browser; the served app is the installed one).
+port=$("$bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$bin/eomt-ood" app "$work/demo-run" --port "$port" >"$work/app.log" 2>&1 &
+app_pid=$!
+if (cd "$repo" && uv run --frozen python .ci/render_check.py "http://127.0.0.1:$port" 240); then
+  kill "$app_pid"; wait "$app_pid" 2>/dev/null || true
+else
+  kill "$app_pid"; cat "$work/app.log"; exit 1
+fi
 "$bin/eomt-ood" make-data cityscapes-synthetic --out "$work/data" --num-images 4 --size 64x128 --simple
 "$bin/eomt-ood" train --config eomt_test_synthetic --out "$work/train" --set "data.root=$work/data" \
   --set trainer.max_steps=2 --set data.batch_size=2 --set trainer.val_every_n_epochs=0
