@@ -5,11 +5,26 @@ explorer's title and a plotly image; 1 otherwise. Uses Debian's /usr/bin/chromiu
 """
 
 import sys
+import time
+import urllib.request
 
 from playwright.sync_api import sync_playwright
 
 url = sys.argv[1]
-timeout_ms = int(float(sys.argv[2] if len(sys.argv) > 2 else 180) * 1000)
+timeout = float(sys.argv[2] if len(sys.argv) > 2 else 180)
+timeout_ms = int(timeout * 1000)
+deadline = time.monotonic() + timeout
+while True:  # the server starts in the background: wait for Streamlit's health endpoint first
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as answer:
+            if answer.status == 200:
+                break
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        print(f"render check failed: {url} did not come up in {timeout:.0f} s", file=sys.stderr)
+        sys.exit(1)
+    time.sleep(1)
 with sync_playwright() as playwright:
     browser = playwright.chromium.launch(
         executable_path="/usr/bin/chromium",
