@@ -277,3 +277,29 @@ def test_two_processes_equal_one(bravo_set, tmp_path):
         np.testing.assert_array_equal(
             a.image_statistics("rba")["counts"], b.image_statistics("rba")["counts"]
         )
+
+
+def test_official_sample_equals_score_of_its_own_submission(bravo_set, tmp_path):
+    """With --samples the statistics use the official pixel sample (a small one here, so that sampling bites):
+    evaluate's numbers equal `score --samples` on the run's own submission."""
+    from eomt_ood.bravo.layout import match_gt, open_tree, read_label
+    from eomt_ood.bravo.sampling import official_sample_indices, write_sampling_tar
+
+    data = bravo_set[0]
+    samples = []
+    with open_tree(data / "gt", "gt") as gt:
+        for images in match_gt(gt.names).values():
+            for image in images:
+                label = read_label(gt.read(image.label_name), image.label_name)
+                samples.append((image.base, official_sample_indices(label != 255, samples_per_image=500)))
+    tar = tmp_path / "bravo_SAMPLING.tar"
+    write_sampling_tar(tar, samples)
+    results = evaluate_bravo(_config(bravo_set, tmp_path / "run", samples=tar), progress=False)
+    scored = score_submission(
+        data / "gt", tmp_path / "run" / "submission", samples=tar, workers=0, progress=False, warn=None
+    )
+    _assert_same(_official(results["msp"]), _official(scored))
+    counts = results["meta"]["subsets"]["synobjs"]
+    assert counts["sampled_valid"] + counts["sampled_invalid"] == 500 < counts["valid"] + counts["invalid"]
+    full = evaluate_bravo(_config(bravo_set, tmp_path / "full"), progress=False)
+    assert full["msp"]["synobjs_auprc_ood"] != results["msp"]["synobjs_auprc_ood"]
