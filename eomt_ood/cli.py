@@ -98,8 +98,11 @@ def evaluate_command(
         "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
     ),
     micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
-    workers: int = typer.Option(
-        2, "--workers", min=0, help="Worker processes per device: reading, scoring, PNG writing (0 = inline)."
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Worker processes per device: reading, scoring, PNG writing (default min(cpus, 8); 0 = inline).",
     ),
     devices: int = typer.Option(
         1, "--devices", min=1, help="Processes to share the images over (one per GPU with --device cuda)."

@@ -23,7 +23,9 @@ def explorer_script() -> Path:
 
     script = app_dir() / "explorer.py"
     if not script.is_file():
-        raise UserError(f"{script}: the explorer script is missing from this installation; reinstall eomt-ood")
+        raise UserError(
+            f"{script}: the explorer script is missing from this installation; reinstall eomt-ood"
+        )
     return script
 
 

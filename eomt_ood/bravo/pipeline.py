@@ -55,7 +55,9 @@ class EvaluateConfig:
     compile: bool | None = None  # torch.compile; None: on CUDA (without token merging), off on the CPU
     token_merging: str = "none"  # "algm": ALGM token merging at inference (docs/models.md)
     micro_batch: int = 4
-    workers: int = 2  # worker processes per rank (reading, statistics, PNG writing); 0 = inline
+    workers: int | None = (
+        None  # processes per rank (reading, statistics, PNG writing); None: min(cpus, 8); 0 inline
+    )
     devices: int = 1  # processes (one per GPU on CUDA) to share the images over
     skip_unreadable: bool = (
         False  # an unreadable input image is left out (recorded) instead of failing the run
@@ -528,12 +530,13 @@ def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, A
     Bad input is a `UserError`, raised before the model is loaded wherever it can be known then. A subset whose
     metrics are undefined (degenerate data) is named in a `UserError` after everything else was written.
     """
-    from eomt_ood.io import ProcessMap
+    from eomt_ood.io import ProcessMap, default_workers
 
     check_inputs(config)
     start = time.perf_counter()
+    workers = default_workers(8) if config.workers is None else config.workers
     # The workers are forked now, before torch is imported or any thread started (see `eomt_ood.io`).
-    with ProcessMap(config.workers) as pool:
+    with ProcessMap(workers) as pool:
         results = _evaluate(config, pool, start, progress)
     unscored = results.get("meta", {}).get("unscored_subsets") or {}
     if unscored:
