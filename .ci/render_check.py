@@ -28,7 +28,12 @@ while True:  # the server starts in the background: wait for Streamlit's health 
 with sync_playwright() as playwright:
     browser = playwright.chromium.launch(
         executable_path="/usr/bin/chromium",
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+        ],
     )
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
 from eomt_ood.errors import UserError
 from eomt_ood.models.backbones import create_backbone
+from eomt_ood.models.catalog import MODELS as _MODELS
+from eomt_ood.models.catalog import register_model
 from eomt_ood.models.checkpoints import (
     FORMAT_TAG,
     CheckpointMismatch,
@@ -34,15 +35,7 @@ from eomt_ood.models.checkpoints import (
 )
 from eomt_ood.models.eomt import EoMT
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register a model function under its own name; it takes only keyword overrides."""
-    if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    _MODELS[fn.__name__] = fn
-    return fn
+__all__ = ["create_model", "list_models", "load_model", "model_config", "register_model", "save_checkpoint"]
 
 
 def _register_baselines() -> None:

@@ -41,9 +41,9 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from eomt_ood.errors import UserError
+from eomt_ood.models.catalog import register_model
 from eomt_ood.models.checkpoints import read_state_dict, resolve_weights_file
 from eomt_ood.models.eomt import IMAGENET_MEAN, IMAGENET_STD
-from eomt_ood.models.registry import register_model
 
 
 def swin_config(
