@@ -117,8 +117,9 @@ def default_workers(limit: int = 4) -> int:
     return max(1, min(os.cpu_count() or 1, limit))
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: ask the kernel to SIGKILL this process when its parent dies (Linux only)."""
+def _die_with_parent(parent: int, nice: int = 0) -> None:
+    """Worker initializer: ask the kernel to SIGKILL this process when its parent dies (Linux only); lower the
+    worker's scheduling priority by `nice`."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -131,6 +132,8 @@ def _die_with_parent(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+    if nice:
+        os.nice(nice)
 
 
 def _start_method() -> str:
@@ -145,10 +148,11 @@ class ProcessMap:
     Create it early, before importing torch or starting threads: the workers are forked at once, so they
     inherit only what the parent had loaded then. `workers <= 0` runs everything inline in the caller (the
     same results, for tests and debugging). Use as a context manager; leaving it (also by an exception) stops
-    the workers without waiting for queued work.
+    the workers without waiting for queued work. `nice`: lower the workers' priority, for a pool that works
+    beside a parent on the critical path (evaluate's model process): they still take every idle cycle.
     """
 
-    def __init__(self, workers: int, window: int | None = None):
+    def __init__(self, workers: int, window: int | None = None, nice: int = 0):
         self.workers = max(0, int(workers))
         self.window = window or 2 * max(1, self.workers)
         self._executor: ProcessPoolExecutor | None = None
@@ -158,7 +162,7 @@ class ProcessMap:
                 max_workers=self.workers,
                 mp_context=context,
                 initializer=_die_with_parent,
-                initargs=(os.getpid(),),
+                initargs=(os.getpid(), nice),
             )
             # With fork every worker starts at the first submit: start them now, before the caller imports more.
             for future in [self._executor.submit(os.getpid) for _ in range(self.workers)]:

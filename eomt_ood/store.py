@@ -46,44 +46,16 @@ import h5py
 import numpy as np
 
 from eomt_ood import __version__
+from eomt_ood.data.resample import downsample_labels, downsample_mean, preview_shape
 from eomt_ood.errors import UserError
 from eomt_ood.io import atomic_path
 
 FORMAT = "eomt-ood-predictions-2"
-PREVIEW_SIDE = 512
 _STR = h5py.string_dtype(encoding="utf-8")
 _GZIP = {"compression": "gzip", "compression_opts": 4, "shuffle": True}  # for the statistics tables
 
 
 # ------------------------------------------------------------------------------------------------ previews
-
-
-def preview_shape(height: int, width: int, side: int = PREVIEW_SIDE) -> tuple[int, int]:
-    """Size of the preview of an (height, width) map: the long side at most `side`, aspect kept."""
-    scale = min(1.0, side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def downsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a (..., H, W) integer map to (..., h, w) (pixel centres)."""
-    height, width = labels.shape[-2:]
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * height / shape[0]).astype(np.int64), height - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * width / shape[1]).astype(np.int64), width - 1)
-    return labels[..., rows[:, None], cols[None, :]]
-
-
-def downsample_mean(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Box-filter resize of a (H, W) map to (h, w): each output is the mean of the input pixels it covers."""
-    height, width = values.shape
-    if (height, width) == shape:
-        return values.astype(np.float64)
-    row_edges = np.linspace(0, height, shape[0] + 1).round().astype(np.int64)
-    col_edges = np.linspace(0, width, shape[1] + 1).round().astype(np.int64)
-    summed = np.add.reduceat(
-        np.add.reduceat(values.astype(np.float64), row_edges[:-1], axis=0), col_edges[:-1], axis=1
-    )
-    counts = np.outer(np.diff(row_edges), np.diff(col_edges))
-    return summed / np.maximum(counts, 1)
 
 
 def pack_array(array: np.ndarray) -> np.ndarray:

@@ -1,17 +1,15 @@
 import numpy as np
 import pytest
 
+from eomt_ood.data.resample import downsample_labels, downsample_mean, preview_shape
 from eomt_ood.errors import UserError
 from eomt_ood.store import (
     ImageRecord,
     StoreReader,
     StoreWriter,
-    downsample_labels,
-    downsample_mean,
     load_record,
     make_previews,
     pack_array,
-    preview_shape,
     save_record,
     unpack_array,
 )

@@ -108,8 +108,8 @@ class ReadResult:
 def read_input(task: ReadTask) -> ReadResult:
     """Stage 1 (worker): decode one input image, resize it for the model, make the photo preview."""
     from eomt_ood.data.images import read_image
+    from eomt_ood.data.resample import downsample_mean, preview_shape
     from eomt_ood.inference.windows import resize_image
-    from eomt_ood.store import downsample_mean, preview_shape
 
     try:
         rgb = read_image(Path(task.root) / task.rel)
@@ -247,9 +247,9 @@ def _predict_stream(
     config: EvaluateConfig, run: RunDir, plan: _Plan, todo: Sequence[str], model: Any, pool: Any, timing: dict
 ) -> Iterator[tuple[str, Any]]:
     """Stages 1-3 over `todo`, in order: yields (rel, record), record None for an image left out as unreadable."""
+    from eomt_ood.data.resample import preview_shape
     from eomt_ood.inference.predict import canvas_levels, canvas_top2, parse_precision, predict_canvas
     from eomt_ood.io import warn
-    from eomt_ood.store import preview_shape
 
     device = next(model.parameters()).device
     dtype = parse_precision(config.precision, device)
@@ -535,8 +535,9 @@ def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, A
     check_inputs(config)
     start = time.perf_counter()
     workers = default_workers(8) if config.workers is None else config.workers
-    # The workers are forked now, before torch is imported or any thread started (see `eomt_ood.io`).
-    with ProcessMap(workers) as pool:
+    # The workers are forked now, before torch is imported or any thread started (see `eomt_ood.io`). They yield
+    # the CPU to this process, whose model work paces the run.
+    with ProcessMap(workers, nice=10) as pool:
         results = _evaluate(config, pool, start, progress)
     unscored = results.get("meta", {}).get("unscored_subsets") or {}
     if unscored:

@@ -32,6 +32,7 @@ from torch import nn
 
 from eomt_ood.confidence import PixelOutputs, get_confidence
 from eomt_ood.confidence.levels import quantise_tensor
+from eomt_ood.data.resample import centre_indices
 from eomt_ood.errors import UserError
 from eomt_ood.inference.windows import (
     average_overlaps,
@@ -320,10 +321,13 @@ def canvas_top2(canvas: torch.Tensor, shape: tuple[int, int]) -> tuple[np.ndarra
     """Top-2 classes and their normalised scores s_c / sum_c s_c at a small `shape`, for per-pixel read-outs.
 
     canvas: (C+1, H', W'). Returns (2, h, w) uint8 class ids and (2, h, w) float16 scores, (h, w) = `shape`
-    (the preview size of the image, same aspect).
+    (the preview size of the image, same aspect). Each preview pixel reads the canvas pixel at its centre (as the
+    prediction preview picks its labels), so a read-out's first class is the class shown there.
     """
-    # Area averaging: each preview pixel is the mean of the canvas pixels it covers (cheap and alias-free).
-    scores = F.interpolate(canvas[None, :-1].float(), size=shape, mode="area")[0].clamp_min_(0)
+    height, width = canvas.shape[-2:]
+    rows = torch.from_numpy(centre_indices(height, shape[0])).to(canvas.device)
+    cols = torch.from_numpy(centre_indices(width, shape[1])).to(canvas.device)
+    scores = canvas[:-1].index_select(1, rows).index_select(2, cols).float().clamp_min_(0)
     normalised = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
     values, classes = normalised.topk(2, dim=0)
     return classes.to(torch.uint8).cpu().numpy(), values.to(torch.float16).cpu().numpy()
