@@ -98,11 +98,11 @@ class ImageStatistics:
 
     def sparse_histograms(self) -> tuple[np.ndarray, np.ndarray]:
         """The level histograms without their empty levels: (levels (m,) uint16, counts (m, 3) int64), the
-        columns `correct`, `wrong`, `ood_pos`; m = the levels where any of them is non-zero (compact storage:
-        an image uses far fewer than 65536 levels, and the sampled ones far fewer still)."""
-        stacked = np.stack([self.correct, self.wrong, self.ood_pos], axis=1)
-        levels = np.flatnonzero(stacked.any(axis=1))
-        return levels.astype(np.uint16), stacked[levels]
+        columns `correct`, `wrong`, `ood_pos`; m = the levels where any of them is non-zero (the one per-image
+        format, `eomt_ood.metrics.image_stats`: an image uses far fewer than 65536 levels)."""
+        from eomt_ood.metrics.image_stats import sparse_levels
+
+        return sparse_levels(np.stack([self.correct, self.wrong, self.ood_pos], axis=1))
 
     @classmethod
     def from_sparse(
