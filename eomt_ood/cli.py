@@ -30,6 +30,10 @@ def _root() -> None:
 
 # Commands are added below this line, one thin function each.
 
+_BOOTSTRAP_HELP = (
+    "Replicates of the bootstrap intervals over test images (0 = off); written under meta.intervals."
+)
+
 
 @app.command("compare")
 def compare_command(
@@ -100,6 +104,9 @@ def evaluate_command(
     skip_unreadable: bool = typer.Option(
         False, "--skip-unreadable", help="Leave out unreadable input images (recorded) instead of failing."
     ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help=_BOOTSTRAP_HELP),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
 ) -> None:
     """Run a model on BRAVO, write the submission, score it, and write results, store and report.
 
@@ -122,6 +129,9 @@ def evaluate_command(
         workers=workers,
         devices=devices,
         skip_unreadable=skip_unreadable,
+        bootstrap=bootstrap,
+        bootstrap_seed=bootstrap_seed,
+        confidence_level=confidence_level,
     )
     if root is None and checkpoint is None and model is None:
         if gt is not None:
@@ -266,15 +276,33 @@ def score_command(
     workers: int | None = typer.Option(
         None, "--workers", min=0, help="Reading processes (default min(cpus, 4); 0 or 1 = inline)."
     ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help=_BOOTSTRAP_HELP),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
+    stats: Path | None = typer.Option(
+        None, "--stats", help="Also write the per-image statistics (HDF5), for paired compare / regress."
+    ),
 ) -> None:
-    """Score a raw BRAVO submission with the official metrics (bravo.md §4)."""
-    from eomt_ood.bravo.rundir import write_results
+    """Score a raw BRAVO submission with the official metrics (bravo.md §4), with bootstrap intervals."""
+    from eomt_ood.bravo.intervals import Settings
+    from eomt_ood.bravo.rundir import intervals_of, statistics_reference, write_results
     from eomt_ood.bravo.scoring import score_submission
+    from eomt_ood.io import check_output
 
+    settings = Settings(bootstrap, bootstrap_seed, confidence_level).check()
+    check_output(out, "--out", [gt, submission, samples])
+    if stats is not None:
+        check_output(stats, "--stats", [gt, submission, samples, out])
     names = [s.strip() for item in subsets or [] for s in item.split(",") if s.strip()] or None
-    results = score_submission(gt, submission, subsets=names, samples=samples, workers=workers)
+    results = score_submission(
+        gt, submission, subsets=names, samples=samples, workers=workers, bootstrap=settings, stats_out=stats
+    )
+    if stats is not None:
+        results["meta"]["statistics"] = statistics_reference(stats, out)  # type: ignore[index]
     write_results(results, out)
-    print(f"bravo_index {results['bravo_index']:.6f} -> {out}")
+    interval = intervals_of(results).get("bravo_index")
+    shown = f" [{interval[0]:.6f}, {interval[1]:.6f}]" if interval else ""
+    print(f"bravo_index {results['bravo_index']:.6f}{shown} -> {out}" + (f", {stats}" if stats else ""))
 
 
 @app.command("make-fixture")
