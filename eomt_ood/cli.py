@@ -37,7 +37,9 @@ _BOOTSTRAP_HELP = (
 
 @app.command("compare")
 def compare_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `eomt-ood evaluate`."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories written by `eomt-ood evaluate` (or results JSON of `score --stats`)."
+    ),
     out: Path = typer.Option(..., "--out", help="Comparison report (HTML) to write."),
     csv_path: Path | None = typer.Option(
         None, "--csv", help="Also write the table as CSV (one row per run)."
@@ -45,12 +47,20 @@ def compare_command(
     confidence: str | None = typer.Option(
         None, "--confidence", help="Score to compare (default: each run's first, the submitted one)."
     ),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", help="Replicates of the intervals and paired differences (0 = off)."
+    ),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
 ) -> None:
-    """Put several evaluation runs side by side: OOD table, PR curves, bars; flags differing conventions."""
+    """Put several evaluation runs side by side: OOD table with intervals and paired differences to the first
+    run, PR curves, bars; flags differing conventions."""
+    from eomt_ood.bravo.intervals import Settings
     from eomt_ood.io import warn
     from eomt_ood.reports.compare import compare_runs
 
-    summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence)
+    settings = Settings(bootstrap, bootstrap_seed, confidence_level).check()
+    summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence, bootstrap=settings)
     for line in summary["differences"]:
         warn(line)
     print(f"compared {len(summary['rows'])} run(s) -> {out}" + (f", {csv_path}" if csv_path else ""))
@@ -230,13 +240,44 @@ def regress_command(
     keys: list[str] = typer.Option(
         ["*_auprc_ood"], "--keys", help="fnmatch pattern(s) of watched metric keys; repeat or comma-separate."
     ),
-    update: bool = typer.Option(False, "--update", help="Rewrite the baseline with the current values."),
+    update: bool = typer.Option(
+        False, "--update", help="Rewrite the baseline (and its per-image statistics) with the current run."
+    ),
+    significance: float | None = typer.Option(
+        None,
+        "--significance",
+        help="Fail only drops whose paired bootstrap interval (level 1 - this, e.g. 0.05) excludes 0.",
+    ),
+    confidence: str | None = typer.Option(
+        None, "--confidence", help="Gate only this score of a results file with several."
+    ),
+    baseline_stats: Path | None = typer.Option(
+        None, "--baseline-stats", help="The baseline's per-image statistics (default: its meta.statistics)."
+    ),
+    results_stats: Path | None = typer.Option(
+        None, "--results-stats", help="The results' per-image statistics (default: its meta.statistics)."
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Replicates of the paired test."),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
 ) -> None:
-    """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance."""
+    """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance
+    (and, with --significance, by more than image sampling explains)."""
+    from eomt_ood.bravo.intervals import Settings
     from eomt_ood.regress import run_gate
 
     patterns = [p.strip() for key in keys for p in key.split(",") if p.strip()]
-    code, report = run_gate(baseline, results, patterns, tolerance, update)
+    code, report = run_gate(
+        baseline,
+        results,
+        patterns,
+        tolerance,
+        update,
+        significance=significance,
+        confidence=confidence,
+        baseline_stats=baseline_stats,
+        results_stats=results_stats,
+        bootstrap=Settings(bootstrap, bootstrap_seed),
+    )
     print(report)
     raise typer.Exit(code)
 

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and paired differences of BRAVO runs (docs/metrics.md, "Intervals").
+"""Bootstrap intervals and paired differences of BRAVO runs (what they mean: the README, "How sure is a number").
 
 The glue between the per-image statistics of a run (held in memory while `evaluate` or `score` runs, or read
 from a prediction store / statistics file, `eomt_ood.store`) and `eomt_ood.metrics.bootstrap`:
@@ -86,12 +86,14 @@ class ScoreStatistics:
     """Per-image statistics of one confidence score of one run.
 
     keys: {subset: image keys, sorted}; `subset(name)` gives its `ImageSetStatistics` in that order (loaded
-    on demand, so a file is read one subset at a time). source: where they come from (for messages).
+    on demand, so a file is read one subset at a time). source: where they come from (for messages); score:
+    the confidence score's name where they are stored.
     """
 
     source: str
     keys: dict[str, list[str]]
     loader: Callable[[str], ImageSetStatistics]
+    score: str = ""
 
     def subset(self, name: str) -> ImageSetStatistics:
         return self.loader(name)
@@ -125,7 +127,7 @@ class ScoreStatistics:
                 return reader.image_statistics(score, [i for _, i in order[subset]])
 
         keys = {s: [k for k, _ in rows] for s, rows in order.items()}
-        return cls(f"{path} ({score})", keys, load)
+        return cls(f"{path} ({score})", keys, load, score)
 
 
 class ImageCollector:
@@ -154,7 +156,7 @@ class ImageCollector:
             return ImageSetStatistics.from_rows([r[1] for r in rows], [r[2][score] for r in rows])
 
         keys = {s: [r[0] for r in rows] for s, rows in ordered.items()}
-        return ScoreStatistics(f"{self.source} ({score})", keys, load)
+        return ScoreStatistics(f"{self.source} ({score})", keys, load, score)
 
 
 class _Subsets(Mapping):
@@ -191,6 +193,18 @@ def run_replicates(
     The replicates' point values (recomputed from the per-image statistics) must equal the block's official
     values: else the statistics belong to another run, which is a `UserError` naming both sources.
     """
+    return _replicates(stats, block, settings.replicates, settings.seed, where)
+
+
+def check_statistics(stats: ScoreStatistics, block: Mapping[str, Any], where: str = "results") -> None:
+    """A `UserError` unless the per-image statistics reproduce the official values of `block` (one cheap
+    replicate: the point values are what is checked)."""
+    _replicates(stats, block, 1, DEFAULT_SEED, where)
+
+
+def _replicates(
+    stats: ScoreStatistics, block: Mapping[str, Any], replicates: int, seed: int, where: str
+) -> bs.Replicates:
     subsets = scored_subsets(block)
     if not subsets:
         raise UserError(f"{where}: no per-subset metrics to resample")
@@ -200,9 +214,7 @@ def run_replicates(
             f"{stats.source}: no per-image statistics of subset {lacking[0]}, which {where} scored; "
             "they belong to another run"
         )
-    reps = bs.bootstrap(
-        _Subsets(stats, subsets), SEMANTIC_SUBSETS, OOD_SUBSETS, settings.replicates, settings.seed
-    )
+    reps = bs.bootstrap(_Subsets(stats, subsets), SEMANTIC_SUBSETS, OOD_SUBSETS, replicates, seed)
     for key, value in reps.point.items():
         official = block.get(key)
         if not isinstance(official, int | float) or not _same(value, float(official)):

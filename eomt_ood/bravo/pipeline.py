@@ -61,7 +61,7 @@ class EvaluateConfig:
     skip_unreadable: bool = (
         False  # an unreadable input image is left out (recorded) instead of failing the run
     )
-    bootstrap: int = 1000  # replicates of the bootstrap intervals (0 = off); docs/metrics.md, "Intervals"
+    bootstrap: int = 1000  # replicates of the bootstrap intervals (0 = off), `eomt_ood.bravo.intervals`
     bootstrap_seed: int = 0
     confidence_level: float = 0.95
     demo: bool = False
