@@ -334,6 +334,8 @@ def _test_drops(
     from eomt_ood.bravo import intervals as iv
 
     settings = replace(bootstrap or iv.Settings(), level=level).check()
+    if not settings.enabled:
+        raise UserError("--bootstrap: --significance needs replicates (not 0)")
     base_blocks = {k: v for k, v in metric_blocks(selected[0], "baseline").items()}
     curr_blocks = {k: v for k, v in metric_blocks(selected[1], "results").items()}
     differences: dict[str, Any] = {}

@@ -174,8 +174,6 @@ class ImageSetStatistics:
             raise fail(f"'offsets' must rise from 0 to {levels.size}")
         if (cm.size and cm.min() < 0) or (counts.size and counts.min() < 0):
             raise fail("hold negative counts")
-        if counts.size and not counts.any(axis=1).all():
-            raise fail("hold an all-zero level (only non-empty levels are stored)")
         # Levels must rise strictly inside each image; a row start may go down.
         steps = np.diff(levels.astype(np.int32)) > 0
         row_start = np.zeros(levels.size, dtype=bool)

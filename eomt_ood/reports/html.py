@@ -69,6 +69,8 @@ def _meta_html(meta) -> str:
         return ""
     rows = []
     for key, value in meta.items():
+        if key == "intervals":  # shown with the metrics
+            continue
         text = value if isinstance(value, str) else json.dumps(value, default=str, allow_nan=True)
         if len(text) > 300:
             text = text[:300] + " …"
