@@ -19,12 +19,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 from scipy.special import expit
 
 from eomt_ood import cli
 from eomt_ood.bravo.intervals import Settings
 from eomt_ood.bravo.layout import OOD_SUBSETS, SEMANTIC_SUBSETS, SUBSETS
 from eomt_ood.bravo.rundir import load_results, metric_blocks
+from eomt_ood.bravo.sampling import official_sample_indices, write_sampling_tar
 from eomt_ood.bravo.scoring import score_submission
 from eomt_ood.data.png import write_png
 from eomt_ood.errors import UserError
@@ -150,6 +152,33 @@ def test_score_intervals_equal_a_bootstrap_of_its_statistics_file(scored):
     # Another seed gives other draws, hence (slightly) other bounds.
     reseeded = bootstrap_from_file(scored["root"] / "base.h5", "submission", results, B, seed=1)
     assert reseeded["synobjs_auprc_ood"] != expected["synobjs_auprc_ood"]
+
+
+def test_with_the_official_sample_the_pixels_stay_fixed_and_images_are_resampled(scored, tmp_path):
+    root = scored["root"]
+    samples = {}
+    for label_path in sorted((root / "gt").rglob("*_gt.png")):
+        base = str(label_path.relative_to(root / "gt"))[: -len("_gt.png")]
+        with Image.open(label_path) as img:
+            label = np.asarray(img)
+        samples[base] = official_sample_indices(label != 255, samples_per_image=500, seed=7)
+    write_sampling_tar(tmp_path / "s.tar", samples.items())
+    results = score_submission(
+        root / "gt", root / "sub-base", samples=tmp_path / "s.tar", workers=0, warn=None,
+        bootstrap=Settings(B), stats_out=tmp_path / "s.h5",
+    )  # fmt: skip
+    assert results["meta"]["intervals"] == bootstrap_from_file(tmp_path / "s.h5", "submission", results, B)
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        counts, offsets = f["image_stats/submission/counts"][()], f["image_stats/submission/offsets"][()]
+    per_image = np.add.reduceat(counts.sum(axis=1), offsets[:-1])
+    assert (per_image == 500).all()  # every image's histograms hold exactly its sampled pixels
+    full = load_results(scored["base"])
+    # The confusion matrices use every pixel either way, so the same draws give the same mIoU interval;
+    # the confidence metrics rest on the sample.
+    assert (
+        results["meta"]["intervals"]["synobjs_miou_valid"] == full["meta"]["intervals"]["synobjs_miou_valid"]
+    )
+    assert results["meta"]["intervals"]["synobjs_auprc_ood"] != full["meta"]["intervals"]["synobjs_auprc_ood"]
 
 
 def test_evaluate_intervals_equal_a_bootstrap_of_its_store_and_of_score(finished_run):
