@@ -249,7 +249,10 @@ def run_gate(
         if level is not None:
             summary += " or within image sampling"
     if level is not None:
-        summary += f"; {len(noise)} drop(s) beyond the tolerance are noise (their {level:.0%} paired interval holds 0)"
+        summary += (
+            f"; {len(noise)} drop(s) beyond the tolerance are noise "
+            f"(their {level:.0%} paired interval holds 0)"
+        )
     lines = [f"note: {n}" for n in notes] + [format_table(rows, level), summary]
     return (1 if bad else 0), "\n".join(lines)
 
@@ -400,22 +403,28 @@ def _update(
     if results_stats is not None and not source.is_file():
         raise UserError(f"--results-stats: {results_stats}: file not found")
     copy = dict(results)
-    copy["meta"] = dict(results.get("meta") or {})
+    meta = dict(results.get("meta") or {})
+    target = Path(baseline_stats or baseline_path.with_name(baseline_path.stem + ".stats.h5"))
     if source is not None:
-        target = (
-            Path(baseline_stats)
-            if baseline_stats
-            else baseline_path.with_name(baseline_path.stem + ".stats.h5")
-        )
-        scores = _check_statistics(results, source, str(results_path))
+        try:
+            scores = _check_statistics(results, source, str(results_path))
+        except UserError as exc:
+            if results_stats is not None:
+                raise
+            # Found only by looking beside the results: a stale file must not block the update.
+            done += f"; the statistics found ({exc}) are not kept"
+            source = None
+    if source is not None:
         from eomt_ood.store import copy_statistics
 
         copy_statistics(source, target, scores)
-        copy["meta"]["statistics"] = statistics_reference(target, baseline_path)
+        copy["meta"] = {**meta, "statistics": statistics_reference(target, baseline_path)}
         done += f"; per-image statistics -> {target}"
-    elif "statistics" in copy["meta"]:
-        copy["meta"]["statistics"] = None  # a relative name would point at the wrong file beside the baseline
-        done += "; no per-image statistics found, so --significance cannot use this baseline"
+    else:
+        if meta.get("statistics"):
+            # A relative name would point at whatever file sits beside the baseline.
+            copy["meta"] = {**meta, "statistics": None}
+        done += "; without per-image statistics, --significance cannot use this baseline"
     write_results(copy, baseline_path)
     lines.append(done)
     return 0, "\n".join(lines)

@@ -38,7 +38,10 @@ DEFAULT_LEVEL = bs.DEFAULT_LEVEL
 METHOD = (
     "percentile bootstrap: images resampled with replacement within each subset, B draws seeded per subset"
 )
-COVERS = "the choice of test images only: not training seeds, not other test sets, not the pixel sample of --samples"
+COVERS = (
+    "the choice of test images only: not training seeds, not other test sets, "
+    "not the pixel sample of --samples"
+)
 # A point value recomputed from per-image statistics equals the official one up to the order of float sums.
 _POINT_TOLERANCE = 1e-9
 

@@ -12,8 +12,9 @@ many images):
 
 The main process adds each record's statistics to the per-subset sums and the record to the store, so nothing
 the run wrote is read back to score it; the records' per-image statistics, kept by reference, then give the
-bootstrap intervals of every key (`eomt_ood.bravo.intervals`, written under `meta`). An image is done when its record exists: an interrupted run resumes at
-the first image without one, and the results do not depend on where it stopped. With `devices` > 1 (or under
+bootstrap intervals of every key (`eomt_ood.bravo.intervals`, written under `meta`). An image is done when its
+record exists: an interrupted run resumes at the first image without one, and the results do not depend on
+where it stopped. With `devices` > 1 (or under
 `torchrun`) the images are shared out over processes by Lightning Fabric; each rank predicts and scores its
 share, the sums are all-reduced and rank 0 writes the results.
 
