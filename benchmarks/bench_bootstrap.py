@@ -3,17 +3,21 @@
 Prints one JSON object:
 
 - ``realistic_image``: one 2048x1024 image with smooth logits (19 classes, MSP confidence, errors where the
-  MSP is low, an OOD object), scored by `image_statistics`: its non-empty levels per histogram and its stored
-  bytes (raw arrays of `ImageSetStatistics.encode`, and inside an HDF5 file with gzip + shuffle), next to the
-  dense int64 histograms it replaces.
+  MSP is low, an OOD object), scored by `image_statistics`: its non-empty levels (per histogram, and stored:
+  the levels where any is non-zero) and its stored bytes (raw arrays of `ImageSetStatistics.encode`, and in a
+  statistics file of `eomt_ood.store`'s format, gzip + shuffle), next to the dense int64 histograms it
+  replaces; ``three_tables_hdf5_bytes``: the same image as three separate sparse tables (the alternative
+  format), for the record.
 - ``bravo_set``: a synthetic statistics set of BRAVO's size (3,893 images over the nine subsets, in BRAVO's
   proportions, 2 MP each) drawn per level from per-image logit-normal confidence models tuned to the realistic
-  image's distinct-level counts; its non-empty levels and bytes per image.
+  image's distinct-level counts; its non-empty levels and bytes per image (written as a statistics file, the
+  format `evaluate` stores and `compare` / `regress` read).
 - ``bootstrap_b1000``: seconds for B = 1000 with the default level bins (``target_s``: 30), each run in a fresh
-  child process that loads the set from HDF5 first (``load_s``, not in ``seconds``): ``in_memory`` (every
-  subset decoded before the bootstrap; default BLAS threads, and ``..._blas_1_thread``) and ``lazy`` (one
-  subset decoded at a time, inside the timing), with each child's peak RSS (the in-memory one holds the whole
-  set). The machine's load average is printed too: the cores are shared.
+  child process: ``in_memory`` (every subset decoded from the file before the timing, ``load_s``, as
+  `evaluate` and `score` hold them; default BLAS threads, and ``..._blas_1_thread``) and ``from_file`` (what
+  `compare` and `regress` do: `ScoreStatistics.from_store` + `run_replicates`, one subset read at a time and
+  the point values checked against the official ones, all inside the timing), with each child's peak RSS.
+  The machine's load average is printed too: the cores are shared.
 - ``bounds_moved``: on a smaller set of the same generator (``--fraction`` of each subset, distinct images),
   for each ``--bins`` value, the largest |coarse bound - lossless bound| over every key and both bounds
   (B = 1000, same draws), with the bias shift (the default) and without (``target``: 1e-3); mIoU, ECE and
@@ -41,12 +45,11 @@ import h5py
 import numpy as np
 from scipy import special
 
+from eomt_ood.bravo import intervals as iv
 from eomt_ood.bravo.layout import OOD_SUBSETS, SEMANTIC_SUBSETS
 from eomt_ood.metrics import bootstrap as bs
-from eomt_ood.metrics.image_stats import (
-    CATEGORIES,
-    ImageSetStatistics,
-)
+from eomt_ood.metrics.image_stats import COLUMNS, ImageSetStatistics, sparse_levels
+from eomt_ood.store import ImageRecord, StoreWriter
 
 HEIGHT, WIDTH = 1024, 2048
 LEVELS = 65536
@@ -103,7 +106,12 @@ def _level_probs(mean: np.ndarray, sd: float) -> np.ndarray:
 
 def synthetic_subset(rng: np.random.Generator, subset: str, n: int) -> ImageSetStatistics:
     """n images of one subset: per-image difficulty, error rate and invalid fraction; Poisson level counts."""
-    return ImageSetStatistics.from_images(_synthetic_images(rng, subset, n))
+    cms, rows = [], []
+    for image in _synthetic_images(rng, subset, n):
+        cms.append(image.cm)
+        levels, counts = sparse_levels(np.stack([image.correct, image.wrong, image.ood_pos], axis=1))
+        rows.append((levels, counts.astype(np.int32)))
+    return ImageSetStatistics.from_rows(cms, rows)
 
 
 def _synthetic_images(rng: np.random.Generator, subset: str, n: int) -> Iterator[SimpleNamespace]:
@@ -137,47 +145,49 @@ def synthetic_set(sizes: Mapping[str, int], seed: int) -> dict[str, ImageSetStat
 
 def _nnz_per_image(stats: Mapping[str, ImageSetStatistics]) -> dict[str, float]:
     total = sum(s.n_images for s in stats.values())
-    return {
-        name: round(sum(getattr(s, name).levels.size for s in stats.values()) / total, 1)
-        for name in CATEGORIES
+    out = {
+        name: round(sum(int(np.count_nonzero(s.counts[:, j])) for s in stats.values()) / total, 1)
+        for j, name in enumerate(COLUMNS)
     }
+    out["stored"] = round(sum(s.levels.size for s in stats.values()) / total, 1)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ storage
 
 
-def write_h5(path: Path, stats: Mapping[str, ImageSetStatistics]) -> None:
-    with h5py.File(path, "w") as f:
+def write_statistics(path: Path, stats: Mapping[str, ImageSetStatistics]) -> None:
+    """A statistics file (`eomt_ood.store` format, score "msp", no previews) of every image of `stats`."""
+    with StoreWriter(path, model="synthetic", confidences=["msp"], kind="statistics") as store:
         for subset, s in stats.items():
-            group = f.create_group(subset)
-            for name, array in s.encode().items():
-                group.create_dataset(name, data=array, compression="gzip", compression_opts=4, shuffle=True)
+            for i in range(s.n_images):
+                record = ImageRecord(f"bravo_{subset}/{i:05d}.png", subset, 0, 0, previews={}, cm=s.cm[i])
+                record.pixels = (0, 0, 0)
+                record.sparse["msp"] = s.row(i)
+                store.add(record)
 
 
-class LazyH5(Mapping):
-    """{subset: ImageSetStatistics} read from the HDF5 file on access (one subset in memory at a time)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        with h5py.File(path, "r") as f:
-            self.names = list(f)
-
-    def __getitem__(self, subset: str) -> ImageSetStatistics:
-        with h5py.File(self.path, "r") as f:
-            arrays = {k: v[()] for k, v in f[subset].items()}
-        return ImageSetStatistics.decode(arrays, f"{self.path}:/{subset}")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
+def three_tables_bytes(image, tmp: Path) -> int:
+    """HDF5 bytes (gzip + shuffle) of one image stored as three separate sparse tables (the alternative)."""
+    path = tmp / "three.h5"
+    with h5py.File(path, "w") as f:
+        for name in COLUMNS:
+            hist = getattr(image, name)
+            levels = np.flatnonzero(hist)
+            for part, array in (
+                ("levels", levels.astype(np.uint16)),
+                ("counts", hist[levels].astype(np.uint32)),
+            ):
+                f.create_dataset(
+                    f"{name}_{part}", data=array, compression="gzip", compression_opts=4, shuffle=True
+                )
+    return path.stat().st_size
 
 
 def storage(stats: Mapping[str, ImageSetStatistics], tmp: Path) -> dict[str, float]:
     n = sum(s.n_images for s in stats.values())
     path = tmp / "storage.h5"
-    write_h5(path, stats)
+    write_statistics(path, stats)
     return {
         "images": n,
         "raw_bytes_per_image": round(sum(s.nbytes for s in stats.values()) / n),
@@ -190,16 +200,18 @@ def storage(stats: Mapping[str, ImageSetStatistics], tmp: Path) -> dict[str, flo
 
 
 def child(path: str, mode: str) -> None:
-    """Child process: load, time B = 1000, print {seconds, load_s, peak_rss_mb} as JSON."""
+    """Child process: time B = 1000, print {seconds, load_s, peak_rss_mb} as JSON."""
+    block = json.loads(Path(path).with_suffix(".json").read_text())
+    settings = iv.Settings(1000)
     t0 = time.perf_counter()
-    if mode == "lazy":
-        subsets: Mapping[str, ImageSetStatistics] = LazyH5(Path(path))
-    else:
-        subsets = dict(LazyH5(Path(path)).items())
+    stats = iv.ScoreStatistics.from_store(path, "msp")
+    if mode == "in_memory":
+        loaded = {subset: stats.subset(subset) for subset in stats.keys}
+        stats = iv.ScoreStatistics(stats.source, stats.keys, loaded.__getitem__, "msp")
     load = time.perf_counter() - t0
     t0 = time.perf_counter()
-    reps = bs.bootstrap(subsets, SEMANTIC_SUBSETS, OOD_SUBSETS, replicates=1000)
-    bs.percentile_intervals(reps)
+    reps = iv.run_replicates(stats, block, settings)
+    iv.interval_table(reps, settings.level)
     seconds = time.perf_counter() - t0
     print(
         json.dumps(
@@ -291,8 +303,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-bootstrap-") as tmp:
         tmp_path = Path(tmp)
         image = image_statistics(*realistic_image())
-        one = {"image": ImageSetStatistics.from_images([image])}
-        report["realistic_image"] = {"nonempty_levels": _nnz_per_image(one), **storage(one, tmp_path)}
+        one = {"synobjs": ImageSetStatistics.from_images([image])}
+        report["realistic_image"] = {
+            "nonempty_levels": _nnz_per_image(one),
+            **storage(one, tmp_path),
+            "three_tables_hdf5_bytes": three_tables_bytes(image, tmp_path),
+        }
 
         t0 = time.perf_counter()
         full = synthetic_set(BRAVO_IMAGES, args.seed)
@@ -303,13 +319,16 @@ def main() -> None:
             **storage(full, tmp_path),
         }
         path = tmp_path / "bravo.h5"
-        write_h5(path, full)
+        write_statistics(path, full)
+        # The official values the statistics must reproduce (what a results file would hold).
+        point = bs.bootstrap(full, SEMANTIC_SUBSETS, OOD_SUBSETS, replicates=1).point
+        path.with_suffix(".json").write_text(json.dumps(point))
         del full
         report["bootstrap_b1000"] = {
             "target_s": 30,
             "in_memory": run_child(path, "in_memory"),
             "in_memory_blas_1_thread": run_child(path, "in_memory", threads="1"),
-            "lazy": run_child(path, "lazy"),
+            "from_file": run_child(path, "from_file"),
         }
     small = {k: max(12, round(n * args.fraction)) for k, n in BRAVO_IMAGES.items()}
     report["bounds_moved"] = bounds_moved(synthetic_set(small, args.seed + 1), args.bins)

@@ -460,7 +460,8 @@ def ddp_worker(rank: int, world: int, port: int, args: dict[str, Any], result: s
 
     from eomt_ood.models.registry import create_model
     from eomt_ood.training.loss import MaskClassificationLoss
-    from eomt_ood.training.module import param_groups
+    from eomt_ood.training.config import OptimConfig
+    from eomt_ood.training.optim import param_groups
 
     os.dup2(2, 1)  # gloo / NCCL log to stdout, which carries only the JSON
     cuda = args["device"] == "cuda"
@@ -475,7 +476,7 @@ def ddp_worker(rank: int, world: int, port: int, args: dict[str, Any], result: s
         model = create_model(args["model"], **args["overrides"]).to(device).train()
         network = DistributedDataParallel(model, device_ids=[rank] if cuda else None)
         criterion = MaskClassificationLoss(int(model.num_classes), num_points=args["points"])
-        optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 0.05, 0.8))
+        optimizer = torch.optim.AdamW(param_groups(model, OptimConfig(lr=1e-4, weight_decay=0.05, llrd=0.8)))
         scaler = torch.amp.GradScaler("cuda", enabled=cuda)
         data = SyntheticScenes(args["global_batch"], int(model.img_size))
         per_rank = args["global_batch"] // world

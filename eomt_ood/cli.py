@@ -30,10 +30,16 @@ def _root() -> None:
 
 # Commands are added below this line, one thin function each.
 
+_BOOTSTRAP_HELP = (
+    "Replicates of the bootstrap intervals over test images (0 = off); written under meta.intervals."
+)
+
 
 @app.command("compare")
 def compare_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `eomt-ood evaluate`."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories written by `eomt-ood evaluate` (or results JSON of `score --stats`)."
+    ),
     out: Path = typer.Option(..., "--out", help="Comparison report (HTML) to write."),
     csv_path: Path | None = typer.Option(
         None, "--csv", help="Also write the table as CSV (one row per run)."
@@ -46,12 +52,20 @@ def compare_command(
         "--paper",
         help="Also print the EoMT paper's Table E beside the measured AUPRC_OOD of every score.",
     ),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", help="Replicates of the intervals and paired differences (0 = off)."
+    ),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
 ) -> None:
-    """Put several evaluation runs side by side: OOD table, PR curves, bars; flags differing conventions."""
+    """Put several evaluation runs side by side: OOD table with intervals and paired differences to the first
+    run, PR curves, bars; flags differing conventions."""
+    from eomt_ood.bravo.intervals import Settings
     from eomt_ood.io import warn
     from eomt_ood.reports.compare import compare_runs
 
-    summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence)
+    settings = Settings(bootstrap, bootstrap_seed, confidence_level).check()
+    summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence, bootstrap=settings)
     for line in summary["differences"]:
         warn(line)
     if paper:
@@ -110,6 +124,9 @@ def evaluate_command(
     skip_unreadable: bool = typer.Option(
         False, "--skip-unreadable", help="Leave out unreadable input images (recorded) instead of failing."
     ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help=_BOOTSTRAP_HELP),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
 ) -> None:
     """Run a model on BRAVO, write the submission, score it, and write results, store and report.
 
@@ -132,6 +149,9 @@ def evaluate_command(
         workers=workers,
         devices=devices,
         skip_unreadable=skip_unreadable,
+        bootstrap=bootstrap,
+        bootstrap_seed=bootstrap_seed,
+        confidence_level=confidence_level,
     )
     if root is None and checkpoint is None and model is None:
         if gt is not None:
@@ -230,13 +250,44 @@ def regress_command(
     keys: list[str] = typer.Option(
         ["*_auprc_ood"], "--keys", help="fnmatch pattern(s) of watched metric keys; repeat or comma-separate."
     ),
-    update: bool = typer.Option(False, "--update", help="Rewrite the baseline with the current values."),
+    update: bool = typer.Option(
+        False, "--update", help="Rewrite the baseline (and its per-image statistics) with the current run."
+    ),
+    significance: float | None = typer.Option(
+        None,
+        "--significance",
+        help="Fail only drops whose paired bootstrap interval (level 1 - this, e.g. 0.05) excludes 0.",
+    ),
+    confidence: str | None = typer.Option(
+        None, "--confidence", help="Gate only this score of a results file with several."
+    ),
+    baseline_stats: Path | None = typer.Option(
+        None, "--baseline-stats", help="The baseline's per-image statistics (default: its meta.statistics)."
+    ),
+    results_stats: Path | None = typer.Option(
+        None, "--results-stats", help="The results' per-image statistics (default: its meta.statistics)."
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Replicates of the paired test."),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
 ) -> None:
-    """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance."""
+    """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance
+    (and, with --significance, by more than image sampling explains)."""
+    from eomt_ood.bravo.intervals import Settings
     from eomt_ood.regress import run_gate
 
     patterns = [p.strip() for key in keys for p in key.split(",") if p.strip()]
-    code, report = run_gate(baseline, results, patterns, tolerance, update)
+    code, report = run_gate(
+        baseline,
+        results,
+        patterns,
+        tolerance,
+        update,
+        significance=significance,
+        confidence=confidence,
+        baseline_stats=baseline_stats,
+        results_stats=results_stats,
+        bootstrap=Settings(bootstrap, bootstrap_seed),
+    )
     print(report)
     raise typer.Exit(code)
 
@@ -276,15 +327,33 @@ def score_command(
     workers: int | None = typer.Option(
         None, "--workers", min=0, help="Reading processes (default min(cpus, 4); 0 or 1 = inline)."
     ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help=_BOOTSTRAP_HELP),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
+    stats: Path | None = typer.Option(
+        None, "--stats", help="Also write the per-image statistics (HDF5), for paired compare / regress."
+    ),
 ) -> None:
-    """Score a raw BRAVO submission with the official metrics (bravo.md §4)."""
-    from eomt_ood.bravo.rundir import write_results
+    """Score a raw BRAVO submission with the official metrics (bravo.md §4), with bootstrap intervals."""
+    from eomt_ood.bravo.intervals import Settings
+    from eomt_ood.bravo.rundir import intervals_of, statistics_reference, write_results
     from eomt_ood.bravo.scoring import score_submission
+    from eomt_ood.io import check_output
 
+    settings = Settings(bootstrap, bootstrap_seed, confidence_level).check()
+    check_output(out, "--out", [gt, submission, samples])
+    if stats is not None:
+        check_output(stats, "--stats", [gt, submission, samples, out])
     names = [s.strip() for item in subsets or [] for s in item.split(",") if s.strip()] or None
-    results = score_submission(gt, submission, subsets=names, samples=samples, workers=workers)
+    results = score_submission(
+        gt, submission, subsets=names, samples=samples, workers=workers, bootstrap=settings, stats_out=stats
+    )
+    if stats is not None:
+        results["meta"]["statistics"] = statistics_reference(stats, out)  # type: ignore[index]
     write_results(results, out)
-    print(f"bravo_index {results['bravo_index']:.6f} -> {out}")
+    interval = intervals_of(results).get("bravo_index")
+    shown = f" [{interval[0]:.6f}, {interval[1]:.6f}]" if interval else ""
+    print(f"bravo_index {results['bravo_index']:.6f}{shown} -> {out}" + (f", {stats}" if stats else ""))
 
 
 @app.command("make-fixture")

@@ -11,8 +11,10 @@ many images):
    record, last (`finish_image`).
 
 The main process adds each record's statistics to the per-subset sums and the record to the store, so nothing
-the run wrote is read back to score it. An image is done when its record exists: an interrupted run resumes at
-the first image without one, and the results do not depend on where it stopped. With `devices` > 1 (or under
+the run wrote is read back to score it; the records' per-image statistics, kept by reference, then give the
+bootstrap intervals of every key (`eomt_ood.bravo.intervals`, written under `meta`). An image is done when its
+record exists: an interrupted run resumes at the first image without one, and the results do not depend on
+where it stopped. With `devices` > 1 (or under
 `torchrun`) the images are shared out over processes by Lightning Fabric; each rank predicts and scores its
 share, the sums are all-reduced and rank 0 writes the results.
 
@@ -62,6 +64,9 @@ class EvaluateConfig:
     skip_unreadable: bool = (
         False  # an unreadable input image is left out (recorded) instead of failing the run
     )
+    bootstrap: int = 1000  # replicates of the bootstrap intervals (0 = off), `eomt_ood.bravo.intervals`
+    bootstrap_seed: int = 0
+    confidence_level: float = 0.95
     demo: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -474,8 +479,11 @@ def _write_store(
     totals: _Totals,
     accumulate: bool,
     bar: Any,
+    collector: Any = None,
 ) -> list[dict[str, Any]]:
-    """Gather `records` into the store (adding them to `totals` when `accumulate`); returns the report's rows."""
+    """Gather `records` into the store (adding them to `totals` when `accumulate`, and their per-image statistics
+    to `collector`, an `ImageCollector`, when given); returns the report's rows."""
+    from eomt_ood.bravo.intervals import image_key
     from eomt_ood.store import StoreWriter
 
     rows = []
@@ -485,6 +493,8 @@ def _write_store(
                 continue
             if accumulate:
                 totals.add(record)
+            if collector is not None and record.has_gt:
+                collector.add(image_key(record.relpath), record.subset, record.cm, record.sparse)
             store.add(record)
             rows.append(_row(record, config.confidences[0]))
             if new:
@@ -516,6 +526,7 @@ def check_inputs(config: EvaluateConfig) -> None:
         raise UserError("--confidence: give each score once (at least one)")
     if config.devices < 1:
         raise UserError(f"--devices: must be at least 1, got {config.devices}")
+    _settings(config).check()
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out}: exists and is not a folder")
@@ -594,9 +605,10 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             disable=not progress or ranks.rank != 0,
             file=sys.stderr,
         )
+        collector = _collector(config)
         with bar:
             if ranks.world == 1:
-                rows = _write_store(run, config, model_name, records, totals, True, bar)
+                rows = _write_store(run, config, model_name, records, totals, True, bar, collector)
             else:
                 for _, record, new in records:
                     if record is not None:
@@ -608,7 +620,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
                 if ranks.rank != 0:
                     return {}
                 everything = _in_order(run, plan.rels, [], lambda: iter(()))
-                rows = _write_store(run, config, model_name, everything, totals, False, bar)
+                rows = _write_store(run, config, model_name, everything, totals, False, bar, collector)
         timing.update(
             seconds=time.perf_counter() - start,
             images=len(plan.rels),
@@ -617,7 +629,9 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             ranks=ranks.world,
         )
         extra = {"token_merging": _token_merging_record(model, config)}
-        return _write_results(run, config, _model_record(model, config), totals, rows, timing, extra)
+        return _write_results(
+            run, config, _model_record(model, config), totals, rows, timing, extra, collector
+        )
 
 
 def _token_merging_record(model: Any, config: EvaluateConfig) -> dict[str, Any] | None:
@@ -639,10 +653,13 @@ def _write_results(
     rows: list,
     timing: dict,
     extra: dict | None = None,
+    collector: Any = None,
 ) -> dict[str, Any]:
     results = _results(config, totals, model)
     results["meta"]["inference"] = timing
     results["meta"].update(extra or {"token_merging": _token_merging_record(None, config)})
+    if collector is not None and config.gt is not None:
+        _add_intervals(results, config, collector)
     write_results(results, run.results_file)
     _write_report(run, config, model["name"] if model else "unknown model", results, totals, rows)
     return results
@@ -667,11 +684,38 @@ def gather_run(config: EvaluateConfig, timing: dict[str, Any] | None = None) -> 
         raise UserError(f"{run.record_file(missing[0])}: missing ({len(missing)} image(s) not finished)")
     model = _model_record(None, config)
     totals = _Totals(config.confidences)
+    collector = _collector(config)
     records = _in_order(run, rels, [], lambda: iter(()))
-    rows = _write_store(
-        run, config, model["name"] if model else "unknown model", records, totals, True, nullcontext()
-    )
-    return _write_results(run, config, model, totals, rows, timing or {})
+    name = model["name"] if model else "unknown model"
+    rows = _write_store(run, config, name, records, totals, True, nullcontext(), collector)
+    return _write_results(run, config, model, totals, rows, timing or {}, None, collector)
+
+
+def _settings(config: EvaluateConfig) -> Any:
+    from eomt_ood.bravo.intervals import Settings
+
+    return Settings(config.bootstrap, config.bootstrap_seed, config.confidence_level)
+
+
+def _collector(config: EvaluateConfig) -> Any:
+    """An `ImageCollector` of the run's per-image statistics when intervals are wanted (GT and --bootstrap)."""
+    from eomt_ood.bravo.intervals import ImageCollector
+
+    if config.gt is None or not _settings(config).enabled:
+        return None
+    return ImageCollector(config.confidences, source=str(RunDir(config.out).path))
+
+
+def _add_intervals(results: dict[str, Any], config: EvaluateConfig, collector: Any) -> None:
+    """Bootstrap intervals of every score block under `meta` (`meta.intervals`, `meta.bootstrap`)."""
+    from eomt_ood.bravo.intervals import block_intervals
+    from eomt_ood.bravo.rundir import attach_intervals, metric_blocks
+
+    blocks = metric_blocks(results)
+    named = dict(zip(config.confidences, blocks.values(), strict=True)) if len(blocks) == 1 else blocks
+    stats = {score: collector.statistics(score) for score in named}
+    intervals, meta = block_intervals(stats, named, _settings(config))
+    attach_intervals(results, intervals, meta)
 
 
 def _quiet(message: str) -> None:
@@ -725,6 +769,7 @@ def _results(config: EvaluateConfig, totals: _Totals, model: dict[str, Any] | No
         unscored_subsets=unscored,
         skip_unreadable=config.skip_unreadable,
         nan=NAN_NOTE,
+        statistics=RunDir(config.out).store_file.name if config.gt is not None else None,
     )
     return pack_results(blocks, meta) if config.gt is not None else {"meta": meta}
 
@@ -740,6 +785,8 @@ def _write_report(
     except ModuleNotFoundError as exc:  # plotly is optional where only the numbers are wanted (a GPU node)
         warn(f"{run.report_file}: not written ({exc.name} is not installed); the results are complete")
         return
+    from eomt_ood.bravo.rundir import intervals_of
+
     first = config.confidences[0]
     block = score_block(results, first)[1] if config.gt is not None else {}
     write_report(
@@ -749,6 +796,7 @@ def _write_report(
         rows,
         title=f"eomt-ood BRAVO evaluation: {model_name} ({first})",
         conf_histograms=totals.level_counts[first] or None,
+        intervals=intervals_of(results, first) if config.gt is not None else None,
     )
 
 
@@ -759,9 +807,10 @@ def summary_table(results: dict[str, Any], score: str | None = None) -> str:
     nothing, to read `auprc_ood` against.
     """
     from eomt_ood.bravo.layout import OOD_SUBSETS, SUBSETS
-    from eomt_ood.bravo.rundir import score_block
+    from eomt_ood.bravo.rundir import intervals_of, score_block
 
     score, block = score_block(results, score)
+    intervals = intervals_of(results, score)
     counts = results.get("meta", {}).get("subsets", {})
     columns = ("miou_valid", "ece_valid", "auroc_valid", "auprc_ood", "ood_px", "auroc_ood", "fpr95_ood")
     lines = [f"{'subset':<14}" + "".join(f"{c:>12}" for c in columns)]
@@ -778,5 +827,10 @@ def summary_table(results: dict[str, Any], score: str | None = None) -> str:
         lines.append(f"{subset:<14}" + "".join(cells))
     for key in ("semantic_hmean", "ood_hmean", "bravo_index"):
         if key in block:
-            lines.append(f"{key:<14}{block[key]:>12.4f}")
+            interval = intervals.get(key)
+            shown = f"  [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+            lines.append(f"{key:<14}{block[key]:>12.4f}{shown}")
+    if intervals:
+        level = results.get("meta", {}).get("bootstrap", {}).get("level", 0.95)
+        lines.append(f"[low, high]: {level:.0%} bootstrap interval over the test images (meta.intervals)")
     return f"{score}:\n" + "\n".join(lines) if score else "\n".join(lines)

@@ -11,7 +11,7 @@ runs over the same images use the same draws, and the interval of the per-replic
 run A differs from run B beyond image sampling (`paired_differences`).
 
 Input: per subset, an `eomt_ood.metrics.image_stats.ImageSetStatistics` (per-image confusion matrices and
-sparse level histograms, the storage format).
+sparse level histograms: the one per-image format of the records, the store and this module).
 
 Official pixel sample (``--samples``): nothing changes here. When the per-image histograms were counted on the
 sampled pixels and the confusion matrix on every V pixel (as the evaluator's per-image statistics are), the
@@ -47,7 +47,7 @@ from eomt_ood.metrics.histogram import (
     hmean,
     level_bin_edges,
 )
-from eomt_ood.metrics.image_stats import CATEGORIES, ImageSetStatistics, SparseHistograms
+from eomt_ood.metrics.image_stats import ImageSetStatistics
 from eomt_ood.metrics.segmentation import mean_iou
 
 SEMANTIC_METRICS = (
@@ -245,96 +245,99 @@ def _bin_starts(hists: list[np.ndarray], max_bins: int | None) -> tuple[np.ndarr
 
 
 def _below(
-    hist: SparseHistograms, starts: np.ndarray, ece_edges: np.ndarray | None = None
+    stats: ImageSetStatistics, starts: np.ndarray, ece_edges: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-image running counts at the K bin starts: (n, K + 1) float64, column j = pixels at levels below
-    ``starts[j]``, last column = all pixels. With ``ece_edges`` (E + 1 level edges), also (n, E) sums of
-    count * (2 level + 1) per edge bin (the ECE confidence sums, times 2 L).
+    """Per-image running counts at the K bin starts: (3, n, K + 1) float64 (first axis: the `COLUMNS` of the
+    counts), column j = pixels at levels below ``starts[j]``, last column = all pixels. With ``ece_edges``
+    (E + 1 level edges), also (n, E) sums of (correct + wrong) * (2 level + 1) per edge bin (the ECE confidence
+    sums, times 2 L).
 
     Every sweep of a replicate is a linear map of these (counts @ below), so no per-replicate cumulative sum
     is needed; all values are exact integers in float64 (far below 2**53). Each image's levels are sorted, so
-    a running sum and one binary search per bin start give them.
+    one binary search per image and a running sum give all three columns.
     """
-    n, k = hist.n_images, starts.shape[0]
-    below = np.zeros((n, k + 1))
+    n, k = stats.n_images, starts.shape[0]
+    below = np.zeros((3, n, k + 1))
     level_sums = np.zeros((n, ece_edges.shape[0] - 1)) if ece_edges is not None else None
     for i in range(n):
-        levels, counts = hist.row(i)
+        levels, counts = stats.row(i)
         if levels.size == 0:
             continue
         bounds = np.searchsorted(levels, starts, side="left")
-        sums = _segment_sums(counts, bounds)
-        below[i, 0] = counts[: bounds[0]].sum(dtype=np.float64)
-        np.cumsum(sums, out=below[i, 1:])
-        below[i, 1:] += below[i, 0]
+        first = counts[: bounds[0]].sum(axis=0, dtype=np.float64)
+        running = np.cumsum(_segment_sums(counts, bounds), axis=0)
+        running += first
+        below[:, i, 0] = first
+        below[:, i, 1:] = running.T
         if level_sums is not None and ece_edges is not None:
-            weighted = counts * (2.0 * levels + 1.0)
-            level_sums[i] = _segment_sums(weighted, np.searchsorted(levels, ece_edges[:-1], side="left"))
+            weighted = (counts[:, 0] + counts[:, 1]) * (2.0 * levels + 1.0)
+            edges = np.searchsorted(levels, ece_edges[:-1], side="left")
+            level_sums[i] = _segment_sums(weighted, edges)
     return below, level_sums
 
 
 def _segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """float64 sums of values[bounds[j]:bounds[j + 1]] (the last one to the end); empty segments give 0.
+    """float64 sums of values[bounds[j]:bounds[j + 1]] (the last one to the end) along the first axis; empty
+    segments give 0. values: (m,) or (m, c); returns (len(bounds),) or (len(bounds), c).
 
     bounds: non-decreasing. The non-empty segments tile values[bounds[0]:] in order, so one reduceat over
     their starts (strictly increasing, all inside the array) sums exactly them.
     """
     filled = np.append(bounds[1:], values.shape[0]) > bounds
-    sums = np.zeros(bounds.shape[0])
+    sums = np.zeros((bounds.shape[0], *values.shape[1:]))
     if filled.any():
-        sums[filled] = np.add.reduceat(values, bounds[filled], dtype=np.float64)
+        sums[filled] = np.add.reduceat(values, bounds[filled], axis=0, dtype=np.float64)
     return sums
 
 
-def _level_block(hists: list[SparseHistograms], lo: int, hi: int) -> np.ndarray:
-    """(n, hi - lo) float64 per-image counts at levels lo .. hi - 1, summed over `hists`."""
-    n = hists[0].n_images
+def _level_block(stats: ImageSetStatistics, columns: list[int], lo: int, hi: int) -> np.ndarray:
+    """(n, hi - lo) float64 per-image counts at levels lo .. hi - 1, summed over the count `columns`."""
+    n = stats.n_images
     width = hi - lo
-    block = np.zeros(n * width)
-    for hist in hists:
-        # Each image's levels in [lo, hi) are one contiguous run of its sorted row.
-        begin = np.empty(n, dtype=np.int64)
-        end = np.empty(n, dtype=np.int64)
-        for i in range(n):
-            start, stop = hist.offsets[i], hist.offsets[i + 1]
-            begin[i], end[i] = start + np.searchsorted(hist.levels[start:stop], [lo, hi], side="left")
-        sizes = end - begin
-        if sizes.sum() == 0:
-            continue
-        # Positions of all selected entries: begin[i] .. end[i] - 1 for every image, in one array.
-        row = np.repeat(np.arange(n), sizes)
-        entry = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes) + begin[row]
-        index = row * width + (hist.levels[entry].astype(np.int64) - lo)
-        block += np.bincount(index, weights=hist.counts[entry].astype(np.float64), minlength=n * width)
-    return block.reshape(n, width)
+    # Each image's levels in [lo, hi) are one contiguous run of its sorted row.
+    begin = np.empty(n, dtype=np.int64)
+    end = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        start, stop = stats.offsets[i], stats.offsets[i + 1]
+        begin[i], end[i] = start + np.searchsorted(stats.levels[start:stop], [lo, hi], side="left")
+    sizes = end - begin
+    if sizes.sum() == 0:
+        return np.zeros((n, width))
+    # Positions of all selected entries: begin[i] .. end[i] - 1 for every image, in one array.
+    row = np.repeat(np.arange(n), sizes)
+    entry = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes) + begin[row]
+    index = row * width + (stats.levels[entry].astype(np.int64) - lo)
+    weights = stats.counts[entry][:, columns].sum(axis=1, dtype=np.float64)
+    return np.bincount(index, weights=weights, minlength=n * width).reshape(n, width)
 
 
 def _refine_fpr95(
     curve: dict[str, np.ndarray],
     weights: np.ndarray,
     starts: np.ndarray,
-    hists: tuple[list[SparseHistograms], list[SparseHistograms]],
+    stats: ImageSetStatistics,
+    columns: tuple[list[int], list[int]],
     score_is_level: bool,
 ) -> np.ndarray:
     """Exact FPR95 of coarse-binned rows: re-sweep, level by level, each row's crossing bin.
 
     TPR is below 0.95 before a row's crossing bin and reaches it by the bin's end, so the full-resolution
     crossing level lies in that bin. Rows are grouped by crossing bin: one small product per bin and side.
-    weights: (b, n) image counts of the rows; hists: the per-image histograms summed into the positives and
-    into the negatives; score_is_level: the sweep runs from the highest level down (else from the lowest up).
+    weights: (b, n) image counts of the rows; columns: the count columns summed into the positives and into
+    the negatives; score_is_level: the sweep runs from the highest level down (else from the lowest up).
     """
     out = np.full(weights.shape[0], np.nan)
     ok = np.flatnonzero(~curve["bad"])
     if ok.size == 0:
         return out
     k = starts.shape[0]
-    ends = np.append(starts[1:], hists[0][0].num_levels)
+    ends = np.append(starts[1:], stats.num_levels)
     # Sweep position -> bin: a descending sweep visits the last bin first.
     bins = (k - 1 - curve["cross"][ok]) if score_is_level else curve["cross"][ok]
     lo, hi = int(starts[bins.min()]), int(ends[bins.max()])
     # (levels, n): per-image counts at every level of the span, one contiguous row per level.
-    pos_levels = np.ascontiguousarray(_level_block(hists[0], lo, hi).T)
-    neg_levels = np.ascontiguousarray(_level_block(hists[1], lo, hi).T)
+    pos_levels = np.ascontiguousarray(_level_block(stats, columns[0], lo, hi).T)
+    neg_levels = np.ascontiguousarray(_level_block(stats, columns[1], lo, hi).T)
     order = np.argsort(bins, kind="stable")
     rows, bins = ok[order], bins[order]
     sorted_weights = weights[rows]
@@ -404,12 +407,13 @@ def _subset_replicates(
     shift: bool = True,
 ) -> tuple[dict[str, float], dict[str, np.ndarray], int, bool]:
     """Point values, (B,) replicate values per key, number of level bins and whether they are lossless."""
-    pooled = {name: getattr(stats, name).pooled() for name in CATEGORIES}
+    table = stats.pooled()
+    pooled = {"correct": table[:, 0], "wrong": table[:, 1], "ood_pos": table[:, 2]}
     point = _point_metrics(stats.cm.sum(axis=0), pooled, semantic, ood)
     if not (semantic or ood):
         return point, {}, 0, True
     n_rep, n = counts.shape
-    num_levels = stats.correct.num_levels
+    num_levels = stats.num_levels
     weights = counts.astype(np.float64)
 
     # Bin on the histograms the sweeps use: correct and wrong apart for a semantic subset, the V total as the
@@ -423,8 +427,9 @@ def _subset_replicates(
     if semantic:
         # ECE bins are unions of whole level bins, so the ECE counts come from the same running counts.
         starts = np.union1d(starts, ece_edges[:-1])
-    correct, correct_levels = _below(stats.correct, starts, ece_edges if semantic else None)
-    wrong, wrong_levels = _below(stats.wrong, starts, ece_edges if semantic else None)
+    below, level_sum = _below(stats, starts, ece_edges if semantic else None)
+    correct, wrong, ood_pos = below[0], below[1], below[2]
+    del below
     valid = correct + wrong
 
     values: dict[str, np.ndarray] = {}
@@ -432,14 +437,12 @@ def _subset_replicates(
         classes = stats.cm.shape[1]
         cm = (weights @ stats.cm.reshape(n, -1).astype(np.float64)).reshape(n_rep, classes, classes)
         values["miou_valid"] = _miou_rows(cm)
-        assert correct_levels is not None and wrong_levels is not None  # asked for with ece_edges
+        assert level_sum is not None  # asked for with ece_edges
         at_edges = np.append(np.searchsorted(starts, ece_edges[:-1]), starts.shape[0])
         total, num_correct = np.diff(valid[:, at_edges]), np.diff(correct[:, at_edges])
-        level_sum = correct_levels + wrong_levels
         values["ece_valid"] = _ece_rows(
             weights @ total, weights @ num_correct, weights @ level_sum, num_levels
         )
-    ood_pos = _below(stats.ood_pos, starts)[0] if ood else None
 
     def sweeps(w: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """(tp, fp) in sweep order of each binary problem for the replicates with image counts w."""
@@ -459,11 +462,9 @@ def _subset_replicates(
         for name, (tp, fp) in sweeps(w).items():
             curve = _curve_rows(tp, fp, fpr95=name != "error")
             if not lossless and name == "success":
-                hists = ([stats.correct], [stats.wrong])
-                curve["fpr95"] = _refine_fpr95(curve, w, starts, hists, True)
+                curve["fpr95"] = _refine_fpr95(curve, w, starts, stats, ([0], [1]), True)
             if not lossless and name == "ood":
-                hists = ([stats.ood_pos], [stats.correct, stats.wrong])
-                curve["fpr95"] = _refine_fpr95(curve, w, starts, hists, False)
+                curve["fpr95"] = _refine_fpr95(curve, w, starts, stats, ([2], [0, 1]), False)
             parts[name].append(curve)
     sources = {
         "auroc_valid": ("success", "auroc"),
@@ -641,23 +642,27 @@ def percentile_intervals(replicates: Replicates, level: float = DEFAULT_LEVEL) -
 
 
 def paired_differences(a: Replicates, b: Replicates, level: float = DEFAULT_LEVEL) -> dict[str, Difference]:
-    """{key: Difference} of run a minus run b for every key, over the same resampled images.
+    """{key: Difference} of run a minus run b for every key both have, over the same resampled images.
 
-    Both runs must cover the same subsets with the same draws (the same seed and B over the same number of
-    images per subset, or the same `draws` passed in); else ValueError. The draws cannot tell whether the
-    images are the same and in the same order: the caller checks the image names (and restricts both runs to
-    the images they share, `ImageSetStatistics.take`) before pairing. A replicate where either run is
-    degenerate is left out.
+    Every subset both runs cover must have the same draws in both (the same seed and B over the same number
+    of images, or the same `draws` passed in); else ValueError. A subset only one run covers (e.g. one the other
+    left unscored) enters that run's summaries alone, as it does in the official values, so the summary
+    differences stay the official point differences. The draws cannot tell whether the images are the same
+    and in the same order: the caller checks the image names (and orders both runs alike) before pairing. A
+    replicate where either run is degenerate is left out.
     """
-    if list(a.draws) != list(b.draws):
-        raise ValueError(f"the runs cover different subsets: {list(a.draws)} vs {list(b.draws)}")
-    for name in a.draws:
+    shared = [name for name in a.draws if name in b.draws]
+    if not shared:
+        raise ValueError(f"the runs share no subset: {list(a.draws)} vs {list(b.draws)}")
+    for name in shared:
         if not np.array_equal(a.draws[name], b.draws[name]):
             raise ValueError(
                 f"subset {name}: the two runs were resampled with different draws; pairing needs the same"
             )
     out = {}
     for key, values in a.values.items():
+        if key not in b.values:
+            continue
         low, high, bad = _percentiles(values - b.values[key], level)
         excludes = bool(low > 0.0 or high < 0.0)
         out[key] = Difference(a.point[key] - b.point[key], low, high, excludes, bad)

@@ -69,6 +69,8 @@ def _meta_html(meta) -> str:
         return ""
     rows = []
     for key, value in meta.items():
+        if key == "intervals":  # shown with the metrics
+            continue
         text = value if isinstance(value, str) else json.dumps(value, default=str, allow_nan=True)
         if len(text) > 300:
             text = text[:300] + " …"
@@ -76,10 +78,16 @@ def _meta_html(meta) -> str:
     return f'<h2>Run</h2><table class="meta">{"".join(rows)}</table>'
 
 
-def _summary_html(results: Mapping) -> str:
+def _summary_html(results: Mapping, intervals: Mapping | None = None) -> str:
+    intervals = intervals or {}
+
+    def under(key: str) -> str:
+        iv = intervals.get(key)
+        return f'<div class="label">[{iv[0]:.4f}, {iv[1]:.4f}]</div>' if iv else ""
+
     cards = [
         f'<div class="card"><div class="label">{key}</div><div class="value">'
-        f"{plots.format_value(results[key])}</div></div>"
+        f"{plots.format_value(results[key])}</div>{under(key)}</div>"
         for key in plots.SUMMARY_KEYS
         if key in results
     ]
@@ -98,6 +106,7 @@ def build_report(
     title: str = "eomt-ood evaluation report",
     conf_histograms: Mapping[str, np.ndarray] | None = None,
     worst_count: int = 20,
+    intervals: Mapping[str, tuple[float, float]] | None = None,
 ) -> str:
     """The report as one HTML string (see `write_report`)."""
     results = dict(results or {})
@@ -108,9 +117,14 @@ def build_report(
     if has_gt:
         sections.append(
             _section(
-                "Metrics", plots.metrics_table(results) if plots.subsets_in(results) else None, "No metrics."
+                "Metrics",
+                plots.metrics_table(results, intervals) if plots.subsets_in(results) else None,
+                "No metrics.",
             )
         )
+        bars = plots.interval_bars(results, intervals) if intervals else None
+        if bars is not None:
+            sections.append(_section("Intervals", bars, ""))
         iou = plots.iou_heatmap(results)
         if iou is not None:
             sections.append(_section("IoU per class", iou, ""))
@@ -144,7 +158,7 @@ def build_report(
             '<p class="note">Nothing to show: no metrics, histograms or confidences were given.</p>'
         )
     note = "Metrics as in docs/metrics.md (pooled over each subset)."
-    return page(title, [written_note(note), _summary_html(results), *sections])
+    return page(title, [written_note(note), _summary_html(results, intervals), *sections])
 
 
 def write_report(
@@ -154,6 +168,7 @@ def write_report(
     per_image: Sequence[Mapping],
     title: str = "eomt-ood evaluation report",
     conf_histograms: Mapping[str, np.ndarray] | None = None,
+    intervals: Mapping[str, tuple[float, float]] | None = None,
 ) -> Path:
     """Write one self-contained HTML report to `path` (atomically) and return the path.
 
@@ -161,8 +176,11 @@ def write_report(
     histograms[subset]: `correct`, `wrong`, `ood_pos`, `ood_neg` (65536,) int64 counts per confidence level.
     per_image: rows with `subset`, `image`, `auprc_ood`, `fpr95_ood`, `miou`, `ece`, `num_valid`, `num_invalid`.
     conf_histograms[subset]: (L,) counts per confidence level, for runs without ground truth.
+    intervals: optional {key: (low, high)} bootstrap intervals (`meta.intervals`), shown with the values.
     """
-    text = build_report(results, histograms, per_image, title=title, conf_histograms=conf_histograms)
+    text = build_report(
+        results, histograms, per_image, title=title, conf_histograms=conf_histograms, intervals=intervals
+    )
     return write_text_atomic(path, text)
 
 
