@@ -459,8 +459,8 @@ def ddp_worker(rank: int, world: int, port: int, args: dict[str, Any], result: s
     from torch.nn.parallel import DistributedDataParallel
 
     from eomt_ood.models.registry import create_model
-    from eomt_ood.training.loss import MaskClassificationLoss
     from eomt_ood.training.config import OptimConfig
+    from eomt_ood.training.loss import MaskClassificationLoss
     from eomt_ood.training.optim import param_groups
 
     os.dup2(2, 1)  # gloo / NCCL log to stdout, which carries only the JSON
