@@ -132,6 +132,7 @@ class RunSummary:
     pretraining: str
     histograms: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     statistics_file: Path | None = None
+    results: dict[str, Any] = field(default_factory=dict)  # the whole results file (every score block)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     differences: dict[str, Any] = field(default_factory=dict)  # key -> bootstrap.Difference (run - first run)
 
@@ -184,6 +185,7 @@ def load_run(run_dir: str | Path, confidence: str | None = None) -> RunSummary:
         pretraining=pretraining,
         histograms=histograms,
         statistics_file=stats_file,
+        results=results,
     )
 
 
@@ -589,10 +591,7 @@ def paper_reference(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
     """The rows of the paper's Table E beside every score each run computed (`paper.table_e_rows`)."""
     from eomt_ood.reports import paper
 
-    entries = []
-    for run in runs:
-        results = json.loads((run.path / "results.json").read_text())
-        entries.append(paper.RunScores(run.label, run.model_name, paper.score_blocks(results)))
+    entries = [paper.RunScores(run.label, run.model_name, paper.score_blocks(run.results)) for run in runs]
     return paper.table_e_rows(entries)
 
 
