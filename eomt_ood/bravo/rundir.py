@@ -63,7 +63,11 @@ def load_results(path: str | Path, what: str = "results") -> dict[str, Any]:
 
 
 def write_results(results: Mapping[str, Any], out: str | Path) -> Path:
-    """Write a results dict as JSON (NaN as the bare token `NaN`), atomically."""
+    """Write a results dict as JSON (NaN as the bare token `NaN`), atomically; `meta.nan` (added when absent)
+    says so to readers whose JSON parser refuses the token."""
+    meta = results.get(META)
+    if isinstance(meta, Mapping) and "nan" not in meta:
+        results = {**results, META: {**meta, "nan": NAN_NOTE}}
     return write_text_atomic(out, json.dumps(results, indent=2, allow_nan=True) + "\n")
 
 
