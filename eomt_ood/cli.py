@@ -277,7 +277,9 @@ def score_command(
     """Score a raw BRAVO submission with the official metrics (bravo.md §4)."""
     from eomt_ood.bravo.rundir import write_results
     from eomt_ood.bravo.scoring import score_submission
+    from eomt_ood.io import check_output
 
+    check_output(out, "--out", [gt, submission, samples])
     names = [s.strip() for item in subsets or [] for s in item.split(",") if s.strip()] or None
     results = score_submission(gt, submission, subsets=names, samples=samples, workers=workers)
     write_results(results, out)
@@ -345,31 +347,51 @@ def app_command(
     raise typer.Exit(serve_explorer(resolve_run_dirs(run_dirs), port=port, host=host))
 
 
+# What an interrupted command keeps and how to go on (Ctrl-C); other commands write nothing until they finish.
+_RESUME_HINTS = {
+    "evaluate": "finished images are kept; run the same command again to resume",
+    "predict": "finished images are kept; run the same command again to resume",
+    "train": "the last checkpoint is kept; run the same command with --resume auto to continue",
+}
+
+
 def main() -> None:
-    """Console-script entry point: user errors become one line and exit code 2."""
+    """Console-script entry point: every failure is one line on stderr and a non-zero exit code.
+
+    A `UserError` exits 2, a usage error (unknown option, bad value, missing argument) exits 2 with click's
+    message on one line, Ctrl-C exits 130 with what was kept. The click command is run here rather than through
+    typer's runner, which would turn Ctrl-C into a silent exit code.
+    """
+    command = typer.main.get_command(app)
+    ctx = None
     try:
-        # Without standalone mode, click returns the code of a `typer.Exit` instead of exiting with it.
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
-            sys.exit(code)
+        with command.make_context("eomt-ood", sys.argv[1:]) as ctx:
+            command.invoke(ctx)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+        _fail(str(exc), UserError.exit_code)
     except KeyboardInterrupt:
-        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        name = getattr(ctx, "invoked_subcommand", None)
+        hint = _RESUME_HINTS.get(name or "")
+        _fail(f"interrupted{': ' + hint if hint else ''}", 130, prefix="")
     except Exception as exc:
-        # Usage errors (unknown option, missing argument) come from the click that typer vendors; they carry
-        # their own message printer and exit code.
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if isinstance(code, int) and (callable(show) or type(exc).__name__ == "Exit"):
-            if callable(show):
-                show()
+        # click (vendored by typer) signals exits and usage errors with exceptions that carry an exit code.
+        code = getattr(exc, "exit_code", None)
+        if not isinstance(code, int):
+            raise
+        if type(exc).__name__ in ("Exit", "NoArgsIsHelpError"):
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # type: ignore[attr-defined]
             sys.exit(code)
-        raise
+        if type(exc).__name__ == "Abort":
+            _fail("aborted", 130, prefix="")
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        where = getattr(getattr(exc, "ctx", None), "command_path", "eomt-ood")
+        _fail(f"{message.rstrip('.')} (see {where} --help)", code)
+
+
+def _fail(message: str, code: int, prefix: str = "error: ") -> None:
+    print(prefix + " ".join(message.split()), file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
