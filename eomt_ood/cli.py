@@ -107,6 +107,9 @@ def evaluate_command(
     skip_unreadable: bool = typer.Option(
         False, "--skip-unreadable", help="Leave out unreadable input images (recorded) instead of failing."
     ),
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Evaluate --model untrained, without --checkpoint (smoke tests only)."
+    ),
 ) -> None:
     """Run a model on BRAVO, write the submission, score it, and write results, store and report.
 
@@ -129,6 +132,7 @@ def evaluate_command(
         workers=workers,
         devices=devices,
         skip_unreadable=skip_unreadable,
+        random_weights=random_weights,
     )
     if root is None and checkpoint is None and model is None:
         if gt is not None:
@@ -190,8 +194,28 @@ def predict_command(
     token_merging: str = typer.Option(
         "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
     ),
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Run --model untrained, without --checkpoint (smoke tests only)."
+    ),
 ) -> None:
     """Windowed semantic inference: write a prediction and a confidence PNG for every input image."""
+    from eomt_ood.bravo.submission import check_layout, input_images
+    from eomt_ood.io import check_output
+
+    # Paths and flags first: no torch import for a typo.
+    check_output(output_dir, "--output", [input_dir, checkpoint], folder=True)
+    input_images(input_dir, output_dir)
+    check_layout(layout)
+    if checkpoint is not None and random_weights:
+        raise UserError("--random-weights: given with --checkpoint; choose one")
+    if checkpoint is None and not random_weights:
+        raise UserError(
+            f"--checkpoint: no weights given for {model}; pass --checkpoint FILE, or --random-weights to run it "
+            "untrained"
+        )
+    if checkpoint is not None and not checkpoint.exists():
+        raise UserError(f"--checkpoint: {checkpoint}: file not found")
+
     from eomt_ood.bravo.submission import predict_folder
     from eomt_ood.confidence import get_confidence
     from eomt_ood.inference.predict import parse_device, resolve_runtime
@@ -202,8 +226,6 @@ def predict_command(
     merging = parse_token_merging(token_merging)
     dtype, compiled = resolve_runtime(torch_device, precision, compile_model, merging is not None)
     get_confidence(confidence)
-    if not input_dir.is_dir():
-        raise UserError(f"--input: {input_dir}: folder not found")
     net = create_model(model, checkpoint=checkpoint)
     if merging is not None:
         enable_token_merging(net, merging)
