@@ -88,19 +88,30 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         raise UserError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from exc
 
 
-def _read_torch(path: Path) -> dict[str, Tensor]:
+def load_weights_only(path: str | Path, mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers, never a pickled object.
+
+    mmap: map the tensors instead of reading them (zip-format files; older files are read). Any failure is a
+    UserError naming the file; a file holding Python objects is "refused to unpickle" with the refused global.
+    """
     import warnings
+    import zipfile
 
     try:
         with warnings.catch_warnings():
             # torch warns (on stderr) about pickle protocols it does not expect before it refuses the file.
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            # weights_only refuses anything but tensors and plain containers: pickled objects never run.
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(
+                path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path)
+            )
     except Exception as exc:
         raise UserError(
             f"{path}: {_refusal(exc) or f'unreadable torch weights file ({_first_line(exc)})'}"
         ) from exc
+
+
+def _read_torch(path: Path) -> dict[str, Tensor]:
+    obj = load_weights_only(path)
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):  # Lightning .ckpt; Meta release files
             if isinstance(obj.get(wrapper), dict) and not all(isinstance(v, Tensor) for v in obj.values()):
