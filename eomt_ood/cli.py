@@ -33,7 +33,9 @@ def _root() -> None:
 
 @app.command("compare")
 def compare_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `eomt-ood evaluate`."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., metavar="RUN_DIR...", help="Run directories written by `eomt-ood evaluate`."
+    ),
     out: Path = typer.Option(..., "--out", help="Comparison report (HTML) to write."),
     csv_path: Path | None = typer.Option(
         None, "--csv", help="Also write the table as CSV (one row per run)."
@@ -252,8 +254,11 @@ def regress_command(
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline with the current values."),
 ) -> None:
     """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance."""
+    from eomt_ood.io import check_output
     from eomt_ood.regress import run_gate
 
+    if update:  # the baseline becomes an output
+        check_output(baseline, "--baseline", [results])
     patterns = [p.strip() for key in keys for p in key.split(",") if p.strip()]
     code, report = run_gate(baseline, results, patterns, tolerance, update)
     print(report)
