@@ -345,10 +345,14 @@ def train_command(
     """Train EoMT with the official recipe (Lightning; one or more GPUs/nodes, or CPU for tiny configs)."""
     from eomt_ood.config import load_config
     from eomt_ood.resources import find_config
-    from eomt_ood.training.config import TrainConfig
+    from eomt_ood.training.config import TrainConfig, check_paths
+
+    recipe = load_config(TrainConfig, find_config(config), sets)
+    check_paths(recipe, out, resume)  # before torch and Lightning are imported
+
     from eomt_ood.training.run import train
 
-    weights = train(load_config(TrainConfig, find_config(config), sets), resume=resume, out_dir=out)
+    weights = train(recipe, resume=resume, out_dir=out)
     print(f"trained -> {weights}")
 
 

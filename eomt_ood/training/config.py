@@ -139,3 +139,19 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def check_paths(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = None) -> None:
+    """The output folder and the files and folders a config names, checked before torch is even imported: a
+    `UserError` naming the option or key. `resume`: a checkpoint path, "auto" or None."""
+    from eomt_ood.errors import UserError
+    from eomt_ood.io import check_output
+
+    check_output(out_dir, "--out", [config.data.root], folder=True)
+    if config.model.checkpoint is not None and not Path(config.model.checkpoint).is_file():
+        raise UserError(f"model.checkpoint: {config.model.checkpoint} not found")
+    if not Path(config.data.root).exists():
+        raise UserError(f"data.root: {config.data.root}: folder not found")
+    if resume is not None and str(resume) != "auto" and not Path(resume).is_file():
+        kind = "a folder, not a checkpoint file" if Path(resume).is_dir() else "checkpoint not found"
+        raise UserError(f"--resume {resume}: {kind}")

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from eomt_ood.config import to_dict
 from eomt_ood.errors import UserError
-from eomt_ood.training.config import DataConfig, TrainConfig
+from eomt_ood.training.config import DataConfig, TrainConfig, check_paths
 from eomt_ood.training.module import EoMTTrainingModule, step_seed
 
 CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
@@ -275,18 +275,13 @@ def check_config(config: TrainConfig, out_dir: Path) -> None:
     """What `train` checks before it builds anything: the output folder, the model name and files, the data, the
     devices. Each problem is a `UserError` naming its config key or option."""
     from eomt_ood.data.cityscapes import CityscapesSemantic
-    from eomt_ood.io import check_output
     from eomt_ood.models import list_models
 
     m, d = config.model, config.data
-    check_output(out_dir, "--out", [d.root], folder=True)
+    check_paths(config, out_dir)
     if m.name not in list_models():
         raise UserError(f"model.name: unknown name {m.name!r}; available: {', '.join(list_models())}")
-    if m.checkpoint is not None and not Path(m.checkpoint).is_file():
-        raise UserError(f"model.checkpoint: {m.checkpoint} not found")
     world = check_devices(config.trainer)
-    if not Path(d.root).exists():
-        raise UserError(f"data.root: {d.root}: folder not found")
     # The file listing only (labels are read when training starts): is there a split, is the batch not too big.
     images = len(CityscapesSemantic(d.root, d.train_split, check_labels=False))
     StepSampler(images, d.batch_size, seed=0, world_size=world)
