@@ -38,7 +38,9 @@ _BOOTSTRAP_HELP = (
 @app.command("compare")
 def compare_command(
     run_dirs: list[Path] = typer.Argument(
-        ..., help="Run directories written by `eomt-ood evaluate` (or results JSON of `score --stats`)."
+        ...,
+        metavar="RUN_DIR...",
+        help="Run directories written by `eomt-ood evaluate` (or results JSON of `score --stats`).",
     ),
     out: Path = typer.Option(..., "--out", help="Comparison report (HTML) to write."),
     csv_path: Path | None = typer.Option(
@@ -127,6 +129,9 @@ def evaluate_command(
     bootstrap: int = typer.Option(1000, "--bootstrap", help=_BOOTSTRAP_HELP),
     bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
     confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Evaluate --model untrained, without --checkpoint (smoke tests only)."
+    ),
 ) -> None:
     """Run a model on BRAVO, write the submission, score it, and write results, store and report.
 
@@ -152,6 +157,7 @@ def evaluate_command(
         bootstrap=bootstrap,
         bootstrap_seed=bootstrap_seed,
         confidence_level=confidence_level,
+        random_weights=random_weights,
     )
     if root is None and checkpoint is None and model is None:
         if gt is not None:
@@ -213,8 +219,28 @@ def predict_command(
     token_merging: str = typer.Option(
         "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
     ),
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Run --model untrained, without --checkpoint (smoke tests only)."
+    ),
 ) -> None:
     """Windowed semantic inference: write a prediction and a confidence PNG for every input image."""
+    from eomt_ood.bravo.submission import check_layout, input_images
+    from eomt_ood.io import check_output
+
+    # Paths and flags first: no torch import for a typo.
+    check_output(output_dir, "--output", [input_dir, checkpoint], folder=True)
+    input_images(input_dir, output_dir)
+    check_layout(layout)
+    if checkpoint is not None and random_weights:
+        raise UserError("--random-weights: given with --checkpoint; choose one")
+    if checkpoint is None and not random_weights:
+        raise UserError(
+            f"--checkpoint: no weights given for {model}; pass --checkpoint FILE, or --random-weights to run it "
+            "untrained"
+        )
+    if checkpoint is not None and not checkpoint.exists():
+        raise UserError(f"--checkpoint: {checkpoint}: file not found")
+
     from eomt_ood.bravo.submission import predict_folder
     from eomt_ood.confidence import get_confidence
     from eomt_ood.inference.predict import parse_device, resolve_runtime
@@ -225,8 +251,6 @@ def predict_command(
     merging = parse_token_merging(token_merging)
     dtype, compiled = resolve_runtime(torch_device, precision, compile_model, merging is not None)
     get_confidence(confidence)
-    if not input_dir.is_dir():
-        raise UserError(f"--input: {input_dir}: folder not found")
     net = create_model(model, checkpoint=checkpoint)
     if merging is not None:
         enable_token_merging(net, merging)
@@ -273,8 +297,11 @@ def regress_command(
     """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance
     (and, with --significance, by more than image sampling explains)."""
     from eomt_ood.bravo.intervals import Settings
+    from eomt_ood.io import check_output
     from eomt_ood.regress import run_gate
 
+    if update:  # the baseline becomes an output
+        check_output(baseline, "--baseline", [results])
     patterns = [p.strip() for key in keys for p in key.split(",") if p.strip()]
     code, report = run_gate(
         baseline,
@@ -388,10 +415,14 @@ def train_command(
     """Train EoMT with the official recipe (Lightning; one or more GPUs/nodes, or CPU for tiny configs)."""
     from eomt_ood.config import load_config
     from eomt_ood.resources import find_config
-    from eomt_ood.training.config import TrainConfig
+    from eomt_ood.training.config import TrainConfig, check_paths
+
+    recipe = load_config(TrainConfig, find_config(config), sets)
+    check_paths(recipe, out, resume)  # before torch and Lightning are imported
+
     from eomt_ood.training.run import train
 
-    weights = train(load_config(TrainConfig, find_config(config), sets), resume=resume, out_dir=out)
+    weights = train(recipe, resume=resume, out_dir=out)
     print(f"trained -> {weights}")
 
 
@@ -417,31 +448,51 @@ def app_command(
     raise typer.Exit(serve_explorer(resolve_run_dirs(run_dirs), port=port, host=host))
 
 
+# What an interrupted command keeps and how to go on (Ctrl-C); other commands write nothing until they finish.
+_RESUME_HINTS = {
+    "evaluate": "finished images are kept; run the same command again to resume",
+    "predict": "finished images are kept; run the same command again to resume",
+    "train": "the last checkpoint is kept; run the same command with --resume auto to continue",
+}
+
+
 def main() -> None:
-    """Console-script entry point: user errors become one line and exit code 2."""
+    """Console-script entry point: every failure is one line on stderr and a non-zero exit code.
+
+    A `UserError` exits 2, a usage error (unknown option, bad value, missing argument) exits 2 with click's
+    message on one line, Ctrl-C exits 130 with what was kept. The click command is run here rather than through
+    typer's runner, which would turn Ctrl-C into a silent exit code.
+    """
+    command = typer.main.get_command(app)
+    ctx = None
     try:
-        # Without standalone mode, click returns the code of a `typer.Exit` instead of exiting with it.
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
-            sys.exit(code)
+        with command.make_context("eomt-ood", sys.argv[1:]) as ctx:
+            command.invoke(ctx)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+        _fail(str(exc), UserError.exit_code)
     except KeyboardInterrupt:
-        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        name = getattr(ctx, "invoked_subcommand", None)
+        hint = _RESUME_HINTS.get(name or "")
+        _fail(f"interrupted{': ' + hint if hint else ''}", 130, prefix="")
     except Exception as exc:
-        # Usage errors (unknown option, missing argument) come from the click that typer vendors; they carry
-        # their own message printer and exit code.
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if isinstance(code, int) and (callable(show) or type(exc).__name__ == "Exit"):
-            if callable(show):
-                show()
+        # click (vendored by typer) signals exits and usage errors with exceptions that carry an exit code.
+        code = getattr(exc, "exit_code", None)
+        if not isinstance(code, int):
+            raise
+        if type(exc).__name__ in ("Exit", "NoArgsIsHelpError"):
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # type: ignore[attr-defined]
             sys.exit(code)
-        raise
+        if type(exc).__name__ == "Abort":
+            _fail("aborted", 130, prefix="")
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        where = getattr(getattr(exc, "ctx", None), "command_path", "eomt-ood")
+        _fail(f"{message.rstrip('.')} (see {where} --help)", code)
+
+
+def _fail(message: str, code: int, prefix: str = "error: ") -> None:
+    print(prefix + " ".join(message.split()), file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

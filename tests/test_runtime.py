@@ -110,7 +110,7 @@ def test_cli_predict_new_flags(tmp_path, monkeypatch, capsys):
     from eomt_ood.data.png import read_png, write_png
 
     write_png(tmp_path / "in" / "a.png", torch.randint(0, 255, (40, 90, 3), dtype=torch.uint8).numpy())
-    common = ["--model", "eomt_test", "--input", str(tmp_path / "in")]
+    common = ["--model", "eomt_test", "--random-weights", "--input", str(tmp_path / "in")]
     args = ["--precision", "auto", "--no-compile", "--token-merging", "algm"]
     assert run_predict(monkeypatch, *common, "--output", str(tmp_path / "out"), *args) == 0
     assert read_png(tmp_path / "out" / "a_pred.png").shape == (40, 90)

@@ -172,14 +172,16 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_missing_pretrained_backbone_is_a_user_error(tmp_path):
-    config = tiny_config(tmp_path, f"model.pretrained_backbone={tmp_path / 'missing.pth'}")
+    root = write_scenes(tmp_path / "data", 2)
+    config = tiny_config(root, f"model.pretrained_backbone={tmp_path / 'missing.pth'}", "data.batch_size=1")
     with pytest.raises(UserError, match=r"model\.pretrained_backbone.*missing\.pth"):
         train(config, out_dir=tmp_path / "run")
 
 
 def test_resume_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
-        train(tiny_config(tmp_path), resume=tmp_path / "nope.ckpt", out_dir=tmp_path / "run")
+        config = tiny_config(write_scenes(tmp_path / "data", 2), "data.batch_size=1")
+        train(config, resume=tmp_path / "nope.ckpt", out_dir=tmp_path / "run")
 
 
 @pytest.mark.slow

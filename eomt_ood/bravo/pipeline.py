@@ -36,6 +36,7 @@ import numpy as np
 
 from eomt_ood.bravo.rundir import RunDir, pack_results, write_results
 from eomt_ood.errors import UserError
+from eomt_ood.io import check_output
 
 # What the files of a finished image depend on: resuming with other values would mix two runs in one folder.
 OUTPUT_SETTINGS = ("images_root", "model", "checkpoint", "confidences", "precision", "token_merging")
@@ -67,6 +68,7 @@ class EvaluateConfig:
     bootstrap: int = 1000  # replicates of the bootstrap intervals (0 = off), `eomt_ood.bravo.intervals`
     bootstrap_seed: int = 0
     confidence_level: float = 0.95
+    random_weights: bool = False  # `model` without a checkpoint: untrained, asked for explicitly
     demo: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -522,17 +524,39 @@ def check_inputs(config: EvaluateConfig) -> None:
         raise UserError(f"--samples: {config.samples}: sampling file not found")
     if config.checkpoint is not None and not Path(config.checkpoint).exists():
         raise UserError(f"--checkpoint: {config.checkpoint}: file not found")
+    if config.model is None and config.checkpoint is None:
+        raise UserError("--model or --checkpoint is needed (or neither, for the bundled demo)")
+    if config.random_weights and config.checkpoint is not None:
+        raise UserError("--random-weights: given with --checkpoint; choose one")
+    if config.model is not None and config.checkpoint is None and not config.random_weights:
+        raise UserError(
+            f"--checkpoint: no weights given for {config.model}; pass --checkpoint FILE, or --random-weights "
+            "to evaluate it untrained"
+        )
     if not config.confidences or len(set(config.confidences)) != len(config.confidences):
         raise UserError("--confidence: give each score once (at least one)")
     if config.devices < 1:
         raise UserError(f"--devices: must be at least 1, got {config.devices}")
     _settings(config).check()
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out: {out}: exists and is not a folder")
-    for source in (config.images_root, config.gt, config.samples, config.checkpoint):
-        if source is not None and Path(source).resolve() == out.resolve():
-            raise UserError(f"--out: {out} is also an input; choose another folder")
+    check_output(
+        config.out, "--out", (config.images_root, config.gt, config.samples, config.checkpoint), folder=True
+    )
+
+
+def check_options(config: EvaluateConfig) -> None:
+    """The named options (scores, precision, device, token merging, model name): checked before anything is
+    written. Needs torch, so it runs after the worker processes were forked."""
+    from eomt_ood.confidence import get_confidence
+    from eomt_ood.inference.predict import parse_device, parse_precision
+    from eomt_ood.models import list_models
+    from eomt_ood.models.algm import parse_token_merging
+
+    for score in config.confidences:
+        get_confidence(score)
+    parse_precision(config.precision, parse_device(config.device))
+    parse_token_merging(config.token_merging)
+    if config.model is not None and config.model not in list_models():
+        raise UserError(f"--model: unknown name {config.model!r}; available: {', '.join(list_models())}")
 
 
 def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
@@ -568,6 +592,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
     from eomt_ood.io import remove_stale_temporaries
 
     run = RunDir(config.out)
+    check_options(config)
     ranks = _Ranks.start(config)
     say = ranks.say if progress else _quiet
     with contextlib.ExitStack() as stack:
@@ -576,23 +601,24 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             stack.enter_context(open_tree(config.samples, "sampling file")) if config.samples else None
         )
         plan = _plan(config, run, gt_tree, samples_tree)
+        settings = to_dict(config)
         if ranks.rank == 0:
             stack.enter_context(run.lock("eomt-ood evaluate"))
-            settings = to_dict(config)
             run.check_resumable(settings, OUTPUT_SETTINGS)
-            run.write_config(settings)
-            remove_stale_temporaries(run.path)
         mine = plan.rels[ranks.rank :: ranks.world]
         unfinished = set(plan.todo)
         todo = [rel for rel in mine if rel in unfinished]
-        if len(plan.todo) < len(plan.rels):
-            say(f"resuming: {len(plan.rels) - len(plan.todo)} of {len(plan.rels)} images done")
         timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0}
         model = None
-        if todo:
+        if todo:  # loaded before anything is written: bad weights leave the folder as it was
             say(f"loading model {config.model or Path(str(config.checkpoint)).name} ...")
             model = _load_model(config, ranks.device(config))
             timing["startup_seconds"] = time.perf_counter() - start
+        if ranks.rank == 0:
+            run.write_config(settings)
+            remove_stale_temporaries(run.path, recursive=True)  # what writers killed mid-file left
+        if len(plan.todo) < len(plan.rels):
+            say(f"resuming: {len(plan.rels) - len(plan.todo)} of {len(plan.rels)} images done")
         model_name = _model_name(model, config)
         totals = _Totals(config.confidences)
         records = _in_order(
@@ -768,6 +794,7 @@ def _results(config: EvaluateConfig, totals: _Totals, model: dict[str, Any] | No
         confidences=list(config.confidences),
         unscored_subsets=unscored,
         skip_unreadable=config.skip_unreadable,
+        random_weights=config.random_weights,
         nan=NAN_NOTE,
         statistics=RunDir(config.out).store_file.name if config.gt is not None else None,
     )

@@ -65,7 +65,11 @@ def load_results(path: str | Path, what: str = "results") -> dict[str, Any]:
 
 
 def write_results(results: Mapping[str, Any], out: str | Path) -> Path:
-    """Write a results dict as JSON (NaN as the bare token `NaN`), atomically."""
+    """Write a results dict as JSON (NaN as the bare token `NaN`), atomically; `meta.nan` (added when absent)
+    says so to readers whose JSON parser refuses the token."""
+    meta = results.get(META)
+    if isinstance(meta, Mapping) and "nan" not in meta:
+        results = {**results, META: {**meta, "nan": NAN_NOTE}}
     return write_text_atomic(out, json.dumps(results, indent=2, allow_nan=True) + "\n")
 
 
@@ -342,9 +346,13 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self, command: str) -> Iterator[None]:
         """Hold an exclusive lock on the folder while `command` writes it; a second writer gets a `UserError`
-        naming the process that holds it. The lock dies with its process (flock), so a kill leaves none."""
+        naming the process that holds it. The lock dies with its process (flock), so a kill leaves none.
+
+        A folder this call created is removed again when the command fails before writing anything into it.
+        """
         import fcntl
 
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / ".lock"
         handle = path.open("a+")
@@ -361,7 +369,15 @@ class RunDir:
             handle.truncate()
             handle.write(f"pid {os.getpid()} ({command})\n")
             handle.flush()
-            yield
+            try:
+                yield
+            except BaseException:
+                if created and [p.name for p in self.path.iterdir()] == [".lock"]:
+                    path.unlink()  # still held: no other process can have taken it in between
+                    for folder in created:
+                        with contextlib.suppress(OSError):
+                            folder.rmdir()
+                raise
         finally:
             handle.close()
 

@@ -88,21 +88,30 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         raise UserError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from exc
 
 
-def _read_torch(path: Path) -> dict[str, Tensor]:
+def load_weights_only(path: str | Path, mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers, never a pickled object.
+
+    mmap: map the tensors instead of reading them (zip-format files; older files are read). Any failure is a
+    UserError naming the file; a file holding Python objects is "refused to unpickle" with the refused global.
+    """
+    import warnings
+    import zipfile
+
     try:
-        # weights_only refuses anything but tensors and plain containers: pickled objects never run.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (on stderr) about pickle protocols it does not expect before it refuses the file.
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(
+                path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path)
+            )
     except Exception as exc:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
-        # The line that matters names the refused global, e.g. "Unsupported global: GLOBAL argparse.Namespace".
-        refused = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), None)
-        if refused is not None:
-            refused = refused.split(" was not an allowed global")[0][:200]
-            raise UserError(
-                f"{path}: refused to unpickle: the file holds Python objects besides tensors ({refused}); "
-                "only weights-only files are loaded"
-            ) from exc
-        raise UserError(f"{path}: unreadable torch weights file ({_first_line(exc)})") from exc
+        raise UserError(
+            f"{path}: {_refusal(exc) or f'unreadable torch weights file ({_first_line(exc)})'}"
+        ) from exc
+
+
+def _read_torch(path: Path) -> dict[str, Tensor]:
+    obj = load_weights_only(path)
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):  # Lightning .ckpt; Meta release files
             if isinstance(obj.get(wrapper), dict) and not all(isinstance(v, Tensor) for v in obj.values()):
@@ -124,6 +133,29 @@ def _read_shards(index: Path) -> dict[str, Tensor]:
         shard = resolve_weights_file(index.parent / name)
         state |= _read_safetensors(shard)[0] if shard.suffix == ".safetensors" else _read_torch(shard)
     return state
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """What torch's weights-only unpickler refused, as the rest of a one-line message; None for other failures.
+
+    Its message spends several lines on the change of default in PyTorch 2.6; the line that matters names the
+    refused global ("Unsupported global: GLOBAL argparse.Namespace", "unsupported GLOBAL posix.system") or
+    opcode ("Unsupported operand 149").
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
+    found = re.search(r"unsupported global:? (GLOBAL )?([\w.]+)", text, re.IGNORECASE)
+    if found:
+        return (
+            f"refused to unpickle: the file holds Python objects besides tensors (GLOBAL {found.group(2)}); "
+            "only weights-only files are loaded"
+        )
+    found = re.search(r"Unsupported operand \d+|Unpickler error: *(\S[^\n]*)", text)
+    if found and "Weights only load failed" in text:
+        return (
+            f"unreadable torch weights file: not a weights-only file ({found.group(0).strip()[:80]}); "
+            "nothing in it was unpickled"
+        )
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from eomt_ood.config import at_least
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -37,8 +39,8 @@ class DataConfig:
     root: Path = Path("data/cityscapes")
     train_split: str = "train"
     val_split: str = "val"
-    batch_size: int = 4
-    num_workers: int = 4
+    batch_size: int = at_least(1, 4)
+    num_workers: int = at_least(0, 4)
     augmentation: Literal["eomt", "mask2former"] = "eomt"
     scale_range: tuple[float, float] = (0.5, 2.0)
     short_sides: tuple[int, ...] = ()
@@ -46,15 +48,15 @@ class DataConfig:
     crop_size: tuple[int, int] | None = None
     single_category_max_area: float = 1.0
     color_jitter: bool = True
-    val_max_images: int | None = None
-    val_micro_batch: int = 4
+    val_max_images: int | None = at_least(1, None)
+    val_micro_batch: int = at_least(1, 4)
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """Mask2Former loss (spec §4.3): point counts, importance sampling, weights (also the matching costs)."""
 
-    num_points: int = 12544
+    num_points: int = at_least(1, 12544)
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     mask_weight: float = 5.0
@@ -93,8 +95,8 @@ class ScheduleConfig:
     over backbone_warmup_steps. mask_annealing: derive the windows from the run's real T (else keep P_k = 1).
     """
 
-    head_warmup_steps: int = 500
-    backbone_warmup_steps: int = 1000
+    head_warmup_steps: int = at_least(0, 500)
+    backbone_warmup_steps: int = at_least(0, 1000)
     poly_power: float = 0.9
     mask_annealing: bool = True
 
@@ -110,21 +112,21 @@ class TrainerConfig:
     with its Adam moments is about 3.8 GB: 20 of them for the Cityscapes recipe). val_every_n_epochs: 0 turns
     validation off (and with it the best checkpoint)."""
 
-    epochs: int = 107
-    max_steps: int | None = None
+    epochs: int = at_least(1, 107)
+    max_steps: int | None = at_least(1, None)
     accelerator: str = "auto"
     devices: int | str = "auto"
-    num_nodes: int = 1
+    num_nodes: int = at_least(1, 1)
     strategy: str = "auto"
     precision: str = "16-mixed"
     sync_batchnorm: bool = False
-    accumulate_grad_batches: int = 1
+    accumulate_grad_batches: int = at_least(1, 1)
     seed: int = 0
     float32_matmul_precision: str = "medium"
     compile: bool | None = None
-    log_every_n_steps: int = 50
-    val_every_n_epochs: int = 1
-    checkpoint_every_n_steps: int = 1000
+    log_every_n_steps: int = at_least(1, 50)
+    val_every_n_epochs: int = at_least(0, 1)
+    checkpoint_every_n_steps: int = at_least(1, 1000)
     keep_checkpoints: Literal["last_and_best", "all"] = "last_and_best"
     progress_bar: bool = True
 
@@ -137,3 +139,19 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def check_paths(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = None) -> None:
+    """The output folder and the files and folders a config names, checked before torch is even imported: a
+    `UserError` naming the option or key. `resume`: a checkpoint path, "auto" or None."""
+    from eomt_ood.errors import UserError
+    from eomt_ood.io import check_output
+
+    check_output(out_dir, "--out", [config.data.root], folder=True)
+    if config.model.checkpoint is not None and not Path(config.model.checkpoint).is_file():
+        raise UserError(f"model.checkpoint: {config.model.checkpoint} not found")
+    if not Path(config.data.root).exists():
+        raise UserError(f"data.root: {config.data.root}: folder not found")
+    if resume is not None and str(resume) != "auto" and not Path(resume).is_file():
+        kind = "a folder, not a checkpoint file" if Path(resume).is_dir() else "checkpoint not found"
+        raise UserError(f"--resume {resume}: {kind}")
