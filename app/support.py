@@ -300,7 +300,7 @@ class Threshold:
 
 
 def tpr95_threshold(ood_pos: np.ndarray, ood_neg: np.ndarray) -> Threshold | None:
-    """Highest doubt threshold whose TPR reaches 95 % (the FPR95 point of bravo.md §4.3, ties pessimistic).
+    """Highest doubt threshold whose TPR reaches 95 % (the FPR95 point of docs/metrics.md §5, ties pessimistic).
 
     ood_pos / ood_neg: (65536,) counts of invalid / valid pixels **indexed by confidence level** (the store's
     histograms). Returns None when there are no positives or no negatives.

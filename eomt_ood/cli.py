@@ -330,7 +330,7 @@ def package_command(
         None, "--workers", min=0, help="Encoding processes (default min(cpus, 4); 0 or 1 = inline)."
     ),
 ) -> None:
-    """Encode a raw submission into the BRAVO upload tar (bravo.md §3.3-3.4)."""
+    """Encode a raw submission into the BRAVO upload tar (docs/formats.md §4.1, §4.2)."""
     from eomt_ood.bravo.upload import package_upload
     from eomt_ood.io import warn
 
@@ -361,7 +361,7 @@ def score_command(
         None, "--stats", help="Also write the per-image statistics (HDF5), for paired compare / regress."
     ),
 ) -> None:
-    """Score a raw BRAVO submission with the official metrics (bravo.md §4), with bootstrap intervals."""
+    """Score a raw BRAVO submission with the official metrics (docs/metrics.md), with bootstrap intervals."""
     from eomt_ood.bravo.intervals import Settings
     from eomt_ood.bravo.rundir import intervals_of, statistics_reference, write_results
     from eomt_ood.bravo.scoring import score_submission

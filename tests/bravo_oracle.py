@@ -1,4 +1,5 @@
-"""Test oracle: an independent, per-pixel transcription of the official BRAVO evaluator (bravo.md §2-§5).
+"""Test oracle: an independent, per-pixel transcription of the official BRAVO evaluator
+(docs/formats.md §1-§3, docs/metrics.md).
 
 It follows the official *old-format* algorithm (raw `_pred.png` / `_conf.png`, 100,000-pixel sampling with the
 legacy seed-1 RNG only for images with more than 100,000 non-void pixels) and, with `samples`, the production

@@ -188,7 +188,7 @@ def test_windowed_inference_path(fixture, request):
     image = (np.random.default_rng(0).random((64, 128, 3)) * 255).astype(np.uint8)
     out = predict.predict_image(model, image)
     assert out.class_scores.shape == (19, 64, 128) and out.prediction.shape == (64, 128)
-    # Oracle: two disjoint 64 x 64 windows, scored by hand (eomt.md §5.4).
+    # Oracle: two disjoint 64 x 64 windows, scored by hand (docs/models.md §3).
     x = torch.tensor(image).permute(2, 0, 1).float().div(255)
     with torch.no_grad():
         masks, classes = model(torch.stack([x[:, :, :64], x[:, :, 64:]]))

@@ -1,4 +1,4 @@
-"""BRAVO layout (bravo.md §2, §3.1): suffixes, strict matching, folder/tar reading and header-checked readers."""
+"""BRAVO layout (docs/formats.md §1, §2): suffixes, strict matching, folder/tar reading and header-checked readers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from eomt_ood.bravo.submission import raw_names
 from eomt_ood.data.png import encode_png
 from eomt_ood.errors import UserError
 
-# Examples written out from bravo.md §2.2 / §3.1 / §3.4 (independent of the suffix tables in the module).
+# Examples written out from docs/formats.md §1.2, §2, §4.2 (independent of the suffix tables in the module).
 EXAMPLES = [
     (
         "bravo_ACDC/fog/test/GOPR0475/GOPR0475_frame_000247_rgb_anon.png",
@@ -53,7 +53,8 @@ def test_names_follow_the_spec(image, base, label_suffix, mask_suffix, subset):
     found = bravo.subset_of_label(base + label_suffix)
     assert found is not None and found.subset == subset and found.base == base
     assert found.mask_name == base + mask_suffix
-    # The raw submission names come from the *input image* name (§3.1), the GT names from <base> (§2.2).
+    # The raw submission names come from the *input image* name (docs/formats.md §2), the GT names from <base>
+    # (docs/formats.md §1.2).
     assert (found.pred_name, found.conf_name) == raw_names(image)
     assert found.samples_name == base + "_samples.bin"
 

@@ -1,4 +1,4 @@
-"""`<base>_samples.bin` codec and the official sample rule (bravo.md §3.2, §5.2)."""
+"""`<base>_samples.bin` codec and the official sample rule (docs/formats.md §3, docs/metrics.md §10)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from eomt_ood.errors import UserError
 
 
 def _hand_encoded(indices: list[int]) -> bytes:
-    """The byte layout of §3.2 written out byte by byte (independent of the vectorised encoder)."""
+    """The byte layout of docs/formats.md §3 written out byte by byte (independent of the vectorised encoder)."""
     out = bytearray(len(indices).to_bytes(3, "little") + indices[0].to_bytes(3, "little"))
     for prev, cur in itertools.pairwise(indices):
         gap = cur - prev

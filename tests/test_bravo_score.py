@@ -37,7 +37,7 @@ def full_results(fixture):
 def test_fixture_equals_the_official_algorithm(fixture, full_results):
     expected = official_results(fixture.gt, fixture.submission)
     assert_results_equal(full_results, expected)
-    assert len(expected) == 62 + 12  # every subset present: the full key set of §4.8
+    assert len(expected) == 62 + 12  # every subset present: the full key set of docs/metrics.md §6
     assert list(full_results)[-1] == "meta"
     meta = full_results["meta"]
     assert meta["pixels"] == "all pixels" and meta["confidence_levels"] == 65536
@@ -115,7 +115,7 @@ def test_subset_selection(fixture):
     assert math.isnan(semantic_only["ood_hmean"]) and math.isnan(semantic_only["bravo_index"])
 
 
-# ------------------------------------------------------------------------------------------------ §6 by hand
+# ------------------------------------------------------------------------------ docs/metrics.md §13 by hand
 
 
 def _write_image(root: Path, base: str, split_suffixes, label, mask, pred, conf):
@@ -127,7 +127,7 @@ def _write_image(root: Path, base: str, split_suffixes, label, mask, pred, conf)
 
 
 def test_worked_example_of_the_spec(tmp_path):
-    # Semantic: 10 V pixels (§6), then 2 invalid and 4 void pixels whose pred/conf must not matter.
+    # Semantic: 10 V pixels (docs/metrics.md §13), then 2 invalid and 4 void pixels whose pred/conf must not matter.
     levels = [60000, 60000, 50000, 40000, 40000, 30000, 20000, 10000, 5000, 1000]
     right = [1, 0, 1, 1, 1, 0, 1, 0, 1, 0]
     _write_image(
@@ -139,7 +139,7 @@ def test_worked_example_of_the_spec(tmp_path):
         pred=[0 if r else 1 for r in right] + [1, 1, 5, 5, 5, 5],
         conf=[*levels, 65535, 0, 65535, 0, 3, 3],
     )
-    # OOD: six NV pixels a..f (§6) and two void pixels (SMIYC void 255 in both files).
+    # OOD: six NV pixels a..f (docs/metrics.md §13) and two void pixels (SMIYC void 255 in both files).
     _write_image(
         tmp_path,
         "bravo_SMIYC/RoadAnomaly21/images/x0000",

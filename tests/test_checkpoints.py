@@ -1,4 +1,4 @@
-"""Checkpoint formats, safety, error messages and the save/load round trip (docs/eomt.md §3)."""
+"""Checkpoint formats, safety, error messages and the save/load round trip (docs/models.md §5)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from eomt_ood.models.registry import load_model, save_checkpoint
 
 
 def official_large_cityscapes_state() -> dict[str, torch.Tensor]:
-    """Key names and shapes of the official EoMT-L Cityscapes file, typed in from docs/eomt.md §3.1 (meta tensors)."""
+    """Key names and shapes of the official EoMT-L Cityscapes file, typed in from docs/models.md §5.1
+    (meta tensors)."""
     meta = dict(device="meta")
     bb = "network.encoder.backbone."
     sd = {
@@ -75,7 +76,7 @@ def test_official_large_layout_maps_onto_registered_model():
     assert set(filtered) == set(ours)
     assert all(filtered[k].shape == ours[k].shape for k in ours)
     assert "criterion.empty_weight" in official  # the filter is pure: the input keeps its keys
-    # Parameter counts from docs/eomt.md §3.1: backbone 307.35 M, heads + queries 11.68 M.
+    # Parameter counts from docs/models.md §5.1: backbone 307.35 M, heads + queries 11.68 M.
     backbone = sum(v.numel() for k, v in filtered.items() if k.startswith("backbone."))
     heads = sum(
         v.numel() for k, v in filtered.items() if not k.startswith("backbone.") and k != "attn_mask_probs"

@@ -32,7 +32,7 @@ from eomt_ood.data.labels import (
 from eomt_ood.data.png import read_png, write_png
 from eomt_ood.errors import UserError
 
-# §4.1 of docs/eomt.md, typed in by hand: labelId -> trainId for the 19 evaluated classes.
+# docs/training.md §2, typed in by hand: labelId -> trainId for the 19 evaluated classes.
 DOC_MAPPING = {
     7: 0,
     8: 1,

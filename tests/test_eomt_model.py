@@ -1,4 +1,4 @@
-"""EoMT forward pass, token layout and masked attention on tiny models (docs/eomt.md §1)."""
+"""EoMT forward pass, token layout and masked attention on tiny models (docs/models.md §1)."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_missing_pretrained_backbone_names_timm_weights(tmp_path):
 
 
 def _pinv_kernel_resample(kernel: torch.Tensor, new: int) -> torch.Tensor:
-    """FlexiViT resize as described in docs/eomt.md §1.1: new = pinv(M^T) @ old, M's columns = resized one-hots."""
+    """FlexiViT resize as described in docs/models.md §2: new = pinv(M^T) @ old, M's columns = resized one-hots."""
     old = kernel.shape[-1]
     basis = torch.eye(old * old).reshape(old * old, 1, old, old)
     resized = torch.nn.functional.interpolate(basis, size=(new, new), mode="bicubic", antialias=True)

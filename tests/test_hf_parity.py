@@ -44,7 +44,7 @@ def make_hf(num_register_tokens: int = 2, use_swiglu_ffn: bool = False, hidden_s
                 param.copy_(1.0 + 0.3 * torch.randn_like(param))
             else:
                 param.add_(0.1 * torch.randn_like(param))
-        hf.attn_mask_probs.zero_()  # else HF builds masks in eval mode (docs/eomt.md §3.4)
+        hf.attn_mask_probs.zero_()  # else HF builds masks in eval mode (docs/models.md §5.1)
     return hf
 
 
@@ -61,7 +61,7 @@ def our_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_official(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF keys -> official tue-mps/eomt `network.*` keys (docs/eomt.md §3.1/§3.3), written independently."""
+    """HF keys -> official tue-mps/eomt `network.*` keys (docs/models.md §5.1), written independently."""
     bb = "network.encoder.backbone."
     out: dict[str, torch.Tensor] = {
         "network.encoder.pixel_mean": MEAN.clone(),

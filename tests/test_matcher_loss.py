@@ -1,4 +1,4 @@
-"""Matcher and loss against the transformers Mask2Former implementation (the recipe's reference, spec §4.3).
+"""Matcher and loss against the transformers Mask2Former implementation (the recipe's reference, docs/training.md §4).
 
 Oracle choice: both implementations draw their random points with `torch.rand` in the same order and shapes
 (per prediction set: one (1, N, 2) draw per image for matching, then (M, 3N, 2) candidates and (M, N/4, 2)

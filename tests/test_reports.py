@@ -20,10 +20,10 @@ def hist_of(levels, minlength=L) -> np.ndarray:
     return np.bincount(np.asarray(levels, dtype=np.int64), minlength=minlength)
 
 
-# bravo.md §6, OOD part: conf levels of six non-void pixels and which are invalid (the positives).
+# docs/metrics.md §13, OOD part: conf levels of six non-void pixels and which are invalid (the positives).
 OOD_LEVELS = np.array([65535, 50000, 50000, 20000, 10000, 0])
 OOD_INVALID = np.array([False, False, True, True, False, True])
-# bravo.md §6, semantic part: conf levels of ten valid pixels and which are correct.
+# docs/metrics.md §13, semantic part: conf levels of ten valid pixels and which are correct.
 SEM_LEVELS = np.array([60000, 60000, 50000, 40000, 40000, 30000, 20000, 10000, 5000, 1000])
 SEM_CORRECT = np.array([1, 0, 1, 1, 1, 0, 1, 0, 1, 0], dtype=bool)
 
@@ -136,7 +136,7 @@ def test_worked_example_curves_start_end_and_areas():
     assert (recall[0], precision[0], recall[-1]) == (0.0, 1.0, 1.0)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
     assert pr.line.shape == "vh"
-    # Step area of the drawn PR curve and trapezoid area of the drawn ROC: the hand-checked §6 values.
+    # Step area of the drawn PR curve and trapezoid area of the drawn ROC: the hand-checked docs/metrics.md §13 values.
     assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(34 / 45, abs=1e-15)
     assert np.trapezoid(tpr, fpr) == pytest.approx(13 / 18, abs=1e-15)
     assert "AUPRC 0.7556" in pr.name and "FPR95 0.6667" in roc.name
@@ -175,7 +175,7 @@ def test_thinned_curves_keep_their_ends_and_exact_legend(run):
 
 
 def test_reliability_bars_and_ece_title():
-    # bravo.md §6 semantic example: ECE = 16759/40960 by hand.
+    # docs/metrics.md §13 semantic example: ECE = 16759/40960 by hand.
     h = {"correct": hist_of(SEM_LEVELS[SEM_CORRECT]), "wrong": hist_of(SEM_LEVELS[~SEM_CORRECT])}
     fig = plots.reliability_diagrams({"ACDCfog": h, "SMIYC": h})
     titles = [a.text for a in fig.layout.annotations]

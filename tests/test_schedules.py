@@ -1,4 +1,4 @@
-"""Schedules against the spec's formulas and the official step table (eomt.md §2, §4.4, §4.5)."""
+"""Schedules against the spec's formulas and the official step table (docs/training.md §7, §5, §6)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_rnd_rounds_half_up():
 
 
 def test_official_cityscapes_windows():
-    # Table in §2: T = 19902, L2 = 4.
+    # Table in docs/training.md §7: T = 19902, L2 = 4.
     windows = annealing_windows(19902, 4)
     assert [s for s, _ in windows] == [3317, 6634, 9951, 13268]
     assert [e for _, e in windows] == [6634, 9951, 13268, 16585]

@@ -39,7 +39,7 @@ def _read(path: Path) -> np.ndarray:
         return np.array(img)
 
 
-# Suffixes written out from bravo.md §2.2 and §3.1.
+# Suffixes written out from docs/formats.md §1.2, §2.
 SUFFIXES = {
     "ACDC": ("_gt_labelTrainIds.png", "_gt_invIds.png", "_rgb_anon_pred.png", "_rgb_anon_conf.png"),
     "SMIYC": ("_labels_semantic_fake.png", "_labels_semantic.png", "_pred.png", "_conf.png"),
@@ -82,7 +82,9 @@ def test_layout_and_content(fixture):
         assert per_level.max() >= 50 and per_level[65535] > 0 and per_level[0] > 0
         if subset == "SMIYC":
             assert set(np.unique(mask)) == {0, 1, 255}
-            assert ((mask == 255) & nonvoid).any()  # SMIYC void in the mask = OOD positive (§2.2)
+            assert (
+                (mask == 255) & nonvoid
+            ).any()  # SMIYC void in the mask = OOD positive (docs/formats.md §1.2)
         if subset in ("SMIYC", "synobjs"):
             # OOD-ness is informative but imperfect: invalid pixels are less confident on average, not always.
             assert conf[invalid].mean() < conf[valid].mean()

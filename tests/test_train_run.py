@@ -225,7 +225,7 @@ def test_tiny_model_overfits_synthetic_scenes(tmp_path):
 
 
 def test_official_step_counts():
-    # 2975 Cityscapes train images, 107 epochs (eomt.md §4.6): 4 GPUs x 4 (padded sampler) and 1 x 16.
+    # 2975 Cityscapes train images, 107 epochs (docs/training.md §8): 4 GPUs x 4 (padded sampler) and 1 x 16.
     assert StepSampler(2975, 4, seed=0, rank=0, world_size=4).steps_per_epoch * 107 == 19902
     assert StepSampler(2975, 16, seed=0).steps_per_epoch * 107 == 19795
 

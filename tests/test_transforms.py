@@ -1,4 +1,4 @@
-"""The training augmentation of docs/eomt.md §4.2 (`TrainTransform`)."""
+"""The training augmentation of docs/training.md §3 (`TrainTransform`)."""
 
 from __future__ import annotations
 

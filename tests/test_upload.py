@@ -19,7 +19,7 @@ from eomt_ood.bravo.upload import decode_encoded, encode_image, package_upload, 
 from eomt_ood.data.png import write_png
 from eomt_ood.errors import UserError
 
-# (input image path, GT base, shape): one image of each naming family of bravo.md §3.1, with a space in a folder.
+# (input image path, GT base, shape): one image of each naming family of docs/formats.md §2, with a space in a folder.
 IMAGES = [
     (
         "bravo_ACDC/fog/test/GOPR0475/GOPR0475_frame_000247_rgb_anon.png",
@@ -70,7 +70,7 @@ def test_encoded_bytes_follow_the_layout():
     conf = rng.integers(0, 65536, (7, 9), dtype=np.uint16)
     idx = np.array([0, 3, 4, 40, 62])
     data = encode_image(pred, conf, idx)
-    # Independent reading of bravo.md §3.3 with plain int.from_bytes.
+    # Independent reading of docs/formats.md §4.1 with plain int.from_bytes.
     fields = [int.from_bytes(data[o : o + 4], "little") for o in range(4, 28, 4)]
     assert data[:4] == b"BV23"
     assert fields == [2, 7, 9, 5, 63, 10]
@@ -82,7 +82,7 @@ def test_encoded_bytes_follow_the_layout():
     assert decompressor.unused_data == b""  # a single frame
     assert raw[:63] == pred.tobytes()
     assert raw[63:] == b"".join(int(conf.flat[i]).to_bytes(2, "little") for i in idx)
-    # The documented one-shot call gives the same frame (bravo.md §3.3: byte-identical to the official encoder).
+    # The documented one-shot call gives the same frame (docs/formats.md §4.1: byte-identical to the official encoder).
     assert payload == zstandard.ZstdCompressor(level=9).compress(raw)
 
 

@@ -22,9 +22,9 @@ from eomt_ood.inference.windows import (
 @pytest.mark.parametrize(
     ("height", "width", "side", "resized", "starts"),
     [
-        (1024, 2048, 1024, (1024, 2048), [0, 1024]),  # eomt.md §5: Cityscapes, no overlap
-        (1024, 2500, 1024, (1024, 2500), [0, 738, 1476]),  # eomt.md §5: overlap o = 286
-        (720, 1280, 1024, (1024, 1820), [0, 796]),  # eomt.md §5: f = 1.4222
+        (1024, 2048, 1024, (1024, 2048), [0, 1024]),  # docs/models.md §3: Cityscapes, no overlap
+        (1024, 2500, 1024, (1024, 2500), [0, 738, 1476]),  # docs/models.md §3: overlap o = 286
+        (720, 1280, 1024, (1024, 1820), [0, 796]),  # docs/models.md §3: f = 1.4222
         (2048, 1024, 1024, (2048, 1024), [0, 1024]),  # portrait: windows run down the height
         (1500, 1000, 1024, (1536, 1024), [0, 512]),
         (100, 50, 64, (128, 64), [0, 64]),  # smaller than S: upscaled

@@ -1,4 +1,4 @@
-"""A small, deterministic BRAVO fixture: GT tree, raw submission tree and sampling tar (`bravo.md` §2, §3).
+"""A small, deterministic BRAVO fixture: GT tree, raw submission tree and sampling tar (docs/formats.md §1, §2).
 
 `make_fixture(out, seed)` writes
 
@@ -109,7 +109,7 @@ def _ground_truth(rng: np.random.Generator, split: str) -> tuple[np.ndarray, np.
         mask[_ellipse(rng, 12, 30)] = 255  # the inpainted object
     elif split == "SMIYC":
         mask[_ellipse(rng, 10, 28)] = 1  # the anomaly
-        # SMIYC's own void (255) counts as OOD positive except where the fake label is void too (§2.2).
+        # SMIYC's own void (255) counts as OOD positive except where the fake label is void too (docs/formats.md §1.2).
         y0 = int(rng.integers(HEIGHT - 30, HEIGHT - 16))
         mask[y0:, : WIDTH // 2] = 255
     elif split == "outofcontext":

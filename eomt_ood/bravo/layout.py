@@ -1,12 +1,12 @@
-"""The BRAVO layout (`bravo.md` §2, §3.1): subsets, file suffixes, strict file matching and checked PNG readers.
+"""The BRAVO layout (docs/formats.md §1, §2): subsets, file suffixes, strict file matching and checked PNG readers.
 
 A *tree* is a folder or a tar (plain, gzip, bz2 or xz) whose files are named by relative POSIX paths such as
 `bravo_synobjs/polar bear/4_gt.png` (a leading `./` in tar member names is stripped). `open_tree` lists it once;
 `MemberRef` points at one file's bytes so that worker processes can read it without re-listing the tree.
 
-File matching follows the product rule of §2.4: a GT label belongs to split type T when its path starts with
-`bravo_T/` and ends with T's label suffix (ACDC also needs `fog|night|rain|snow` as the second component); every
-other name is derived from `<base>` = label path minus the label suffix and must exist exactly.
+File matching follows the product rule of docs/formats.md §1.3: a GT label belongs to split type T when its path
+starts with `bravo_T/` and ends with T's label suffix (ACDC also needs `fog|night|rain|snow` as the second
+component); every other name is derived from `<base>` = label path minus the label suffix and must exist exactly.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from eomt_ood.data.png import decode_png, png_header
 from eomt_ood.errors import UserError
 
-# Official subset order: the order of the keys in the results file (§4.8).
+# Official subset order: the order of the keys in the results file (docs/metrics.md §6).
 SUBSETS = (
     "ACDCfog",
     "ACDCrain",
@@ -55,11 +55,11 @@ SUBSET_SPLIT: dict[str, tuple[str, str | None]] = {
     "outofcontext": ("outofcontext", None),
 }
 
-# §4.7: which subsets report the semantic (`*_valid`) and the OOD (`*_ood`) metrics.
+# docs/metrics.md §8: which subsets report the semantic (`*_valid`) and the OOD (`*_ood`) metrics.
 SEMANTIC_SUBSETS = frozenset(s for s in SUBSETS if s != "SMIYC")
 OOD_SUBSETS = frozenset({"SMIYC", "synobjs"})
 
-# §2.2 GT suffixes and §3.1 raw-submission suffixes, per split type.
+# docs/formats.md §1.2 GT suffixes and docs/formats.md §2 raw-submission suffixes, per split type.
 LABEL_SUFFIX = {
     "ACDC": "_gt_labelTrainIds.png",
     "outofcontext": "_gt_labelTrainIds.png",
@@ -300,7 +300,8 @@ def gt_image_of_input(rel: str) -> GtImage | None:
 
 
 def subset_of_label(name: str) -> GtImage | None:
-    """The `GtImage` whose label file is `name`, or None if `name` is no label file (§2.4, product rule)."""
+    """The `GtImage` whose label file is `name`, or None if `name` is no label file (product rule,
+    docs/formats.md §1.3)."""
     parts = name.split("/")
     if len(parts) < 2 or not parts[0].startswith("bravo_"):
         return None
@@ -373,7 +374,8 @@ def read_label(data: bytes, name: str) -> np.ndarray:
 
 
 def read_mask(data: bytes, name: str) -> np.ndarray:
-    """GT mask as (H, W) bool, True = invalid (any non-zero value, §2.2); 1/2/4/8-bit grayscale accepted."""
+    """GT mask as (H, W) bool, True = invalid (any non-zero value, docs/formats.md §1.2); 1/2/4/8-bit grayscale
+    accepted."""
     _require(data, name, "a GT mask", (1, 2, 4, 8))
     return decode_png(data, name) != 0
 

@@ -1,4 +1,5 @@
-"""The official per-image pixel sample and its file format `<base>_samples.bin` (`bravo.md` §3.2, §5.2).
+"""The official per-image pixel sample and its file format `<base>_samples.bin`
+(docs/formats.md §3, docs/metrics.md §10).
 
 A sample is a sorted array of flat, row-major pixel indices (int64, strictly increasing, all non-void). On disk it
 is one zstd frame (level 9, content size in the header) of: n (3 bytes LE), the first index (3 bytes LE), then

@@ -163,12 +163,12 @@ def image_statistics(
     pred_name: str = "pred",
     sample_name: str = "sample",
 ) -> ImageStatistics:
-    """Confusion matrix and level histograms of one image (`bravo.md` §4.1).
+    """Confusion matrix and level histograms of one image (docs/metrics.md §4).
 
     label: (H, W) uint8 train ids, 255 = void. mask: (H, W), non-zero = invalid. pred: (H, W) uint8 train ids.
     conf_levels: (H, W) uint16 confidence levels, higher = more in-distribution. sample_idx: optional sorted
-    flat indices (the official sample, §5.2); then the histograms use only sampled pixels while the confusion
-    matrix still uses every V pixel. Bad values raise `UserError` naming `label_name` / `pred_name` /
+    flat indices (the official sample, docs/metrics.md §10); then the histograms use only sampled pixels while the
+    confusion matrix still uses every V pixel. Bad values raise `UserError` naming `label_name` / `pred_name` /
     `sample_name`: a label outside 0..18 and 255, a pred > 18, a sample outside the image or on void.
     """
     shape = label.shape
@@ -470,7 +470,8 @@ class Scorer:
 
 
 def subset_metrics(subset: str, totals: ImageStatistics) -> dict[str, float | list[float]]:
-    """The official metrics of one subset (keys without the `<subset>_` prefix, official order, §4.7/§4.8).
+    """The official metrics of one subset (keys without the `<subset>_` prefix, official order,
+    docs/metrics.md §6, §8).
 
     Degenerate data (no correct or no wrong V pixel for a semantic subset, no I or no V pixel for an OOD subset)
     is a `UserError` naming the subset, never a made-up number.

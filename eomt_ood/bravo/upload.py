@@ -1,4 +1,4 @@
-"""The encoded BRAVO upload (`bravo.md` §3.3-§3.4): `<base>_encoded.bin` per GT image, packed into one tar.
+"""The encoded BRAVO upload (docs/formats.md §4.1, §4.2): `<base>_encoded.bin` per GT image, packed into one tar.
 
 An encoded image holds every pixel's class and the confidences of the official pixel sample only (the indices
 of `<base>_samples.bin` in `bravo_SAMPLING.tar`). Layout, all integers unsigned little-endian:
@@ -122,7 +122,9 @@ def gt_image_of_base(base: str, name: str) -> GtImage:
     split = base.split("/", 1)[0].removeprefix("bravo_")
     image = subset_of_label(base + LABEL_SUFFIX[split]) if split in LABEL_SUFFIX else None
     if image is None:
-        raise UserError(f"{name}: not a BRAVO image path (expected bravo_<split>/..., see bravo.md §2.1)")
+        raise UserError(
+            f"{name}: not a BRAVO image path (expected bravo_<split>/..., see docs/formats.md §1.1)"
+        )
     return image
 
 

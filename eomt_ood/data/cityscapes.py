@@ -1,4 +1,4 @@
-"""Cityscapes semantic segmentation as mask targets (docs/eomt.md §4.1), from folders or the official zips.
+"""Cityscapes semantic segmentation as mask targets (docs/training.md §2), from folders or the official zips.
 
 Accepted roots (checked in this order):
 
@@ -10,10 +10,10 @@ Accepted roots (checked in this order):
 Labels: labelIds are mapped to trainIds with `LABEL_TO_TRAIN`; a labelTrainIds PNG is used as-is (values other
 than 0..18 become 255), which gives the same result. When both exist, labelIds wins.
 
-Skipping (§4.1): an image whose label PNG is constant (min == max), or whose present trainIds are all ignored, is
-left out. This is decided once, at construction, by decoding every label PNG (grayscale PNGs decode quickly: the
-2975 Cityscapes train labels take tens of seconds on one core); `check_labels=False` skips the scan and keeps
-every image, for callers that know their data is clean.
+Skipping (docs/training.md §2): an image whose label PNG is constant (min == max), or whose present trainIds are
+all ignored, is left out. This is decided once, at construction, by decoding every label PNG (grayscale PNGs
+decode quickly: the 2975 Cityscapes train labels take tens of seconds on one core); `check_labels=False` skips
+the scan and keeps every image, for callers that know their data is clean.
 
 Zip handles are opened lazily and re-opened in each process (a handle inherited through fork shares one file
 offset between workers and corrupts reads), and they are dropped when the dataset is pickled for spawned workers.
@@ -233,7 +233,7 @@ def masks_from_train_ids(train_ids: np.ndarray | torch.Tensor) -> Target:
 
 
 def semantic_target(target: Target, shape: Sequence[int] | None = None) -> torch.Tensor:
-    """Evaluation target: (H, W) uint8 filled with 255, each mask's pixels set to its trainId (§4.1).
+    """Evaluation target: (H, W) uint8 filled with 255, each mask's pixels set to its trainId (docs/training.md §2).
 
     `shape` (H, W) defaults to the masks' spatial size and must match it when given (needed when K == 0).
     Later masks overwrite earlier ones where they overlap (they do not overlap for semantic targets).

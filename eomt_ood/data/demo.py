@@ -12,7 +12,7 @@ Every BRAVO subset type gets its own kind of shift, applied to procedural street
   scikit-image logo cut from its white background). They are the OOD positives. SMIYC inputs are JPEGs and its masks use 0 / 1 / 255.
 
 `write_demo(out_dir)` writes `out_dir/images/bravo_*/...` (the input tree) and `out_dir/gt/bravo_*/...` (the
-official ground-truth layout, `bravo.md` §2.2). The same seed gives byte-identical files.
+official ground-truth layout, docs/formats.md §1.2). The same seed gives byte-identical files.
 """
 
 from __future__ import annotations

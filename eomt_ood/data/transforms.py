@@ -1,6 +1,6 @@
 """Training augmentations for semantic masks: EoMT's (`TrainTransform`) and Mask2Former's (`ShortSideCropTransform`).
 
-EoMT (docs/eomt.md §4.2), in the code's order:
+EoMT (docs/training.md §3), in the code's order:
 
 1. colour jitter (Mask2Former/SSD style, on the uint8 image only);
 2. horizontal flip, p = 0.5;

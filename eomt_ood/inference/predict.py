@@ -95,7 +95,7 @@ def resolve_runtime(
 def prepare_model(
     model: nn.Module, device: str | torch.device = "cpu", compile: bool | None = None
 ) -> nn.Module:
-    """Put a model in inference mode: eval, masked attention off (`eomt.md` §1.5), on `device`.
+    """Put a model in inference mode: eval, masked attention off (docs/models.md §1), on `device`.
 
     compile: `torch.compile` the forward in place (None: see `resolve_runtime`). The first forward of each
     input shape then pays the compilation; outputs agree with eager to float tolerance.

@@ -1,4 +1,4 @@
-"""Pure crop / stitch helpers for EoMT's windowed semantic inference (`eomt.md` §5).
+"""Pure crop / stitch helpers for EoMT's windowed semantic inference (docs/models.md §3).
 
 An image is resized so its short side is the model's input side S, cut into S x S windows along its long side
 only (the official window formula, identical in the transformers port), and the per-window score maps are
@@ -55,7 +55,7 @@ def window_counts(length: int, side: int) -> torch.Tensor:
 
 
 def resize_image(image: np.ndarray, side: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H', W', 3) uint8 with the short side = `side`, PIL bilinear on uint8 (eomt.md §5.1).
+    """(H, W, 3) uint8 -> (H', W', 3) uint8 with the short side = `side`, PIL bilinear on uint8 (docs/models.md §3).
 
     Returns the input unchanged when it already has the right size.
     """

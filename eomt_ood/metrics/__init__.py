@@ -1,4 +1,4 @@
-"""Metrics: binary histograms (AUROC/AUPRC/FPR95/ECE) and segmentation confusion/IoU (bravo.md §4).
+"""Metrics: binary histograms (AUROC/AUPRC/FPR95/ECE) and segmentation confusion/IoU (docs/metrics.md).
 
 `histogram` and `segmentation` are numpy only; `streaming` holds the torchmetrics classes (`BinaryHistogram`,
 `ConfusionMatrix`) and is imported on first use, so scoring never pays for importing torch.

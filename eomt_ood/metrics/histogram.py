@@ -1,4 +1,4 @@
-"""Binary-score metrics computed from level histograms: AUROC, AUPRC, FPR95, ECE (bravo.md §4.3-§4.5).
+"""Binary-score metrics computed from level histograms: AUROC, AUPRC, FPR95, ECE (docs/metrics.md §5, §6, §7).
 
 A score is quantised to an integer *level* in ``0 .. num_levels - 1`` (BRAVO: the 16-bit conf level). The data of
 a binary problem is then two count arrays, ``pos[k]`` and ``neg[k]``: how many positive and negative pixels sit
@@ -77,7 +77,7 @@ def _sweep(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 
 
 def curve_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
-    """AUROC, AUPRC and FPR95 of a histogram pair, exactly as bravo.md §4.3.
+    """AUROC, AUPRC and FPR95 of a histogram pair, exactly as docs/metrics.md §5.
 
     pos, neg: (L,) integer counts per score level; a **higher level = more likely positive**; all pixels of a
     level form one threshold (ties enter together).
@@ -139,7 +139,7 @@ def curves(pos: np.ndarray, neg: np.ndarray, max_points: int | None = None) -> d
 
 
 def level_bin_edges(num_levels: int = NUM_LEVELS, n_bins: int = 15) -> np.ndarray:
-    """(n_bins + 1,) int64 level boundaries ``round(linspace(0, num_levels, n_bins + 1))`` (bravo.md §4.5).
+    """(n_bins + 1,) int64 level boundaries ``round(linspace(0, num_levels, n_bins + 1))`` (docs/metrics.md §7).
 
     Bin b holds levels ``edges[b] .. edges[b + 1] - 1``. With ``c[k] = (k + 0.5) / num_levels`` this is the same
     as binning c into [b / n_bins, (b + 1) / n_bins) for 65536 levels and 15 bins.
@@ -166,7 +166,7 @@ def _bin_sums(correct: np.ndarray, wrong: np.ndarray, n_bins: int) -> tuple[np.n
 
 
 def reliability(correct: np.ndarray, wrong: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
-    """Reliability-diagram data: per-bin mean confidence, accuracy and pixel count (bravo.md §4.5 binning).
+    """Reliability-diagram data: per-bin mean confidence, accuracy and pixel count (docs/metrics.md §7 binning).
 
     correct, wrong: (L,) integer counts per confidence level (level k = confidence (k + 0.5) / L).
     Returns (n_bins,) arrays: ``lower`` / ``upper`` (bin confidence edges, edges / L), ``confidence`` (mean
@@ -188,7 +188,7 @@ def reliability(correct: np.ndarray, wrong: np.ndarray, n_bins: int = 15) -> dic
 
 
 def ece(correct: np.ndarray, wrong: np.ndarray, n_bins: int = 15, float32_weights: bool = True) -> float:
-    """Expected calibration error of confidence-level histograms, exactly as bravo.md §4.5. Lower is better.
+    """Expected calibration error of confidence-level histograms, exactly as docs/metrics.md §7. Lower is better.
 
     correct, wrong: (L,) integer counts of correctly / wrongly classified pixels per confidence level
     (level k = confidence (k + 0.5) / L). Bins are contiguous levels (`level_bin_edges`); empty bins are dropped.
@@ -212,7 +212,7 @@ def ece(correct: np.ndarray, wrong: np.ndarray, n_bins: int = 15, float32_weight
 
 
 def hmean(values: Sequence[float]) -> float:
-    """Harmonic mean with ``scipy.stats.hmean`` semantics as used by BRAVO (bravo.md §4.9).
+    """Harmonic mean with ``scipy.stats.hmean`` semantics as used by BRAVO (docs/metrics.md §9).
 
     ``1 / mean(1 / x)``; NaN if any value is NaN or the sequence is empty; 0 if any value is 0 (and none is
     NaN); ValueError for negative values (as the pinned SciPy 1.13; newer SciPy returns NaN instead).

@@ -1,4 +1,4 @@
-"""Semantic segmentation metrics: confusion matrix, per-class IoU, mIoU (bravo.md §4.2).
+"""Semantic segmentation metrics: confusion matrix, per-class IoU, mIoU (docs/metrics.md §6).
 
 One confusion matrix pooled over all pixels of a set (never an average of per-image values). Rows are ground
 truth, columns are predictions. Matrices of images, workers and GPUs merge by addition.

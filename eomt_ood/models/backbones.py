@@ -1,4 +1,4 @@
-"""timm ViT backbones for EoMT (docs/eomt.md §1.1): creation at patch 16 and loading local pretrained weights.
+"""timm ViT backbones for EoMT (docs/models.md §2): creation at patch 16 and loading local pretrained weights.
 
 DINOv2 models are named `...patch14...` but EoMT builds them with patch size 16 at the target resolution. Their
 pretrained weights (timm format, Meta's original DINOv2 format or a Hugging Face DINOv2 folder) are adapted

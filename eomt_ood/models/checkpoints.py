@@ -1,6 +1,6 @@
 """EoMT checkpoints: one pure filter that turns any supported file into our keys, then strict loading.
 
-Formats, told apart by their keys, not file names (docs/eomt.md §3):
+Formats, told apart by their keys, not file names (docs/models.md §5):
 - official tue-mps/eomt (`network.encoder.backbone.<timm>`, `network.q.weight`, ..., `criterion.empty_weight`),
   also wrapped in a Lightning `.ckpt` (`{"state_dict": ...}`) and with `_orig_mod.` left by torch.compile;
 - Hugging Face `EomtForUniversalSegmentation` (`embeddings.*`, `layers.N.attention.{q,k,v}_proj`, ...) and the
@@ -391,7 +391,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
 
 # --------------------------------------------------------------------------------------- config from shapes
 def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
-    """Architecture read from tensor shapes (docs/eomt.md §3.2 step 5); accepts any supported format.
+    """Architecture read from tensor shapes (docs/models.md §5 step 5); accepts any supported format.
 
     Returns embed_dim D, depth L, reg_tokens R, separate_qkv (EVA-02), patch_size p, grid_size G, img_size S = G p, num_queries Q,
     num_classes C, num_blocks L2 (None when the file has no attn_mask_probs), mlp_hidden, swiglu.

@@ -1,6 +1,6 @@
 """EoMT: a plain timm ViT that segments by prepending learned queries to its last blocks.
 
-Follows the official tue-mps/eomt DINOv2 code path (Kerssies et al., CVPR 2025) and docs/eomt.md §1:
+Follows the official tue-mps/eomt DINOv2 code path (Kerssies et al., CVPR 2025) and docs/models.md §1:
 
     x = patch_embed(normalise(img)); x = [CLS | registers | patches + pos_embed]
     for block i:  at i == L - L2 prepend the Q queries once; in the last L2 blocks (masking enabled) predict
@@ -63,7 +63,7 @@ def build_attn_mask(
     Returns (B, N, N) with N = Q + P + G*G. Query rows may attend to patch columns only where the bilinearly
     downsampled (align_corners=False, no antialias) logit is strictly > 0; every other entry is True. Each
     (image, query) row block is then switched off (all True) independently with probability 1 - keep_prob,
-    i.e. where a uniform draw exceeds keep_prob (docs/eomt.md §1.4).
+    i.e. where a uniform draw exceeds keep_prob (docs/models.md §1).
     """
     batch, num_queries = mask_logits.shape[:2]
     num_tokens = num_queries + num_prefix_tokens + grid_size * grid_size

@@ -6,7 +6,7 @@ reg_tokens, num_queries, num_classes, num_blocks, ...). `create_model` records t
 architecture from it. Reading files and converting foreign key layouts is `models/checkpoints.py`'s job; this
 module only decides which registered model a file describes.
 
-EoMT names follow docs/eomt.md §1.1 (paper Table A); defaults are the Cityscapes semantic setting
+EoMT names follow docs/models.md §2 (paper Table A); defaults are the Cityscapes semantic setting
 (C = 19, Q = 100).
 """
 

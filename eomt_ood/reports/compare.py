@@ -17,7 +17,7 @@ The report holds
   subset (SMIYC, synobjs), then AUROC_OOD / FPR95_OOD, and the BRAVO summaries; a second table with mIoU and
   ECE of every subset;
 - precision-recall curves of all runs on one plot per OOD subset (OOD = positive, score = 1 - confidence, from
-  each run's stored histograms, bravo.md §4.6), and grouped bar charts of the key metrics per subset;
+  each run's stored histograms, docs/metrics.md §6), and grouped bar charts of the key metrics per subset;
 - a warning banner listing every convention on which the runs differ (pixels scored, confidence score, subsets
   and their image / pixel counts, input size, precision, unscored subsets). The report is still written: the
   banner says what is not comparable instead of mixing it silently.

@@ -172,7 +172,7 @@ def write_report(
 ) -> Path:
     """Write one self-contained HTML report to `path` (atomically) and return the path.
 
-    results: flat official keys + `meta` (bravo.md §4.8); may be empty for runs without ground truth.
+    results: flat official keys + `meta` (docs/metrics.md §6); may be empty for runs without ground truth.
     histograms[subset]: `correct`, `wrong`, `ood_pos`, `ood_neg` (65536,) int64 counts per confidence level.
     per_image: rows with `subset`, `image`, `auprc_ood`, `fpr95_ood`, `miou`, `ece`, `num_valid`, `num_invalid`.
     conf_histograms[subset]: (L,) counts per confidence level, for runs without ground truth.

@@ -2,7 +2,7 @@
 
 Every function takes plain data, so it does not care how the evaluation ran:
 
-- `results`: the flat official keys of bravo.md §4.8 (`synobjs_auprc_ood`, `ACDCfog_iou_valid`, ...) and an
+- `results`: the flat official keys of docs/metrics.md §6 (`synobjs_auprc_ood`, `ACDCfog_iou_valid`, ...) and an
   optional `meta` entry.
 - `histograms[subset]`: (65536,) int64 counts per confidence level k (confidence (k + 0.5) / 65536, higher = more
   confident): `correct` / `wrong` over valid pixels, `ood_pos` / `ood_neg` over invalid / valid pixels. The OOD
@@ -28,7 +28,7 @@ from eomt_ood.bravo.scoring import lower_is_better
 from eomt_ood.data.labels import TRAIN_ID_NAMES
 from eomt_ood.metrics.histogram import curve_metrics, curves, ece, reliability
 
-# Per-subset metrics in the order of bravo.md §4.8 (iou_valid is a list and has its own heatmap), then hmean.
+# Per-subset metrics in the order of docs/metrics.md §6 (iou_valid is a list and has its own heatmap), then hmean.
 METRIC_COLUMNS = (
     "miou_valid",
     "ece_valid",
@@ -77,7 +77,7 @@ def format_interval(value, interval: Sequence[float] | None) -> str:
 
 
 def metrics_table(results: Mapping, intervals: Mapping[str, Sequence[float]] | None = None) -> go.Figure:
-    """Table of the per-subset metrics (rows: subsets; columns: bravo.md §4.8 order + hmean), then summaries.
+    """Table of the per-subset metrics (rows: subsets; columns: docs/metrics.md §6 order + hmean), then summaries.
 
     intervals: optional {key: (low, high)} bootstrap intervals, printed under each value."""
     intervals = intervals or {}
@@ -233,9 +233,9 @@ def ood_curves(histograms: Mapping, max_points: int | None = CURVE_POINTS) -> go
     """PR and ROC curves of the OOD subsets (SMIYC, synobjs) with non-empty `ood_pos` and `ood_neg`; None if none.
 
     The PR trace is drawn as steps ("vh": precision i holds on (recall i-1, recall i]), so its area is the
-    step-integral AUPRC of bravo.md §4.3 when no point was thinned away; the legend shows the exact values.
+    step-integral AUPRC of docs/metrics.md §5 when no point was thinned away; the legend shows the exact values.
     """
-    # Only the OOD subsets (bravo.md §4.7): the invalid pixels of the other subsets are not OOD positives.
+    # Only the OOD subsets (docs/metrics.md §8): the invalid pixels of the other subsets are not OOD positives.
     subsets = [
         s
         for s in ordered_subsets(histograms)
@@ -308,7 +308,7 @@ def ood_curves(histograms: Mapping, max_points: int | None = CURVE_POINTS) -> go
 def reliability_diagrams(histograms: Mapping, n_bins: int = 15) -> go.Figure | None:
     """Reliability diagram per subset with semantic GT (accuracy per confidence bin vs the diagonal).
 
-    Bins are the 15 contiguous level bins of the ECE (bravo.md §4.5); each panel's title carries the exact ECE.
+    Bins are the 15 contiguous level bins of the ECE (docs/metrics.md §7); each panel's title carries the exact ECE.
     SMIYC has no semantic GT and is left out. None if no subset has correct/wrong counts.
     """
     no_semantics = set(SUBSETS) - set(SEMANTIC_SUBSETS)

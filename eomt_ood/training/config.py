@@ -1,6 +1,6 @@
 """Training configuration: frozen dataclasses, loaded with `eomt_ood.config.load_config(TrainConfig, yaml, sets)`.
 
-Defaults are the official Cityscapes EoMT-L 1024 recipe (spec §4); `configs/*.yaml` spell every value out.
+Defaults are the official Cityscapes EoMT-L 1024 recipe (docs/training.md); `configs/*.yaml` spell every value out.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Mask2Former loss (spec §4.3): point counts, importance sampling, weights (also the matching costs)."""
+    """Mask2Former loss (docs/training.md §4): point counts, importance sampling, weights (also the matching costs)."""
 
     num_points: int = at_least(1, 12544)
     oversample_ratio: float = 3.0
@@ -89,7 +89,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Two-stage warm-up + poly (spec §4.5) and mask annealing (spec §2), in optimizer steps.
+    """Two-stage warm-up + poly (docs/training.md §6) and mask annealing (docs/training.md §7), in optimizer steps.
 
     Heads warm up linearly over head_warmup_steps; the backbone has lr 0 for head_warmup_steps, then warms up
     over backbone_warmup_steps. mask_annealing: derive the windows from the run's real T (else keep P_k = 1).

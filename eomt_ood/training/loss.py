@@ -1,4 +1,4 @@
-"""Mask-classification loss of EoMT (the Mask2Former loss, spec §4.3), with deep supervision.
+"""Mask-classification loss of EoMT (the Mask2Former loss, docs/training.md §4), with deep supervision.
 
 For each prediction set: Hungarian matching per image (`matcher.match_batch`), then on the matched pairs of
 the whole batch a point-sampled sigmoid BCE and dice loss (importance sampling: oversample 3x uniformly, keep
@@ -53,7 +53,7 @@ def average_num_masks(target_labels: list[Tensor], device: torch.device) -> Tens
 
 
 class MaskClassificationLoss(nn.Module):
-    """Deeply supervised Mask2Former loss for EoMT (spec §4.3).
+    """Deeply supervised Mask2Former loss for EoMT (docs/training.md §4).
 
     Args: num_classes C (no-object is index C); num_points for matching and for the mask losses;
     oversample_ratio / importance_sample_ratio for the importance sampling; mask/dice/class weights used both in

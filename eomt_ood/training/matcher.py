@@ -1,4 +1,4 @@
-"""Hungarian matching of predicted masks/classes to target segments (Mask2Former matcher, spec §4.3).
+"""Hungarian matching of predicted masks/classes to target segments (Mask2Former matcher, docs/training.md §4).
 
 Per image, without gradients: cost = w_mask * pairwise BCE + w_class * (-softmax prob of the target class)
 + w_dice * pairwise dice, all mask terms on one shared set of uniform random points; clamp to [-1e10, 1e10],

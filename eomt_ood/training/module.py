@@ -1,4 +1,4 @@
-"""Lightning module for EoMT and Mask2Former training: loss, optimiser and schedules only (spec §2, §4.3-4.5).
+"""Lightning module for EoMT and Mask2Former training: loss, optimiser and schedules only (docs/training.md §4-§7).
 
 Parameter groups (LLRD / backbone multiplier / weight-decay rules) come from `training/optim.py`.
 
@@ -74,7 +74,7 @@ class EoMTTrainingModule(L.LightningModule):
     Batches are (images uint8 (B, 3, S, S), list of B targets {"masks": bool (K, S, S), "labels": int64 (K,)}).
     `total_steps` T (optimizer steps of the whole run) defaults to the trainer's estimated stepping batches; the
     annealing windows and the poly schedules are derived from it. Validation batches are (list of uint8
-    (3, H, W) images, list of targets) at full resolution and are scored with windowed inference (spec §5).
+    (3, H, W) images, list of targets) at full resolution and are scored with windowed inference (docs/models.md §3).
     """
 
     def __init__(
@@ -122,7 +122,7 @@ class EoMTTrainingModule(L.LightningModule):
         return annealing_windows(self.total_steps, int(self.model.num_blocks))
 
     def update_mask_probabilities(self, step: int) -> None:
-        """Set the model's P_k to P_k(step) (spec §2); stays at 1 when annealing is off."""
+        """Set the model's P_k to P_k(step) (docs/training.md §7); stays at 1 when annealing is off."""
         if not self.schedule_config.mask_annealing:
             return
         probs = mask_probabilities(step, self.annealing_windows(), self.schedule_config.poly_power)

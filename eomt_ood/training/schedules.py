@@ -1,4 +1,5 @@
-"""Step schedules of the EoMT recipe: mask annealing (spec §2) and two-stage warm-up + poly LR (spec §4.5).
+"""Step schedules of the EoMT recipe: mask annealing (docs/training.md §7) and two-stage warm-up + poly LR
+(docs/training.md §6).
 
 All functions take the 0-based optimizer step t (the number of optimizer steps already taken) and are pure, so
 a resumed run recomputes exactly the values of an uninterrupted one from t alone.
@@ -15,7 +16,7 @@ def rnd(x: float) -> int:
 
 
 def annealing_windows(total_steps: int, num_masked_blocks: int) -> list[tuple[int, int]]:
-    """Annealing windows [s_k, e_k) for masked blocks k = 0..L2-1 (k = 0 is block L - L2), spec §2.
+    """Annealing windows [s_k, e_k) for masked blocks k = 0..L2-1 (k = 0 is block L - L2), docs/training.md §7.
 
     W = T/6, s_k = rnd(W (1 + 3k/(L2-1))), e_k = rnd(W (2 + 3k/(L2-1))): full masking for the first T/6, the
     windows staggered earliest block first, no masking in the last T/6. With one masked block (L2 = 1, no
@@ -76,7 +77,7 @@ def backbone_lr_factor(
 
 
 def layer_lr_scale(param_name: str, num_blocks: int, decay: float) -> float:
-    """LLRD factor of a backbone (timm ViT) parameter, spec §4.4.
+    """LLRD factor of a backbone (timm ViT) parameter, docs/training.md §5.
 
     `blocks.b.*` -> decay**(L-1-b); patch_embed / pos_embed / cls_token / reg_token (everything before the
     blocks) -> decay**(L-1), like block 0; the final `norm.*` (and anything after the blocks) -> 1.

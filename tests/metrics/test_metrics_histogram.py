@@ -1,4 +1,4 @@
-"""Histogram metrics against scikit-learn / SciPy oracles, per-pixel transcriptions and bravo.md §6 by hand."""
+"""Histogram metrics against scikit-learn / SciPy oracles, per-pixel transcriptions and docs/metrics.md §13 by hand."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def random_case(rng: np.random.Generator, n: int, num_used_levels: int, separati
     return histograms(used[index.astype(np.int64)], positive)
 
 
-# -- §6 worked example, hand values --------------------------------------------------------------------------
+# -- docs/metrics.md §13 worked example, hand values ---------------------------------------------
 
 SEMANTIC_LEVELS = np.array([60000, 60000, 50000, 40000, 40000, 30000, 20000, 10000, 5000, 1000])
 SEMANTIC_CORRECT = np.array([1, 0, 1, 1, 1, 0, 1, 0, 1, 0], bool)
@@ -113,7 +113,7 @@ def test_worked_example_hmean():
 
 
 def spec_transcription(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
-    """bravo.md §4.3 line by line: all 65536 levels, implicit (0, 0) start, precision 1 where tp + fp == 0."""
+    """docs/metrics.md §5 line by line: all 65536 levels, implicit (0, 0) start, precision 1 where tp + fp == 0."""
     tp = np.cumsum(pos[::-1])
     fp = np.cumsum(neg[::-1])
     tpr = np.concatenate(([0.0], tp / tp[-1]))
@@ -282,7 +282,8 @@ def test_curves_match_sklearn_points():
 
 
 def ece_per_pixel(levels: np.ndarray, correct: np.ndarray, float32_weights: bool) -> float:
-    """Direct transcription of bravo.md §4.5 on pixels: bin the confidence (k + 0.5) / 65536 into [b/15, (b+1)/15)."""
+    """Direct transcription of docs/metrics.md §7 on pixels: bin the confidence (k + 0.5) / 65536 into
+    [b/15, (b+1)/15)."""
     confidence = (levels + 0.5) / NUM_LEVELS
     bins = np.digitize(confidence, np.arange(1, 15) / 15)
     total = levels.size

@@ -1,4 +1,4 @@
-"""Confusion matrix and IoU against scikit-learn and a hand-checked example (bravo.md §4.2)."""
+"""Confusion matrix and IoU against scikit-learn and a hand-checked example (docs/metrics.md §6)."""
 
 from __future__ import annotations
 
