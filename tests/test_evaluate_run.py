@@ -247,6 +247,7 @@ def test_a_finished_image_whose_file_went_missing_is_redone(bravo_set, tmp_path)
     assert conf.read_bytes() == before
 
 
+@pytest.mark.slow  # two Fabric processes over gloo: ~30 s
 def test_two_processes_equal_one(bravo_set, tmp_path):
     """`--devices 2` on the CPU (Lightning Fabric, gloo): each process predicts and scores half of the images,
     the sums are all-reduced, and every key equals the one-process run's."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # one whole gpu_check run at toy size: ~25-180 s
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 # Not installed on the GPU machine (torch, timm, lightning, transformers, h5py, Pillow are).

@@ -53,6 +53,7 @@ def test_training_compile_default_follows_the_accelerator(setting, accelerator, 
     assert compile_enabled(setting, accelerator) is expected
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels: 10-100 s
 def test_compiled_model_matches_eager_on_cpu_inductor():
     # Real inductor (C++ codegen with gcc) on the smallest EoMT that still has every part: a query block,
     # the heads and the upscaler. Measured here: about 1e-6 apart; the tolerance leaves room for other CPUs.

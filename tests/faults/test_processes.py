@@ -98,6 +98,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
             assert a[key] == b[key], key
 
 
+@pytest.mark.slow  # a whole CLI evaluate, killed, then resumed: ~15 s each
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_interrupted_evaluate_resumes_to_the_uninterrupted_run(how, templates, tmp_path):
     """The run is stopped when a randomly drawn number of images is finished: SIGKILL to the main process alone
