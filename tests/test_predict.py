@@ -374,3 +374,22 @@ def test_levels_on_the_device_equal_quantised_maps():
         for name in scores:
             assert levels[name].dtype == np.uint16
             np.testing.assert_array_equal(levels[name], quantise_confidence(maps[name]), err_msg=name)
+
+
+@pytest.mark.parametrize("size, shape", [((64, 128), (16, 32)), ((50, 97), (15, 29))])
+def test_top2_reads_the_canvas_at_the_preview_pixel_centres(size, shape):
+    """Evenly spaced centres (a strided view) and uneven ones (a gather) both equal a per-pixel numpy oracle."""
+    from eomt_ood.inference.predict import canvas_top2
+
+    rng = np.random.default_rng(3)
+    canvas = rng.random((20, *size)).astype(np.float32)
+    classes, scores = canvas_top2(torch.from_numpy(canvas), shape)
+    assert classes.shape == scores.shape == (2, *shape)
+    for r in range(shape[0]):
+        for c in range(shape[1]):
+            y = int((r + 0.5) * size[0] / shape[0])
+            x = int((c + 0.5) * size[1] / shape[1])
+            pixel = canvas[:-1, y, x].astype(np.float64)
+            order = np.argsort(-pixel, kind="stable")[:2]
+            assert classes[:, r, c].tolist() == order.tolist()
+            np.testing.assert_allclose(scores[:, r, c], pixel[order] / pixel.sum(), rtol=1e-3)
