@@ -24,23 +24,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from eomt_ood.bravo.layout import OOD_SUBSETS, SEMANTIC_SUBSETS, SUBSETS
-from eomt_ood.bravo.scoring import lower_is_better
+from eomt_ood.bravo.scoring import OOD_KEYS, SEMANTIC_KEYS, lower_is_better
 from eomt_ood.data.labels import TRAIN_ID_NAMES
 from eomt_ood.metrics.histogram import curve_metrics, curves, ece, reliability
 
 # Per-subset metrics in the order of docs/metrics.md §6 (iou_valid is a list and has its own heatmap), then hmean.
-METRIC_COLUMNS = (
-    "miou_valid",
-    "ece_valid",
-    "auroc_valid",
-    "auprc_success_valid",
-    "auprc_error_valid",
-    "fpr95_valid",
-    "auroc_ood",
-    "auprc_ood",
-    "fpr95_ood",
-    "hmean",
-)
+METRIC_COLUMNS = (*(k for k in SEMANTIC_KEYS if k != "iou_valid"), *OOD_KEYS, "hmean")
 SUMMARY_KEYS = ("semantic_hmean", "ood_hmean", "bravo_index")
 CURVE_POINTS = 2000
 TEMPLATE = "plotly_white"
