@@ -35,6 +35,20 @@ _BOOTSTRAP_HELP = (
 )
 
 
+# Options that evaluate and predict share (one declaration each).
+_DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
+_PRECISION = typer.Option(
+    "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (autocast)."
+)
+_COMPILE = typer.Option(
+    None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA, off on CPU)."
+)
+_TOKEN_MERGING = typer.Option(
+    "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
+)
+_MICRO_BATCH = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass.")
+
+
 @app.command("compare")
 def compare_command(
     run_dirs: list[Path] = typer.Argument(
@@ -103,17 +117,11 @@ def evaluate_command(
     samples: Path | None = typer.Option(
         None, "--samples", help="bravo_SAMPLING.tar: score the official sample."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
-    precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (autocast)."
-    ),
-    compile_model: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA, off on CPU)."
-    ),
-    token_merging: str = typer.Option(
-        "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
-    ),
-    micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
+    device: str = _DEVICE,
+    precision: str = _PRECISION,
+    compile_model: bool | None = _COMPILE,
+    token_merging: str = _TOKEN_MERGING,
+    micro_batch: int = _MICRO_BATCH,
     workers: int | None = typer.Option(
         None,
         "--workers",
@@ -208,17 +216,11 @@ def predict_command(
     output_dir: Path = typer.Option(..., "--output", help="Folder for raw _pred/_conf PNGs (mirrors input)."),
     confidence: str = typer.Option("msp", "--confidence", help="Confidence score written to _conf.png."),
     layout: str = typer.Option("bravo", "--layout", help="Output layout (bravo: raw BRAVO submission)."),
-    micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
-    precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (autocast)."
-    ),
-    compile_model: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA, off on CPU)."
-    ),
-    token_merging: str = typer.Option(
-        "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
-    ),
+    micro_batch: int = _MICRO_BATCH,
+    device: str = _DEVICE,
+    precision: str = _PRECISION,
+    compile_model: bool | None = _COMPILE,
+    token_merging: str = _TOKEN_MERGING,
     random_weights: bool = typer.Option(
         False, "--random-weights", help="Run --model untrained, without --checkpoint (smoke tests only)."
     ),
