@@ -613,7 +613,7 @@ def _write_results(
     results = _results(config, totals, model)
     results["meta"]["inference"] = timing
     write_results(results, run.results_file)
-    _write_report(run, config, model["name"] if model else "unknown model", results, totals, rows)
+    _write_report(run, results)
     return results
 
 
@@ -698,22 +698,13 @@ def _results(config: EvaluateConfig, totals: _Totals, model: dict[str, Any] | No
     return pack_results(blocks, meta) if config.gt is not None else {"meta": meta}
 
 
-def _write_report(
-    run: RunDir, config: EvaluateConfig, model_name: str, results: dict, totals: _Totals, rows: list
-) -> None:
-    from eomt_ood.bravo.rundir import score_block
-    from eomt_ood.reports.html import write_report
+def _write_report(run: RunDir, results: dict) -> None:
+    """The run's report: every confidence score, from the store just written, titled with the model's short name."""
+    from eomt_ood.bravo.rundir import model_label
+    from eomt_ood.reports.html import write_store_report
 
-    first = config.confidences[0]
-    block = score_block(results, first)[1] if config.gt is not None else {}
-    write_report(
-        run.report_file,
-        block | {"meta": results["meta"]},
-        totals.scorers[first].histograms(),
-        rows,
-        title=f"eomt-ood BRAVO evaluation: {model_name} ({first})",
-        conf_histograms=totals.level_counts[first] or None,
-    )
+    title = f"eomt-ood BRAVO evaluation: {model_label(results['meta'])}"
+    write_store_report(run.report_file, run.store_file, results, title)
 
 
 def summary_table(results: dict[str, Any], score: str | None = None) -> str:
