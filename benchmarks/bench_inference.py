@@ -66,7 +66,11 @@ def build_models(img_size: int, device: str, which: str = "both"):
         num_labels=19,
     )
     if which == "ours":
-        return prepare_model(create_model("eomt_small_patch16_1024", img_size=img_size), device), None, False
+        return (
+            prepare_model(create_model("eomt_small_patch16_1024", img_size=img_size), device, compile=False),
+            None,
+            False,
+        )
     hf = EomtForUniversalSegmentation(config).eval()
     hf.attn_mask_probs.zero_()  # annealed: the port then runs without masks, like ours at inference
     if which == "hf":
@@ -79,7 +83,7 @@ def build_models(img_size: int, device: str, which: str = "both"):
             ours = create_model("eomt_small_patch16_1024", checkpoint=path, img_size=img_size)
         except Exception:  # the HF loader is optional for timing; report that the weights differ
             ours, same_weights = create_model("eomt_small_patch16_1024", img_size=img_size), False
-    return prepare_model(ours, device), hf.to(device), same_weights
+    return prepare_model(ours, device, compile=False), hf.to(device), same_weights
 
 
 def make_runner(case: str, ours, hf, image: np.ndarray, device: str, micro_batch: int):
@@ -227,7 +231,7 @@ def time_baselines(image: np.ndarray, args, ours_seconds: float) -> dict:
     out = {}
     for name in BASELINES:
         torch.manual_seed(0)
-        model = prepare_model(create_model(name, img_size=args.img_size), args.device)
+        model = prepare_model(create_model(name, img_size=args.img_size), args.device, compile=False)
         seconds = time_case(
             lambda model=model: predict_maps(
                 model, image, ("msp",), micro_batch=args.micro_batch, device=args.device

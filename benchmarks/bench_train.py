@@ -1,10 +1,16 @@
-"""Training-step throughput and peak memory of EoMT (forward + loss + backward + clip + AdamW step).
+"""Training-step throughput and peak memory of a recipe (forward + loss + backward + clip + AdamW step).
 
-Prints one JSON object. Uses the config's model, loss, optimiser and precision on random images with random
-blob targets (K per image); pretrained weights are not needed (random init has the same cost).
+Prints one JSON object. Uses the config's model, loss, optimiser (parameter groups included) and precision on
+random images of the recipe's training crop size with random blob targets (K per image); pretrained weights are
+not needed (random init has the same cost). `projected_run_hours` multiplies the measured step time by the
+recipe's optimizer steps (trainer.max_steps, else epochs x steps per epoch for `--train-images` images at the
+recipe's effective batch): the wall-clock of the whole run on `trainer.devices` such devices, assuming each
+device does one measured step per optimizer step (data-parallel, one device's batch measured) and ignoring data
+loading, validation and communication.
 
     python benchmarks/bench_train.py                                   # tiny config on CPU
     python benchmarks/bench_train.py --config configs/eomt_large_cityscapes_1024.yaml --device cuda
+    python benchmarks/bench_train.py --config configs/m2f_swin_large_cityscapes.yaml --device cuda
 """
 
 from __future__ import annotations
@@ -24,17 +30,19 @@ sys.path.insert(0, str(ROOT))
 
 from eomt_ood.config import load_config  # noqa: E402
 from eomt_ood.training.config import TrainConfig  # noqa: E402
-from eomt_ood.training.module import EoMTTrainingModule, param_groups  # noqa: E402
+from eomt_ood.training.module import EoMTTrainingModule  # noqa: E402
+from eomt_ood.training.optim import param_groups  # noqa: E402
+from eomt_ood.training.run import StepSampler  # noqa: E402
 
 
 def random_targets(
-    batch: int, size: int, num_masks: int, gen: torch.Generator
+    batch: int, size: tuple[int, int], num_masks: int, gen: torch.Generator
 ) -> list[dict[str, torch.Tensor]]:
     """Per image `num_masks` disjoint blob masks (a coarse random label map, nearest-upsampled)."""
     targets = []
     for _ in range(batch):
         coarse = torch.randint(0, num_masks, (1, 1, 16, 16), generator=gen).float()
-        ids = F.interpolate(coarse, size=(size, size), mode="nearest")[0, 0].long()
+        ids = F.interpolate(coarse, size=size, mode="nearest")[0, 0].long()
         labels = ids.unique()
         targets.append({"masks": ids[None] == labels[:, None, None], "labels": labels})
     return targets
@@ -50,6 +58,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--num-masks", type=int, default=10, help="target masks per image")
     parser.add_argument("--precision", default=None, help="override: 32-true, 16-mixed, bf16-mixed")
+    parser.add_argument("--train-images", type=int, default=2975, help="dataset size for epoch-based recipes")
     args = parser.parse_args()
 
     config = load_config(TrainConfig, args.config, [*args.sets, "model.pretrained_backbone=null"])
@@ -65,7 +74,7 @@ def main() -> None:
     module.to(device)
     o = config.optim
     optimizer = torch.optim.AdamW(
-        param_groups(model, o.lr, o.weight_decay, o.llrd),
+        param_groups(model, o),
         betas=o.betas,
         eps=o.eps,
         weight_decay=o.weight_decay,
@@ -74,9 +83,10 @@ def main() -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     batch = args.batch_size or config.data.batch_size
-    size = int(model.img_size)
+    square = (int(model.img_size), int(model.img_size))
+    size = tuple(config.data.crop_size or square) if config.data.augmentation == "mask2former" else square
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen).to(device)
+    images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, generator=gen).to(device)
     targets = [
         {k: v.to(device) for k, v in t.items()} for t in random_targets(batch, size, args.num_masks, gen)
     ]
@@ -90,7 +100,8 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         return float(loss.detach())
@@ -106,16 +117,30 @@ def main() -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
 
+    t = config.trainer
+    devices = t.devices if isinstance(t.devices, int) else 1
+    if t.max_steps is not None:
+        run_steps = t.max_steps
+    else:
+        world = devices * t.num_nodes
+        sampler = StepSampler(
+            args.train_images, batch, seed=0, world_size=world, accumulate=t.accumulate_grad_batches
+        )
+        run_steps = sampler.steps_per_epoch * t.epochs
+    seconds_per_step = seconds / args.steps
     result = {
         "config": str(args.config),
         "model": config.model.name,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "precision": precision,
         "batch_size": batch,
-        "img_size": size,
+        "input_size": list(size),
         "num_points": config.loss.num_points,
         "steps": args.steps,
-        "seconds_per_step": seconds / args.steps,
+        "seconds_per_step": seconds_per_step,
+        "run_steps": run_steps,
+        "run_devices": devices * t.num_nodes,
+        "projected_run_hours": seconds_per_step * t.accumulate_grad_batches * run_steps / 3600,
         "images_per_s": batch * args.steps / seconds,
         "loss_last": losses[-1],
         "threads": torch.get_num_threads(),

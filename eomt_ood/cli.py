@@ -30,10 +30,18 @@ def _root() -> None:
 
 # Commands are added below this line, one thin function each.
 
+_BOOTSTRAP_HELP = (
+    "Replicates of the bootstrap intervals over test images (0 = off); written under meta.intervals."
+)
+
 
 @app.command("compare")
 def compare_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `eomt-ood evaluate`."),
+    run_dirs: list[Path] = typer.Argument(
+        ...,
+        metavar="RUN_DIR...",
+        help="Run directories written by `eomt-ood evaluate` (or results JSON of `score --stats`).",
+    ),
     out: Path = typer.Option(..., "--out", help="Comparison report (HTML) to write."),
     csv_path: Path | None = typer.Option(
         None, "--csv", help="Also write the table as CSV (one row per run)."
@@ -41,14 +49,29 @@ def compare_command(
     confidence: str | None = typer.Option(
         None, "--confidence", help="Score to compare (default: each run's first, the submitted one)."
     ),
+    paper: bool = typer.Option(
+        False,
+        "--paper",
+        help="Also print the EoMT paper's Table E beside the measured AUPRC_OOD of every score.",
+    ),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", help="Replicates of the intervals and paired differences (0 = off)."
+    ),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
 ) -> None:
-    """Put several evaluation runs side by side: OOD table, PR curves, bars; flags differing conventions."""
+    """Put several evaluation runs side by side: OOD table with intervals and paired differences to the first
+    run, PR curves, bars; flags differing conventions."""
+    from eomt_ood.bravo.intervals import Settings
     from eomt_ood.io import warn
     from eomt_ood.reports.compare import compare_runs
 
-    summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence)
+    settings = Settings(bootstrap, bootstrap_seed, confidence_level).check()
+    summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence, bootstrap=settings)
     for line in summary["differences"]:
         warn(line)
+    if paper:
+        print(summary["paper_table"])
     print(f"compared {len(summary['rows'])} run(s) -> {out}" + (f", {csv_path}" if csv_path else ""))
 
 
@@ -80,17 +103,34 @@ def evaluate_command(
     samples: Path | None = typer.Option(
         None, "--samples", help="bravo_SAMPLING.tar: score the official sample."
     ),
-    device: str = typer.Option("cpu", "--device"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (autocast)."
+    ),
+    compile_model: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA, off on CPU)."
+    ),
+    token_merging: str = typer.Option(
+        "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
+    ),
     micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
-    workers: int = typer.Option(
-        2, "--workers", min=0, help="Worker processes per device: reading, scoring, PNG writing (0 = inline)."
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Worker processes per device: reading, scoring, PNG writing (default min(cpus, 8); 0 = inline).",
     ),
     devices: int = typer.Option(
         1, "--devices", min=1, help="Processes to share the images over (one per GPU with --device cuda)."
     ),
     skip_unreadable: bool = typer.Option(
         False, "--skip-unreadable", help="Leave out unreadable input images (recorded) instead of failing."
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help=_BOOTSTRAP_HELP),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Evaluate --model untrained, without --checkpoint (smoke tests only)."
     ),
 ) -> None:
     """Run a model on BRAVO, write the submission, score it, and write results, store and report.
@@ -108,10 +148,16 @@ def evaluate_command(
         samples=samples,
         device=device,
         precision=precision,
+        compile=compile_model,
+        token_merging=token_merging,
         micro_batch=micro_batch,
         workers=workers,
         devices=devices,
         skip_unreadable=skip_unreadable,
+        bootstrap=bootstrap,
+        bootstrap_seed=bootstrap_seed,
+        confidence_level=confidence_level,
+        random_weights=random_weights,
     )
     if root is None and checkpoint is None and model is None:
         if gt is not None:
@@ -164,20 +210,53 @@ def predict_command(
     layout: str = typer.Option("bravo", "--layout", help="Output layout (bravo: raw BRAVO submission)."),
     micro_batch: int = typer.Option(4, "--micro-batch", min=1, help="Windows per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (autocast)."
+    ),
+    compile_model: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA, off on CPU)."
+    ),
+    token_merging: str = typer.Option(
+        "none", "--token-merging", help="none, or algm (ALGM token merging at inference; EoMT only)."
+    ),
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Run --model untrained, without --checkpoint (smoke tests only)."
+    ),
 ) -> None:
     """Windowed semantic inference: write a prediction and a confidence PNG for every input image."""
+    from eomt_ood.bravo.submission import check_layout, input_images
+    from eomt_ood.io import check_output
+
+    # Paths and flags first: no torch import for a typo.
+    check_output(output_dir, "--output", [input_dir, checkpoint], folder=True)
+    input_images(input_dir, output_dir)
+    check_layout(layout)
+    if checkpoint is not None and random_weights:
+        raise UserError("--random-weights: given with --checkpoint; choose one")
+    if checkpoint is None and not random_weights:
+        raise UserError(
+            f"--checkpoint: no weights given for {model}; pass --checkpoint FILE, or --random-weights to run it "
+            "untrained"
+        )
+    if checkpoint is not None and not checkpoint.exists():
+        raise UserError(f"--checkpoint: {checkpoint}: file not found")
+
     from eomt_ood.bravo.submission import predict_folder
     from eomt_ood.confidence import get_confidence
-    from eomt_ood.inference.predict import parse_device, parse_precision
+    from eomt_ood.inference.predict import parse_device, resolve_runtime
+    from eomt_ood.models.algm import enable_token_merging, parse_token_merging
     from eomt_ood.models.registry import create_model
 
-    dtype, torch_device = parse_precision(precision), parse_device(device)
+    torch_device = parse_device(device)
+    merging = parse_token_merging(token_merging)
+    dtype, compiled = resolve_runtime(torch_device, precision, compile_model, merging is not None)
     get_confidence(confidence)
-    if not input_dir.is_dir():
-        raise UserError(f"--input: {input_dir}: folder not found")
     net = create_model(model, checkpoint=checkpoint)
-    report = predict_folder(net, input_dir, output_dir, confidence, layout, micro_batch, dtype, torch_device)
+    if merging is not None:
+        enable_token_merging(net, merging)
+    report = predict_folder(
+        net, input_dir, output_dir, confidence, layout, micro_batch, dtype, torch_device, compile=compiled
+    )
     done = f"{report.written} written, {report.skipped} already complete, {len(report.failed)} failed"
     print(f"{done} -> {output_dir}")
     if report.failed:
@@ -195,13 +274,47 @@ def regress_command(
     keys: list[str] = typer.Option(
         ["*_auprc_ood"], "--keys", help="fnmatch pattern(s) of watched metric keys; repeat or comma-separate."
     ),
-    update: bool = typer.Option(False, "--update", help="Rewrite the baseline with the current values."),
+    update: bool = typer.Option(
+        False, "--update", help="Rewrite the baseline (and its per-image statistics) with the current run."
+    ),
+    significance: float | None = typer.Option(
+        None,
+        "--significance",
+        help="Fail only drops whose paired bootstrap interval (level 1 - this, e.g. 0.05) excludes 0.",
+    ),
+    confidence: str | None = typer.Option(
+        None, "--confidence", help="Gate only this score of a results file with several."
+    ),
+    baseline_stats: Path | None = typer.Option(
+        None, "--baseline-stats", help="The baseline's per-image statistics (default: its meta.statistics)."
+    ),
+    results_stats: Path | None = typer.Option(
+        None, "--results-stats", help="The results' per-image statistics (default: its meta.statistics)."
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Replicates of the paired test."),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
 ) -> None:
-    """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance."""
+    """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance
+    (and, with --significance, by more than image sampling explains)."""
+    from eomt_ood.bravo.intervals import Settings
+    from eomt_ood.io import check_output
     from eomt_ood.regress import run_gate
 
+    if update:  # the baseline becomes an output
+        check_output(baseline, "--baseline", [results])
     patterns = [p.strip() for key in keys for p in key.split(",") if p.strip()]
-    code, report = run_gate(baseline, results, patterns, tolerance, update)
+    code, report = run_gate(
+        baseline,
+        results,
+        patterns,
+        tolerance,
+        update,
+        significance=significance,
+        confidence=confidence,
+        baseline_stats=baseline_stats,
+        results_stats=results_stats,
+        bootstrap=Settings(bootstrap, bootstrap_seed),
+    )
     print(report)
     raise typer.Exit(code)
 
@@ -241,15 +354,33 @@ def score_command(
     workers: int | None = typer.Option(
         None, "--workers", min=0, help="Reading processes (default min(cpus, 4); 0 or 1 = inline)."
     ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help=_BOOTSTRAP_HELP),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", help="Level of the intervals."),
+    stats: Path | None = typer.Option(
+        None, "--stats", help="Also write the per-image statistics (HDF5), for paired compare / regress."
+    ),
 ) -> None:
-    """Score a raw BRAVO submission with the official metrics (bravo.md §4)."""
-    from eomt_ood.bravo.rundir import write_results
+    """Score a raw BRAVO submission with the official metrics (bravo.md §4), with bootstrap intervals."""
+    from eomt_ood.bravo.intervals import Settings
+    from eomt_ood.bravo.rundir import intervals_of, statistics_reference, write_results
     from eomt_ood.bravo.scoring import score_submission
+    from eomt_ood.io import check_output
 
+    settings = Settings(bootstrap, bootstrap_seed, confidence_level).check()
+    check_output(out, "--out", [gt, submission, samples])
+    if stats is not None:
+        check_output(stats, "--stats", [gt, submission, samples, out])
     names = [s.strip() for item in subsets or [] for s in item.split(",") if s.strip()] or None
-    results = score_submission(gt, submission, subsets=names, samples=samples, workers=workers)
+    results = score_submission(
+        gt, submission, subsets=names, samples=samples, workers=workers, bootstrap=settings, stats_out=stats
+    )
+    if stats is not None:
+        results["meta"]["statistics"] = statistics_reference(stats, out)  # type: ignore[index]
     write_results(results, out)
-    print(f"bravo_index {results['bravo_index']:.6f} -> {out}")
+    interval = intervals_of(results).get("bravo_index")
+    shown = f" [{interval[0]:.6f}, {interval[1]:.6f}]" if interval else ""
+    print(f"bravo_index {results['bravo_index']:.6f}{shown} -> {out}" + (f", {stats}" if stats else ""))
 
 
 @app.command("make-fixture")
@@ -266,8 +397,10 @@ def make_fixture_command(
 
 @app.command("train")
 def train_command(
-    config: Path = typer.Option(
-        ..., "--config", help="Training YAML, e.g. configs/eomt_large_cityscapes_1024.yaml."
+    config: str = typer.Option(
+        ...,
+        "--config",
+        help="Recipe: a bundled name (e.g. eomt_large_cityscapes_1024; see the configs/ folder) or a YAML path.",
     ),
     sets: list[str] | None = typer.Option(
         None, "--set", help="Override KEY=VALUE, e.g. trainer.max_steps=100."
@@ -281,10 +414,15 @@ def train_command(
 ) -> None:
     """Train EoMT with the official recipe (Lightning; one or more GPUs/nodes, or CPU for tiny configs)."""
     from eomt_ood.config import load_config
-    from eomt_ood.training.config import TrainConfig
+    from eomt_ood.resources import find_config
+    from eomt_ood.training.config import TrainConfig, check_paths
+
+    recipe = load_config(TrainConfig, find_config(config), sets)
+    check_paths(recipe, out, resume)  # before torch and Lightning are imported
+
     from eomt_ood.training.run import train
 
-    weights = train(load_config(TrainConfig, config, sets), resume=resume, out_dir=out)
+    weights = train(recipe, resume=resume, out_dir=out)
     print(f"trained -> {weights}")
 
 
@@ -317,31 +455,51 @@ def app_command(
     raise typer.Exit(serve_explorer(resolve_run_dirs(run_dirs), port=port, host=host, allow=allowed))
 
 
+# What an interrupted command keeps and how to go on (Ctrl-C); other commands write nothing until they finish.
+_RESUME_HINTS = {
+    "evaluate": "finished images are kept; run the same command again to resume",
+    "predict": "finished images are kept; run the same command again to resume",
+    "train": "the last checkpoint is kept; run the same command with --resume auto to continue",
+}
+
+
 def main() -> None:
-    """Console-script entry point: user errors become one line and exit code 2."""
+    """Console-script entry point: every failure is one line on stderr and a non-zero exit code.
+
+    A `UserError` exits 2, a usage error (unknown option, bad value, missing argument) exits 2 with click's
+    message on one line, Ctrl-C exits 130 with what was kept. The click command is run here rather than through
+    typer's runner, which would turn Ctrl-C into a silent exit code.
+    """
+    command = typer.main.get_command(app)
+    ctx = None
     try:
-        # Without standalone mode, click returns the code of a `typer.Exit` instead of exiting with it.
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
-            sys.exit(code)
+        with command.make_context("eomt-ood", sys.argv[1:]) as ctx:
+            command.invoke(ctx)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+        _fail(str(exc), UserError.exit_code)
     except KeyboardInterrupt:
-        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        name = getattr(ctx, "invoked_subcommand", None)
+        hint = _RESUME_HINTS.get(name or "")
+        _fail(f"interrupted{': ' + hint if hint else ''}", 130, prefix="")
     except Exception as exc:
-        # Usage errors (unknown option, missing argument) come from the click that typer vendors; they carry
-        # their own message printer and exit code.
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if isinstance(code, int) and (callable(show) or type(exc).__name__ == "Exit"):
-            if callable(show):
-                show()
+        # click (vendored by typer) signals exits and usage errors with exceptions that carry an exit code.
+        code = getattr(exc, "exit_code", None)
+        if not isinstance(code, int):
+            raise
+        if type(exc).__name__ in ("Exit", "NoArgsIsHelpError"):
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # type: ignore[attr-defined]
             sys.exit(code)
-        raise
+        if type(exc).__name__ == "Abort":
+            _fail("aborted", 130, prefix="")
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        where = getattr(getattr(exc, "ctx", None), "command_path", "eomt-ood")
+        _fail(f"{message.rstrip('.')} (see {where} --help)", code)
+
+
+def _fail(message: str, code: int, prefix: str = "error: ") -> None:
+    print(prefix + " ".join(message.split()), file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -72,9 +72,13 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+        raise UserError(f"{path}: config file not found" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a YAML config (not UTF-8 text)") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -90,8 +94,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data, where=source)
 
 
+def at_least(minimum: int, default: Any) -> Any:
+    """A dataclass field whose number (when not None) must be at least `minimum`; `from_dict` checks it."""
+    return dataclasses.field(default=default, metadata={"min": minimum})
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Instantiate dataclass `cls` from nested plain data, converting and checking every field."""
+    """Instantiate dataclass `cls` from nested plain data, converting and checking every field (types, and the
+    lower bounds of fields declared with `at_least`)."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -102,6 +112,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(hints[name], value, f"{where}:{name}")
+        minimum = fields[name].metadata.get("min")
+        if minimum is not None and isinstance(kwargs[name], int | float) and kwargs[name] < minimum:
+            raise UserError(f"{where}:{name}: must be at least {minimum}, got {kwargs[name]!r}")
     return cls(**kwargs)
 
 

@@ -61,13 +61,14 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete `.*.tmp*` files that killed writers left in `folder` (not recursive); returns how many."""
+def remove_stale_temporaries(folder: str | Path, recursive: bool = False) -> int:
+    """Delete `.*.tmp*` files that killed writers left in `folder` (and its subfolders when `recursive`);
+    returns how many."""
     removed = 0
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    for path in folder.glob(".*.tmp*"):
+    for path in folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*"):
         if path.is_file():
             path.unlink(missing_ok=True)
             removed += 1
@@ -80,20 +81,27 @@ def check_output(
     """Before any work: a `UserError` unless `path` can be written as a file (or a folder when `folder`).
 
     Refused: a file path that is an existing folder (or a folder path that is an existing file); a path whose
-    nearest existing parent is not a writable folder; a path that is one of `inputs` or an existing file inside
-    an input folder (no command writes over its own input).
+    nearest existing parent is not a writable folder; a path that is one of `inputs`; a file path that is an
+    existing file inside an input folder; a folder path that holds an input (commands that search their input
+    folder leave their output folder out of it, so the input would vanish). No command writes over its input.
     """
     path = Path(path)
     resolved = path.resolve()
     if resolved.exists() and resolved.is_dir() != folder:
         kind = "is a folder" if resolved.is_dir() else "is a file"
         raise UserError(f"{option}: {path} {kind}; expected a {'folder' if folder else 'file'}")
-    for source in inputs:
-        if source is None:
+    for given in inputs:
+        if given is None:
             continue
-        source = Path(source).resolve()
-        if resolved == source or (source.is_dir() and source in resolved.parents and resolved.exists()):
-            raise UserError(f"{option}: {path} is one of this command's inputs; choose another path")
+        source = Path(given).resolve()
+        if resolved == source:
+            raise UserError(f"{option}: {path} is also an input of this command; choose another path")
+        if not folder and resolved.is_file() and source in resolved.parents:
+            raise UserError(
+                f"{option}: {path} would overwrite a file of the input {given}; choose another path"
+            )
+        if folder and resolved in source.parents:
+            raise UserError(f"{option}: {path} holds the input {given}; choose a folder outside it")
     parent = resolved.parent if not resolved.exists() else resolved if folder else resolved.parent
     while not parent.exists():
         parent = parent.parent
@@ -105,8 +113,11 @@ def check_output(
 
 
 def warn(message: str) -> None:
-    """Print one warning line on stderr."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    """Print one warning line on stderr, on a line of its own also while a progress bar is drawn there."""
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+    sys.stderr.flush()
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -117,8 +128,9 @@ def default_workers(limit: int = 4) -> int:
     return max(1, min(os.cpu_count() or 1, limit))
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: ask the kernel to SIGKILL this process when its parent dies (Linux only)."""
+def _die_with_parent(parent: int, nice: int = 0) -> None:
+    """Worker initializer: ask the kernel to SIGKILL this process when its parent dies (Linux only); lower the
+    worker's scheduling priority by `nice`."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -131,6 +143,8 @@ def _die_with_parent(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+    if nice:
+        os.nice(nice)
 
 
 def _start_method() -> str:
@@ -145,10 +159,11 @@ class ProcessMap:
     Create it early, before importing torch or starting threads: the workers are forked at once, so they
     inherit only what the parent had loaded then. `workers <= 0` runs everything inline in the caller (the
     same results, for tests and debugging). Use as a context manager; leaving it (also by an exception) stops
-    the workers without waiting for queued work.
+    the workers without waiting for queued work. `nice`: lower the workers' priority, for a pool that works
+    beside a parent on the critical path (evaluate's model process): they still take every idle cycle.
     """
 
-    def __init__(self, workers: int, window: int | None = None):
+    def __init__(self, workers: int, window: int | None = None, nice: int = 0):
         self.workers = max(0, int(workers))
         self.window = window or 2 * max(1, self.workers)
         self._executor: ProcessPoolExecutor | None = None
@@ -158,7 +173,7 @@ class ProcessMap:
                 max_workers=self.workers,
                 mp_context=context,
                 initializer=_die_with_parent,
-                initargs=(os.getpid(),),
+                initargs=(os.getpid(), nice),
             )
             # With fork every worker starts at the first submit: start them now, before the caller imports more.
             for future in [self._executor.submit(os.getpid) for _ in range(self.workers)]:

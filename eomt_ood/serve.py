@@ -18,12 +18,15 @@ from eomt_ood.errors import UserError
 
 
 def explorer_script() -> Path:
-    """The explorer script: inside the installed package (wheel), else the checkout's top-level `app/`."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "_bundled" / "app" / "explorer.py", package.parent / "app" / "explorer.py"):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"{package}: the explorer script (app/explorer.py) is missing from this installation")
+    """The explorer script (`app/explorer.py` of a checkout, or its copy in the installed wheel)."""
+    from eomt_ood.resources import app_dir
+
+    script = app_dir() / "explorer.py"
+    if not script.is_file():
+        raise UserError(
+            f"{script}: the explorer script is missing from this installation; reinstall eomt-ood"
+        )
+    return script
 
 
 def check_address(host: str, port: int) -> None:

@@ -25,65 +25,48 @@ Layout (format `eomt-ood-predictions-2`)::
         top2_class, top2_score             (2, h, w) uint8 / float16: the two best classes, normalised scores
         rgb                                (h, w, 3) uint8 input photo
     stats/<score>/<field>                  (N,) float64 per-image metrics (`eomt_ood.bravo.scoring.image_metrics`)
-    image_stats/cm                         (N, 19, 19) int32 confusion matrices (score-independent)
+    image_stats/cm                         (N, 19, 19) int32 confusion matrices over V pixels (score-independent)
     image_stats/pixels                     (N, 3) int64: valid, invalid, void pixels
-    image_stats/<score>/levels, counts     (M,) uint16 and (M, 3) int32: the sparse level histograms of all images
+    image_stats/<score>/levels             (M,) uint16: per image, the levels where any histogram is non-zero
+    image_stats/<score>/counts             (M, 3) int32: correct, wrong (V pixels, pred == / != GT), ood_pos
+                                           (I pixels) at that level; with the official sample, sampled pixels
     image_stats/<score>/offsets            (N + 1,) int64: image i's rows are offsets[i]:offsets[i+1]
     histograms/<score>/<subset>/<name>     (65536,) int64 pooled: correct, wrong, ood_pos, ood_neg (by level)
     level_histograms/<score>/<subset>      (65536,) int64 of every pixel, for runs without ground truth
+
+`image_stats` is the one per-image statistics format of the project (`eomt_ood.metrics.image_stats`), from
+which `eomt_ood.bravo.intervals` re-scores resampled images. Images without ground truth have no rows and a
+zero `cm`. A *statistics file* (`eomt-ood score --stats`, a regression baseline's) is a store of the same format
+without `previews/`; `attrs.kind` says which (`predictions` or `statistics`) and its `images/height` and
+`images/width` are 0 where the size is not known.
 """
 
 from __future__ import annotations
 
 import io
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from eomt_ood import __version__
+from eomt_ood.data.resample import downsample_labels, downsample_mean, preview_shape
 from eomt_ood.errors import UserError
 from eomt_ood.io import atomic_path
 
+if TYPE_CHECKING:
+    from eomt_ood.metrics.image_stats import ImageSetStatistics
+
 FORMAT = "eomt-ood-predictions-2"
-PREVIEW_SIDE = 512
 _STR = h5py.string_dtype(encoding="utf-8")
 _GZIP = {"compression": "gzip", "compression_opts": 4, "shuffle": True}  # for the statistics tables
 
 
 # ------------------------------------------------------------------------------------------------ previews
-
-
-def preview_shape(height: int, width: int, side: int = PREVIEW_SIDE) -> tuple[int, int]:
-    """Size of the preview of an (height, width) map: the long side at most `side`, aspect kept."""
-    scale = min(1.0, side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def downsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a (..., H, W) integer map to (..., h, w) (pixel centres)."""
-    height, width = labels.shape[-2:]
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * height / shape[0]).astype(np.int64), height - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * width / shape[1]).astype(np.int64), width - 1)
-    return labels[..., rows[:, None], cols[None, :]]
-
-
-def downsample_mean(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Box-filter resize of a (H, W) map to (h, w): each output is the mean of the input pixels it covers."""
-    height, width = values.shape
-    if (height, width) == shape:
-        return values.astype(np.float64)
-    row_edges = np.linspace(0, height, shape[0] + 1).round().astype(np.int64)
-    col_edges = np.linspace(0, width, shape[1] + 1).round().astype(np.int64)
-    summed = np.add.reduceat(
-        np.add.reduceat(values.astype(np.float64), row_edges[:-1], axis=0), col_edges[:-1], axis=1
-    )
-    counts = np.outer(np.diff(row_edges), np.diff(col_edges))
-    return summed / np.maximum(counts, 1)
 
 
 def pack_array(array: np.ndarray) -> np.ndarray:
@@ -240,13 +223,14 @@ def load_record(path: str | Path) -> ImageRecord:
 class StoreWriter:
     """Gather records into `path`: a context manager; the file appears (atomically) only on a clean exit."""
 
-    def __init__(self, path: str | Path, *, model: str, confidences: list[str]):
+    def __init__(self, path: str | Path, *, model: str, confidences: list[str], kind: str = "predictions"):
         self.path = Path(path)
         self._atomic = atomic_path(self.path)
         self._tmp = self._atomic.__enter__()
         self._file = h5py.File(self._tmp, "w")
         self._file.attrs.update(
             format=FORMAT,
+            kind=kind,
             eomt_ood_version=__version__,
             model=model,
             num_levels=65536,
@@ -308,20 +292,21 @@ class StoreWriter:
             for key in sorted({k for row in rows for k in row}):
                 values = np.array([row.get(key, np.nan) for row in rows], dtype=np.float64)
                 self._file.create_dataset(f"stats/{score}/{key}", data=values)
+        from eomt_ood.metrics.image_stats import ImageSetStatistics
+
         count = len(self._index)
         image_stats = self._file.create_group("image_stats")
-        image_stats.create_dataset(
-            "cm", data=np.array(self._cm, dtype=np.int32).reshape(count, 19, 19), **_GZIP
-        )
+        cm = np.array(self._cm, dtype=np.int32).reshape(count, 19, 19)
+        image_stats.create_dataset("cm", data=cm, **_GZIP)
         image_stats.create_dataset("pixels", data=np.array(self._pixels, dtype=np.int64).reshape(count, 3))
-        for score, parts in self._sparse.items():
-            sizes = [len(levels) for levels, _ in parts]
+        for score, rows in self._sparse.items():
+            encoded = ImageSetStatistics.from_rows(cm, rows).encode()
             group = image_stats.create_group(score)
-            group.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
-            levels = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint16)
-            counts = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 3), np.int32)
-            group.create_dataset("levels", data=levels.astype(np.uint16), **_GZIP)
-            group.create_dataset("counts", data=counts.astype(np.int32).reshape(-1, 3), **_GZIP)
+            group.create_dataset("offsets", data=encoded["offsets"])
+            # h5py's automatic chunks keep each count column apart, which shuffle + gzip compress best
+            # (8% smaller than chunks of whole rows, and as fast to read back).
+            group.create_dataset("levels", data=encoded["levels"], **_GZIP)
+            group.create_dataset("counts", data=encoded["counts"], **_GZIP)
 
 
 class StoreReader:
@@ -411,17 +396,51 @@ class StoreReader:
         group = self._file.get(f"level_histograms/{score}")
         return {subset: ds[()] for subset, ds in group.items()} if group is not None else {}
 
-    def image_statistics(self, score: str) -> dict[str, Any]:
-        """The per-image sufficient statistics of `score`: {"cm": (N, 19, 19), "pixels": (N, 3), "levels",
-        "counts", "offsets"} (the sparse histograms of image i are rows offsets[i]:offsets[i+1])."""
+    @property
+    def kind(self) -> str:
+        """ "predictions" (an evaluation's store) or "statistics" (a statistics file, without previews)."""
+        return _text(self._file.attrs.get("kind", "predictions"))
+
+    def pixels(self) -> np.ndarray:
+        """(N, 3) int64 valid, invalid and void pixels per image (0 for images without ground truth)."""
+        return self._file["image_stats/pixels"][()]
+
+    def image_statistics(self, score: str, indices: Sequence[int] | None = None) -> ImageSetStatistics:
+        """The per-image sufficient statistics of `score` for the images `indices` (default all), in that
+        order, checked (`ImageSetStatistics.decode`: a damaged file is a `UserError` naming it). Reads only
+        the span of rows those images cover."""
+        from eomt_ood.metrics.image_stats import ImageSetStatistics
+
+        if f"image_stats/{score}" not in self._file:
+            raise UserError(
+                f"{self.path}: no per-image statistics for confidence {score!r} "
+                f"(it has {', '.join(self.confidences)})"
+            )
         group = self._file["image_stats"]
-        return {
-            "cm": group["cm"][()].astype(np.int64),
-            "pixels": group["pixels"][()],
-            "levels": group[f"{score}/levels"][()],
-            "counts": group[f"{score}/counts"][()].astype(np.int64),
-            "offsets": group[f"{score}/offsets"][()],
+        offsets = group[f"{score}/offsets"][()].astype(np.int64)
+        if offsets.shape != (len(self) + 1,) or (np.diff(offsets) < 0).any():
+            raise UserError(f"{self.path}: image_stats/{score}/offsets do not match its {len(self)} images")
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        source = f"{self.path}:/image_stats/{score}"
+        if idx.size == 0:
+            empty = {"cm": np.zeros((0, 19, 19), np.int32), "levels": np.zeros(0, np.uint16)}
+            empty.update(counts=np.zeros((0, 3), np.int32), offsets=np.zeros(1, np.int64))
+            return ImageSetStatistics.decode(empty, source)
+        lo, hi = int(offsets[idx.min()]), int(offsets[idx.max() + 1])
+        levels, counts = group[f"{score}/levels"][lo:hi], group[f"{score}/counts"][lo:hi]
+        starts, ends = offsets[idx] - lo, offsets[idx + 1] - lo
+        if not np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+            # Contiguous copies per image (memcpy speed), not one fancy index over millions of rows.
+            spans = list(zip(starts, ends, strict=True))
+            levels = np.concatenate([levels[a:e] for a, e in spans])
+            counts = np.concatenate([counts[a:e] for a, e in spans])
+        arrays = {
+            "cm": group["cm"][()][idx],
+            "levels": levels,
+            "counts": counts,
+            "offsets": np.concatenate([[0], np.cumsum(ends - starts)]),
         }
+        return ImageSetStatistics.decode(arrays, source)
 
     def confusion_matrices(self) -> np.ndarray:
         """(N, 19, 19) int64 per-image confusion matrices (rows: ground truth, columns: prediction; zeros
@@ -430,6 +449,33 @@ class StoreReader:
 
     def iter_images(self) -> Iterator[tuple[int, str, str]]:
         yield from ((i, r, s) for i, (r, s) in enumerate(zip(self.relpaths, self.subsets, strict=True)))
+
+
+def copy_statistics(source: str | Path, out: str | Path, scores: Sequence[str] | None = None) -> Path:
+    """Write a statistics file (`out`, atomically): the image index, the per-image statistics, per-image
+    metrics and pooled histograms of `scores` (default all) of the store or statistics file `source`, without
+    its previews. A regression baseline keeps one beside its results file."""
+    with StoreReader(source) as reader:
+        scores = list(scores or reader.confidences)
+        missing = [s for s in scores if s not in reader.confidences]
+        if missing:
+            raise UserError(
+                f"{source}: no confidence {missing[0]!r} (it has {', '.join(reader.confidences)})"
+            )
+        src = reader._file
+        with atomic_path(out) as tmp, h5py.File(tmp, "w") as dst:
+            dst.attrs.update(dict(src.attrs))
+            dst.attrs.update(kind="statistics", confidences=np.array(scores, dtype=object))
+            src.copy(src["images"], dst, "images")
+            stats = dst.create_group("image_stats")
+            for name in ("cm", "pixels"):
+                src.copy(src[f"image_stats/{name}"], stats, name)
+            for score in scores:
+                src.copy(src[f"image_stats/{score}"], stats, score)
+                for group in ("stats", "histograms"):
+                    if f"{group}/{score}" in src:
+                        src.copy(src[f"{group}/{score}"], dst.require_group(group), score)
+    return Path(out)
 
 
 def _text(value: Any) -> str:

@@ -63,7 +63,7 @@ def build_run(folder: Path, seed: int = 0, scores=SCORES, name: str = "run") -> 
     from eomt_ood.bravo.scoring import GroundTruthRefs
     from eomt_ood.config import to_dict
     from eomt_ood.data.png import write_png
-    from eomt_ood.store import downsample_mean, preview_shape
+    from eomt_ood.data.resample import downsample_mean, preview_shape
 
     rng = np.random.default_rng(seed)
     images, gt_root, run = folder / "images", folder / "gt", folder / name

@@ -3,6 +3,7 @@ Mask2Former, Hugging Face checkpoint folders, save/reload, gradient flow and the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from transformers import Mask2FormerForUniversalSegmentation
 
 from eomt_ood.errors import UserError
 from eomt_ood.models import create_model, list_models
-from eomt_ood.models.checkpoints import load_model, save_checkpoint
+from eomt_ood.models.registry import load_model, save_checkpoint
 
 TEST_MODELS = ["m2f_swin_test", "m2f_vit_adapter_test"]
 # Detectron2's Mask2Former pixel mean/std on 0-255 RGB, written out independently of the package constants.
@@ -120,9 +121,9 @@ def test_swin_rejects_a_folder_for_another_architecture(swin, tmp_path):
     with pytest.raises(UserError, match=r"config\.json: num_queries is 8, but this model has 12"):
         create_model("m2f_swin_test", num_queries=12, checkpoint=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(UserError, match="folder has none of model.safetensors, pytorch_model.bin"):
         create_model("m2f_swin_test", checkpoint=tmp_path / "empty")
-    with pytest.raises(UserError, match="checkpoint not found"):
+    with pytest.raises(UserError, match="weights file not found"):
         create_model("m2f_swin_test", checkpoint=tmp_path / "missing")
 
 
@@ -198,6 +199,7 @@ def test_windowed_inference_path(fixture, request):
     )
 
 
+@pytest.mark.slow
 def test_vit_adapter_trains_on_synthetic_scenes(tmp_path):
     # The training loop (loss on every decoder prediction, LLRD on model.backbone) runs unchanged.
     from test_train_run import read_metrics, write_scenes
@@ -219,6 +221,7 @@ def test_vit_adapter_trains_on_synthetic_scenes(tmp_path):
     assert type(load_model(weights)).__name__ == "ViTAdapterMask2Former"
 
 
+@pytest.mark.slow
 def test_large_models_match_published_parameter_counts():
     # EoMT paper Table B step (0): ViT-Adapter-L + Mask2Former, COCO panoptic (Q 200, 133 classes, 640): 349M.
     # Mask2Former paper / HF model card: Swin-L Mask2Former 216M.
@@ -230,3 +233,145 @@ def test_large_models_match_published_parameter_counts():
     assert abs(millions(adapter) - 349) < 1
     del adapter
     assert abs(millions(create_model("m2f_swin_large")) - 216) < 1
+
+
+# ---- facebook/mask2former-swin-large-cityscapes-semantic ------------------------------------------------------
+
+# huggingface/label-files cityscapes-id2label.json, which transformers' Mask2Former conversion script puts in the
+# config of every 19-class Cityscapes model.
+CITYSCAPES_ID2LABEL = {
+    0: "road", 1: "sidewalk", 2: "building", 3: "wall", 4: "fence", 5: "pole", 6: "traffic light",
+    7: "traffic sign", 8: "vegetation", 9: "terrain", 10: "sky", 11: "person", 12: "rider", 13: "car",
+    14: "truck", 15: "bus", 16: "train", 17: "motorcycle", 18: "bicycle",
+}  # fmt: skip
+
+
+def cityscapes_semantic_config(**tiny):
+    """The config of facebook/mask2former-swin-large-cityscapes-semantic, as transformers' conversion script
+    (convert_mask2former_original_pytorch_checkpoint_to_pytorch.py) builds it from Mask2Former's
+    maskformer2_swin_large_IN21k_384_bs16_90k.yaml: the microsoft/swin-large-patch4-window12-384 backbone
+    config with four output stages and drop-path 0.3, then the head settings of the detectron2 config.
+    `tiny` replaces sizes (not structure) for a CPU-sized forward."""
+    from transformers import Mask2FormerConfig, SwinConfig
+
+    backbone = dict(embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48], window_size=12)
+    head = dict(feature_size=256, mask_feature_size=256, hidden_dim=256, num_attention_heads=8)
+    head |= dict(dim_feedforward=2048, encoder_feedforward_dim=1024)
+    backbone |= {k: v for k, v in tiny.items() if k in backbone}
+    head |= {k: v for k, v in tiny.items() if k in head}
+    swin = SwinConfig(
+        image_size=384,
+        patch_size=4,
+        num_channels=3,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.3,
+        use_absolute_embeddings=False,
+        layer_norm_eps=1e-5,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        **backbone,
+    )
+    return Mask2FormerConfig(
+        backbone_config=swin,
+        ignore_value=255,
+        num_labels=19,
+        id2label=CITYSCAPES_ID2LABEL,
+        label2id={name: i for i, name in CITYSCAPES_ID2LABEL.items()},
+        num_queries=100,
+        no_object_weight=0.1,
+        class_weight=2.0,
+        mask_weight=5.0,
+        dice_weight=5.0,
+        train_num_points=12544,
+        oversample_ratio=3.0,
+        importance_sample_ratio=0.75,
+        init_std=0.02,
+        init_xavier_std=1.0,
+        use_auxiliary_loss=True,
+        feature_strides=[4, 8, 16, 32],
+        encoder_layers=6,
+        decoder_layers=10,
+        dropout=0.0,
+        pre_norm=False,
+        enforce_input_proj=False,
+        common_stride=4,
+        **head,
+    )
+
+
+# Tiny sizes of the same structure, and the m2f_swin_large overrides that match them.
+TINY_CITYSCAPES = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 1, 2, 2], window_size=4, hidden_dim=32,
+                       feature_size=32, mask_feature_size=32, num_attention_heads=2, dim_feedforward=64,
+                       encoder_feedforward_dim=64)  # fmt: skip
+TINY_OVERRIDES = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=4, hidden_dim=32,
+                      decoder_heads=2, dim_feedforward=64, encoder_feedforward_dim=64, img_size=64)  # fmt: skip
+
+
+def test_cityscapes_label_names_are_the_cityscapes_train_ids():
+    from eomt_ood.data.labels import TRAIN_ID_NAMES
+
+    assert tuple(CITYSCAPES_ID2LABEL.values()) == TRAIN_ID_NAMES
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_cityscapes_folder_loads_and_predicts_like_transformers(tmp_path, safe):
+    predict = pytest.importorskip("eomt_ood.inference.predict")
+    torch.manual_seed(11)
+    Mask2FormerForUniversalSegmentation(cityscapes_semantic_config(**TINY_CITYSCAPES)).save_pretrained(
+        tmp_path, safe_serialization=safe
+    )
+    assert (tmp_path / "config.json").is_file()
+    oracle = Mask2FormerForUniversalSegmentation.from_pretrained(tmp_path).eval()
+    model = predict.prepare_model(create_model("m2f_swin_large", checkpoint=tmp_path, **TINY_OVERRIDES))
+    assert (model.num_classes, model.num_queries, len(model.hf_config.id2label)) == (19, 100, 19)
+    image = (np.random.default_rng(4).random((64, 128, 3)) * 255).astype(np.uint8)
+    x = torch.tensor(image).permute(2, 0, 1).float().div(255)
+    windows = torch.stack([x[:, :, :64], x[:, :, 64:]])
+    with torch.no_grad():
+        ref = oracle(pixel_values=(windows * 255 - D2_MEAN) / D2_STD)
+        masks, classes = model(windows)
+    torch.testing.assert_close(masks[-1], ref.masks_queries_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(classes[-1], ref.class_queries_logits, rtol=1e-4, atol=1e-4)
+    # Prediction, Mask2Former's protocol (m2f_swin_large's default): the whole image in one pass, scored from
+    # transformers' logits of the whole image (the semantic scores of docs/models.md).
+    full = x[None]
+    with torch.no_grad():
+        ref_full = oracle(pixel_values=(full * 255 - D2_MEAN) / D2_STD)
+    out = predict.predict_image(model, image)
+    up = F.interpolate(ref_full.masks_queries_logits, size=(64, 128), mode="bilinear", align_corners=False)
+    scores = torch.einsum("bqhw,bqc->bchw", up.sigmoid(), ref_full.class_queries_logits.softmax(-1)[..., :19])
+    torch.testing.assert_close(out.class_scores, scores[0], rtol=1e-4, atol=1e-4)
+    # Windowed, as EoMT is evaluated: two 64 x 64 windows side by side.
+    model.whole_image_inference = False
+    out = predict.predict_image(model, image)
+    up = F.interpolate(
+        ref.masks_queries_logits, size=(64, 64), mode="bilinear", align_corners=False
+    ).sigmoid()
+    scores = torch.einsum("bqhw,bqc->bchw", up, ref.class_queries_logits.softmax(-1)[..., :19])
+    torch.testing.assert_close(
+        out.class_scores, torch.cat([scores[0], scores[1]], dim=-1), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_full_size_cityscapes_folder_builds_and_loads(tmp_path):
+    # The real sizes (216M parameters): no forward pass, random weights written and read back. Initialisation is
+    # skipped on both sides (the weights are overwritten anyway), which keeps this to seconds.
+    from transformers.modeling_utils import no_init_weights
+
+    with no_init_weights():
+        source = Mask2FormerForUniversalSegmentation(cityscapes_semantic_config())
+    with torch.no_grad():
+        for i, param in enumerate(source.parameters()):
+            param.fill_(i % 97 / 97)  # distinct, finite values: a loaded tensor is recognisably this one
+    source.save_pretrained(tmp_path)
+    del source
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["backbone_config"]["depths"] == [2, 2, 18, 2] and config["num_queries"] == 100
+    with no_init_weights():
+        model = create_model("m2f_swin_large", checkpoint=tmp_path)
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - 216) < 1
+    for i, param in enumerate(model.parameters()):
+        assert float(param.detach().flatten()[0]) == pytest.approx(i % 97 / 97), i

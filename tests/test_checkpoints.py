@@ -14,10 +14,9 @@ from eomt_ood.models.checkpoints import (
     checkpoint_filter_fn,
     infer_config,
     load_checkpoint,
-    load_model,
     read_state_dict,
-    save_checkpoint,
 )
+from eomt_ood.models.registry import load_model, save_checkpoint
 
 
 def official_large_cityscapes_state() -> dict[str, torch.Tensor]:
@@ -143,18 +142,29 @@ def test_pickled_objects_are_refused(tmp_path):
     model = create_model("eomt_test")
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": dict(model.state_dict()), "callbacks": CodeOnUnpickle()}, path)
-    with pytest.raises(UserError, match="refused to load"):
+    with pytest.raises(UserError, match="refused to unpickle.*_record_unpickling"):
         load_checkpoint(model, path)
     assert UNPICKLED == []
 
 
 def test_unreadable_missing_and_foreign_files(tmp_path):
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="nope.bin: weights file not found"):
         load_checkpoint(create_model("eomt_test"), tmp_path / "nope.bin")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")
-    with pytest.raises(UserError, match="safetensors"):
+    with pytest.raises(UserError, match="junk.safetensors: unreadable safetensors file"):
         read_state_dict(junk)
+    junk_torch = tmp_path / "junk.pth"
+    junk_torch.write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="junk.pth: unreadable torch weights file"):
+        read_state_dict(junk_torch)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty: folder has none of model.safetensors, pytorch_model.bin"):
+        read_state_dict(tmp_path / "empty")
+    not_tensors = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], not_tensors)
+    with pytest.raises(UserError, match=r"expected a dict of tensors \(a state dict\), found a list"):
+        read_state_dict(not_tensors)
     foreign = tmp_path / "resnet.bin"
     torch.save({"conv1.weight": torch.zeros(2, 3, 3, 3)}, foreign)
     with pytest.raises(UserError, match="not an EoMT checkpoint"):
@@ -230,3 +240,80 @@ def test_own_lightning_ckpt_and_fine_tuning_without_class_head(tmp_path):
     load_checkpoint(five, path, load_class_head=False)
     assert torch.equal(five.class_head.weight, head_before)
     assert torch.equal(five.mask_head[0].weight, source.mask_head[0].weight)
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        lambda path: load_checkpoint(create_model("eomt_test"), path),
+        lambda path: create_model("eomt_test", pretrained_backbone=path),
+        lambda path: create_model("m2f_swin_test", checkpoint=path),
+    ],
+    ids=["eomt", "backbone", "mask2former"],
+)
+def test_one_reader_one_message_for_every_model_part(tmp_path, load):
+    # EoMT checkpoints, backbone weights and baseline checkpoints go through the same reader and errors.
+    evil = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(1), "payload": CodeOnUnpickle()}, evil)
+    with pytest.raises(UserError, match=r"evil\.pth: refused to unpickle"):
+        load(evil)
+    assert UNPICKLED == []
+    with pytest.raises(UserError, match=r"gone\.safetensors: weights file not found"):
+        load(tmp_path / "gone.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 16)
+    with pytest.raises(UserError, match=r"junk\.safetensors: unreadable safetensors file"):
+        load(junk)
+
+
+def test_wrapped_and_sharded_files_read_like_plain_ones(tmp_path):
+    from safetensors.torch import save_file as save_st
+
+    state = {f"layer{i}.weight": torch.full((2, 2), float(i)) for i in range(4)}
+    torch.save({"model": state, "epoch": 3}, tmp_path / "meta_release.pth")  # Meta's DeiT/DINO release files
+    torch.save({"state_dict": state, "global_step": 7}, tmp_path / "run.ckpt")  # Lightning
+    for name in ("meta_release.pth", "run.ckpt"):
+        read, metadata = read_state_dict(tmp_path / name)
+        assert metadata == {} and read.keys() == state.keys()
+        assert all(torch.equal(read[k], state[k]) for k in state)
+    # A sharded Hugging Face save: the index maps every key to its shard.
+    shards = tmp_path / "sharded"
+    shards.mkdir()
+    weight_map = {}
+    for part, keys in enumerate((["layer0.weight", "layer1.weight"], ["layer2.weight", "layer3.weight"])):
+        name = f"model-0000{part + 1}-of-00002.safetensors"
+        save_st({k: state[k] for k in keys}, str(shards / name))
+        weight_map |= {k: name for k in keys}
+    (shards / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    read, _ = read_state_dict(shards)
+    assert read.keys() == state.keys() and all(torch.equal(read[k], state[k]) for k in state)
+    (shards / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(UserError, match=r"model-00002-of-00002\.safetensors: weights file not found"):
+        read_state_dict(shards)
+
+
+def test_checkpoints_module_does_not_import_the_registry():
+    # Reading and converting files must not depend on the model builder (the builder depends on them).
+    import ast
+    from pathlib import Path
+
+    import eomt_ood.models.checkpoints as checkpoints
+
+    tree = ast.parse(Path(checkpoints.__file__).read_text())
+    owner = {}  # import node -> name of the function that holds it (outer functions first, inner overwrite)
+    for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        for node in ast.walk(function):
+            owner[node] = function.name
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        if any(name.startswith("eomt_ood.models.registry") for name in names):
+            found.append(owner.get(node, "<module>"))
+    assert found == [], found

@@ -97,11 +97,15 @@ def test_evaluate_equals_score_of_its_own_submission(bravo_set, tmp_path):
         assert store.preview(obj, "rgb").shape == (64, 128, 3)
         assert store.preview(obj, "conf/rba").dtype == np.uint16
         # The per-image statistics re-score the run: their sum is the pooled histogram.
-        image_stats = store.image_statistics("msp")
-        rows = slice(image_stats["offsets"][obj], image_stats["offsets"][obj + 1])
+        levels, counts = store.image_statistics("msp").row(obj)
         pooled = np.zeros(65536, np.int64)
-        np.add.at(pooled, image_stats["levels"][rows].astype(np.intp), image_stats["counts"][rows, 2])
+        np.add.at(pooled, levels.astype(np.intp), counts[:, 2])
         np.testing.assert_array_equal(pooled, hist["ood_pos"])  # one synobjs image in this set
+    # One image per subset: every replicate draws it, so each interval is the point value; `score` of the
+    # same submission gives the same intervals (same images, same draws).
+    assert results["meta"]["bootstrap"]["replicates"] == 1000
+    assert results["meta"]["intervals"]["msp"]["bravo_index"] == [results["msp"]["bravo_index"]] * 2
+    assert scored["meta"]["intervals"] == results["meta"]["intervals"]["msp"]
 
 
 def test_interrupted_run_resumes_to_the_same_result(bravo_set, tmp_path):
@@ -274,6 +278,31 @@ def test_two_processes_equal_one(bravo_set, tmp_path):
         StoreReader(tmp_path / "two" / "predictions.h5") as b,
     ):
         assert a.relpaths == b.relpaths
-        np.testing.assert_array_equal(
-            a.image_statistics("rba")["counts"], b.image_statistics("rba")["counts"]
-        )
+        np.testing.assert_array_equal(a.image_statistics("rba").counts, b.image_statistics("rba").counts)
+    assert two["meta"]["intervals"] == one["meta"]["intervals"]
+
+
+def test_official_sample_equals_score_of_its_own_submission(bravo_set, tmp_path):
+    """With --samples the statistics use the official pixel sample (a small one here, so that sampling bites):
+    evaluate's numbers equal `score --samples` on the run's own submission."""
+    from eomt_ood.bravo.layout import match_gt, open_tree, read_label
+    from eomt_ood.bravo.sampling import official_sample_indices, write_sampling_tar
+
+    data = bravo_set[0]
+    samples = []
+    with open_tree(data / "gt", "gt") as gt:
+        for images in match_gt(gt.names).values():
+            for image in images:
+                label = read_label(gt.read(image.label_name), image.label_name)
+                samples.append((image.base, official_sample_indices(label != 255, samples_per_image=500)))
+    tar = tmp_path / "bravo_SAMPLING.tar"
+    write_sampling_tar(tar, samples)
+    results = evaluate_bravo(_config(bravo_set, tmp_path / "run", samples=tar), progress=False)
+    scored = score_submission(
+        data / "gt", tmp_path / "run" / "submission", samples=tar, workers=0, progress=False, warn=None
+    )
+    _assert_same(_official(results["msp"]), _official(scored))
+    counts = results["meta"]["subsets"]["synobjs"]
+    assert counts["sampled_valid"] + counts["sampled_invalid"] == 500 < counts["valid"] + counts["invalid"]
+    full = evaluate_bravo(_config(bravo_set, tmp_path / "full"), progress=False)
+    assert full["msp"]["synobjs_auprc_ood"] != results["msp"]["synobjs_auprc_ood"]

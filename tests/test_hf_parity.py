@@ -233,7 +233,7 @@ def test_register_counts_and_swiglu(tmp_path, registers):
 
 @pytest.mark.parametrize("safe", [True, False])
 def test_hugging_face_folder_rebuilds_from_config_json(tmp_path, hf_and_input, safe):
-    from eomt_ood.models.checkpoints import load_model
+    from eomt_ood.models.registry import load_model
 
     hf, x, expected = hf_and_input
     hf.save_pretrained(
@@ -249,7 +249,7 @@ def test_hugging_face_folder_rebuilds_from_config_json(tmp_path, hf_and_input, s
 
 
 def test_hugging_face_swiglu_folder_rebuilds(tmp_path):
-    from eomt_ood.models.checkpoints import load_model
+    from eomt_ood.models.registry import load_model
 
     hf = make_hf(num_register_tokens=1, use_swiglu_ffn=True, hidden_size=40)
     hf.save_pretrained(tmp_path)

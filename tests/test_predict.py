@@ -299,7 +299,7 @@ def test_output_folder_inside_the_input_is_not_read_back(tmp_path):
 
 def test_bad_arguments_are_user_errors(tmp_path):
     model = StandIn()
-    with pytest.raises(UserError, match="input folder not found"):
+    with pytest.raises(UserError, match="--input: .*missing: folder not found"):
         predict_folder(model, tmp_path / "missing", tmp_path / "out", progress=False)
     with pytest.raises(UserError, match="--confidence"):
         predict_folder(model, tmp_path, tmp_path / "out", confidence="nope", progress=False)
@@ -327,7 +327,8 @@ def run_cli(monkeypatch, *args):
 
 def test_cli_predict_writes_files_and_fails_at_the_end_on_unreadable_images(tmp_path, monkeypatch, capsys):
     make_tree(tmp_path / "in", {"sub/a.png": (40, 90)})
-    common = ["--model", "eomt_test", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    common = ["--model", "eomt_test", "--random-weights", "--input", str(tmp_path / "in")]
+    common += ["--output", str(tmp_path / "out")]
     assert run_cli(monkeypatch, *common, "--confidence", "rba", "--micro-batch", "1") == 0
     assert read_png(tmp_path / "out" / "sub" / "a_conf.png").shape == (40, 90)
     assert "1 written" in capsys.readouterr().out
@@ -350,10 +351,11 @@ def test_cli_predict_writes_files_and_fails_at_the_end_on_unreadable_images(tmp_
     ],
 )
 def test_cli_predict_user_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
-    base = {"--input": str(tmp_path), "--output": str(tmp_path / "out")}
+    make_tree(tmp_path / "in", {"a.png": (32, 40)})
+    base = {"--input": str(tmp_path / "in"), "--output": str(tmp_path / "out")}
     for i in range(0, len(args), 2):
         base[args[i]] = args[i + 1]
-    assert run_cli(monkeypatch, *[x for kv in base.items() for x in kv]) == 2
+    assert run_cli(monkeypatch, *[x for kv in base.items() for x in kv], "--random-weights") == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("error: ")
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eomt_ood import cli
-from eomt_ood.bravo.rundir import metric_blocks
+from eomt_ood.bravo.rundir import NAN_NOTE, metric_blocks
 from eomt_ood.bravo.scoring import lower_is_better
 from eomt_ood.errors import UserError
 from eomt_ood.regress import (
@@ -183,7 +183,7 @@ def test_run_gate_update_rewrites_baseline(tmp_path):
     assert "SMIYC_auprc_ood" in text and "synobjs_auprc_ood" not in text  # only what changed
     assert "1 watched value(s) changed" in text
     stored = json.loads(baseline.read_text())
-    assert stored["SMIYC_auprc_ood"] == 0.4 and stored["meta"] == BASE["meta"]
+    assert stored["SMIYC_auprc_ood"] == 0.4 and stored["meta"] == {**BASE["meta"], "nan": NAN_NOTE}
     assert math.isnan(stored["synobjs_iou_valid"][0])  # NaN survives as a bare token
     code, text = run_gate(baseline, results)
     assert code == 0 and text.splitlines()[-1].startswith("passed: 2 watched")

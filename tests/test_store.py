@@ -1,17 +1,16 @@
 import numpy as np
 import pytest
 
+from eomt_ood.data.resample import downsample_labels, downsample_mean, preview_shape
 from eomt_ood.errors import UserError
 from eomt_ood.store import (
     ImageRecord,
     StoreReader,
     StoreWriter,
-    downsample_labels,
-    downsample_mean,
+    copy_statistics,
     load_record,
     make_previews,
     pack_array,
-    preview_shape,
     save_record,
     unpack_array,
 )
@@ -102,13 +101,33 @@ def test_records_round_trip_on_disk_and_into_the_store(tmp_path):
         assert reader.has_ground_truth(0) and not reader.has_ground_truth(1)
         np.testing.assert_array_equal(reader.stats("rba")["miou"], [0.5, 0.5])
         stats = reader.image_statistics("rba")
-        np.testing.assert_array_equal(stats["cm"][0], first.cm)
-        rows = slice(stats["offsets"][0], stats["offsets"][1])
-        np.testing.assert_array_equal(stats["levels"][rows], first.sparse["rba"][0])
-        np.testing.assert_array_equal(stats["counts"][rows], first.sparse["rba"][1])
-        assert stats["offsets"][2] == stats["offsets"][1]  # no GT: no rows
+        np.testing.assert_array_equal(stats.cm[0], first.cm)
+        for got, expected in zip(stats.row(0), first.sparse["rba"], strict=True):
+            np.testing.assert_array_equal(got, expected)
+        assert stats.row(1)[0].size == 0 and not stats.cm[1].any()  # no GT: no rows
+        # A chosen subset of images, in the order asked (repeats allowed): the same rows.
+        picked = reader.image_statistics("msp", [0, 1, 0])
+        assert picked.n_images == 3 and picked.row(1)[0].size == 0
+        np.testing.assert_array_equal(picked.row(2)[1], first.sparse["msp"][1])
+        np.testing.assert_array_equal(reader.pixels(), [[10, 2, 1], [0, 0, 0]])
+        with pytest.raises(UserError, match="no per-image statistics for confidence 'energy'"):
+            reader.image_statistics("energy")
         np.testing.assert_array_equal(reader.histograms("msp")["synobjs"]["ood_pos"], counts["ood_pos"])
         assert reader.histograms("rba") == {}
+        assert reader.kind == "predictions"
+
+    # A statistics file: the same statistics of the chosen score, no previews.
+    copy_statistics(path, tmp_path / "stats.h5", ["msp"])
+    with StoreReader(tmp_path / "stats.h5") as reader:
+        assert reader.kind == "statistics" and reader.confidences == ["msp"]
+        assert reader.relpaths == [first.relpath, second.relpath]
+        again = reader.image_statistics("msp")
+        for name in ("cm", "levels", "counts", "offsets"):
+            np.testing.assert_array_equal(getattr(again, name), getattr(picked.take([0, 1]), name))
+        np.testing.assert_array_equal(reader.histograms("msp")["synobjs"]["ood_pos"], counts["ood_pos"])
+        with pytest.raises(KeyError):
+            reader.preview(0, "pred")
+    assert (tmp_path / "stats.h5").stat().st_size < path.stat().st_size / 2
 
 
 def test_packed_arrays_are_lossless():

@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import functional as F
 
 from eomt_ood.data.cityscapes import masks_from_train_ids
 from eomt_ood.data.labels import IGNORE, TRAIN_ID_COLORS
-from eomt_ood.data.transforms import TrainTransform
+from eomt_ood.data.transforms import ShortSideCropTransform, TrainTransform, short_side_size
 
 
 def _label_coloured_sample(height, width, block, seed=0):
@@ -226,3 +226,107 @@ def test_input_checks():
             torch.zeros(3, 64, 64, dtype=torch.uint8),
             {"masks": torch.zeros(1, 64, 64, dtype=torch.bool), "labels": torch.zeros(1)},
         )
+
+
+# ------------------------------------------------------------------------ Mask2Former's augmentation
+
+
+def _d2_output_shape(height, width, short_edge, max_size):
+    """detectron2's ResizeShortestEdge.get_output_shape, transcribed."""
+    size = short_edge * 1.0
+    scale = size / min(height, width)
+    new_h, new_w = (size, scale * width) if height < width else (scale * height, size)
+    if max(new_h, new_w) > max_size:
+        scale = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def test_short_side_size_is_detectron2s():
+    sides = [int(x * 0.1 * 1024) for x in range(5, 21)]  # the Cityscapes recipe's MIN_SIZE_TRAIN
+    assert sides[:3] == [512, 614, 716] and sides[-1] == 2048 and len(sides) == 16
+    for height, width in [(1024, 2048), (2048, 1024), (1000, 1999), (333, 777), (512, 512)]:
+        for side in sides:
+            for cap in (4096, 3000, 1500):
+                assert short_side_size(height, width, side, cap) == _d2_output_shape(height, width, side, cap)
+
+
+def test_short_side_crop_replays_draw_by_draw():
+    # Oracle: the documented order (resize by a drawn short side, crop, colour jitter, flip), replayed by hand
+    # from the same seed with independent calls.
+    image, target = _label_coloured_sample(48, 96, block=6, seed=5)
+    transform = ShortSideCropTransform([48, 56, 64], crop_size=(40, 72), color_jitter=True)
+    sides_seen, flips_seen = set(), set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        got, got_target = transform(image, target)
+        torch.manual_seed(seed)
+        side = [48, 56, 64][int(torch.randint(0, 3, size=(1,)))]
+        sides_seen.add(side)
+        height, width = side, 2 * side
+        img = F.resize(image, [height, width], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+        masks = F.resize(
+            target["masks"].to(torch.uint8), [height, width], interpolation=F.InterpolationMode.NEAREST
+        ).bool()
+        top = int(torch.randint(0, height - 40 + 1, size=(1,)))
+        left = int(torch.randint(0, width - 72 + 1, size=(1,)))
+        img, masks = img[:, top : top + 40, left : left + 72], masks[:, top : top + 40, left : left + 72]
+        img = transform.color_jitter(img)
+        flip = bool(torch.rand(()) < 0.5)
+        flips_seen.add(flip)
+        if flip:
+            img, masks = img.flip(-1), masks.flip(-1)
+        keep = masks.flatten(1).any(1)
+        assert got.shape == (3, 40, 72)
+        assert torch.equal(got, img), seed
+        assert torch.equal(got_target["masks"], masks[keep]), seed
+        assert torch.equal(got_target["labels"], target["labels"][keep]), seed
+    assert sides_seen == {48, 56, 64} and flips_seen == {True, False}
+
+
+def test_short_side_crop_pads_a_small_image():
+    image, target = _label_coloured_sample(32, 64, block=8, seed=6)
+    image = image.clamp(min=1)
+    transform = ShortSideCropTransform([32], crop_size=(48, 96), color_jitter=False, flip_probability=0.0)
+    torch.manual_seed(0)
+    out, out_target = transform(image, target)
+    assert out.shape == (3, 48, 96)
+    assert torch.equal(out[:, :32, :64], image)  # no resize (short side already 32), crop at (0, 0)
+    assert not out[:, 32:].any() and not out[:, :, 64:].any()
+    assert not out_target["masks"][:, 32:].any() and not out_target["masks"][:, :, 64:].any()
+
+
+def test_single_category_max_area_rejects_one_class_crops():
+    # Top half one class, bottom half four; a half-height crop in the top half is one category only.
+    ids = np.zeros((64, 64), np.uint8)
+    ids[32:, :16], ids[32:, 16:32], ids[32:, 32:48], ids[32:, 48:] = 1, 2, 3, 4
+    from eomt_ood.data.labels import TRAIN_ID_COLORS
+
+    image = torch.from_numpy(TRAIN_ID_COLORS[ids].transpose(2, 0, 1).copy())
+    target = masks_from_train_ids(ids)
+
+    def dominated(max_area: float) -> float:
+        transform = ShortSideCropTransform(
+            [64], (32, 64), single_category_max_area=max_area, color_jitter=False
+        )
+        torch.manual_seed(0)
+        shares = []
+        for _ in range(200):
+            _, out = transform(image, target)
+            counts = out["masks"].flatten(1).sum(1).float()
+            shares.append(float(counts.max() / counts.sum()))
+        return float(np.mean(np.array(shares) >= 0.75))
+
+    unconstrained, constrained = dominated(1.0), dominated(0.75)
+    # Class 0 covers >= 75 % of the crop for 9 of the 33 crop offsets; ten tries all failing: (9/33)^10 ~ 2e-6.
+    assert 0.15 < unconstrained < 0.4
+    assert constrained == 0.0
+
+
+def test_short_side_crop_checks_its_arguments():
+    with pytest.raises(ValueError, match="short_sides"):
+        ShortSideCropTransform([], (8, 8))
+    with pytest.raises(ValueError, match="crop_size"):
+        ShortSideCropTransform([8], (0, 8))
+    with pytest.raises(ValueError, match="single_category_max_area"):
+        ShortSideCropTransform([8], (8, 8), single_category_max_area=0.0)

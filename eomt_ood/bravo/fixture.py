@@ -25,6 +25,7 @@ from eomt_ood.bravo.sampling import official_sample_indices, write_sampling_tar
 from eomt_ood.bravo.submission import write_raw_pair
 from eomt_ood.confidence.levels import quantise_confidence
 from eomt_ood.data.png import write_png
+from eomt_ood.io import check_output
 
 HEIGHT, WIDTH = 160, 320
 CELL = 16  # labels are drawn on a coarse grid of 16x16-pixel cells, like blocky segments
@@ -67,6 +68,7 @@ class Fixture:
 def make_fixture(out: str | Path, seed: int = 0) -> Fixture:
     """Write the fixture under `out` (see the module docstring); the same seed gives the same bytes."""
     root = Path(out)
+    check_output(root, "--out", folder=True)
     gt_root, sub_root = root / "gt", root / "submission"
     rng = np.random.default_rng(seed)
     samples = []

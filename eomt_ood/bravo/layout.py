@@ -142,6 +142,18 @@ _DECOMPRESSORS = (
 )
 
 
+def _ends_cleanly(tar_path: Path, offset: int) -> bool:
+    """True when the tar holds its end-of-archive zero block where listing stopped.
+
+    `tarfile` stops listing quietly at a cut that falls between members or inside a header, so a truncated tar
+    would look like a smaller, complete one; every tar writer ends the archive with zero blocks.
+    """
+    with open(tar_path, "rb") as f:
+        f.seek(offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
+
+
 class Tree:
     """A folder or tar listed once: `names` (sorted relative POSIX paths of regular files) and `ref(name)`.
 
@@ -192,11 +204,15 @@ class Tree:
                         continue
                     name = normalise_member_name(member.name)
                     self._refs[name] = MemberRef(str(tar_path), name, member.offset_data, member.size)
+                end = tar.offset
         except tarfile.TarError as exc:
             self.close()
             raise UserError(
                 f"{self.path}: {self.label} is neither a folder nor a readable tar ({exc})"
             ) from None
+        if not _ends_cleanly(tar_path, end):
+            self.close()
+            raise UserError(f"{self.path}: {self.label} tar is truncated (it ends inside a member)")
 
     @property
     def names(self) -> list[str]:

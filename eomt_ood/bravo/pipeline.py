@@ -11,8 +11,10 @@ many images):
    record, last (`finish_image`).
 
 The main process adds each record's statistics to the per-subset sums and the record to the store, so nothing
-the run wrote is read back to score it. An image is done when its record exists: an interrupted run resumes at
-the first image without one, and the results do not depend on where it stopped. With `devices` > 1 (or under
+the run wrote is read back to score it; the records' per-image statistics, kept by reference, then give the
+bootstrap intervals of every key (`eomt_ood.bravo.intervals`, written under `meta`). An image is done when its
+record exists: an interrupted run resumes at the first image without one, and the results do not depend on
+where it stopped. With `devices` > 1 (or under
 `torchrun`) the images are shared out over processes by Lightning Fabric; each rank predicts and scores its
 share, the sums are all-reduced and rank 0 writes the results.
 
@@ -34,9 +36,10 @@ import numpy as np
 
 from eomt_ood.bravo.rundir import RunDir, pack_results, write_results
 from eomt_ood.errors import UserError
+from eomt_ood.io import check_output
 
 # What the files of a finished image depend on: resuming with other values would mix two runs in one folder.
-OUTPUT_SETTINGS = ("images_root", "model", "checkpoint", "confidences", "precision")
+OUTPUT_SETTINGS = ("images_root", "model", "checkpoint", "confidences", "precision", "token_merging")
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,21 @@ class EvaluateConfig:
     confidences: tuple[str, ...] = ("msp",)
     samples: Path | None = None  # bravo_SAMPLING.tar for the official pixel sample when scoring
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
+    compile: bool | None = None  # torch.compile; None: on CUDA (without token merging), off on the CPU
+    token_merging: str = "none"  # "algm": ALGM token merging at inference (docs/models.md)
     micro_batch: int = 4
-    workers: int = 2  # worker processes per rank (reading, statistics, PNG writing); 0 = inline
+    workers: int | None = (
+        None  # processes per rank (reading, statistics, PNG writing); None: min(cpus, 8); 0 inline
+    )
     devices: int = 1  # processes (one per GPU on CUDA) to share the images over
     skip_unreadable: bool = (
         False  # an unreadable input image is left out (recorded) instead of failing the run
     )
+    bootstrap: int = 1000  # replicates of the bootstrap intervals (0 = off), `eomt_ood.bravo.intervals`
+    bootstrap_seed: int = 0
+    confidence_level: float = 0.95
+    random_weights: bool = False  # `model` without a checkpoint: untrained, asked for explicitly
     demo: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -104,8 +115,8 @@ class ReadResult:
 def read_input(task: ReadTask) -> ReadResult:
     """Stage 1 (worker): decode one input image, resize it for the model, make the photo preview."""
     from eomt_ood.data.images import read_image
+    from eomt_ood.data.resample import downsample_mean, preview_shape
     from eomt_ood.inference.windows import resize_image
-    from eomt_ood.store import downsample_mean, preview_shape
 
     try:
         rgb = read_image(Path(task.root) / task.rel)
@@ -243,11 +254,12 @@ def _predict_stream(
     config: EvaluateConfig, run: RunDir, plan: _Plan, todo: Sequence[str], model: Any, pool: Any, timing: dict
 ) -> Iterator[tuple[str, Any]]:
     """Stages 1-3 over `todo`, in order: yields (rel, record), record None for an image left out as unreadable."""
+    from eomt_ood.data.resample import preview_shape
     from eomt_ood.inference.predict import canvas_levels, canvas_top2, parse_precision, predict_canvas
     from eomt_ood.io import warn
-    from eomt_ood.store import preview_shape
 
-    dtype, device = parse_precision(config.precision), next(model.parameters()).device
+    device = next(model.parameters()).device
+    dtype = parse_precision(config.precision, device)
     side = int(model.img_size)
     window = max(2, 2 * pool.workers)
     reads = (pool.submit(read_input, ReadTask(str(config.images_root), rel, side)) for rel in todo)
@@ -320,8 +332,9 @@ def _in_order(
 
 
 def _load_model(config: EvaluateConfig, device: Any) -> Any:
-    from eomt_ood.inference.predict import prepare_model
+    from eomt_ood.inference.predict import prepare_model, resolve_runtime
     from eomt_ood.models import create_model, load_model
+    from eomt_ood.models.algm import enable_token_merging, parse_token_merging
 
     if config.model is None and config.checkpoint is None:
         raise UserError("--model or --checkpoint is needed (or neither, for the bundled demo)")
@@ -330,7 +343,11 @@ def _load_model(config: EvaluateConfig, device: Any) -> Any:
         model = load_model(config.checkpoint)
     else:
         model = create_model(config.model, checkpoint=config.checkpoint)
-    return prepare_model(model, device)
+    merging = parse_token_merging(config.token_merging)
+    if merging is not None:
+        enable_token_merging(model, merging)
+    compile_model = resolve_runtime(device, config.precision, config.compile, merging is not None)[1]
+    return prepare_model(model, device, compile_model)
 
 
 # ------------------------------------------------------------------------------------------------ ranks
@@ -451,11 +468,6 @@ class _Totals:
                 store.add_level_histogram(score, subset, counts)
 
 
-def _row(record: Any, score: str) -> dict[str, Any]:
-    """The report's per-image row: subset, image and the image's metrics of `score`."""
-    return {"subset": record.subset, "image": record.relpath, **record.stats.get(score, {})}
-
-
 def _write_store(
     run: RunDir,
     config: EvaluateConfig,
@@ -464,23 +476,25 @@ def _write_store(
     totals: _Totals,
     accumulate: bool,
     bar: Any,
-) -> list[dict[str, Any]]:
-    """Gather `records` into the store (adding them to `totals` when `accumulate`); returns the report's rows."""
+    collector: Any = None,
+) -> None:
+    """Gather `records` into the store (adding them to `totals` when `accumulate`, and their per-image statistics
+    to `collector`, an `ImageCollector`, when given)."""
+    from eomt_ood.bravo.intervals import image_key
     from eomt_ood.store import StoreWriter
 
-    rows = []
     with StoreWriter(run.store_file, model=model_name, confidences=list(config.confidences)) as store:
         for _, record, new in records:
             if record is None:
                 continue
             if accumulate:
                 totals.add(record)
+            if collector is not None and record.has_gt:
+                collector.add(image_key(record.relpath), record.subset, record.cm, record.sparse)
             store.add(record)
-            rows.append(_row(record, config.confidences[0]))
             if new:
                 bar.update()
         totals.add_histograms(store)
-    return rows
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -502,16 +516,39 @@ def check_inputs(config: EvaluateConfig) -> None:
         raise UserError(f"--samples: {config.samples}: sampling file not found")
     if config.checkpoint is not None and not Path(config.checkpoint).exists():
         raise UserError(f"--checkpoint: {config.checkpoint}: file not found")
+    if config.model is None and config.checkpoint is None:
+        raise UserError("--model or --checkpoint is needed (or neither, for the bundled demo)")
+    if config.random_weights and config.checkpoint is not None:
+        raise UserError("--random-weights: given with --checkpoint; choose one")
+    if config.model is not None and config.checkpoint is None and not config.random_weights:
+        raise UserError(
+            f"--checkpoint: no weights given for {config.model}; pass --checkpoint FILE, or --random-weights "
+            "to evaluate it untrained"
+        )
     if not config.confidences or len(set(config.confidences)) != len(config.confidences):
         raise UserError("--confidence: give each score once (at least one)")
     if config.devices < 1:
         raise UserError(f"--devices: must be at least 1, got {config.devices}")
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out: {out}: exists and is not a folder")
-    for source in (config.images_root, config.gt, config.samples, config.checkpoint):
-        if source is not None and Path(source).resolve() == out.resolve():
-            raise UserError(f"--out: {out} is also an input; choose another folder")
+    _settings(config).check()
+    check_output(
+        config.out, "--out", (config.images_root, config.gt, config.samples, config.checkpoint), folder=True
+    )
+
+
+def check_options(config: EvaluateConfig) -> None:
+    """The named options (scores, precision, device, token merging, model name): checked before anything is
+    written. Needs torch, so it runs after the worker processes were forked."""
+    from eomt_ood.confidence import get_confidence
+    from eomt_ood.inference.predict import parse_device, parse_precision
+    from eomt_ood.models import list_models
+    from eomt_ood.models.algm import parse_token_merging
+
+    for score in config.confidences:
+        get_confidence(score)
+    parse_precision(config.precision, parse_device(config.device))
+    parse_token_merging(config.token_merging)
+    if config.model is not None and config.model not in list_models():
+        raise UserError(f"--model: unknown name {config.model!r}; available: {', '.join(list_models())}")
 
 
 def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
@@ -520,12 +557,14 @@ def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, A
     Bad input is a `UserError`, raised before the model is loaded wherever it can be known then. A subset whose
     metrics are undefined (degenerate data) is named in a `UserError` after everything else was written.
     """
-    from eomt_ood.io import ProcessMap
+    from eomt_ood.io import ProcessMap, default_workers
 
     check_inputs(config)
     start = time.perf_counter()
-    # The workers are forked now, before torch is imported or any thread started (see `eomt_ood.io`).
-    with ProcessMap(config.workers) as pool:
+    workers = default_workers(8) if config.workers is None else config.workers
+    # The workers are forked now, before torch is imported or any thread started (see `eomt_ood.io`). They yield
+    # the CPU to this process, whose model work paces the run.
+    with ProcessMap(workers, nice=10) as pool:
         results = _evaluate(config, pool, start, progress)
     unscored = results.get("meta", {}).get("unscored_subsets") or {}
     if unscored:
@@ -545,6 +584,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
     from eomt_ood.io import remove_stale_temporaries
 
     run = RunDir(config.out)
+    check_options(config)
     ranks = _Ranks.start(config)
     say = ranks.say if progress else _quiet
     with contextlib.ExitStack() as stack:
@@ -553,23 +593,24 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             stack.enter_context(open_tree(config.samples, "sampling file")) if config.samples else None
         )
         plan = _plan(config, run, gt_tree, samples_tree)
+        settings = to_dict(config)
         if ranks.rank == 0:
             stack.enter_context(run.lock("eomt-ood evaluate"))
-            settings = to_dict(config)
             run.check_resumable(settings, OUTPUT_SETTINGS)
-            run.write_config(settings)
-            remove_stale_temporaries(run.path)
         mine = plan.rels[ranks.rank :: ranks.world]
         unfinished = set(plan.todo)
         todo = [rel for rel in mine if rel in unfinished]
-        if len(plan.todo) < len(plan.rels):
-            say(f"resuming: {len(plan.rels) - len(plan.todo)} of {len(plan.rels)} images done")
         timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0}
         model = None
-        if todo:
+        if todo:  # loaded before anything is written: bad weights leave the folder as it was
             say(f"loading model {config.model or Path(str(config.checkpoint)).name} ...")
             model = _load_model(config, ranks.device(config))
             timing["startup_seconds"] = time.perf_counter() - start
+        if ranks.rank == 0:
+            run.write_config(settings)
+            remove_stale_temporaries(run.path, recursive=True)  # what writers killed mid-file left
+        if len(plan.todo) < len(plan.rels):
+            say(f"resuming: {len(plan.rels) - len(plan.todo)} of {len(plan.rels)} images done")
         model_name = _model_name(model, config)
         totals = _Totals(config.confidences)
         records = _in_order(
@@ -582,9 +623,10 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             disable=not progress or ranks.rank != 0,
             file=sys.stderr,
         )
+        collector = _collector(config)
         with bar:
             if ranks.world == 1:
-                rows = _write_store(run, config, model_name, records, totals, True, bar)
+                _write_store(run, config, model_name, records, totals, True, bar, collector)
             else:
                 for _, record, new in records:
                     if record is not None:
@@ -596,7 +638,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
                 if ranks.rank != 0:
                     return {}
                 everything = _in_order(run, plan.rels, [], lambda: iter(()))
-                rows = _write_store(run, config, model_name, everything, totals, False, bar)
+                _write_store(run, config, model_name, everything, totals, False, bar, collector)
         timing.update(
             seconds=time.perf_counter() - start,
             images=len(plan.rels),
@@ -604,14 +646,35 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             predicted=len(todo) - len(timing["failed"]),
             ranks=ranks.world,
         )
-        return _write_results(run, config, _model_record(model, config), totals, rows, timing)
+        extra = {"token_merging": _token_merging_record(model, config)}
+        return _write_results(run, config, _model_record(model, config), totals, timing, extra, collector)
+
+
+def _token_merging_record(model: Any, config: EvaluateConfig) -> dict[str, Any] | None:
+    """The token-merging settings the run used (resolved on the model when it was loaded), None when off."""
+    if config.token_merging == "none":
+        return None
+    if model is not None:
+        from eomt_ood.models.algm import token_merging_settings
+
+        return token_merging_settings(model)
+    return {"method": config.token_merging}
 
 
 def _write_results(
-    run: RunDir, config: EvaluateConfig, model: dict | None, totals: _Totals, rows: list, timing: dict
+    run: RunDir,
+    config: EvaluateConfig,
+    model: dict | None,
+    totals: _Totals,
+    timing: dict,
+    extra: dict | None = None,
+    collector: Any = None,
 ) -> dict[str, Any]:
     results = _results(config, totals, model)
     results["meta"]["inference"] = timing
+    results["meta"].update(extra or {"token_merging": _token_merging_record(None, config)})
+    if collector is not None and config.gt is not None:
+        _add_intervals(results, config, collector)
     write_results(results, run.results_file)
     _write_report(run, results)
     return results
@@ -636,11 +699,38 @@ def gather_run(config: EvaluateConfig, timing: dict[str, Any] | None = None) -> 
         raise UserError(f"{run.record_file(missing[0])}: missing ({len(missing)} image(s) not finished)")
     model = _model_record(None, config)
     totals = _Totals(config.confidences)
+    collector = _collector(config)
     records = _in_order(run, rels, [], lambda: iter(()))
-    rows = _write_store(
-        run, config, model["name"] if model else "unknown model", records, totals, True, nullcontext()
-    )
-    return _write_results(run, config, model, totals, rows, timing or {})
+    name = model["name"] if model else "unknown model"
+    _write_store(run, config, name, records, totals, True, nullcontext(), collector)
+    return _write_results(run, config, model, totals, timing or {}, None, collector)
+
+
+def _settings(config: EvaluateConfig) -> Any:
+    from eomt_ood.bravo.intervals import Settings
+
+    return Settings(config.bootstrap, config.bootstrap_seed, config.confidence_level)
+
+
+def _collector(config: EvaluateConfig) -> Any:
+    """An `ImageCollector` of the run's per-image statistics when intervals are wanted (GT and --bootstrap)."""
+    from eomt_ood.bravo.intervals import ImageCollector
+
+    if config.gt is None or not _settings(config).enabled:
+        return None
+    return ImageCollector(config.confidences, source=str(RunDir(config.out).path))
+
+
+def _add_intervals(results: dict[str, Any], config: EvaluateConfig, collector: Any) -> None:
+    """Bootstrap intervals of every score block under `meta` (`meta.intervals`, `meta.bootstrap`)."""
+    from eomt_ood.bravo.intervals import block_intervals
+    from eomt_ood.bravo.rundir import attach_intervals, metric_blocks
+
+    blocks = metric_blocks(results)
+    named = dict(zip(config.confidences, blocks.values(), strict=True)) if len(blocks) == 1 else blocks
+    stats = {score: collector.statistics(score) for score in named}
+    intervals, meta = block_intervals(stats, named, _settings(config))
+    attach_intervals(results, intervals, meta)
 
 
 def _quiet(message: str) -> None:
@@ -693,7 +783,9 @@ def _results(config: EvaluateConfig, totals: _Totals, model: dict[str, Any] | No
         confidences=list(config.confidences),
         unscored_subsets=unscored,
         skip_unreadable=config.skip_unreadable,
+        random_weights=config.random_weights,
         nan=NAN_NOTE,
+        statistics=RunDir(config.out).store_file.name if config.gt is not None else None,
     )
     return pack_results(blocks, meta) if config.gt is not None else {"meta": meta}
 
@@ -701,8 +793,13 @@ def _results(config: EvaluateConfig, totals: _Totals, model: dict[str, Any] | No
 def _write_report(run: RunDir, results: dict) -> None:
     """The run's report: every confidence score, from the store just written, titled with the model's short name."""
     from eomt_ood.bravo.rundir import model_label
-    from eomt_ood.reports.html import write_store_report
+    from eomt_ood.io import warn
 
+    try:
+        from eomt_ood.reports.html import write_store_report
+    except ModuleNotFoundError as exc:  # plotly is optional where only the numbers are wanted (a GPU node)
+        warn(f"{run.report_file}: not written ({exc.name} is not installed); the results are complete")
+        return
     title = f"eomt-ood BRAVO evaluation: {model_label(results['meta'])}"
     write_store_report(run.report_file, run.store_file, results, title)
 
@@ -714,9 +811,10 @@ def summary_table(results: dict[str, Any], score: str | None = None) -> str:
     nothing, to read `auprc_ood` against.
     """
     from eomt_ood.bravo.layout import OOD_SUBSETS, SUBSETS
-    from eomt_ood.bravo.rundir import score_block
+    from eomt_ood.bravo.rundir import intervals_of, score_block
 
     score, block = score_block(results, score)
+    intervals = intervals_of(results, score)
     counts = results.get("meta", {}).get("subsets", {})
     columns = ("miou_valid", "ece_valid", "auroc_valid", "auprc_ood", "ood_px", "auroc_ood", "fpr95_ood")
     lines = [f"{'subset':<14}" + "".join(f"{c:>12}" for c in columns)]
@@ -733,5 +831,10 @@ def summary_table(results: dict[str, Any], score: str | None = None) -> str:
         lines.append(f"{subset:<14}" + "".join(cells))
     for key in ("semantic_hmean", "ood_hmean", "bravo_index"):
         if key in block:
-            lines.append(f"{key:<14}{block[key]:>12.4f}")
+            interval = intervals.get(key)
+            shown = f"  [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+            lines.append(f"{key:<14}{block[key]:>12.4f}{shown}")
+    if intervals:
+        level = results.get("meta", {}).get("bootstrap", {}).get("level", 0.95)
+        lines.append(f"[low, high]: {level:.0%} bootstrap interval over the test images (meta.intervals)")
     return f"{score}:\n" + "\n".join(lines) if score else "\n".join(lines)

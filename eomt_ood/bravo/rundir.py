@@ -15,7 +15,9 @@ A run folder is what `eomt-ood evaluate` writes::
 A results file (also what `eomt-ood score` writes) is a flat object of official keys (`synobjs_auprc_ood`,
 `bravo_index`, ...) plus `meta`, or, for several confidence scores, `{"msp": {...}, "rba": {...}, "meta": {...}}`.
 NaN (an undefined metric) is written as the bare token `NaN`, as Python's `json` and the official evaluator do;
-`meta.nan` says so. `evaluate`, `score`, `compare`, `regress`, the report and the app read and write these only
+`meta.nan` says so. Bootstrap intervals (`eomt_ood.bravo.intervals`) live under `meta.intervals` in the same
+layout as the metrics, with their settings in `meta.bootstrap`; `meta.statistics` names the file of per-image
+statistics they came from (relative to the results file). The official keys never change. `evaluate`, `score`, `compare`, `regress`, the report and the app read and write these only
 through this module.
 """
 
@@ -63,7 +65,11 @@ def load_results(path: str | Path, what: str = "results") -> dict[str, Any]:
 
 
 def write_results(results: Mapping[str, Any], out: str | Path) -> Path:
-    """Write a results dict as JSON (NaN as the bare token `NaN`), atomically."""
+    """Write a results dict as JSON (NaN as the bare token `NaN`), atomically; `meta.nan` (added when absent)
+    says so to readers whose JSON parser refuses the token."""
+    meta = results.get(META)
+    if isinstance(meta, Mapping) and "nan" not in meta:
+        results = {**results, META: {**meta, "nan": NAN_NOTE}}
     return write_text_atomic(out, json.dumps(results, indent=2, allow_nan=True) + "\n")
 
 
@@ -132,6 +138,67 @@ def pack_results(blocks: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any
         results = {score: dict(block) for score, block in blocks.items()}
     results[META] = dict(meta)
     return results
+
+
+def attach_intervals(
+    results: dict[str, Any], intervals: Mapping[str, Mapping[str, Any]], bootstrap: Mapping[str, Any]
+) -> None:
+    """Put bootstrap intervals under `results["meta"]`, in the results' own layout (official keys untouched).
+
+    intervals: {score: {key: [low, high]}}. Written as `meta.intervals` = {key: [low, high]} for a flat
+    (single-score) file and {score: {key: [low, high]}} for per-score blocks; `meta.bootstrap` = `bootstrap`
+    (method, settings, seconds), with its `degenerate` counts in the same layout.
+    """
+    meta = results.setdefault(META, {})
+    info = dict(bootstrap)
+    flat = set(metric_blocks(results)) == {FLAT}
+    if flat:
+        meta["intervals"] = dict(next(iter(intervals.values()), {}))
+        info["degenerate"] = dict(next(iter((info.get("degenerate") or {}).values()), {}))
+    else:
+        meta["intervals"] = {score: dict(table) for score, table in intervals.items()}
+    meta["bootstrap"] = info
+
+
+def intervals_of(
+    results: Mapping[str, Any], score: str | None = None, where: str = "results"
+) -> dict[str, tuple[float, float]]:
+    """{key: (low, high)} of one score's bootstrap intervals (`meta.intervals`, see `attach_intervals`); {}
+    when the file has none. score: as in `score_block`."""
+    table = (results.get(META) or {}).get("intervals")
+    if not isinstance(table, Mapping) or not table:
+        return {}
+    name, _ = score_block(results, score, where)
+    if set(metric_blocks(results, where)) != {FLAT}:
+        table = table.get(name) or {}
+    out = {}
+    for key, pair in table.items():
+        if isinstance(pair, list | tuple) and len(pair) == 2 and all(_is_scalar(v) for v in pair):
+            out[key] = (float(pair[0]), float(pair[1]))
+    return out
+
+
+def statistics_file(results: Mapping[str, Any], results_path: str | Path) -> Path | None:
+    """The per-image statistics file of a results file, or None: `meta.statistics` (relative to the results
+    file's folder, or absolute), else a `predictions.h5` beside it (an evaluation's run folder). The caller
+    checks that they belong to it (`eomt_ood.bravo.intervals.run_replicates`)."""
+    folder = Path(results_path).parent
+    recorded = (results.get(META) or {}).get("statistics")
+    if isinstance(recorded, str) and recorded:
+        path = folder / recorded
+        return path if path.is_file() else None
+    beside = folder / "predictions.h5"
+    return beside if beside.is_file() else None
+
+
+def statistics_reference(stats: str | Path, results_path: str | Path) -> str:
+    """How a results file at `results_path` names its statistics file `stats`: relative to its folder when
+    possible (the two move together), else absolute."""
+    stats, folder = Path(stats).resolve(), Path(results_path).resolve().parent
+    try:
+        return os.path.relpath(stats, folder)
+    except ValueError:  # another drive (Windows)
+        return str(stats)
 
 
 def model_record(meta: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -279,9 +346,13 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self, command: str) -> Iterator[None]:
         """Hold an exclusive lock on the folder while `command` writes it; a second writer gets a `UserError`
-        naming the process that holds it. The lock dies with its process (flock), so a kill leaves none."""
+        naming the process that holds it. The lock dies with its process (flock), so a kill leaves none.
+
+        A folder this call created is removed again when the command fails before writing anything into it.
+        """
         import fcntl
 
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / ".lock"
         handle = path.open("a+")
@@ -298,7 +369,15 @@ class RunDir:
             handle.truncate()
             handle.write(f"pid {os.getpid()} ({command})\n")
             handle.flush()
-            yield
+            try:
+                yield
+            except BaseException:
+                if created and [p.name for p in self.path.iterdir()] == [".lock"]:
+                    path.unlink()  # still held: no other process can have taken it in between
+                    for folder in created:
+                        with contextlib.suppress(OSError):
+                            folder.rmdir()
+                raise
         finally:
             handle.close()
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from eomt_ood.bravo.layout import (
+    IMAGE_SUFFIX,
     NUM_CLASSES,
     OOD_SUBSETS,
     SEMANTIC_SUBSETS,
@@ -98,11 +99,11 @@ class ImageStatistics:
 
     def sparse_histograms(self) -> tuple[np.ndarray, np.ndarray]:
         """The level histograms without their empty levels: (levels (m,) uint16, counts (m, 3) int64), the
-        columns `correct`, `wrong`, `ood_pos`; m = the levels where any of them is non-zero (compact storage:
-        an image uses far fewer than 65536 levels, and the sampled ones far fewer still)."""
-        stacked = np.stack([self.correct, self.wrong, self.ood_pos], axis=1)
-        levels = np.flatnonzero(stacked.any(axis=1))
-        return levels.astype(np.uint16), stacked[levels]
+        columns `correct`, `wrong`, `ood_pos`; m = the levels where any of them is non-zero (the one per-image
+        format, `eomt_ood.metrics.image_stats`: an image uses far fewer than 65536 levels)."""
+        from eomt_ood.metrics.image_stats import sparse_levels
+
+        return sparse_levels(np.stack([self.correct, self.wrong, self.ood_pos], axis=1))
 
     @classmethod
     def from_sparse(
@@ -560,6 +561,14 @@ def score_image(task: ImageTask) -> tuple[str, ImageStatistics]:
     return gt.subset, score_maps(gt, pred, conf, task.pred.name, task.conf.name)
 
 
+def _score_numbered(item: tuple[int, ImageTask]) -> tuple[int, str, ImageStatistics]:
+    return (item[0], *score_image(item[1]))
+
+
+SUBMISSION_SCORE = "submission"
+"""The confidence name of a `score` run's per-image statistics (a raw submission does not name its score)."""
+
+
 def score_submission(
     gt: str | Path,
     submission: str | Path,
@@ -568,6 +577,8 @@ def score_submission(
     workers: int | None = None,
     progress: bool | None = None,
     warn: Callable[[str], None] | None = warn,
+    bootstrap: Any = None,
+    stats_out: str | Path | None = None,
 ) -> dict[str, object]:
     """Score a raw BRAVO submission against a GT tree; returns the results dict (official keys, then `meta`).
 
@@ -575,10 +586,18 @@ def score_submission(
     subsets: restrict to these subset names (default: every subset present in the GT). samples: the
     `bravo_SAMPLING.tar` to use the official per-image pixel sample (default: every pixel). workers: reading
     processes (default min(cpu count, 4); 0 or 1 = inline). progress: tqdm bar on stderr (None = only on a
-    terminal). warn: receives one line per warning (unmatched files). Bad input raises `UserError`, a
-    degenerate subset included (its metrics would be undefined).
+    terminal). warn: receives one line per warning (unmatched files). bootstrap: an
+    `eomt_ood.bravo.intervals.Settings` (default: B = 1000, seed 0, 95%; replicates 0 = off): the per-image
+    statistics are kept in memory (sparse) and give the intervals of every key under `meta.intervals`.
+    stats_out: also write them as a statistics file (`eomt_ood.store`), for paired tests against this run
+    (`compare`, `regress`). Bad input raises `UserError`, a degenerate subset included (its metrics would be
+    undefined).
     """
     from tqdm import tqdm
+
+    from eomt_ood.bravo.intervals import ImageCollector, Settings, image_key
+
+    settings = (bootstrap if bootstrap is not None else Settings()).check()
 
     if subsets is not None:
         unknown = [s for s in subsets if s not in SUBSETS]
@@ -608,21 +627,29 @@ def score_submission(
                     )
         all_images = [image for s in SUBSETS for image in by_subset[s]]
         warn_unmatched(unmatched_submission_files(sub_tree.names, all_images), "submission", warn)
+        images = [image for s in selected for image in by_subset[s]]
         tasks = [
             ImageTask(
                 ground_truth_refs(image, gt_tree, samples_tree),
                 _submission_ref(sub_tree, image.pred_name),
                 _submission_ref(sub_tree, image.conf_name),
             )
-            for s in selected
-            for image in by_subset[s]
+            for image in images
         ]
         scorer = Scorer()
+        keep = settings.enabled or stats_out is not None
+        # Per image: (input path, subset, cm, pixels, sparse rows); the dense histograms are dropped at once.
+        kept: list[tuple[str, str, np.ndarray, tuple[int, int, int], tuple[np.ndarray, np.ndarray]]] = []
         disable = None if progress is None else not progress
         with tqdm(total=len(tasks), unit="img", file=sys.stderr, disable=disable, desc="scoring") as bar:
             # Results arrive in any order; they are summed, so the totals do not depend on it.
-            for subset, stats in pool.map(score_image, tasks, ordered=False):
+            for index, subset, stats in pool.map(_score_numbered, enumerate(tasks), ordered=False):
                 scorer.add(subset, stats)
+                if keep:
+                    levels, counts = stats.sparse_histograms()
+                    pixels = (stats.valid, stats.invalid, stats.void)
+                    rel = images[index].base + IMAGE_SUFFIX[images[index].split]
+                    kept.append((rel, subset, stats.cm, pixels, (levels, counts.astype(np.int32))))
                 bar.update()
 
     metrics, unscored = scorer.metrics()
@@ -630,7 +657,35 @@ def score_submission(
         raise UserError(next(iter(unscored.values())))
     results: dict[str, object] = dict(metrics)
     results["meta"] = scoring_meta(gt, submission, samples, scorer)
+    results["meta"]["statistics"] = str(stats_out) if stats_out is not None else None
+    kept.sort(key=lambda row: row[0])
+    if stats_out is not None:
+        _write_statistics(stats_out, kept, scorer)
+    if settings.enabled:
+        from eomt_ood.bravo.intervals import block_intervals
+        from eomt_ood.bravo.rundir import attach_intervals
+
+        collector = ImageCollector([SUBMISSION_SCORE], source=str(submission))
+        for rel, subset, cm, _, rows in kept:
+            collector.add(image_key(rel), subset, cm, {SUBMISSION_SCORE: rows})
+        stats = {SUBMISSION_SCORE: collector.statistics(SUBMISSION_SCORE)}
+        intervals, meta = block_intervals(stats, {SUBMISSION_SCORE: metrics}, settings)
+        attach_intervals(results, intervals, meta)
     return results
+
+
+def _write_statistics(path: str | Path, kept: list, scorer: Scorer) -> None:
+    """A statistics file (`eomt_ood.store`, no previews) of a scored submission: per image its statistics,
+    per subset its pooled histograms."""
+    from eomt_ood.store import ImageRecord, StoreWriter
+
+    with StoreWriter(path, model="", confidences=[SUBMISSION_SCORE], kind="statistics") as store:
+        for rel, subset, cm, pixels, rows in kept:
+            record = ImageRecord(rel, subset, 0, 0, previews={}, cm=cm, pixels=pixels)
+            record.sparse[SUBMISSION_SCORE] = rows
+            store.add(record)
+        for subset, histograms in scorer.histograms().items():
+            store.add_histograms(SUBMISSION_SCORE, subset, histograms)
 
 
 class _NoTree:

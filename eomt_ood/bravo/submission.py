@@ -89,6 +89,28 @@ def check_output_names(input_dir: Path, images: list[str]) -> None:
         seen[pred_name] = rel
 
 
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout: unknown layout {layout!r}; available: {', '.join(LAYOUTS)}")
+
+
+def input_images(input_dir: str | Path, output_dir: str | Path) -> list[str]:
+    """The images under `input_dir` that `predict_folder` writes outputs for (`output_dir` left out).
+
+    A missing folder, a folder without images, or two images that would write the same raw files (`a.png`
+    and `a.jpg`) are a `UserError`.
+    """
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        kind = "is a file, not a folder" if input_dir.exists() else "folder not found"
+        raise UserError(f"--input: {input_dir}: {kind}")
+    images = find_images(input_dir, exclude=output_dir)
+    if not images:
+        raise UserError(f"--input: {input_dir}: no .png or .jpg images in it")
+    check_output_names(input_dir, images)
+    return images
+
+
 def predict_folder(
     model: nn.Module,
     input_dir: str | Path,
@@ -99,25 +121,25 @@ def predict_folder(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    compile: bool | None = None,
 ) -> FolderReport:
     """Write the raw BRAVO pair (`_pred.png` uint8, `_conf.png` uint16) of every image under `input_dir`.
 
     Outputs mirror the input tree under `output_dir` and have the input's size. Images whose outputs are already
     complete are skipped, so an interrupted run resumes. An unreadable image is reported by name on stderr and
-    the run goes on; the caller decides what a non-empty `failed` list means.
+    the run goes on; the caller decides what a non-empty `failed` list means. compile: see `prepare_model`
+    (None: on CUDA only).
     """
     from tqdm import tqdm
 
     from eomt_ood.confidence import get_confidence
     from eomt_ood.inference.predict import canvas_levels, predict_canvas, prepare_model
 
-    if layout not in LAYOUTS:
-        raise UserError(f"--layout: unknown layout {layout!r}; available: {', '.join(LAYOUTS)}")
+    check_layout(layout)
     get_confidence(confidence)  # fail on a bad name before any work
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    images = find_images(input_dir, exclude=output_dir)
-    check_output_names(input_dir, images)
-    model = prepare_model(model, device)
+    images = input_images(input_dir, output_dir)
+    model = prepare_model(model, device, compile)
     report = FolderReport()
     for rel in tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr):
         try:

@@ -41,7 +41,7 @@ from eomt_ood.bravo.layout import (
 )
 from eomt_ood.bravo.sampling import decode_sample_indices, open_sampling_file
 from eomt_ood.errors import UserError
-from eomt_ood.io import ProcessMap, atomic_path, default_workers
+from eomt_ood.io import ProcessMap, atomic_path, check_output, default_workers
 
 MAGIC = b"BV23"
 VERSION = 2
@@ -198,6 +198,7 @@ def package_upload(
     min(cpus, 4); 0 or 1 = inline); the tar is the same for any number.
     """
     out = Path(out)
+    check_output(out, "--out", [submission, samples])
     workers = default_workers() if workers is None else workers
     with (
         ProcessMap(workers if workers > 1 else 0) as pool,

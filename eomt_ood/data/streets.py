@@ -28,6 +28,7 @@ from scipy import ndimage
 from eomt_ood.data.labels import LABEL_ID_COLORS, LABEL_TO_TRAIN
 from eomt_ood.data.png import write_png
 from eomt_ood.errors import UserError
+from eomt_ood.io import check_output
 
 # Cityscapes labelIds used by the generator
 UNLABELED, EGO_VEHICLE = 0, 1
@@ -541,6 +542,7 @@ def write_dataset(
     `simple` renders the six-class scenes of `render_scene_layers(..., simple=True)`.
     """
     out = Path(out)
+    check_output(out, "--out", folder=True)
     unknown = [s for s in splits if s not in SPLIT_CITIES]
     if unknown or not splits or len(set(splits)) != len(splits):
         raise UserError(

@@ -1,4 +1,6 @@
-"""The official EoMT training augmentation for semantic masks (docs/eomt.md §4.2), in the code's order.
+"""Training augmentations for semantic masks: EoMT's (`TrainTransform`) and Mask2Former's (`ShortSideCropTransform`).
+
+EoMT (docs/eomt.md §4.2), in the code's order:
 
 1. colour jitter (Mask2Former/SSD style, on the uint8 image only);
 2. horizontal flip, p = 0.5;
@@ -8,11 +10,16 @@
 5. random S x S crop, offsets uniform over all valid positions;
 6. drop masks that became empty; if none remain, start again from the original sample with fresh randomness.
 
+Mask2Former's Cityscapes semantic recipe (detectron2 `ResizeShortestEdge` "choice" + `RandomCrop_CategoryAreaConstraint`
++ `ColorAugSSDTransform` + `RandomFlip`, in that order), see `ShortSideCropTransform`.
+
 Every random number comes from torch's global generator, drawn in a fixed order, so a seeded DataLoader worker
 (which seeds torch per worker) reproduces the same crops, and an exactly resumed run repeats them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torchvision.transforms.v2 import InterpolationMode
@@ -128,6 +135,12 @@ class TrainTransform:
         masks_u8 = masks_u8[:, top : top + size, left : left + size]
         return image.contiguous(), masks_u8
 
+    def _augment_with_ids(
+        self, image: torch.Tensor, masks_u8: torch.Tensor, ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One augmentation attempt; `ids` (K, 1, 1) says `masks_u8` is one index map (None: one plane per mask)."""
+        return self._augment_once(image, masks_u8)
+
     # ---------------------------------------------------------------------------------------------- call
 
     def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
@@ -149,9 +162,118 @@ class TrainTransform:
         else:
             ids, geometry = None, masks.to(torch.uint8)
         for _ in range(self.max_tries):
-            out_image, out_geometry = self._augment_once(image, geometry)
+            out_image, out_geometry = self._augment_with_ids(image, geometry, ids)
             out_masks = out_geometry == ids if ids is not None else out_geometry.bool()
             keep = out_masks.flatten(1).any(dim=1)
             if keep.any():
                 return out_image, {"masks": out_masks[keep], "labels": labels[keep]}
         raise RuntimeError(f"every mask was cropped away in {self.max_tries} tries; masks too small?")
+
+
+def short_side_size(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
+    """(H', W') with the short side `short_side`, the long side capped at `max_long_side` (both scaled down
+    then), each rounded half up: detectron2's `ResizeShortestEdge.get_output_shape`."""
+    scale = short_side / min(height, width)
+    new_h, new_w = height * scale, width * scale
+    if max(new_h, new_w) > max_long_side:
+        shrink = max_long_side / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+class ShortSideCropTransform(TrainTransform):
+    """Mask2Former's semantic training augmentation: same inputs and outputs as `TrainTransform`, output
+    (3, crop_h, crop_w).
+
+    1. resize: short side drawn uniformly from `short_sides` (long side capped at `max_long_side`); image
+       bilinear + antialias, masks nearest;
+    2. crop `crop_size` (h, w) at a uniform position; when `single_category_max_area` < 1, up to 10 positions
+       are tried until no single mask covers that fraction of the crop's labelled pixels or more (and at least
+       two masks are present), else the last one is kept (detectron2's rule; Cityscapes uses 1.0, i.e. no
+       constraint); an image smaller than the crop is padded bottom/right with zeros (pixels in no mask, i.e.
+       ignored), as Mask2Former's size-divisibility padding does;
+    3. colour jitter (the same jitter as `TrainTransform`, on the crop);
+    4. horizontal flip, p = 0.5.
+
+    The colour jitter is this package's SSD-style jitter (brightness, contrast, saturation, hue with the same
+    ranges and order), not a byte-exact copy of detectron2's OpenCV-based `ColorAugSSDTransform`.
+    """
+
+    def __init__(
+        self,
+        short_sides: Sequence[int],
+        crop_size: tuple[int, int],
+        max_long_side: int = 4096,
+        single_category_max_area: float = 1.0,
+        color_jitter: bool = True,
+        flip_probability: float = 0.5,
+        max_tries: int = 1000,
+    ):
+        if not short_sides or min(short_sides) <= 0:
+            raise ValueError(f"short_sides must be a non-empty list of positive sizes, got {short_sides}")
+        if len(crop_size) != 2 or min(crop_size) <= 0:
+            raise ValueError(f"crop_size must be two positive sizes (h, w), got {crop_size}")
+        if not 0 < single_category_max_area <= 1:
+            raise ValueError(f"single_category_max_area must be in (0, 1], got {single_category_max_area}")
+        super().__init__(
+            max(crop_size), color_jitter=color_jitter, flip_probability=flip_probability, max_tries=max_tries
+        )
+        self.short_sides = tuple(int(s) for s in short_sides)
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.max_long_side = int(max_long_side)
+        self.single_category_max_area = float(single_category_max_area)
+
+    def __repr__(self) -> str:
+        return (
+            f"ShortSideCropTransform(short_sides={list(self.short_sides)}, crop_size={self.crop_size}, "
+            f"max_long_side={self.max_long_side}, single_category_max_area={self.single_category_max_area}, "
+            f"color_jitter={self.color_jitter_enabled})"
+        )
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """Step 1's random output size for an H x W input (one draw from the global generator)."""
+        short = self.short_sides[int(torch.randint(0, len(self.short_sides), size=(1,)))]
+        return short_side_size(height, width, short, self.max_long_side)
+
+    def crop_origin(self, geometry: torch.Tensor, ids: torch.Tensor | None) -> tuple[int, int]:
+        """Step 2's (top, left) on the resized (M, H, W) uint8 geometry (an index map when `ids` is given)."""
+        height, width = geometry.shape[-2:]
+        crop_h, crop_w = min(self.crop_size[0], height), min(self.crop_size[1], width)
+        tries = 1 if self.single_category_max_area >= 1.0 else 10
+        top = left = 0
+        for _ in range(tries):
+            top = int(torch.randint(0, height - crop_h + 1, size=(1,)))
+            left = int(torch.randint(0, width - crop_w + 1, size=(1,)))
+            if tries == 1:
+                break
+            window = geometry[:, top : top + crop_h, left : left + crop_w]
+            if ids is not None:  # an index map: 0 = no mask (ignored), k = mask k - 1
+                counts = torch.bincount(window.flatten().long(), minlength=len(ids) + 1)[1:]
+            else:
+                counts = window.flatten(1).sum(dim=1)
+            counts = counts[counts > 0]
+            if len(counts) > 1 and int(counts.max()) < float(counts.sum()) * self.single_category_max_area:
+                break
+        return top, left
+
+    def _augment_with_ids(
+        self, image: torch.Tensor, masks_u8: torch.Tensor, ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        new_h, new_w = self.resized_size(*image.shape[-2:])
+        image = F.resize(image, [new_h, new_w], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        masks_u8 = F.resize(masks_u8, [new_h, new_w], interpolation=InterpolationMode.NEAREST)
+
+        top, left = self.crop_origin(masks_u8, ids)
+        crop_h, crop_w = self.crop_size
+        image = image[:, top : top + crop_h, left : left + crop_w]
+        masks_u8 = masks_u8[:, top : top + crop_h, left : left + crop_w]
+        pad_h, pad_w = crop_h - image.shape[-2], crop_w - image.shape[-1]
+        if pad_h or pad_w:
+            image = F.pad(image, [0, 0, pad_w, pad_h], fill=0)
+            masks_u8 = F.pad(masks_u8, [0, 0, pad_w, pad_h], fill=0)
+
+        if self.color_jitter_enabled:
+            image = self.color_jitter(image)
+        if _coin(self.flip_probability):
+            image, masks_u8 = image.flip(-1), masks_u8.flip(-1)
+        return image.contiguous(), masks_u8.contiguous()

@@ -32,6 +32,7 @@ from torch import nn
 
 from eomt_ood.confidence import PixelOutputs, get_confidence
 from eomt_ood.confidence.levels import quantise_tensor
+from eomt_ood.data.resample import centre_indices
 from eomt_ood.errors import UserError
 from eomt_ood.inference.windows import (
     average_overlaps,
@@ -45,10 +46,19 @@ from eomt_ood.inference.windows import (
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def parse_precision(name: str) -> torch.dtype | None:
-    """ "fp32" -> None (no autocast), "bf16" / "fp16" -> the autocast dtype; anything else is a `UserError`."""
+def parse_precision(name: str, device: str | torch.device | None = None) -> torch.dtype | None:
+    """ "fp32" -> None (no autocast), "bf16" / "fp16" -> the autocast dtype; anything else is a `UserError`.
+
+    "auto" (needs `device`): bf16 autocast on CUDA (fp16 where the GPU has no bf16), fp32 elsewhere.
+    """
+    if name == "auto" and device is not None:
+        if torch.device(device).type != "cuda":
+            return None
+        bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()  # older GPUs: fp16
+        return torch.bfloat16 if bf16 else torch.float16
     if name not in PRECISIONS:
-        raise UserError(f"--precision: unknown precision {name!r}; available: {', '.join(PRECISIONS)}")
+        choices = ", ".join(["auto", *PRECISIONS]) if device is not None else ", ".join(PRECISIONS)
+        raise UserError(f"--precision: unknown precision {name!r}; available: {choices}")
     return PRECISIONS[name]
 
 
@@ -63,24 +73,53 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
-def prepare_model(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
-    """Put a model in inference mode: eval, masked attention off (`eomt.md` §1.5), on `device`."""
+def resolve_runtime(
+    device: str | torch.device,
+    precision: str = "auto",
+    compile: bool | None = None,
+    token_merging: bool = False,
+) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether to compile) for a run on `device`; the defaults are the fast path.
+
+    precision: "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16" or "fp16". compile: None = on where the
+    device is CUDA (as the official code runs), off on CPU (inductor takes minutes to compile there) and off
+    with token merging (its token counts change with every batch, so graphs would break and recompile).
+    """
+    device = torch.device(device)
+    dtype = parse_precision(precision, device)
+    if compile is None:
+        return dtype, device.type == "cuda" and not token_merging
+    return dtype, bool(compile)
+
+
+def prepare_model(
+    model: nn.Module, device: str | torch.device = "cpu", compile: bool | None = None
+) -> nn.Module:
+    """Put a model in inference mode: eval, masked attention off (`eomt.md` §1.5), on `device`.
+
+    compile: `torch.compile` the forward in place (None: see `resolve_runtime`). The first forward of each
+    input shape then pays the compilation; outputs agree with eager to float tolerance.
+    """
     model.eval()
     if hasattr(model, "masked_attn_enabled"):
         model.masked_attn_enabled = False
-    return model.to(device)
+    model = model.to(device)
+    merging = getattr(model, "token_merging", None) is not None
+    if resolve_runtime(device, "fp32", compile, token_merging=merging)[1]:
+        model.compile()
+    return model
 
 
-def _query_chunk(side: int) -> int:
+def _query_chunk(pixels: int) -> int:
     # Queries upsampled at once: at most ~28 MB of float32 masks, under glibc's largest mmap threshold (32 MB),
     # so the chunk buffers come from the heap and are reused instead of being faulted in afresh each time.
-    return max(1, (7 << 20) // (side * side))
+    return max(1, (7 << 20) // pixels)
 
 
 def window_stack(
     mask_logits: torch.Tensor,
     class_logits: torch.Tensor,
-    side: int,
+    side: int | tuple[int, int],
     query_chunk: int | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -89,22 +128,24 @@ def window_stack(
     Mask logits are upsampled to S x S bilinearly (align_corners=False) in the logit domain, then
     stack[k] = sum_q softmax(z_q)[k] * sigmoid(m_q): k < C are the semantic scores, k = C the no-object mass.
     Queries are processed `query_chunk` at a time so the upsampled logits never take Q x S x S memory. `out`: a
-    (C+1, S * S) float32 buffer to write into (reused across windows), else a new one.
+    (C+1, S * S) float32 buffer to write into (reused across windows), else a new one. `side` may be a
+    (height, width) pair for a non-square "window" (a whole image, see `predict_canvas`).
     """
+    height, width = (side, side) if isinstance(side, int) else side
     probs = class_logits.float().softmax(-1)  # softmax over C+1, no-object included (docs/models.md)
-    chunk_size = query_chunk or _query_chunk(side)
+    chunk_size = query_chunk or _query_chunk(height * width)
     if out is None:
-        out = torch.empty((probs.shape[-1], side * side), dtype=torch.float32, device=mask_logits.device)
+        out = torch.empty((probs.shape[-1], height * width), dtype=torch.float32, device=mask_logits.device)
     for first in range(0, mask_logits.shape[0], chunk_size):
         chunk = mask_logits[first : first + chunk_size].float()
-        masks = F.interpolate(chunk[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+        masks = F.interpolate(chunk[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         masks = masks.sigmoid_().reshape(masks.shape[0], -1)
         # einsum("qhw,qk->khw") accumulated in place: no (C+1, S, S) temporary per chunk.
         if first == 0:
             torch.mm(probs[:chunk_size].T, masks, out=out)
         else:
             out.addmm_(probs[first : first + chunk_size].T, masks)
-    return out.view(-1, side, side)
+    return out.view(-1, height, width)
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
@@ -129,15 +170,19 @@ def predict_canvas(
     image: uint8 (H, W, 3) or (3, H, W). The model must already be prepared (`prepare_model`) and on `device`;
     `dtype` (bf16 / fp16) runs the forward under autocast, scoring stays float32. `out`: the canvas of an earlier
     call, overwritten when its shape fits (a stream of equal-size images then allocates it once; on the CPU a
-    fresh 160 MB canvas per image costs more in page faults than filling it).
+    fresh 160 MB canvas per image costs more in page faults than filling it). A model with
+    `whole_image_inference` set (Mask2Former's own Cityscapes protocol) sees the resized image in one forward
+    pass instead of S x S windows.
     """
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
     side = int(model.img_size)
     resized = torch.tensor(resize_image(_as_hwc(image), side)).permute(2, 0, 1)  # (3, H', W') uint8, a copy
     height, width = resized.shape[-2:]
-    starts = window_starts(max(height, width), side)
     device = torch.device(device)
+    if getattr(model, "whole_image_inference", False):
+        return _predict_whole(model, resized, dtype, device)
+    starts = window_starts(max(height, width), side)
     shape = (int(model.num_classes) + 1, height, width)
     if out is not None and out.shape == shape and out.device == device and out.dtype == torch.float32:
         canvas = out  # every position is written by `place_window` below: no zero fill needed
@@ -159,6 +204,19 @@ def predict_canvas(
                 filled = place_window(canvas, window, start, filled)
             del mask_logits_list, class_logits_list, mask_logits, class_logits
     return average_overlaps(canvas, side)
+
+
+def _predict_whole(
+    model: nn.Module, resized: torch.Tensor, dtype: torch.dtype | None, device: torch.device
+) -> torch.Tensor:
+    """The (C+1, H', W') stack of a (3, H', W') uint8 image forwarded whole (no windows, nothing to average)."""
+    height, width = resized.shape[-2:]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    with torch.inference_mode():
+        batch = resized[None].to(device).float().div_(255)
+        with autocast:
+            mask_logits_list, class_logits_list = model(batch)
+        return window_stack(mask_logits_list[-1][0], class_logits_list[-1][0], (height, width)).clone()
 
 
 def predict_image(
@@ -263,10 +321,13 @@ def canvas_top2(canvas: torch.Tensor, shape: tuple[int, int]) -> tuple[np.ndarra
     """Top-2 classes and their normalised scores s_c / sum_c s_c at a small `shape`, for per-pixel read-outs.
 
     canvas: (C+1, H', W'). Returns (2, h, w) uint8 class ids and (2, h, w) float16 scores, (h, w) = `shape`
-    (the preview size of the image, same aspect).
+    (the preview size of the image, same aspect). Each preview pixel reads the canvas pixel at its centre (as the
+    prediction preview picks its labels), so a read-out's first class is the class shown there.
     """
-    # Area averaging: each preview pixel is the mean of the canvas pixels it covers (cheap and alias-free).
-    scores = F.interpolate(canvas[None, :-1].float(), size=shape, mode="area")[0].clamp_min_(0)
+    height, width = canvas.shape[-2:]
+    rows = torch.from_numpy(centre_indices(height, shape[0])).to(canvas.device)
+    cols = torch.from_numpy(centre_indices(width, shape[1])).to(canvas.device)
+    scores = canvas[:-1].index_select(1, rows).index_select(2, cols).float().clamp_min_(0)
     normalised = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
     values, classes = normalised.topk(2, dim=0)
     return classes.to(torch.uint8).cpu().numpy(), values.to(torch.float16).cpu().numpy()

@@ -4,9 +4,9 @@ The Mask2Former baselines (`eomt_ood.models.baselines`, which import transformer
 time the registry is asked for a name it does not know, so building an EoMT never pays for importing them.
 """
 
-from eomt_ood.models.checkpoints import load_checkpoint, load_model, save_checkpoint
+from eomt_ood.models.checkpoints import load_checkpoint
 from eomt_ood.models.eomt import EoMT
-from eomt_ood.models.registry import create_model, list_models, register_model
+from eomt_ood.models.registry import create_model, list_models, load_model, register_model, save_checkpoint
 
 __all__ = [
     "EoMT",

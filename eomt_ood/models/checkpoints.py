@@ -6,16 +6,19 @@ Formats, told apart by their keys, not file names (docs/eomt.md §3):
 - Hugging Face `EomtForUniversalSegmentation` (`embeddings.*`, `layers.N.attention.{q,k,v}_proj`, ...) and the
   older port generation (`model.` prefix, `model.encoder.layers`, `model.encoder.query`, `attention.proj_out`);
 - ours (`backbone.<timm>`, `q.weight`, `class_head`, `mask_head.{0,2,4}`, `upscale.N`, `attn_mask_probs`),
-  written by `save_checkpoint` as safetensors with the model name and kwargs in the metadata.
+  written by `registry.save_checkpoint` as safetensors with the model name and kwargs in the metadata;
+- official DINOv3 EoMT (`network.encoder.backbone.` + Hugging Face DINOv3ViTModel keys with `embeddings` renamed
+  `patch_embed` and `layer` renamed `blocks`), whose released files hold deltas to the DINOv3 backbone.
 
-Files are read with safetensors or `torch.load(weights_only=True)` only: nothing is ever unpickled.
+`read_state_dict` is the package's one reader of weights files (EoMT checkpoints, backbone weights, baseline
+checkpoints): safetensors or `torch.load(weights_only=True)` only, so nothing is ever unpickled. This module
+knows file formats and key layouts but not the registry: building a model from a file is `registry.load_model`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -34,70 +37,159 @@ class CheckpointMismatch(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- reading files
+# The package's only reader of weights files: EoMT checkpoints, backbone weights and baseline checkpoints all
+# come through `read_state_dict`, so a file problem reads the same whichever model asked for it.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-def resolve_weights_file(path: str | Path) -> Path:
-    """A weights file, or the model.safetensors / pytorch_model.bin inside a folder (a hub repo download)."""
+def resolve_weights_file(path: str | Path, missing_hint: str = "") -> Path:
+    """A weights file, or what a Hugging Face folder holds: model.safetensors, pytorch_model.bin, or the index
+    of a sharded save (model.safetensors.index.json / pytorch_model.bin.index.json), in that order.
+
+    missing_hint: appended to the "not found" error (e.g. where to download the file).
+    """
     path = Path(path)
     if path.is_dir():
-        for name in WEIGHT_FILES:
+        for name in WEIGHT_FILES + SHARD_INDEXES:
             if (path / name).is_file():
                 return path / name
-        raise UserError(f"{path}: folder has no {' or '.join(WEIGHT_FILES)}")
+        raise UserError(f"{path}: folder has none of {', '.join(WEIGHT_FILES + SHARD_INDEXES)}")
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint file not found")
+        raise UserError(f"{path}: weights file not found" + (f"; {missing_hint}" if missing_hint else ""))
     return path
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a .safetensors / .bin / .pt / .pth / .ckpt file or a folder holding one.
+def read_state_dict(path: str | Path, missing_hint: str = "") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a weights file, or of the weights in a Hugging Face folder.
 
-    Metadata is empty unless the file is safetensors. Lightning `{"state_dict": ...}` files are unwrapped.
+    Reads .safetensors (with its metadata), .bin / .pt / .pth / .ckpt through `torch.load(weights_only=True)`,
+    and sharded Hugging Face saves through their index. Lightning `{"state_dict": ...}` and `{"model": ...}`
+    wrappers (Lightning .ckpt, Meta's DeiT/DINO release files) are unwrapped. Metadata is empty unless the
+    file is safetensors. Every failure is a UserError naming the file: not found, unreadable, pickled Python
+    objects refused, not a dict of tensors.
     """
-    path = resolve_weights_file(path)
+    path = resolve_weights_file(path, missing_hint)
+    if path.name in SHARD_INDEXES:
+        return _read_shards(path), {}
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        return _read_safetensors(path)
+    return _read_torch(path), {}
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                metadata = dict(f.metadata() or {})
-                return {k: f.get_tensor(k) for k in f.keys()}, metadata
-        except Exception as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata
     except Exception as exc:
-        # weights_only refuses anything but tensors and plain containers: pickled objects never run.
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
-        # torch's useful line names the refused global, e.g. "Unsupported global: GLOBAL argparse.Namespace"
-        reason = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), type(exc).__name__)
-        reason = reason.split(" was not an allowed global")[0]
+        raise UserError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from exc
+
+
+def load_weights_only(path: str | Path, mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers, never a pickled object.
+
+    mmap: map the tensors instead of reading them (zip-format files; older files are read). Any failure is a
+    UserError naming the file; a file holding Python objects is "refused to unpickle" with the refused global.
+    """
+    import warnings
+    import zipfile
+
+    try:
+        with warnings.catch_warnings():
+            # torch warns (on stderr) about pickle protocols it does not expect before it refuses the file.
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(
+                path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path)
+            )
+    except Exception as exc:
         raise UserError(
-            f"{path}: refused to load: not a weights-only torch file (it holds pickled Python objects, or it "
-            f"is corrupt): {reason[:200]}"
+            f"{path}: {_refusal(exc) or f'unreadable torch weights file ({_first_line(exc)})'}"
         ) from exc
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # Lightning .ckpt
+
+
+def _read_torch(path: Path) -> dict[str, Tensor]:
+    obj = load_weights_only(path)
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model"):  # Lightning .ckpt; Meta release files
+            if isinstance(obj.get(wrapper), dict) and not all(isinstance(v, Tensor) for v in obj.values()):
+                obj = obj[wrapper]
+                break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise UserError(f"{path}: expected a dict of tensors (a state dict), found {type(obj).__name__}")
-    return obj, {}
+        raise UserError(f"{path}: expected a dict of tensors (a state dict), found {_describe(obj)}")
+    return obj
+
+
+def _read_shards(index: Path) -> dict[str, Tensor]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{index}: unreadable shard index ({_first_line(exc)})") from exc
+    state: dict[str, Tensor] = {}
+    for name in shards:
+        shard = resolve_weights_file(index.parent / name)
+        state |= _read_safetensors(shard)[0] if shard.suffix == ".safetensors" else _read_torch(shard)
+    return state
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """What torch's weights-only unpickler refused, as the rest of a one-line message; None for other failures.
+
+    Its message spends several lines on the change of default in PyTorch 2.6; the line that matters names the
+    refused global ("Unsupported global: GLOBAL argparse.Namespace", "unsupported GLOBAL posix.system") or
+    opcode ("Unsupported operand 149").
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
+    found = re.search(r"unsupported global:? (GLOBAL )?([\w.]+)", text, re.IGNORECASE)
+    if found:
+        return (
+            f"refused to unpickle: the file holds Python objects besides tensors (GLOBAL {found.group(2)}); "
+            "only weights-only files are loaded"
+        )
+    found = re.search(r"Unsupported operand \d+|Unpickler error: *(\S[^\n]*)", text)
+    if found and "Weights only load failed" in text:
+        return (
+            f"unreadable torch weights file: not a weights-only file ({found.group(0).strip()[:80]}); "
+            "nothing in it was unpickled"
+        )
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, dict):
+        odd = next(k for k, v in obj.items() if not isinstance(v, Tensor))
+        return f"a dict whose entry {str(odd)[:60]!r} is a {type(obj[odd]).__name__}"
+    return f"a {type(obj).__name__}"
 
 
 # ------------------------------------------------------------------------------------- format normalisation
 def _from_official_or_ours(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     anchor = next(k for k in state_dict if k.endswith("backbone.cls_token"))
-    backbone_prefix = anchor[
-        : -len("cls_token")
-    ]  # "network.encoder.backbone." | "backbone." | "model.backbone."
+    # "network.encoder.backbone." | "backbone." | "model.backbone."
+    return _split_network(state_dict, anchor[: -len("cls_token")], lambda backbone: backbone)
+
+
+def _split_network(
+    state_dict: dict[str, Tensor], backbone_prefix: str, convert_backbone: Any
+) -> dict[str, Tensor]:
+    """Keys under `backbone_prefix` -> `backbone.` + convert_backbone(their rest); the module's others unprefixed."""
     module_prefix = backbone_prefix[: -len("backbone.")]
     if module_prefix.endswith("encoder."):  # official: the ViT and pixel constants sit in network.encoder
         module_prefix = module_prefix[: -len("encoder.")]
-    out = {}
+    backbone = {k[len(backbone_prefix) :]: v for k, v in state_dict.items() if k.startswith(backbone_prefix)}
+    out = {"backbone." + k: v for k, v in convert_backbone(backbone).items()}
     for key, value in state_dict.items():
         if key.startswith(backbone_prefix):
-            out["backbone." + key[len(backbone_prefix) :]] = value
-        elif key.startswith(module_prefix):
+            continue
+        if key.startswith(module_prefix):
             rest = key[len(module_prefix) :]
             if rest.removeprefix("encoder.") in _PIXEL_CONSTANTS or rest.startswith("criterion."):
                 continue  # constants, and the loss's class weights (rebuilt by the loss; shape depends on C)
@@ -167,12 +259,111 @@ def _from_hugging_face(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+_DINOV3_RENAMES = [  # (regex on a Hugging Face DINOv3ViTModel key, timm Eva key); official EoMT aliases too
+    (r"(?:embeddings|patch_embed)\.cls_token", "cls_token"),
+    (r"(?:embeddings|patch_embed)\.register_tokens", "reg_token"),
+    (r"(?:embeddings|patch_embed)\.patch_embeddings\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"(?:layer|blocks)\.(\d+)\.norm([12])\.(weight|bias)", r"blocks.\1.norm\2.\3"),
+    (r"(?:layer|blocks)\.(\d+)\.attention\.o_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"(?:layer|blocks)\.(\d+)\.attention\.q_proj\.bias", r"blocks.\1.attn.q_bias"),
+    (r"(?:layer|blocks)\.(\d+)\.attention\.v_proj\.bias", r"blocks.\1.attn.v_bias"),
+    (r"(?:layer|blocks)\.(\d+)\.layer_scale([12])\.lambda1", r"blocks.\1.gamma_\2"),
+    (r"(?:layer|blocks)\.(\d+)\.mlp\.up_proj\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (r"(?:layer|blocks)\.(\d+)\.mlp\.down_proj\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+]
+_DINOV3_ANCHOR = "patch_embed.patch_embeddings.weight"  # the official EoMT's name for DINOv3's patch conv
+
+
+def is_hf_dinov3(state_dict: dict[str, Tensor]) -> bool:
+    """A Hugging Face DINOv3ViTModel state dict (no prefix), e.g. facebook/dinov3-vitl16-pretrain-lvd1689m."""
+    return "embeddings.patch_embeddings.weight" in state_dict and "layer.0.norm1.weight" in state_dict
+
+
+def is_official_dinov3(state_dict: dict[str, Tensor]) -> bool:
+    """An official tue-mps/eomt DINOv3 file: the HF DINOv3 backbone under `...encoder.backbone.`, aliased."""
+    return any(k.endswith("backbone." + _DINOV3_ANCHOR) for k in state_dict)
+
+
+def dinov3_to_timm(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face DINOv3ViTModel keys (or the official EoMT aliases `patch_embed.*`, `blocks.N.*`) -> timm's
+    `vit_*_patch16_dinov3_qkvb` keys: q/k/v weights fused as rows [q; k; v], q and v biases kept (DINOv3 has no
+    k bias), LayerScale as gamma_1/2; the mask token (pre-training only) and RoPE buffers are dropped."""
+    out: dict[str, Tensor] = {}
+    qkv: dict[str, dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        if key.endswith("mask_token") or key.startswith("rope_embeddings."):
+            continue
+        if ".mlp.gate_proj." in key:
+            raise CheckpointMismatch("gated-MLP DINOv3 (ViT-S+/H+/7B) backbones are not supported")
+        split = re.fullmatch(r"(?:layer|blocks)\.(\d+)\.attention\.([qkv])_proj\.weight", key)
+        if split:
+            qkv.setdefault(split[1], {})[split[2]] = value
+            continue
+        if re.fullmatch(r"(?:layer|blocks)\.\d+\.attention\.k_proj\.bias", key):
+            if value.abs().max() > 0:
+                raise CheckpointMismatch(f"{key} is not zero; timm's DINOv3 has no key bias")
+            continue
+        for pattern, replacement in _DINOV3_RENAMES:
+            if re.fullmatch(pattern, key):
+                key = re.sub(pattern, replacement, key)
+                break
+        out[key] = value  # norm.* keeps its name; unknown keys pass through so strict loading names them
+    for block, parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointMismatch(f"block {block} has only {sorted(parts)} of the q/k/v projections")
+        out[f"blocks.{block}.attn.qkv.weight"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out
+
+
+def _from_official_dinov3(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    anchor = next(k for k in state_dict if k.endswith("backbone." + _DINOV3_ANCHOR))
+    return _split_network(state_dict, anchor[: -len(_DINOV3_ANCHOR)], dinov3_to_timm)
+
+
+def _add_dinov3_base(delta: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Official DINOv3 EoMT weights from their released deltas, the way the official loader rebuilds them.
+
+    It adds every tensor to a base: the model as initialised with the DINOv3 backbone weights, every parameter
+    outside the backbone zeroed, buffers as initialised (attn_mask_probs = 1). So the backbone needs its DINOv3
+    weights loaded first (`pretrained_backbone`). A file whose final LayerNorm weight is O(1) holds full weights,
+    not deltas (fine-tuning moves LayerNorm weights by far less), and is taken as it is without a backbone.
+    """
+    backbone: Any = getattr(model, "backbone", None)
+    pretrained = getattr(backbone, "pretrained_weights", None)
+    norm = delta.get("backbone.norm.weight")
+    full_weights = norm is not None and float(norm.abs().mean()) > 0.5
+    if pretrained is None:
+        if full_weights:
+            return delta
+        raise CheckpointMismatch(
+            "official DINOv3 EoMT weights are deltas to the DINOv3 backbone: build the model with "
+            "pretrained_backbone=<DINOv3 weights> (timm vit_*_patch16_dinov3_qkvb.lvd1689m, "
+            "facebook/dinov3-*-pretrain-lvd1689m or Meta's .pth)"
+        )
+    if full_weights:
+        raise CheckpointMismatch(
+            "holds full DINOv3 EoMT weights, not deltas: build the model without pretrained_backbone"
+        )
+    base = model.state_dict()
+    out = {}
+    for key, value in delta.items():
+        if key.startswith("backbone.") and key in base and base[key].shape == value.shape:
+            out[key] = base[key].to(value.dtype) + value
+        elif key == "attn_mask_probs":
+            out[key] = 1 + value
+        else:
+            out[key] = value  # zero base; a key the model lacks is named by the strict load
+    return out
+
+
 def to_eomt_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Normalise an official / Lightning / Hugging Face / own state dict to our key names (model-independent)."""
     inner: Any = state_dict.get("state_dict")
     if isinstance(inner, dict):
         state_dict = inner
     state_dict = {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
+    if is_official_dinov3(state_dict):
+        return _from_official_dinov3(state_dict)
     if any(k.endswith("embeddings.cls_token") for k in state_dict):
         return _from_hugging_face(state_dict)
     if any(k.endswith("backbone.cls_token") for k in state_dict):
@@ -186,9 +377,12 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
     """Any supported EoMT state dict -> one that `model.load_state_dict(..., strict=True)` accepts.
 
     Pure: the input is not modified. A missing `attn_mask_probs` (older HF files) defaults to zeros, i.e. the
-    fully annealed state in which masking changes nothing.
+    fully annealed state in which masking changes nothing. Official DINOv3 deltas are added to the model's
+    DINOv3 backbone weights (`_add_dinov3_base`).
     """
     out = to_eomt_keys(state_dict)
+    if is_official_dinov3({k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}):
+        out = _add_dinov3_base(out, model)
     probs: Any = getattr(model, "attn_mask_probs", None)
     if "attn_mask_probs" not in out and isinstance(probs, Tensor):
         out["attn_mask_probs"] = torch.zeros_like(probs)
@@ -342,30 +536,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, load_class_head: bool = 
         raise UserError(f"{path}: {exc}") from exc
 
 
-# ------------------------------------------------------------------------------------------- saving / rebuild
-def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Write the model's state dict as safetensors with {"format", "name", "config"} metadata (+ a .json beside).
-
-    The model must come from `create_model` (it carries its name and construction kwargs). Written atomically.
-    """
-    from safetensors.torch import save_file
-
-    from eomt_ood.models.registry import model_config
-
-    path = Path(path)
-    config = model_config(model)
-    config_json = json.dumps(config, sort_keys=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        tensors, str(tmp), metadata={"format": FORMAT_TAG, "name": config["name"], "config": config_json}
-    )
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return path
-
-
+# ---------------------------------------------------------------------------------------- Hugging Face configs
 def hf_config_to_kwargs(config: dict) -> tuple[str, dict]:
     """Registered name and overrides for a Hugging Face `EomtConfig` (config.json as a dict).
 
@@ -393,49 +564,3 @@ def hf_config_to_kwargs(config: dict) -> tuple[str, dict]:
         return "eomt_giant_patch16_1024", kwargs
     kwargs["mlp_ratio"] = mlp_ratio
     return "eomt_large_patch16_1024", kwargs
-
-
-def load_model(path: str | Path, **overrides) -> nn.Module:
-    """Rebuild a model from a file (or folder) and load it; `overrides` (e.g. masked_attn_enabled=False) win.
-
-    The architecture comes from, in order: our safetensors metadata (`save_checkpoint`); a Hugging Face
-    `config.json` beside the weights (model_type "eomt"); the tensor shapes, when they match a registered
-    DINOv2 size (official `pytorch_model.bin`).
-    """
-    from eomt_ood.models.registry import create_model
-
-    path = resolve_weights_file(path)
-    state_dict, metadata = read_state_dict(path)
-    hf_config_path = path.parent / "config.json"
-    if metadata.get("format") == FORMAT_TAG:
-        config = json.loads(metadata["config"])
-        name, kwargs = config["name"], dict(config["kwargs"])
-    elif hf_config_path.is_file() and _is_eomt_hf_config(hf_config_path):
-        name, kwargs = hf_config_to_kwargs(json.loads(hf_config_path.read_text()))
-    else:
-        try:
-            inferred = infer_config(state_dict)
-        except CheckpointMismatch as exc:
-            raise UserError(f"{path}: {exc}") from exc
-        name = suggest_model_name(inferred)
-        if name is None:
-            raise UserError(
-                f"{path}: no eomt_ood metadata and no registered size with embed dim {inferred['embed_dim']} and "
-                f"{inferred['depth']} blocks; build it with create_model(name, checkpoint=..., **overrides)"
-            )
-        kwargs = {k: inferred[k] for k in ("img_size", "num_queries", "num_classes")}
-        if inferred["num_blocks"] is not None:
-            kwargs["num_blocks"] = inferred["num_blocks"]
-    model = create_model(name, **{**kwargs, **overrides})
-    try:
-        load_state_dict_into(model, state_dict)
-    except CheckpointMismatch as exc:
-        raise UserError(f"{path}: {exc}") from exc
-    return model
-
-
-def _is_eomt_hf_config(path: Path) -> bool:
-    try:
-        return json.loads(path.read_text()).get("model_type") == "eomt"
-    except (OSError, ValueError, AttributeError):
-        return False

@@ -9,6 +9,8 @@ Follows the official tue-mps/eomt DINOv2 code path (Kerssies et al., CVPR 2025) 
 
 Token order in the last L2 blocks is [Q queries | CLS | R registers | G*G patches]. Only query->patch attention
 is ever masked. With masking disabled (inference) the forward is the plain timm ViT plus one `predict`.
+Optional ALGM token merging (`models/algm.py`, off by default) shrinks the patch tokens in the blocks before the
+queries and restores the full grid before them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from timm.layers import LayerNorm2d
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+
+from eomt_ood.models.algm import ALGMSettings, TokenMerger
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -156,6 +160,11 @@ class EoMT(nn.Module):
         self.masked_attn_enabled = masked_attn_enabled
         # Filled by the registry (name + construction kwargs) so a saved file can be rebuilt.
         self.config: dict | None = None
+        # ALGM token merging at inference (`models.algm.enable_token_merging`); None = off, the plain forward.
+        self.token_merging: ALGMSettings | None = None
+        self.last_merge_counts: list[
+            tuple[int, int]
+        ] = []  # (block, patch tokens) after each merge, last forward
 
         dim = backbone.embed_dim
         self.q = nn.Embedding(num_queries, dim)
@@ -201,10 +210,16 @@ class EoMT(nn.Module):
         x = backbone.norm_pre(x)
 
         first_query_block = len(backbone.blocks) - self.num_blocks
+        merger = None
+        if self.token_merging is not None:
+            merger = TokenMerger(self.token_merging, self.grid_size, self.num_prefix_tokens)
         mask_logits_per_block: list[Tensor] = []
         class_logits_per_block: list[Tensor] = []
         for i, block in enumerate(backbone.blocks):
             if i == first_query_block:
+                if merger is not None:  # the query blocks predict masks from the full patch grid
+                    x = merger.unmerge(x)
+                    self.last_merge_counts = merger.counts
                 queries = self.q.weight[None].expand(x.shape[0], -1, -1).to(x.dtype)
                 x = torch.cat([queries, x], dim=1)
             attn_mask = None
@@ -216,6 +231,8 @@ class EoMT(nn.Module):
             # The unmasked case uses timm's own block forward, so inference costs about a plain ViT forward.
             if self.uses_rope:  # timm's EvaBlock takes the mask itself
                 x = block(x, rope=rope, attn_mask=None if attn_mask is None else attn_mask[:, None])
+            elif merger is not None and merger.handles(i):  # only before the query blocks
+                x = merger.block_forward(block, x, i)
             elif attn_mask is None:
                 x = block(x)
             else:

@@ -1,8 +1,10 @@
-"""Model registry: named architectures are tiny functions that only set defaults (timm style).
+"""Model registry, the builder: named architectures are tiny functions that only set defaults (timm style).
 
 Every named model can be built at toy size by overriding kwargs (img_size, embed_dim, depth, num_heads,
 reg_tokens, num_queries, num_classes, num_blocks, ...). `create_model` records the name and the overrides in
-`model.config` so `save_checkpoint` / `load_model` can rebuild the same architecture.
+`model.config`; `save_checkpoint` writes them into the weights file and `load_model` rebuilds the same
+architecture from it. Reading files and converting foreign key layouts is `models/checkpoints.py`'s job; this
+module only decides which registered model a file describes.
 
 EoMT names follow docs/eomt.md §1.1 (paper Table A); defaults are the Cityscapes semantic setting
 (C = 19, Q = 100).
@@ -10,24 +12,30 @@ EoMT names follow docs/eomt.md §1.1 (paper Table A); defaults are the Cityscape
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
 from pathlib import Path
 
 from torch import nn
 
 from eomt_ood.errors import UserError
 from eomt_ood.models.backbones import create_backbone
+from eomt_ood.models.catalog import MODELS as _MODELS
+from eomt_ood.models.catalog import register_model
+from eomt_ood.models.checkpoints import (
+    FORMAT_TAG,
+    CheckpointMismatch,
+    hf_config_to_kwargs,
+    infer_config,
+    load_checkpoint,
+    load_state_dict_into,
+    read_state_dict,
+    resolve_weights_file,
+    suggest_model_name,
+)
 from eomt_ood.models.eomt import EoMT
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register a model function under its own name; it takes only keyword overrides."""
-    if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    _MODELS[fn.__name__] = fn
-    return fn
+__all__ = ["create_model", "list_models", "load_model", "model_config", "register_model", "save_checkpoint"]
 
 
 def _register_baselines() -> None:
@@ -59,8 +67,6 @@ def create_model(name: str, checkpoint: str | Path | None = None, **overrides) -
     else:  # e.g. a transformers model whose `config` is its own PretrainedConfig
         setattr(model, "registry_config", recorded)  # noqa: B010
     if checkpoint is not None:
-        from eomt_ood.models.checkpoints import load_checkpoint
-
         load_checkpoint(model, checkpoint)
     return model
 
@@ -74,6 +80,73 @@ def model_config(model: nn.Module) -> dict:
     raise ValueError(f"{type(model).__name__} was not built by create_model; it has no registry config")
 
 
+# ------------------------------------------------------------------------------------ saving and rebuilding
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Write the model's state dict as safetensors with {"format", "name", "config"} metadata (+ a .json beside).
+
+    The model must come from `create_model` (it carries its name and construction kwargs). Written atomically.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config = model_config(model)
+    config_json = json.dumps(config, sort_keys=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(
+        tensors, str(tmp), metadata={"format": FORMAT_TAG, "name": config["name"], "config": config_json}
+    )
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_model(path: str | Path, **overrides) -> nn.Module:
+    """Rebuild a model from a file (or folder) and load it; `overrides` (e.g. masked_attn_enabled=False) win.
+
+    The architecture comes from, in order: our safetensors metadata (`save_checkpoint`); a Hugging Face
+    `config.json` beside the weights (model_type "eomt"); the tensor shapes, when they match a registered
+    DINOv2 size (official `pytorch_model.bin`).
+    """
+    path = resolve_weights_file(path)
+    state_dict, metadata = read_state_dict(path)
+    hf_config_path = path.parent / "config.json"
+    if metadata.get("format") == FORMAT_TAG:
+        config = json.loads(metadata["config"])
+        name, kwargs = config["name"], dict(config["kwargs"])
+    elif hf_config_path.is_file() and _is_eomt_hf_config(hf_config_path):
+        name, kwargs = hf_config_to_kwargs(json.loads(hf_config_path.read_text()))
+    else:
+        try:
+            inferred = infer_config(state_dict)
+        except CheckpointMismatch as exc:
+            raise UserError(f"{path}: {exc}") from exc
+        name = suggest_model_name(inferred)
+        if name is None:
+            raise UserError(
+                f"{path}: no eomt_ood metadata and no registered size with embed dim {inferred['embed_dim']} and "
+                f"{inferred['depth']} blocks; build it with create_model(name, checkpoint=..., **overrides)"
+            )
+        kwargs = {k: inferred[k] for k in ("img_size", "num_queries", "num_classes")}
+        if inferred["num_blocks"] is not None:
+            kwargs["num_blocks"] = inferred["num_blocks"]
+    model = create_model(name, **{**kwargs, **overrides})
+    try:
+        load_state_dict_into(model, state_dict)
+    except CheckpointMismatch as exc:
+        raise UserError(f"{path}: {exc}") from exc
+    return model
+
+
+def _is_eomt_hf_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("model_type") == "eomt"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# ------------------------------------------------------------------------------------------ architectures
 def _create_eomt(
     backbone: str,
     *,
@@ -188,6 +261,67 @@ def eomt_eva02_large_patch16_512(**kwargs) -> EoMT:
     return _create_eomt("eva02_large_patch14_224", **_defaults(defaults, kwargs))
 
 
+# DINOv3 (timm's `vit_*_patch16_dinov3_qkvb`: native patch 16, 4 registers, RoPE on the patches, LayerScale;
+# the q/v biases the official code trains through Hugging Face's DINOv3ViTModel). Official EoMT DINOv3 settings
+# (tue-mps/eomt model_zoo/dinov3.md): COCO panoptic S / B / L at 640 and L at 1280 with Q = 200, C = 133; ADE20K
+# semantic L at 512 with Q = 100, C = 150; L2 = 4 for L, 3 for S / B (as in the DINOv2 S / B configs). Their
+# released weights are deltas to the DINOv3 backbone: build with pretrained_backbone=<DINOv3 weights> and
+# checkpoint=<the official file> (models/checkpoints.py adds the two). The *_1024 variants keep the Cityscapes
+# defaults of this toolkit (C = 19, Q = 100) for training here; no official checkpoint exists for them.
+# rope_rescale_coords: in training, HF's DINOv3 scales the RoPE coordinates by one log-uniform factor in [1/2, 2]
+# per forward (its config's pos_embed_rescale = 2), and the official EoMT trains through that module.
+_DINOV3 = dict(dynamic_img_size=False, rope_rescale_coords=2.0)
+_DINOV3_COCO = dict(num_queries=200, num_classes=133, **_DINOV3)
+
+
+@register_model
+def eomt_dinov3_small_patch16_640(**kwargs) -> EoMT:
+    defaults = dict(img_size=640, num_blocks=3, **_DINOV3_COCO)
+    return _create_eomt("vit_small_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_base_patch16_640(**kwargs) -> EoMT:
+    defaults = dict(img_size=640, num_blocks=3, **_DINOV3_COCO)
+    return _create_eomt("vit_base_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_large_patch16_640(**kwargs) -> EoMT:
+    defaults = dict(img_size=640, num_blocks=4, **_DINOV3_COCO)
+    return _create_eomt("vit_large_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_large_patch16_1280(**kwargs) -> EoMT:
+    defaults = dict(img_size=1280, num_blocks=4, **_DINOV3_COCO)
+    return _create_eomt("vit_large_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_large_patch16_512(**kwargs) -> EoMT:
+    defaults = dict(img_size=512, num_blocks=4, num_queries=100, num_classes=150, **_DINOV3)
+    return _create_eomt("vit_large_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_small_patch16_1024(**kwargs) -> EoMT:
+    defaults = dict(img_size=1024, num_blocks=3, **_DINOV3)
+    return _create_eomt("vit_small_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_base_patch16_1024(**kwargs) -> EoMT:
+    defaults = dict(img_size=1024, num_blocks=3, **_DINOV3)
+    return _create_eomt("vit_base_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_large_patch16_1024(**kwargs) -> EoMT:
+    defaults = dict(img_size=1024, num_blocks=4, **_DINOV3)
+    return _create_eomt("vit_large_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))
+
+
 @register_model
 def eomt_test(**kwargs) -> EoMT:
     """Tiny DINOv2-style EoMT for tests: S 64, p 16 (G 4), D 32, 4 blocks, 2 heads, 2 registers, L2 2, Q 8, C 19."""
@@ -202,3 +336,20 @@ def eomt_test(**kwargs) -> EoMT:
         num_classes=19,
     )
     return _create_eomt("vit_small_patch14_reg4_dinov2", **_defaults(defaults, kwargs))
+
+
+@register_model
+def eomt_dinov3_test(**kwargs) -> EoMT:
+    """Tiny DINOv3-style EoMT for tests: S 64, p 16 (G 4), D 32, 4 blocks, 2 heads, 2 registers, L2 2, Q 8, C 19."""
+    defaults = dict(
+        img_size=64,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        num_reg_tokens=2,
+        num_blocks=2,
+        num_queries=8,
+        num_classes=19,
+        **_DINOV3,
+    )
+    return _create_eomt("vit_small_patch16_dinov3_qkvb", **_defaults(defaults, kwargs))

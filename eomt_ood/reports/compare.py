@@ -1,8 +1,15 @@
 """`eomt-ood compare`: several evaluation runs side by side (the paper's OOD comparison: EoMT vs Mask2Former).
 
 Each RUN_DIR is a directory written by `eomt_ood.bravo.pipeline.evaluate_bravo` (results.json, predictions.h5,
-config.yaml). For every run one confidence score is compared: `--confidence NAME` when given, else the run's
-first score (`meta.confidences[0]`, the one it submitted).
+config.yaml), or the results JSON of `eomt-ood score --stats` (its statistics file gives the histograms and the
+per-image statistics). For every run one confidence score is compared: `--confidence NAME` when given, else the
+run's first score (`meta.confidences[0]`, the one it submitted).
+
+Intervals (`eomt_ood.bravo.intervals`): every run's per-image statistics are resampled with the same seeded
+draws, so each value gets its bootstrap interval, and every run after the first gets its difference to the
+first with the paired interval (the same resampled images for both), marked where that interval excludes 0.
+Pairing needs the same images (matched by name); runs over other images get their own intervals only, and a
+warning says why.
 
 The report holds
 
@@ -124,6 +131,10 @@ class RunSummary:
     backbone: str
     pretraining: str
     histograms: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    statistics_file: Path | None = None
+    results: dict[str, Any] = field(default_factory=dict)  # the whole results file (every score block)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    differences: dict[str, Any] = field(default_factory=dict)  # key -> bootstrap.Difference (run - first run)
 
     @property
     def img_size(self) -> int | None:
@@ -132,27 +143,37 @@ class RunSummary:
 
 
 def load_run(run_dir: str | Path, confidence: str | None = None) -> RunSummary:
-    """Read one run folder (results.json, config.yaml, predictions.h5); bad input is a one-line UserError."""
-    from eomt_ood.bravo.rundir import RunDir, model_record, score_block
+    """Read one run folder (results.json, config.yaml, predictions.h5), or a `score` results JSON with its
+    statistics file; bad input is a one-line UserError."""
+    from eomt_ood.bravo.rundir import RunDir, load_results, model_record, score_block, statistics_file
     from eomt_ood.store import StoreReader
 
     run = RunDir(Path(run_dir))
-    results = run.read_results()
-    config = run.read_config()
+    if run.path.suffix == ".json" and run.path.is_file():
+        results_file = run.path
+        results, config = load_results(results_file), {}
+        stats_file = statistics_file(results, results_file)
+    else:
+        results_file = run.results_file
+        results, config = run.read_results(), run.read_config()
+        stats_file = run.store_file
     recorded_meta = results.get("meta")
     meta: dict[str, Any] = recorded_meta if isinstance(recorded_meta, dict) else {}
-    score, metrics = score_block(results, confidence, where=str(run.results_file))
+    score, metrics = score_block(results, confidence, where=str(results_file))
     if not metrics:
-        raise UserError(f"{run.results_file}: no metrics (was the run scored with --gt?)")
+        raise UserError(f"{results_file}: no metrics (was the run scored with --gt?)")
     score = score or "unknown"
     model = model_record(meta, config) or {}
     name = model.get("name")
     method, backbone, pretraining = describe_architecture(name)
-    with StoreReader(run.store_file) as store:
-        histograms = store.histograms(score)
+    histograms = {}
+    if stats_file is not None:
+        with StoreReader(stats_file) as store:
+            # A `score` run's statistics file names its one score "submission".
+            histograms = store.histograms(score if score in store.confidences else store.confidences[0])
     return RunSummary(
         path=run.path,
-        label=run.path.name or str(run.path),
+        label=(run.path.stem if results_file == run.path else run.path.name) or str(run.path),
         score=score,
         metrics=metrics,
         meta=meta,
@@ -163,6 +184,8 @@ def load_run(run_dir: str | Path, confidence: str | None = None) -> RunSummary:
         backbone=backbone,
         pretraining=pretraining,
         histograms=histograms,
+        statistics_file=stats_file,
+        results=results,
     )
 
 
@@ -176,6 +199,40 @@ def load_runs(run_dirs: Sequence[str | Path], confidence: str | None = None) -> 
         if names.count(run.label) > 1:
             run.label = str(run.path)
     return runs
+
+
+def add_intervals(runs: Sequence[RunSummary], settings: Any) -> list[str]:
+    """Fill every run's `intervals` and, for the runs after the first, its paired `differences` to the first.
+
+    All runs are resampled with the same seeded draws (`settings`: an `eomt_ood.bravo.intervals.Settings`).
+    Returns one line per run that could not be paired (other images) or has no per-image statistics.
+    """
+    from eomt_ood.bravo import intervals as iv
+
+    notes: list[str] = []
+    stats, reps = [], []
+    for run in runs:
+        if run.statistics_file is None:
+            notes.append(f"{run.label}: no per-image statistics beside its results, so no intervals")
+            stats.append(None)
+            reps.append(None)
+            continue
+        run_stats = iv.ScoreStatistics.from_store(run.statistics_file, run.score)
+        run_reps = iv.run_replicates(run_stats, run.metrics, settings, where=str(run.path))
+        run.intervals = {k: (v[0], v[1]) for k, v in iv.interval_table(run_reps, settings.level).items()}
+        stats.append(run_stats)
+        reps.append(run_reps)
+    first = runs[0]
+    for run, run_stats, run_reps in zip(runs[1:], stats[1:], reps[1:], strict=True):
+        if run_reps is None or reps[0] is None:
+            continue
+        shared = [s for s in iv.scored_subsets(run.metrics) if s in iv.scored_subsets(first.metrics)]
+        reason = iv.same_images(stats[0], run_stats, shared)
+        if reason is not None:
+            notes.append(f"{run.label} is not paired with {first.label}: {reason}")
+            continue
+        run.differences = iv.paired_differences(run_reps, reps[0], settings.level)
+    return notes
 
 
 # ------------------------------------------------------------------------------------------------ conventions
@@ -234,7 +291,12 @@ def _subsets(runs: Sequence[RunSummary]) -> list[str]:
 
 def comparison_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
     """One dict per run: identity columns, then `<subset>_<metric>` (OOD metrics of the OOD subsets, mIoU and
-    ECE of every subset), then the summaries; None where a run lacks a value."""
+    ECE of every subset), then the summaries; None where a run lacks a value.
+
+    With intervals (`add_intervals`), each value column `c` is followed by `c_low`, `c_high` (its bootstrap
+    interval) and `c_diff`, `c_diff_low`, `c_diff_high`, `c_diff_excludes_0` (run - first run, paired; None
+    for the first run and for runs that could not be paired)."""
+    intervals = any(run.intervals for run in runs)
     subsets = _subsets(runs)
     ood = [s for s in subsets if s in OOD_SUBSETS]
     columns = [f"{s}_{m}" for m in OOD_METRICS for s in ood]
@@ -253,7 +315,16 @@ def comparison_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
             "score": run.score,
             "pixels": run.meta.get("pixels", "unknown"),
         }
-        row.update((column, run.metrics.get(column)) for column in columns)
+        for column in columns:
+            row[column] = run.metrics.get(column)
+            if intervals:
+                interval = run.intervals.get(column)
+                row[f"{column}_low"], row[f"{column}_high"] = interval if interval else (None, None)
+                diff = run.differences.get(column)
+                row[f"{column}_diff"] = diff.point if diff else None
+                row[f"{column}_diff_low"] = diff.low if diff else None
+                row[f"{column}_diff_high"] = diff.high if diff else None
+                row[f"{column}_diff_excludes_0"] = diff.excludes_zero if diff else None
         rows.append(row)
     return rows
 
@@ -315,13 +386,34 @@ def _html_table(
         cells = [f"<td>{_cell(row[k])}</td>" for k in ("method", "backbone", "pretraining", "run", "score")]
         for key in keys:
             text = _cell(row.get(key))
-            cells.append(f'<td class="num">{"<b>" + text + "</b>" if i in best[key] else text}</td>')
+            shown = "<b>" + text + "</b>" if i in best[key] else text
+            cells.append(f'<td class="num">{shown}{_interval_html(row, key)}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
         '<div class="scroll"><table class="compare"><thead>'
         f"<tr>{''.join(head1)}</tr><tr>{''.join(head2)}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def _interval_html(row: Mapping[str, Any], key: str) -> str:
+    """The bootstrap interval of a cell and, for a run after the first, its paired difference to the first
+    (marked when the interval excludes 0: green when the run is better, red when worse)."""
+    out = ""
+    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    if isinstance(low, float) and isinstance(high, float) and not (math.isnan(low) or math.isnan(high)):
+        out += f'<br><span class="iv">[{low:.4f}, {high:.4f}]</span>'
+    diff = row.get(f"{key}_diff")
+    if isinstance(diff, float) and not math.isnan(diff):
+        lo, hi = row.get(f"{key}_diff_low"), row.get(f"{key}_diff_high")
+        span = f" [{lo:+.4f}, {hi:+.4f}]" if isinstance(lo, float) and not math.isnan(lo) else ""
+        kind = ""
+        if row.get(f"{key}_diff_excludes_0"):
+            better = (diff < 0) == lower_is_better(_metric_of(key))
+            kind = " better" if better else " worse"
+        mark = " ●" if kind else ""
+        out += f'<br><span class="diff{kind}">Δ {diff:+.4f}{span}{mark}</span>'
+    return out
 
 
 def ood_table_html(runs: Sequence[RunSummary], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -443,10 +535,12 @@ def metric_bars(runs: Sequence[RunSummary]) -> go.Figure | None:
         color = plots._COLORS[i % len(plots._COLORS)]
         for row, (metric, names) in enumerate(panels, start=1):
             values = [run.metrics.get(f"{s}_{metric}") for s in names]
+            values = [v if isinstance(v, int | float) else None for v in values]
             fig.add_trace(
                 go.Bar(
                     x=names,
-                    y=[v if isinstance(v, int | float) else None for v in values],
+                    y=values,
+                    error_y=plots.error_bars(values, [run.intervals.get(f"{s}_{metric}") for s in names]),
                     name=run.label,
                     marker_color=color,
                     legendgroup=run.label,
@@ -471,6 +565,8 @@ _COMPARE_CSS = """
 table.compare { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 table.compare th, table.compare td { border: 1px solid #ddd; padding: 3px 8px; }
 table.compare th { background: #f6f6f6; } table.compare td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.compare .iv, table.compare .diff { font-size: 11px; color: #666; white-space: nowrap; }
+table.compare .diff.better { color: #1a7f37; font-weight: 600; } table.compare .diff.worse { color: #c62828; font-weight: 600; }
 """
 
 
@@ -486,10 +582,38 @@ def warning_banner(differences: Sequence[str]) -> str:
     )
 
 
-def build_comparison(runs: Sequence[RunSummary], title: str = "eomt-ood comparison") -> str:
-    """The comparison report as one self-contained HTML string."""
+# ------------------------------------------------------------------------------- paper reference (Table E)
+# The paper's numbers and the table live in `reports/paper.py`; this gathers each run's model and
+# every score block of its results.json (not just the compared score).
+
+
+def paper_reference(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
+    """The rows of the paper's Table E beside every score each run computed (`paper.table_e_rows`)."""
+    from eomt_ood.reports import paper
+
+    entries = [paper.RunScores(run.label, run.model_name, paper.score_blocks(run.results)) for run in runs]
+    return paper.table_e_rows(entries)
+
+
+def with_paper_columns(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
+    """`comparison_rows` plus the Table E row of each run's architecture and the paper's AUPRC_OOD."""
+    from eomt_ood.reports import paper
+
+    return [dict(row) | paper.reference_columns(run.model_name) for row, run in zip(rows, runs, strict=True)]
+
+
+def build_comparison(
+    runs: Sequence[RunSummary],
+    title: str = "eomt-ood comparison",
+    notes: Sequence[str] = (),
+    level: float = 0.95,
+    replicates: int = 0,
+) -> str:
+    """The comparison report as one self-contained HTML string (`notes`: extra warning lines, e.g. pairing)."""
+    from eomt_ood.reports.paper import table_e_html
+
     rows = comparison_rows(runs)
-    differences = convention_differences(runs)
+    differences = convention_differences(runs) + list(notes)
     sources = "".join(
         f"<tr><td>{html.escape(r.label)}</td><td>{html.escape(str(r.path))}</td>"
         f"<td>{html.escape(r.model_name or 'unknown')}</td></tr>"
@@ -501,6 +625,13 @@ def build_comparison(runs: Sequence[RunSummary], title: str = "eomt-ood comparis
         "Metrics as in docs/metrics.md (pooled over each subset); the best value of each column is bold. "
         "Pre-training is that of the architecture's recipe."
     )
+    if any(run.intervals for run in runs):
+        note += (
+            f" [low, high]: {level:.0%} bootstrap interval over the test images (B = {replicates}; it covers the "
+            f"choice of images, not training seeds). Δ: this run minus {runs[0].label}, with its paired interval "
+            "(the same resampled images for both); ● marks a difference whose interval excludes 0 (green: "
+            "better, red: worse)."
+        )
     return page(
         title,
         [
@@ -509,6 +640,8 @@ def build_comparison(runs: Sequence[RunSummary], title: str = "eomt-ood comparis
             "<h2>OOD detection</h2>",
             ood_table_html(runs, rows),
             chance_note(runs),
+            "<h2>Paper reference: Table E of the EoMT paper</h2>",
+            table_e_html(paper_reference(runs)),
             "<h2>Segmentation and calibration</h2>",
             semantic_table_html(runs, rows),
             "<h2>OOD precision-recall curves</h2>",
@@ -529,24 +662,37 @@ def compare_runs(
     csv_path: str | Path | None = None,
     confidence: str | None = None,
     title: str = "eomt-ood comparison",
+    bootstrap: Any = None,
 ) -> dict[str, Any]:
-    """Write the comparison report to `out` (and the table to `csv_path`); returns {"rows", "differences"}.
+    """Write the comparison report to `out` (and the table to `csv_path`); returns {"rows", "differences",
+    "paper_table"} (the last: the paper's Table E beside the measured numbers, as text).
 
-    The output paths are checked before any run is read: neither may be an existing file of an input run.
+    bootstrap: an `eomt_ood.bravo.intervals.Settings` (default B = 1000, seed 0, 95%; replicates 0 = no
+    intervals). The output paths are checked before any run is read: neither may be an existing file of an
+    input run. `differences` lists the conventions the runs differ on and the runs that could not be paired.
     """
+    from eomt_ood.bravo.intervals import Settings
+
+    settings = (bootstrap if bootstrap is not None else Settings()).check()
     check_output(out, "--out", run_dirs)
     if csv_path is not None:
         check_output(csv_path, "--csv", [*run_dirs, out])
     runs = load_runs(run_dirs, confidence)
-    write_text_atomic(out, build_comparison(runs, title=title))
-    rows = comparison_rows(runs)
+    notes = add_intervals(runs, settings) if settings.enabled else []
+    page_text = build_comparison(runs, title, notes, settings.level, settings.replicates)
+    write_text_atomic(out, page_text)
+    rows = with_paper_columns(comparison_rows(runs), runs)
     if csv_path is not None:
         write_csv(rows, csv_path)
-    return {"rows": rows, "differences": convention_differences(runs)}
+    from eomt_ood.reports.paper import table_e_text
+
+    paper_table = table_e_text(paper_reference(runs))
+    return {"rows": rows, "differences": convention_differences(runs) + notes, "paper_table": paper_table}
 
 
 __all__ = [
     "RunSummary",
+    "add_intervals",
     "build_comparison",
     "compare_runs",
     "comparison_rows",

@@ -117,14 +117,21 @@ def _meta_html(meta) -> str:
     rows = [
         f"<tr><td>{html.escape(str(key))}</td><td>{_meta_value(value)}</td></tr>"
         for key, value in meta.items()
+        if key != "intervals"  # shown with the metrics
     ]
     return f'<h2>Run</h2><table class="meta">{"".join(rows)}</table>'
 
 
-def _summary_html(results: Mapping) -> str:
+def _summary_html(results: Mapping, intervals: Mapping | None = None) -> str:
+    intervals = intervals or {}
+
+    def under(key: str) -> str:
+        iv = intervals.get(key)
+        return f'<div class="label">[{iv[0]:.4f}, {iv[1]:.4f}]</div>' if iv else ""
+
     cards = [
         f'<div class="card"><div class="label">{key}</div><div class="value">'
-        f"{plots.format_value(results[key])}</div></div>"
+        f"{plots.format_value(results[key])}</div>{under(key)}</div>"
         for key in plots.SUMMARY_KEYS
         if key in results
     ]
@@ -185,7 +192,8 @@ class ScoreSection:
     `ood_pos`, `ood_neg` (65536,) counts per confidence level. per_image: rows with `subset`, `image` and the
     image's metrics (`auprc_ood`, `fpr95_ood`, `miou`, `ece`, `num_valid`, `num_invalid`). conf_histograms[subset]:
     (L,) counts per confidence level, for runs without ground truth. thumbnails: {image: (photo URI, confidence
-    URI)} for the worst-images table.
+    URI)} for the worst-images table. intervals: {key: (low, high)} bootstrap intervals of the metrics
+    (`meta.intervals`), shown with the values.
     """
 
     score: str | None
@@ -194,6 +202,7 @@ class ScoreSection:
     per_image: Sequence[Mapping]
     conf_histograms: Mapping[str, np.ndarray] | None = None
     thumbnails: Mapping[str, tuple[str, str]] | None = None
+    intervals: Mapping[str, tuple[float, float]] | None = None
 
 
 def _worst_metric(per_image: Sequence[Mapping]) -> str | None:
@@ -208,10 +217,14 @@ def _worst_metric(per_image: Sequence[Mapping]) -> str | None:
 def _score_body(section: ScoreSection, worst_count: int) -> list[str]:
     metrics, histograms, per_image = dict(section.metrics or {}), section.histograms or {}, section.per_image
     has_gt = bool(plots.subsets_in(metrics) or histograms or per_image)
-    body = [_summary_html(metrics)]
+    intervals = section.intervals
+    body = [_summary_html(metrics, intervals)]
     if has_gt:
-        table = plots.metrics_table(metrics) if plots.subsets_in(metrics) else None
+        table = plots.metrics_table(metrics, intervals) if plots.subsets_in(metrics) else None
         body.append(_section("Metrics", table, "No metrics.", 3))
+        bars = plots.interval_bars(metrics, intervals) if intervals else None
+        if bars is not None:
+            body.append(_section("Intervals", bars, "", 3))
         body.append(
             _section(
                 "OOD detection (synobjs, SMIYC)",
@@ -284,12 +297,13 @@ def build_report(
     conf_histograms: Mapping[str, np.ndarray] | None = None,
     worst_count: int = 20,
     thumbnails: Mapping[str, tuple[str, str]] | None = None,
+    intervals: Mapping[str, tuple[float, float]] | None = None,
 ) -> str:
     """The report of one score as one HTML string (see `write_report`)."""
     results = dict(results or {})
     meta = results.pop("meta", None)
     section = ScoreSection(
-        None, results, histograms or {}, list(per_image or []), conf_histograms, thumbnails
+        None, results, histograms or {}, list(per_image or []), conf_histograms, thumbnails, intervals
     )
     return build_run_report([section], meta, title, worst_count)
 
@@ -301,6 +315,7 @@ def write_report(
     per_image: Sequence[Mapping],
     title: str = "eomt-ood evaluation report",
     conf_histograms: Mapping[str, np.ndarray] | None = None,
+    intervals: Mapping[str, tuple[float, float]] | None = None,
 ) -> Path:
     """Write one self-contained HTML report of one score to `path` (atomically) and return the path.
 
@@ -308,21 +323,25 @@ def write_report(
     histograms[subset]: `correct`, `wrong`, `ood_pos`, `ood_neg` (65536,) int64 counts per confidence level.
     per_image: rows with `subset`, `image`, `auprc_ood`, `fpr95_ood`, `miou`, `ece`, `num_valid`, `num_invalid`.
     conf_histograms[subset]: (L,) counts per confidence level, for runs without ground truth.
+    intervals: optional {key: (low, high)} bootstrap intervals (`meta.intervals`), shown with the values.
     """
-    text = build_report(results, histograms, per_image, title=title, conf_histograms=conf_histograms)
+    text = build_report(
+        results, histograms, per_image, title=title, conf_histograms=conf_histograms, intervals=intervals
+    )
     return write_text_atomic(path, text)
 
 
 def store_sections(reader, results: Mapping, worst_count: int = 20) -> list[ScoreSection]:
     """One `ScoreSection` per confidence score of a run, from its prediction store (`eomt_ood.store.StoreReader`:
     histograms, per-image metrics, previews for the thumbnails) and its results (the metrics of each score)."""
-    from eomt_ood.bravo.rundir import score_block
+    from eomt_ood.bravo.rundir import intervals_of, score_block
     from eomt_ood.reports.pictures import report_thumbnails
 
     has_metrics = any(k != "meta" for k in results)
     sections = []
     for score in reader.confidences:
         metrics = score_block(results, score)[1] if has_metrics else {}
+        intervals = intervals_of(results, score) if has_metrics else None
         stats = reader.stats(score)
         per_image = [
             {"subset": subset, "image": rel, **{k: float(v[i]) for k, v in stats.items()}}
@@ -336,7 +355,13 @@ def store_sections(reader, results: Mapping, worst_count: int = 20) -> list[Scor
         level = reader.level_histograms(score)
         sections.append(
             ScoreSection(
-                score, metrics, reader.histograms(score), per_image, level or None, thumbnails or None
+                score,
+                metrics,
+                reader.histograms(score),
+                per_image,
+                level or None,
+                thumbnails or None,
+                intervals or None,
             )
         )
     return sections

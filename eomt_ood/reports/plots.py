@@ -68,12 +68,26 @@ def ordered_subsets(names) -> list[str]:
     return [s for s in SUBSETS if s in names] + sorted(names - set(SUBSETS))
 
 
-def metrics_table(results: Mapping) -> go.Figure:
-    """Table of the per-subset metrics (rows: subsets; columns: bravo.md §4.8 order + hmean), then summaries."""
+def format_interval(value, interval: Sequence[float] | None) -> str:
+    """`format_value`, then the interval as "[low, high]" on a second line (HTML) when there is one."""
+    text = format_value(value)
+    if interval is None or text == "–" or any(math.isnan(v) for v in interval):
+        return text
+    return f"{text}<br><span style='font-size:10px'>[{interval[0]:.4f}, {interval[1]:.4f}]</span>"
+
+
+def metrics_table(results: Mapping, intervals: Mapping[str, Sequence[float]] | None = None) -> go.Figure:
+    """Table of the per-subset metrics (rows: subsets; columns: bravo.md §4.8 order + hmean), then summaries.
+
+    intervals: optional {key: (low, high)} bootstrap intervals, printed under each value."""
+    intervals = intervals or {}
     subsets = subsets_in(results)
     columns = [m for m in METRIC_COLUMNS if any(f"{s}_{m}" in results for s in subsets)]
     header = ["subset", *(f"{m} ↓" if lower_is_better(m) else m for m in columns)]
-    cells = [subsets] + [[format_value(results.get(f"{s}_{m}")) for s in subsets] for m in columns]
+    cells = [subsets] + [
+        [format_interval(results.get(f"{s}_{m}"), intervals.get(f"{s}_{m}")) for s in subsets]
+        for m in columns
+    ]
     summary = [k for k in SUMMARY_KEYS if k in results]
     if summary:
         cells[0] = [*cells[0], *summary]
@@ -83,18 +97,74 @@ def metrics_table(results: Mapping) -> go.Figure:
             header.append("value")
             cells.append([""] * len(subsets))
         for k in summary:
-            cells[1][cells[0].index(k)] = format_value(results[k])
+            cells[1][cells[0].index(k)] = format_interval(results[k], intervals.get(k))
+    row_height = 38 if intervals else 24
     fig = go.Figure(
         go.Table(
             header={"values": header, "align": "left", "fill_color": "#e8eef7", "font": {"size": 12}},
-            cells={"values": cells, "align": ["left"] + ["right"] * (len(header) - 1), "height": 24},
+            cells={"values": cells, "align": ["left"] + ["right"] * (len(header) - 1), "height": row_height},
         )
     )
     fig.update_layout(
         template=TEMPLATE,
-        title="Metrics per subset (↓ = lower is better)",
-        height=90 + 26 * (len(cells[0]) + 1),
+        title="Metrics per subset (↓ = lower is better"
+        + ("; [low, high]: bootstrap interval over images)" if intervals else ")"),
+        height=90 + (row_height + 2) * (len(cells[0]) + 1),
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return fig
+
+
+def error_bars(values: Sequence, intervals: Sequence[Sequence[float] | None]) -> dict | None:
+    """A plotly `error_y` of asymmetric bars from (low, high) intervals around `values`; None without any."""
+    if not any(iv is not None for iv in intervals):
+        return None
+    plus, minus = [], []
+    for value, iv in zip(values, intervals, strict=True):
+        ok = iv is not None and isinstance(value, int | float) and not any(math.isnan(v) for v in iv)
+        plus.append(max(iv[1] - value, 0.0) if ok else None)  # type: ignore[index]
+        minus.append(max(value - iv[0], 0.0) if ok else None)  # type: ignore[index]
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus, "thickness": 1.2}
+
+
+def interval_bars(
+    results: Mapping, intervals: Mapping[str, Sequence[float]], width: int = 3
+) -> go.Figure | None:
+    """Bars of the key metrics per subset with their bootstrap intervals as error bars; None without intervals.
+
+    One panel per metric (mIoU, ECE, AUROC_valid; AUPRC_OOD, AUROC_OOD, FPR95_OOD), x = the subsets that have it.
+    """
+    metrics = ("miou_valid", "ece_valid", "auroc_valid", "auprc_ood", "auroc_ood", "fpr95_ood")
+    subsets = subsets_in(results)
+    panels = [(m, [s for s in subsets if f"{s}_{m}" in intervals]) for m in metrics]
+    panels = [(m, names) for m, names in panels if names]
+    if not panels:
+        return None
+    rows = math.ceil(len(panels) / width)
+    fig = make_subplots(
+        rows=rows,
+        cols=min(width, len(panels)),
+        subplot_titles=[f"{m} ({'lower' if lower_is_better(m) else 'higher'} is better)" for m, _ in panels],
+        vertical_spacing=0.3 / rows,
+    )
+    for i, (metric, names) in enumerate(panels):
+        values = [results.get(f"{s}_{metric}") for s in names]
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=values,
+                marker_color=_COLORS[i % len(_COLORS)],
+                error_y=error_bars(values, [intervals.get(f"{s}_{metric}") for s in names]),
+                showlegend=False,
+                hovertemplate="%{x}: %{y:.4f}<extra>" + metric + "</extra>",
+            ),
+            row=i // width + 1,
+            col=i % width + 1,
+        )
+    fig.update_layout(
+        template=TEMPLATE,
+        title="Key metrics per subset, with bootstrap intervals over images",
+        height=300 * rows + 60,
     )
     return fig
 

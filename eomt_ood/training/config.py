@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from eomt_ood.config import at_least
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """name: a registered model; overrides: its keyword overrides (e.g. num_classes, depth for tiny models);
-    pretrained_backbone: local timm/DINOv2 backbone weights (null = random init); checkpoint: start from EoMT
-    weights instead (fine-tuning)."""
+    pretrained_backbone: local backbone weights, a file or a Hugging Face DINOv2 folder (null = random init);
+    checkpoint: start from EoMT weights instead (fine-tuning)."""
 
     name: str = "eomt_large_patch16_1024"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -25,25 +27,36 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """root: a Cityscapes layout (leftImg8bit/, gtFine/); batch_size is per device (effective batch =
-    batch_size x devices x nodes x accumulate_grad_batches; the recipe uses 16). val_max_images limits
-    validation (null = all)."""
+    batch_size x devices x nodes x accumulate_grad_batches; the recipes use 16). val_max_images limits
+    validation (null = all).
+
+    augmentation "eomt" (`data.transforms.TrainTransform`): scale jitter `scale_range` relative to fitting the
+    image into S x S, S x S crops (S = the model's img_size). "mask2former" (`ShortSideCropTransform`): short
+    side drawn from `short_sides` (long side capped at `max_long_side`), `crop_size` (h, w) crops with
+    `single_category_max_area`, then colour jitter and flip.
+    """
 
     root: Path = Path("data/cityscapes")
     train_split: str = "train"
     val_split: str = "val"
-    batch_size: int = 4
-    num_workers: int = 4
+    batch_size: int = at_least(1, 4)
+    num_workers: int = at_least(0, 4)
+    augmentation: Literal["eomt", "mask2former"] = "eomt"
     scale_range: tuple[float, float] = (0.5, 2.0)
+    short_sides: tuple[int, ...] = ()
+    max_long_side: int = 4096
+    crop_size: tuple[int, int] | None = None
+    single_category_max_area: float = 1.0
     color_jitter: bool = True
-    val_max_images: int | None = None
-    val_micro_batch: int = 4
+    val_max_images: int | None = at_least(1, None)
+    val_micro_batch: int = at_least(1, 4)
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """Mask2Former loss (spec §4.3): point counts, importance sampling, weights (also the matching costs)."""
 
-    num_points: int = 12544
+    num_points: int = at_least(1, 12544)
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     mask_weight: float = 5.0
@@ -54,13 +67,23 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with layer-wise LR decay inside the backbone (spec §4.4); grad_clip is the global L2 norm."""
+    """AdamW; per-parameter lr and weight decay as in `training/optim.py`.
+
+    llrd: layer-wise lr decay over the backbone's ViT blocks (1.0 = off; needed for backbones without blocks).
+    backbone_lr_multiplier: every backbone parameter's lr x this (Mask2Former: 0.1).
+    weight_decay_norm / weight_decay_embed: decay of normalisation-layer parameters / of embeddings and position
+    tables; null = weight_decay (EoMT decays everything, Mask2Former uses 0.0 for both).
+    grad_clip: the global L2 norm of all gradients is clipped to this (0 = off).
+    """
 
     lr: float = 1e-4
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     llrd: float = 0.8
+    backbone_lr_multiplier: float = 1.0
+    weight_decay_norm: float | None = None
+    weight_decay_embed: float | None = None
     grad_clip: float = 0.01
 
 
@@ -72,8 +95,8 @@ class ScheduleConfig:
     over backbone_warmup_steps. mask_annealing: derive the windows from the run's real T (else keep P_k = 1).
     """
 
-    head_warmup_steps: int = 500
-    backbone_warmup_steps: int = 1000
+    head_warmup_steps: int = at_least(0, 500)
+    backbone_warmup_steps: int = at_least(0, 1000)
     poly_power: float = 0.9
     mask_annealing: bool = True
 
@@ -81,23 +104,30 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class TrainerConfig:
     """Lightning Trainer settings. max_steps (when set) overrides epochs. precision: "16-mixed" (recipe, GPU),
-    "bf16-mixed" or "32-true" (CPU). checkpoint_every_n_steps: periodic checkpoints (plus one at the end).
-    val_every_n_epochs: 0 turns validation off."""
+    "bf16-mixed" or "32-true" (CPU). compile: torch.compile the model; null = on where training runs on CUDA
+    (the official recipe compiles), off on CPU. sync_batchnorm: BatchNorm statistics over all processes
+    (ViT-Adapter's spatial prior module; no effect on one device). checkpoint_every_n_steps: how often the latest
+    state is saved (plus once at the end). keep_checkpoints: "last_and_best" keeps the latest `step=N.ckpt` and
+    the one with the highest val/miou (`best-step=N.ckpt`); "all" keeps every periodic one (an EoMT-L checkpoint
+    with its Adam moments is about 3.8 GB: 20 of them for the Cityscapes recipe). val_every_n_epochs: 0 turns
+    validation off (and with it the best checkpoint)."""
 
-    epochs: int = 107
-    max_steps: int | None = None
+    epochs: int = at_least(1, 107)
+    max_steps: int | None = at_least(1, None)
     accelerator: str = "auto"
     devices: int | str = "auto"
-    num_nodes: int = 1
+    num_nodes: int = at_least(1, 1)
     strategy: str = "auto"
     precision: str = "16-mixed"
-    accumulate_grad_batches: int = 1
+    sync_batchnorm: bool = False
+    accumulate_grad_batches: int = at_least(1, 1)
     seed: int = 0
     float32_matmul_precision: str = "medium"
-    compile: bool = False
-    log_every_n_steps: int = 50
-    val_every_n_epochs: int = 1
-    checkpoint_every_n_steps: int = 1000
+    compile: bool | None = None
+    log_every_n_steps: int = at_least(1, 50)
+    val_every_n_epochs: int = at_least(0, 1)
+    checkpoint_every_n_steps: int = at_least(1, 1000)
+    keep_checkpoints: Literal["last_and_best", "all"] = "last_and_best"
     progress_bar: bool = True
 
 
@@ -109,3 +139,19 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def check_paths(config: TrainConfig, out_dir: str | Path, resume: str | Path | None = None) -> None:
+    """The output folder and the files and folders a config names, checked before torch is even imported: a
+    `UserError` naming the option or key. `resume`: a checkpoint path, "auto" or None."""
+    from eomt_ood.errors import UserError
+    from eomt_ood.io import check_output
+
+    check_output(out_dir, "--out", [config.data.root], folder=True)
+    if config.model.checkpoint is not None and not Path(config.model.checkpoint).is_file():
+        raise UserError(f"model.checkpoint: {config.model.checkpoint} not found")
+    if not Path(config.data.root).exists():
+        raise UserError(f"data.root: {config.data.root}: folder not found")
+    if resume is not None and str(resume) != "auto" and not Path(resume).is_file():
+        kind = "a folder, not a checkpoint file" if Path(resume).is_dir() else "checkpoint not found"
+        raise UserError(f"--resume {resume}: {kind}")

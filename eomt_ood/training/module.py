@@ -1,4 +1,6 @@
-"""Lightning module for EoMT training: loss, optimiser and schedules only (spec §2, §4.3-4.5).
+"""Lightning module for EoMT and Mask2Former training: loss, optimiser and schedules only (spec §2, §4.3-4.5).
+
+Parameter groups (LLRD / backbone multiplier / weight-decay rules) come from `training/optim.py`.
 
 Data loading, callbacks, loggers and resuming live in `training/run.py`; validation scoring uses the windowed
 inference of `inference/predict.py`.
@@ -21,11 +23,11 @@ from torch import Tensor, nn
 
 from eomt_ood.training.config import LossConfig, OptimConfig, ScheduleConfig
 from eomt_ood.training.loss import MaskClassificationLoss
+from eomt_ood.training.optim import param_groups
 from eomt_ood.training.schedules import (
     annealing_windows,
     backbone_lr_factor,
     head_lr_factor,
-    layer_lr_scale,
     mask_probabilities,
 )
 
@@ -64,32 +66,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float, llrd: float) -> list[dict[str, Any]]:
-    """One AdamW group per parameter tensor (spec §4.4), each tagged "backbone" or not, "name" and base "lr".
-
-    Backbone parameters (`model.backbone.*`) get lr * llrd**(L-1-b) by block (`schedules.layer_lr_scale`);
-    every other parameter (queries, heads, upscale) gets lr. Weight decay applies to all of them.
-    """
-    backbone_ids = {id(p) for p in model.backbone.parameters()}
-    num_layers = len(model.backbone.blocks)
-    groups = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_backbone = id(param) in backbone_ids
-        scale = layer_lr_scale(name.removeprefix("backbone."), num_layers, llrd) if is_backbone else 1.0
-        groups.append(
-            {
-                "params": [param],
-                "name": name,
-                "lr": lr * scale,
-                "weight_decay": weight_decay,
-                "backbone": is_backbone,
-            }
-        )
-    return groups
 
 
 class EoMTTrainingModule(L.LightningModule):
@@ -166,7 +142,7 @@ class EoMTTrainingModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim_config
-        groups = param_groups(self.model, o.lr, o.weight_decay, o.llrd)
+        groups = param_groups(self.model, o)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambdas(groups))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -3,7 +3,9 @@
 `train(config, resume, out_dir)` is what `eomt-ood train` calls. Output layout under `out_dir`:
 
     config.yaml                      the resolved config of the run
-    checkpoints/step=NNNNNNN.ckpt    Lightning checkpoints (every `checkpoint_every_n_steps` and at the end)
+    checkpoints/step=NNNNNNN.ckpt    the latest Lightning checkpoint (saved every `checkpoint_every_n_steps` and
+                                     at the end; with `keep_checkpoints: all` every one is kept)
+    checkpoints/best-step=NNNNNNN.ckpt  the checkpoint with the highest val/miou so far (when validation runs)
     checkpoints/config.yaml          the same resolved config, next to the checkpoints
     logs/version_*/metrics.csv       CSV log;  tb/version_*/  TensorBoard log
     model.safetensors                final weights (`models.checkpoints` format, loadable by create_model)
@@ -33,10 +35,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from eomt_ood.config import to_dict
 from eomt_ood.errors import UserError
-from eomt_ood.training.config import TrainConfig
+from eomt_ood.training.config import DataConfig, TrainConfig, check_paths
 from eomt_ood.training.module import EoMTTrainingModule, step_seed
 
 CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
+BEST_MONITOR = "val/miou"
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -129,6 +132,28 @@ class SeededSamples(Dataset):
                 random.setstate(py_state)
 
 
+def build_train_transform(data: DataConfig, img_size: int) -> Callable:
+    """The training augmentation `data.augmentation` names, for a model of input side `img_size`."""
+    from eomt_ood.data.transforms import ShortSideCropTransform, TrainTransform
+
+    if data.augmentation == "eomt":
+        return TrainTransform(img_size, scale_range=data.scale_range, color_jitter=data.color_jitter)
+    if not data.short_sides or min(data.short_sides) <= 0:
+        raise UserError("data.short_sides: the mask2former augmentation needs a list of positive short sides")
+    crop = data.crop_size or (img_size, img_size)
+    if min(crop) <= 0:
+        raise UserError(f"data.crop_size: {list(crop)} must be two positive sizes (height, width)")
+    if not 0 < data.single_category_max_area <= 1:
+        raise UserError(f"data.single_category_max_area: {data.single_category_max_area} is not in (0, 1]")
+    return ShortSideCropTransform(
+        data.short_sides,
+        crop,
+        max_long_side=data.max_long_side,
+        single_category_max_area=data.single_category_max_area,
+        color_jitter=data.color_jitter,
+    )
+
+
 class CityscapesData(L.LightningDataModule):
     """Cityscapes train (augmented, `StepSampler`) and val (full resolution, sharded across ranks) loaders."""
 
@@ -139,10 +164,9 @@ class CityscapesData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         from eomt_ood.data.cityscapes import CityscapesSemantic, collate_batch
-        from eomt_ood.data.transforms import TrainTransform
 
         d, trainer = self.config.data, self.trainer
-        transform = TrainTransform(self.img_size, scale_range=d.scale_range, color_jitter=d.color_jitter)
+        transform = build_train_transform(d, self.img_size)
         dataset = CityscapesSemantic(d.root, d.train_split, transform=transform)
         sampler = StepSampler(
             len(dataset),
@@ -204,8 +228,99 @@ def resolve_resume(resume: str | Path | None, out_dir: Path) -> Path | None:
         return find_last_checkpoint(out_dir)
     path = Path(resume)
     if not path.is_file():
-        raise UserError(f"--resume {path}: checkpoint not found")
+        raise UserError(
+            f"--resume {path}: "
+            + ("a folder, not a checkpoint file" if path.is_dir() else "checkpoint not found")
+        )
     return path
+
+
+def read_resume(path: Path) -> dict[str, Any]:
+    """The Lightning checkpoint `--resume` names, its tensors memory-mapped and nothing unpickled; a file that is
+    not one (weights only, pickled objects, garbage) is a `UserError` naming --resume."""
+    from eomt_ood.models.checkpoints import load_weights_only
+
+    hint = "to start from its weights set model.checkpoint instead"
+    if path.suffix == ".safetensors":
+        raise UserError(f"--resume {path}: a weights file, not a training checkpoint; {hint}")
+    try:
+        state = load_weights_only(path, mmap=True)
+    except UserError as exc:
+        raise UserError(f"--resume {exc}") from None
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("state_dict"), dict)
+        or "global_step" not in state
+    ):
+        raise UserError(
+            f"--resume {path}: not a Lightning training checkpoint (no state_dict and global_step); {hint}"
+        )
+    return state
+
+
+def check_resume_fits(state: dict[str, Any], module: L.LightningModule, path: Path) -> None:
+    """A `UserError` unless the checkpoint's weights are the module's (same names and shapes)."""
+    expected = module.state_dict()
+    got = state["state_dict"]
+    wrong = [k for k, v in got.items() if k not in expected or tuple(v.shape) != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in got]
+    if wrong or missing:
+        raise UserError(
+            f"--resume {path}: a checkpoint of another model ({len(wrong)} of its weights unknown or of another "
+            f"shape, {len(missing)} missing, e.g. {(wrong or missing)[0]}); resume with the config that made it"
+        )
+
+
+def check_config(config: TrainConfig, out_dir: Path) -> None:
+    """What `train` checks before it builds anything: the output folder, the model name and files, the data, the
+    devices. Each problem is a `UserError` naming its config key or option."""
+    from eomt_ood.data.cityscapes import CityscapesSemantic
+    from eomt_ood.models import list_models
+
+    m, d = config.model, config.data
+    check_paths(config, out_dir)
+    if m.name not in list_models():
+        raise UserError(f"model.name: unknown name {m.name!r}; available: {', '.join(list_models())}")
+    world = check_devices(config.trainer)
+    # The file listing only (labels are read when training starts): is there a split, is the batch not too big.
+    images = len(CityscapesSemantic(d.root, d.train_split, check_labels=False))
+    StepSampler(images, d.batch_size, seed=0, world_size=world)
+
+
+def check_devices(t: Any) -> int:
+    """A `UserError` for device settings this machine cannot run (CUDA asked for without CUDA, more GPUs than it
+    has, several processes on the CPU); returns the number of training processes."""
+    devices = t.devices
+    if isinstance(devices, str) and devices != "auto":
+        indices = [p.strip() for p in devices.split(",") if p.strip()]
+        if not indices or not all(p.lstrip("-").isdigit() for p in indices):
+            raise UserError(
+                f"trainer.devices: {devices!r} is not a count, 'auto' or a list of device indices"
+            )
+        devices = len(indices) if len(indices) > 1 else int(indices[0])
+    if isinstance(devices, int) and devices < 1 and devices != -1:
+        raise UserError(
+            f"trainer.devices: {devices} is not a device count (1 or more, -1 for all, or 'auto')"
+        )
+    cuda = torch.cuda.is_available()
+    if t.accelerator in ("gpu", "cuda") and not cuda:
+        raise UserError(
+            f"trainer.accelerator: {t.accelerator} asked for, but this machine has no CUDA device "
+            "(tiny configs train on the CPU with trainer.accelerator=cpu and trainer.devices=1)"
+        )
+    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not cuda)
+    count = devices if isinstance(devices, int) and devices > 0 else None
+    if on_cpu:
+        if (count or 1) > 1 or t.num_nodes > 1:
+            raise UserError(
+                f"trainer.devices: {t.devices} processes asked for on the CPU (no CUDA device here); CPU "
+                "training runs in one process, set trainer.devices=1"
+            )
+        return 1
+    available = torch.cuda.device_count() if cuda else 0
+    if count is not None and available and count > available:
+        raise UserError(f"trainer.devices: {count} asked for, this machine has {available} CUDA device(s)")
+    return (count or max(1, available)) * t.num_nodes
 
 
 def write_config(config: TrainConfig, path: Path) -> None:
@@ -232,7 +347,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     m = config.model
     overrides = dict(m.overrides)
     if m.pretrained_backbone is not None:
-        if not Path(m.pretrained_backbone).is_file():
+        if not Path(m.pretrained_backbone).exists():  # a file, or a Hugging Face folder (DINOv2, Swin)
             # The backbone loader names the timm weights to fetch; say which config key to fix, too.
             try:
                 create_model(m.name, pretrained_backbone=m.pretrained_backbone, **overrides)
@@ -244,6 +359,15 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     return create_model(m.name, checkpoint=m.checkpoint, **overrides)
 
 
+def compile_enabled(setting: bool | None, accelerator: str) -> bool:
+    """`trainer.compile`: an explicit true/false wins; null compiles exactly when training runs on CUDA."""
+    if setting is not None:
+        return setting
+    if accelerator in ("gpu", "cuda"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()
+
+
 def build_trainer(
     config: TrainConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()
 ) -> tuple[L.Trainer, Path]:
@@ -252,15 +376,33 @@ def build_trainer(
 
     t = config.trainer
     folder = out_dir / "checkpoints"
-    checkpointing = ModelCheckpoint(
+    keep_all = t.keep_checkpoints == "all"
+    # The latest state, for resuming: with save_top_k=1 and no monitor Lightning replaces the previous file.
+    latest = ModelCheckpoint(
         dirpath=folder,
         filename="step={step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=-1,
+        save_top_k=-1 if keep_all else 1,
         save_last=False,
         save_on_train_epoch_end=False,
     )
+    checkpointing: list[L.Callback] = [latest]
+    if not keep_all and t.val_every_n_epochs > 0:
+        # The best by validation mIoU, checked after every validation (the name differs from step=N, so resume
+        # "auto" never picks it).
+        checkpointing.append(
+            ModelCheckpoint(
+                dirpath=folder,
+                filename="best-step={step:07d}",
+                auto_insert_metric_name=False,
+                monitor=BEST_MONITOR,
+                mode="max",
+                save_top_k=1,
+                save_last=False,
+                save_on_train_epoch_end=False,
+            )
+        )
     loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tb")]
     trainer = L.Trainer(
         accelerator=t.accelerator,
@@ -268,10 +410,11 @@ def build_trainer(
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,  # type: ignore[arg-type]
+        sync_batchnorm=t.sync_batchnorm,
         max_epochs=t.epochs if t.max_steps is None else -1,
         max_steps=t.max_steps if t.max_steps is not None else -1,
         accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=config.optim.grad_clip,
+        gradient_clip_val=config.optim.grad_clip or None,  # the total L2 norm over all parameters
         gradient_clip_algorithm="norm",
         check_val_every_n_epoch=max(1, t.val_every_n_epochs),
         limit_val_batches=None if t.val_every_n_epochs > 0 else 0,
@@ -283,7 +426,7 @@ def build_trainer(
         default_root_dir=out_dir,
         logger=loggers,
         callbacks=[
-            checkpointing,
+            *checkpointing,
             ConfigAndStepCheckpoint(config, folder),
             *callbacks,
         ],
@@ -291,8 +434,38 @@ def build_trainer(
     return trainer, folder
 
 
+def _checked_trainer(
+    config: TrainConfig, out_dir: Path, callbacks: Sequence[L.Callback]
+) -> tuple[L.Trainer, Path]:
+    """`build_trainer`, with Lightning's refusals of the trainer settings as one line naming the key.
+
+    Lightning's device summary and its advert, printed when a trainer is built, are left out: a run that then
+    stops at a bad input ends with one line.
+    """
+    import logging
+
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = rank_zero.level
+    rank_zero.setLevel(logging.WARNING)
+    try:
+        return build_trainer(config, out_dir, callbacks)
+    except (ValueError, TypeError) as exc:
+        error = exc
+    except Exception as exc:
+        if type(exc).__name__ != "MisconfigurationException":
+            raise
+        error = exc
+    finally:
+        rank_zero.setLevel(level)
+    text = " ".join(str(error).split())[:300]
+    # Lightning's messages name the setting they refuse ("Precision '64-x' is invalid", "invalid strategy name").
+    named = next((k for k in ("precision", "strategy", "devices", "accelerator") if k in text.lower()), None)
+    key = f"trainer.{named}" if named else "trainer"
+    raise UserError(f"{key}: {text}") from None
+
+
 def export_weights(model: torch.nn.Module, path: Path) -> None:
-    from eomt_ood.models.checkpoints import save_checkpoint
+    from eomt_ood.models.registry import save_checkpoint
 
     save_checkpoint(model, path)
 
@@ -312,13 +485,16 @@ def train(
     when there is none) or None. `callbacks` are extra Lightning callbacks (tests use one to stop early).
     """
     out_dir = Path(out_dir)
+    check_config(config, out_dir)
     ckpt_path = resolve_resume(resume, out_dir)
+    resume_state = read_resume(ckpt_path) if ckpt_path is not None else None
+    trainer, folder = _checked_trainer(config, out_dir, callbacks)
     t = config.trainer
     if t.float32_matmul_precision:
         torch.set_float32_matmul_precision(t.float32_matmul_precision)
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = build_model(config)
-    if t.compile:
+    if compile_enabled(t.compile, t.accelerator):
         model.compile()
     module = EoMTTrainingModule(
         model,
@@ -328,8 +504,11 @@ def train(
         seed=t.seed,
         val_micro_batch=config.data.val_micro_batch,
     )
+    if resume_state is not None:
+        assert ckpt_path is not None
+        check_resume_fits(resume_state, module, ckpt_path)
+        del resume_state
     data = CityscapesData(config, img_size=int(model.img_size))
-    trainer, folder = build_trainer(config, out_dir, callbacks)
     if trainer.is_global_zero:
         write_config(config, out_dir / "config.yaml")
     with warnings.catch_warnings():
@@ -342,6 +521,11 @@ def train(
     final = folder / f"step={trainer.global_step:07d}.ckpt"
     if not final.exists():
         trainer.save_checkpoint(final, weights_only=False)
+    if t.keep_checkpoints != "all" and trainer.is_global_zero:
+        # The end-of-run save above is the new latest; the periodic one it supersedes goes.
+        for path in folder.glob("step=*.ckpt"):
+            if path != final and CHECKPOINT_NAME.match(path.name):
+                path.unlink()
     weights = out_dir / "model.safetensors"
     if trainer.is_global_zero:
         export_weights(module.model, weights)

@@ -41,8 +41,9 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from eomt_ood.errors import UserError
+from eomt_ood.models.catalog import register_model
+from eomt_ood.models.checkpoints import read_state_dict, resolve_weights_file
 from eomt_ood.models.eomt import IMAGENET_MEAN, IMAGENET_STD
-from eomt_ood.models.registry import register_model
 
 
 def swin_config(
@@ -163,11 +164,23 @@ class Mask2FormerSwin(nn.Module):
 
     Args:
         config: `Mask2FormerConfig` with a Swin `backbone_config`.
-        img_size: S, the square window side for windowed inference (Swin itself accepts any size).
+        img_size: S, the square window side for windowed inference (Swin itself accepts any size), and the short
+            side images are resized to.
         masked_attn_enabled: kept for the interface; no effect (see module docstring).
+        whole_image_inference: predict the resized image in one pass instead of S x S windows (Mask2Former's own
+            Cityscapes evaluation: the whole 1024 x 2048 image).
     """
 
-    def __init__(self, config: Mask2FormerConfig, img_size: int = 1024, masked_attn_enabled: bool = True):
+    # Where the Swin backbone lives (the Hugging Face layout); training reads it for the backbone lr multiplier.
+    backbone_prefix = "model.pixel_level_module.encoder"
+
+    def __init__(
+        self,
+        config: Mask2FormerConfig,
+        img_size: int = 1024,
+        masked_attn_enabled: bool = True,
+        whole_image_inference: bool = False,
+    ):
         super().__init__()
         universal = Mask2FormerForUniversalSegmentation(config)  # builds and initialises the parts as HF does
         self.model = universal.model
@@ -176,6 +189,7 @@ class Mask2FormerSwin(nn.Module):
         self.num_classes = config.num_labels
         self.num_queries = config.num_queries
         self.masked_attn_enabled = masked_attn_enabled
+        self.whole_image_inference = whole_image_inference
         self.config: dict | None = None  # filled by the registry (name + kwargs)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -206,24 +220,6 @@ class Mask2FormerSwin(nn.Module):
 
 
 # ---- Hugging Face checkpoints -------------------------------------------------------------------------------
-
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a safetensors file, or of a torch file read with weights_only=True (never unpickles objects)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled objects; also corrupt files
-        raise UserError(f"{path}: cannot read as a weights-only torch file ({type(exc).__name__})") from exc
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: Mask2FormerSwin) -> dict[str, Tensor]:
@@ -263,19 +259,10 @@ def load_hf_checkpoint(model: Mask2FormerSwin, path: str | Path) -> None:
     facebook/mask2former-swin-large-cityscapes-semantic), or one of those weight files. A config.json next to
     the weights is checked against the model first.
     """
-    path = Path(path)
-    if path.is_dir():
-        found = [path / name for name in _WEIGHT_FILES if (path / name).is_file()]
-        if not found:
-            raise UserError(f"{path}: no {' or '.join(_WEIGHT_FILES)} in this folder")
-        weights = found[0]
-    elif path.is_file():
-        weights = path
-    else:
-        raise UserError(f"{path}: checkpoint not found")
+    weights = resolve_weights_file(path)
     if (weights.parent / "config.json").is_file():
         check_hf_config(weights.parent / "config.json", model)
-    state = checkpoint_filter_fn(read_state_dict(weights), model)
+    state = checkpoint_filter_fn(read_state_dict(weights)[0], model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(
@@ -304,6 +291,8 @@ def _create_m2f_swin(
     dim_feedforward: int = 2048,
     encoder_feedforward_dim: int = 1024,
     masked_attn_enabled: bool = True,
+    whole_image_inference: bool = False,
+    pretrained_backbone: str | Path | None = None,
 ) -> Mask2FormerSwin:
     backbone = swin_config(embed_dim, depths, num_heads, window_size, drop_path_rate)
     config = mask2former_config(
@@ -317,14 +306,26 @@ def _create_m2f_swin(
         dim_feedforward=dim_feedforward,
         encoder_feedforward_dim=encoder_feedforward_dim,
     )
-    return Mask2FormerSwin(config, img_size=img_size, masked_attn_enabled=masked_attn_enabled)
+    model = Mask2FormerSwin(
+        config,
+        img_size=img_size,
+        masked_attn_enabled=masked_attn_enabled,
+        whole_image_inference=whole_image_inference,
+    )
+    if pretrained_backbone is not None:
+        from eomt_ood.models.baselines.swin_weights import load_swin_backbone
+
+        load_swin_backbone(model.model.pixel_level_module.encoder, pretrained_backbone)
+    return model
 
 
 @register_model
 def m2f_swin_large(**kwargs) -> Mask2FormerSwin:
     """Mask2Former Swin-L (IN21k, window 12) for Cityscapes semantic: Q 100, C 19, S 1024 windows; the layout of
-    facebook/mask2former-swin-large-cityscapes-semantic (load it with checkpoint=<folder or weight file>)."""
-    return _create_m2f_swin(**kwargs)
+    facebook/mask2former-swin-large-cityscapes-semantic (load it with checkpoint=<folder or weight file>).
+    pretrained_backbone=<timm / original / Hugging Face Swin-L file or folder> starts from ImageNet weights.
+    Predicts whole images (Mask2Former's Cityscapes protocol: 1024 x 2048 in one pass), not S x S windows."""
+    return _create_m2f_swin(**{"whole_image_inference": True, **kwargs})
 
 
 @register_model

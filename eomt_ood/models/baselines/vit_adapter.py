@@ -38,8 +38,8 @@ from transformers import Mask2FormerConfig
 from eomt_ood.models.backbones import create_backbone
 from eomt_ood.models.baselines.deform_attn import MSDeformAttn, reference_points
 from eomt_ood.models.baselines.mask2former import Mask2FormerHead, mask2former_config
+from eomt_ood.models.catalog import register_model
 from eomt_ood.models.eomt import IMAGENET_MEAN, IMAGENET_STD
-from eomt_ood.models.registry import register_model
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 

@@ -1,0 +1,286 @@
+"""`compare`, `regress`, `make-data`, `make-fixture`, `app` and the command line itself."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from . import bad
+from .harness import Case, run_case
+from .test_score_package import _with
+
+COMPARE = ["compare", "{run}", "{run2}", "--out", "{out}/c.html"]
+
+
+def compare(*changes: str) -> list[str]:
+    return _with(COMPARE, changes, {})
+
+
+def _json(path_key: str, content):
+    def setup(w):
+        w[path_key].write_text(json.dumps(content) if not isinstance(content, str) else content)
+
+    return setup
+
+
+def _results_without_metrics(w):
+    path = w["run"] / "results.json"
+    meta = json.loads(path.read_text())["meta"]
+    path.write_text(json.dumps({"meta": meta}))
+
+
+def _compared(world, out, err):
+    html = (world.root / "out" / "c.html").read_text()
+    assert "AUPRC" in html and out.startswith("compared 2 run(s)")
+
+
+COMPARE_CASES = [
+    Case("run-missing", ["compare", "{missing}", "--out", "{out}/c.html"], ["{missing}"]),
+    Case("run-not-a-run-folder", ["compare", "{folder}", "--out", "{out}/c.html"], ["{folder}"]),
+    Case("no-run", ["compare", "--out", "{out}/c.html"], ["RUN_DIR"]),
+    Case("out-is-a-runs-results", compare("--out", "{run}/results.json"), ["--out"]),
+    Case("out-is-a-runs-store", compare("--out", "{run2}/predictions.h5"), ["--out"]),
+    Case("out-is-a-runs-report", compare("--out", "{run}/report.html"), ["--out"]),
+    Case("out-is-a-runs-config", compare("--out", "{run2}/config.yaml"), ["--out"]),
+    Case("out-is-a-folder", compare("--out", "{folder}"), ["--out"]),
+    Case("out-under-a-file", compare("--out", "{file}/c.html"), ["--out"]),
+    Case("out-read-only", compare("--out", "{readonly}/c.html"), ["--out"], needs_permissions=True),
+    Case("csv-is-a-runs-results", [*COMPARE, "--csv", "{run}/results.json"], ["--csv"]),
+    Case("csv-is-the-out", [*COMPARE, "--csv", "{out}/c.html"], ["--csv"]),
+    Case("csv-under-a-file", [*COMPARE, "--csv", "{file}/c.csv"], ["--csv"]),
+    Case(
+        "results-invalid-json",
+        COMPARE,
+        ["results.json"],
+        lambda w: bad.text(w["run"] / "results.json", "{nope"),
+    ),
+    Case(
+        "results-a-list", COMPARE, ["results.json"], lambda w: bad.text(w["run"] / "results.json", "[1, 2]")
+    ),
+    Case("results-binary", COMPARE, ["results.json"], lambda w: bad.binary(w["run"] / "results.json")),
+    Case("results-missing", COMPARE, ["results.json"], lambda w: (w["run"] / "results.json").unlink()),
+    Case("results-without-metrics", COMPARE, ["results.json"], _results_without_metrics),
+    Case(
+        "store-corrupt", COMPARE, ["predictions.h5"], lambda w: bad.truncate(w["run"] / "predictions.h5", 0.1)
+    ),
+    Case("confidence-unknown", [*COMPARE, "--confidence", "nope"], ["nope"]),
+    Case("ok", COMPARE, code=0, keeps=("out/c.html",), check=_compared),
+]
+
+REGRESS = ["regress", "--baseline", "{baseline}", "--results", "{results}"]
+
+
+def regress(*changes: str) -> list[str]:
+    return _with(REGRESS, changes, {})
+
+
+def _baseline_edit(edit):
+    def setup(w):
+        data = json.loads(w["baseline"].read_text())
+        edit(data)
+        w["baseline"].write_text(json.dumps(data))
+
+    return setup
+
+
+def _higher(data):
+    data["msp"]["synobjs_auprc_ood"] += 0.5
+
+
+def _regressed(world, out, err):
+    assert (
+        "REGRESSED" in out
+        and "msp/synobjs_auprc_ood" in out
+        and out.strip().splitlines()[-1].startswith("FAILED")
+    )
+
+
+def _passed(world, out, err):
+    assert out.strip().splitlines()[-1].startswith("passed")
+
+
+def _other_gt(data):
+    data["meta"]["gt"] = "/elsewhere/gt"
+
+
+def _other_counts(data):
+    data["meta"]["subsets"]["synobjs"]["images"] = 200
+
+
+def _note(words: str):
+    def check(world, out, err):
+        assert words in out, out
+
+    return check
+
+
+def _one_score(world, out, err):
+    assert "synobjs_auprc_ood" in out and "rba" not in out and "msp/" not in out
+
+
+def _updated(name: str):
+    def check(world, out, err):
+        written = json.loads((world.root / name).read_text())
+        assert written["msp"] == json.loads(world["results"].read_text())["msp"]
+
+    return check
+
+
+REGRESS_CASES = [
+    Case("baseline-missing", regress("--baseline", "{missing}"), ["{missing}"]),
+    Case("results-missing", regress("--results", "{missing}"), ["{missing}"]),
+    Case("results-is-a-folder", regress("--results", "{folder}"), ["{folder}"]),
+    Case("baseline-invalid-json", REGRESS, ["baseline.json"], lambda w: bad.text(w["baseline"], "{nope")),
+    Case("baseline-binary", REGRESS, ["baseline.json"], lambda w: bad.binary(w["baseline"])),
+    Case("baseline-a-list", REGRESS, ["baseline.json"], lambda w: bad.text(w["baseline"], "[1]")),
+    Case("baseline-flat-results-per-score", REGRESS, ["flat"], _json("baseline", {"synobjs_auprc_ood": 0.5})),
+    Case(
+        "baseline-mixes-blocks-and-keys",
+        REGRESS,
+        ["baseline"],
+        _json("baseline", {"msp": {"synobjs_auprc_ood": 0.5}, "ACDCfog_auprc_ood": 0.1}),
+    ),
+    Case("tolerance-negative", [*REGRESS, "--tolerance", "-1"], ["--tolerance"]),
+    Case("tolerance-not-a-number", [*REGRESS, "--tolerance", "tiny"], ["--tolerance"]),
+    Case("keys-match-nothing", [*REGRESS, "--keys", "*_nothing"], ["--keys", "*_nothing"]),
+    Case("update-baseline-is-a-folder", [*regress("--baseline", "{folder}"), "--update"], ["--baseline"]),
+    Case(
+        "update-baseline-under-a-file", [*regress("--baseline", "{file}/b.json"), "--update"], ["--baseline"]
+    ),
+    Case("update-baseline-is-the-results", [*regress("--baseline", "{results}"), "--update"], ["--baseline"]),
+    Case(
+        "update-baseline-read-only",
+        [*regress("--baseline", "{readonly}/b.json"), "--update"],
+        ["--baseline"],
+        needs_permissions=True,
+    ),
+    Case("regressed-exits-1", REGRESS, code=1, setup=_baseline_edit(_higher), check=_regressed),
+    Case("passes", REGRESS, code=0, check=_passed),
+    Case(
+        "update-creates-a-baseline",
+        [*regress("--baseline", "{out}/b.json"), "--update"],
+        code=0,
+        keeps=("out/b.json", "out/b.stats.h5"),
+        check=_updated("out/b.json"),
+    ),
+    Case(
+        "update-replaces-a-baseline",
+        [*REGRESS, "--update"],
+        code=0,
+        setup=_baseline_edit(_higher),
+        keeps=("baseline.json", "baseline.stats.h5"),
+        check=_updated("baseline.json"),
+    ),
+    Case("baseline-empty", REGRESS, ["{baseline}"], _json("baseline", {})),
+    Case(
+        "baseline-from-other-ground-truth",
+        REGRESS,
+        code=0,
+        setup=_baseline_edit(_other_gt),
+        check=_note("another ground truth"),
+    ),
+    Case(
+        "baseline-from-other-image-counts",
+        REGRESS,
+        code=0,
+        setup=_baseline_edit(_other_counts),
+        check=_note("another dataset"),
+    ),
+    Case(
+        "gate-one-score-of-several",
+        [*REGRESS, "--confidence", "msp"],
+        code=0,
+        check=_one_score,
+    ),
+]
+
+MAKE_DATA = ["make-data", "cityscapes-synthetic", "--out", "{out}", "--num-images", "2", "--size", "32x64"]
+
+
+def make_data(*changes: str) -> list[str]:
+    return _with(MAKE_DATA, changes, {})
+
+
+def _made(world, out, err):
+    images = sorted(p.name for p in (world.root / "out" / "leftImg8bit").rglob("*.png"))
+    assert len(images) == 2 and out.startswith("1 train, 1 val")
+
+
+MAKE_DATA_CASES = [
+    Case("kind-unknown", ["make-data", "coco", "--out", "{out}", "--num-images", "2"], ["coco"]),
+    Case("num-images-zero", make_data("--num-images", "0"), ["--num-images"]),
+    Case("num-images-fewer-than-splits", make_data("--num-images", "1"), ["--num-images"]),
+    Case("size-not-a-size", make_data("--size", "big"), ["--size", "big"]),
+    Case("size-too-small", make_data("--size", "8x8"), ["--size"]),
+    Case("splits-unknown", make_data("--splits", "train,holdout"), ["--splits"]),
+    Case("val-fraction-above-one", make_data("--val-fraction", "2"), ["--val-fraction"]),
+    Case("out-is-a-file", make_data("--out", "{file}"), ["--out", "{file}"]),
+    Case("out-under-a-file", make_data("--out", "{file}/data"), ["--out"]),
+    Case("out-read-only", make_data("--out", "{readonly}/data"), ["--out"], needs_permissions=True),
+    Case("ok", MAKE_DATA, code=0, keeps=("out/*",), check=_made),
+]
+
+MAKE_FIXTURE_CASES = [
+    Case("out-is-a-file", ["make-fixture", "--out", "{file}"], ["--out", "{file}"]),
+    Case("out-under-a-file", ["make-fixture", "--out", "{file}/fx"], ["--out"]),
+    Case("out-read-only", ["make-fixture", "--out", "{readonly}/fx"], ["--out"], needs_permissions=True),
+    Case("seed-not-a-number", ["make-fixture", "--out", "{out}", "--seed", "x"], ["--seed"]),
+]
+
+
+def _busy_port(w):
+    """Listen on a free port until the case ends; the case asks the app for that port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    (w.root / "port").write_text(str(server.getsockname()[1]))
+    return server.close
+
+
+APP_CASES = [
+    Case("host-invalid", ["app", "{run}", "--host", "999.1.1.1"], ["--host", "999.1.1.1"]),
+    Case("host-unresolvable", ["app", "{run}", "--host", "no-such-host.invalid"], ["--host"]),
+    Case("port-zero", ["app", "{run}", "--port", "0"], ["--port"]),
+    Case("port-too-large", ["app", "{run}", "--port", "70000"], ["--port"]),
+    Case("port-busy", ["app", "{run}", "--port", "{port}"], ["--port"], _busy_port),
+    Case("run-missing", ["app", "{missing}", "--port", "18999"], ["{missing}"]),
+    Case("run-not-a-run-folder", ["app", "{folder}", "--port", "18999"], ["{folder}"]),
+]
+
+CLI_CASES = [
+    Case("command-unknown", ["evaluat"], ["evaluat"]),
+    Case("option-unknown", ["models", "--all"], ["--all"]),
+    Case("option-without-value", ["score", "--gt"], ["--gt"]),
+]
+
+
+@pytest.mark.parametrize("case", [c.param() for c in COMPARE_CASES])
+def test_compare(case, world, monkeypatch, capsys):
+    run_case(case, world, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in REGRESS_CASES])
+def test_regress(case, world, monkeypatch, capsys):
+    run_case(case, world, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in MAKE_DATA_CASES])
+def test_make_data(case, world, monkeypatch, capsys):
+    run_case(case, world, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in MAKE_FIXTURE_CASES])
+def test_make_fixture(case, world, monkeypatch, capsys):
+    run_case(case, world, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in APP_CASES])
+def test_app(case, world, monkeypatch, capsys):
+    run_case(case, world, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in CLI_CASES])
+def test_command_line(case, world, monkeypatch, capsys):
+    run_case(case, world, monkeypatch, capsys)

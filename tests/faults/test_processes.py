@@ -1,0 +1,257 @@
+"""Faults that need real processes: SIGKILL and Ctrl-C in the middle of `evaluate` (nothing left running, the
+resumed run equals an uninterrupted one), the explorer's server dying with `eomt-ood app`, and bad paths reported
+before torch is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from .conftest import SCORES
+from .harness import describe, live_processes, temporaries, wait_gone
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "eomt_ood.cli", *map(str, args)]
+
+
+def _records(run: Path) -> int:
+    folder = run / "records"
+    # a temporary (`.name.<pid>.tmp.npz`, `eomt_ood.io.atomic_path`) is not a finished record
+    return sum(not p.name.startswith(".") for p in folder.rglob("*.npz")) if folder.is_dir() else 0
+
+
+def _evaluate_args(templates: Path, out: Path, workers: int) -> list[str]:
+    return ["evaluate", "--root", templates / "data" / "images", "--gt", templates / "data" / "gt",
+            "--checkpoint", templates / "model.safetensors", "--confidence", ",".join(SCORES),
+            "--out", out, "--workers", workers]  # fmt: skip
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def _store(path: Path) -> dict[str, object]:
+    """Every dataset (as an array) and attribute of an HDF5 file, by path."""
+    found: dict[str, object] = {}
+    with h5py.File(path, "r") as f:
+        found["/attrs"] = {k: np.asarray(v).tolist() for k, v in f.attrs.items()}
+
+        def visit(name, obj):
+            found[f"{name}/attrs"] = {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
+            if isinstance(obj, h5py.Dataset):
+                found[name] = obj[()]
+
+        f.visititems(visit)
+    return found
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    """Every metric key, the results' meta (but timing and the run's own path), every PNG byte for byte, and
+    every dataset and attribute of the store are equal."""
+    got, want = (json.loads((p / "results.json").read_text()) for p in (resumed, reference))
+    assert list(got) == list(want)
+    for block in SCORES:
+        assert list(got[block]) == list(want[block])
+        different = [k for k in want[block] if not _same_value(got[block][k], want[block][k])]
+        assert not different, f"metrics differ after resuming: {different[:5]}"
+    skip = {"inference", "submission"}
+    for meta in (got["meta"], want["meta"]):
+        meta["bootstrap"].pop("seconds")  # its timing
+    assert {k: v for k, v in got["meta"].items() if k not in skip} == {
+        k: v for k, v in want["meta"].items() if k not in skip
+    }
+    for folder in ("submission", "confidence"):
+        files = {p.relative_to(resumed): p for p in (resumed / folder).rglob("*.png")}
+        reference_files = {p.relative_to(reference): p for p in (reference / folder).rglob("*.png")}
+        assert sorted(files) == sorted(reference_files)
+        differ = [str(rel) for rel, p in files.items() if p.read_bytes() != reference_files[rel].read_bytes()]
+        assert not differ, f"PNGs differ after resuming: {differ[:5]}"
+    a, b = _store(resumed / "predictions.h5"), _store(reference / "predictions.h5")
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            assert a[key].dtype == b[key].dtype and np.array_equal(
+                a[key], b[key], equal_nan=a[key].dtype.kind == "f"
+            ), key
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_interrupted_evaluate_resumes_to_the_uninterrupted_run(how, templates, tmp_path):
+    """The run is stopped when a randomly drawn number of images is finished: SIGKILL to the main process alone
+    (its workers must go with it), or SIGINT to the process group (Ctrl-C in a terminal)."""
+    from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo
+
+    total = _records(templates / "run")
+    seed = random.SystemRandom().randrange(2**32)
+    stop_at = random.Random(seed).randint(1, total - 6)
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        _cli(*_evaluate_args(templates, out, workers=2)),
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    where = f"(seed {seed}: stop after {stop_at} of {total} images)"
+    try:
+        deadline = time.monotonic() + 300
+        while _records(out) < stop_at:
+            assert process.poll() is None, (
+                f"evaluate ended before the signal {where}: {process.communicate()}"
+            )
+            assert time.monotonic() < deadline, f"evaluate made no progress {where}"
+            time.sleep(0.002)
+        if how == "SIGKILL":
+            os.kill(process.pid, signal.SIGKILL)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+        alive = wait_gone(group=process.pid)
+        described = describe(alive)
+    finally:
+        _stop_group(process)
+    _, stderr = process.communicate()
+    assert not alive, f"left running after {how} {where}: {described}"
+    done = _records(out)
+    assert done < total, f"the run finished before the signal took effect {where}"
+    if how == "SIGKILL":
+        assert process.returncode == -signal.SIGKILL
+    else:
+        assert process.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        lines = [line.split("\r")[-1] for line in stderr.strip().splitlines()]
+        assert lines[-1] == "interrupted: finished images are kept; run the same command again to resume", (
+            stderr
+        )
+
+    config = EvaluateConfig(
+        out=out,
+        images_root=templates / "data" / "images",
+        gt=templates / "data" / "gt",
+        checkpoint=templates / "model.safetensors",
+        confidences=SCORES,
+        workers=0,
+    )
+    results = evaluate_bravo(config, progress=False)
+    assert results["meta"]["inference"]["skipped"] == done, where  # finished images were not redone
+    assert not temporaries(out), f"temporary files left after resuming {where}: {temporaries(out)}"
+    assert_same_run(out, templates / "run")
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Kill whatever of the process group is left (a failed test must not leave processes behind)."""
+    if process.poll() is None or live_processes(group=process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _serving(port: int) -> bool:
+    with socket.socket() as client:
+        client.settimeout(0.5)
+        return client.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_explorer_server_dies_with_the_app(how, templates, tmp_path):
+    port = _free_port()
+    process = subprocess.Popen(
+        _cli("app", templates / "run", "--port", port),
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not _serving(port):
+            assert process.poll() is None, f"the app ended: {process.communicate()}"
+            assert time.monotonic() < deadline, "the explorer did not start serving"
+            time.sleep(0.2)
+        os.kill(process.pid, getattr(signal, how))  # the app's process alone, not its group
+        process.wait(timeout=60)
+        alive = wait_gone(group=process.pid, timeout=30)
+        described, serving = describe(alive), _serving(port)
+    finally:
+        _stop_group(process)
+    _, stderr = process.communicate()
+    assert not alive, f"left running after {how} of the app: {described}"
+    assert not serving
+    assert "Traceback" not in stderr
+
+
+def test_bad_paths_are_reported_before_torch_is_imported(templates, tmp_path):
+    """Importing torch takes seconds to tens of seconds: a typo in a path must be reported before that."""
+    missing, afile = tmp_path / "missing", tmp_path / "afile.txt"
+    afile.write_text("hello\n")
+    images, ckpt = templates / "data" / "images", templates / "model.safetensors"
+    lines = [
+        ["evaluate", "--root", missing, "--checkpoint", ckpt, "--out", tmp_path / "o"],
+        ["evaluate", "--root", images, "--checkpoint", ckpt, "--out", afile],
+        ["evaluate", "--root", images, "--model", "eomt_test", "--out", tmp_path / "o"],
+        ["predict", "--model", "eomt_test", "--checkpoint", ckpt, "--input", missing, "--output", tmp_path / "p"],
+        ["predict", "--model", "eomt_test", "--checkpoint", ckpt, "--input", images, "--output", images],
+        ["predict", "--model", "eomt_test", "--input", images, "--output", tmp_path / "p"],
+        ["score", "--gt", missing, "--submission", templates / "run" / "submission", "--out", tmp_path / "r.json"],
+        ["score", "--gt", templates / "data" / "gt", "--submission", templates / "run" / "submission", "--out", tmp_path],
+        ["package", "--submission", templates / "run" / "submission", "--samples", missing, "--out", tmp_path / "u.tar"],
+        ["package", "--submission", templates / "run" / "submission", "--samples", templates / "samples.tar", "--out", templates / "samples.tar"],
+        ["train", "--config", missing, "--out", tmp_path / "t"],
+        ["train", "--config", "eomt_test_synthetic", "--out", afile],
+        ["train", "--config", "eomt_test_synthetic", "--set", f"data.root={missing}", "--out", tmp_path / "t"],
+        ["compare", templates / "run", "--out", templates / "run" / "results.json"],
+        ["regress", "--baseline", missing, "--results", templates / "run" / "results.json"],
+    ]  # fmt: skip
+    script = (
+        "import json, sys\n"
+        "from eomt_ood.cli import main\n"
+        "report = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    sys.argv = ['eomt-ood', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as exc:\n"
+        "        report.append([exc.code, 'torch' in sys.modules])\n"
+        "print(json.dumps(report))\n"
+    )
+    argv = json.dumps([[str(a) for a in line] for line in lines])
+    done = subprocess.run(
+        [sys.executable, "-c", script, argv], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = done.stderr.strip().splitlines()
+    assert len(report) == len(lines) and len(errors) == len(lines), done.stderr
+    for line, (code, torch_loaded), error in zip(lines, report, errors, strict=True):
+        assert code == 2 and error.startswith("error: "), (line, code, error)
+        assert not torch_loaded, f"torch was imported before this was reported: {line[0]}: {error}"

@@ -1,0 +1,268 @@
+"""`eomt-ood train`: bad configs, bad overrides, bad checkpoints to resume, outputs: one line before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from . import bad
+from .harness import Case, run_case
+
+TRAIN = ["train", "--config", "{config}", "--out", "{out}"]
+BUILD = ("eomt_ood.training.run.build_model",)
+
+
+def _edit(section: str, **values):
+    """Setup: change keys of one section of the case's train.yaml."""
+
+    def setup(w):
+        path = w["config"]
+        data = yaml.safe_load(path.read_text())
+        data[section].update(values)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    return setup
+
+
+def _write(text: str):
+    def setup(w):
+        (w.root / "bad.yaml").write_text(text)
+
+    return setup
+
+
+def _checkpoint_of_other_model(w):
+    """A weights-only Lightning checkpoint whose state dict belongs to another network."""
+    torch.save(
+        {"state_dict": {"model.other.weight": torch.zeros(2)}, "global_step": 3, "epoch": 0, "loops": {}},
+        w.root / "step=0000003.ckpt",
+    )
+
+
+CASES = [
+    Case(
+        "config-missing",
+        ["train", "--config", "{missing}", "--out", "{out}"],
+        ["--config", "{missing}"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "config-unknown-name",
+        ["train", "--config", "eomt_tiny_nope", "--out", "{out}"],
+        ["--config", "eomt_tiny_nope"],
+    ),
+    Case(
+        "config-binary",
+        ["train", "--config", "{tmp}/bad.yaml", "--out", "{out}"],
+        ["bad.yaml"],
+        lambda w: bad.binary(w.root / "bad.yaml"),
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "config-invalid-yaml",
+        ["train", "--config", "{tmp}/bad.yaml", "--out", "{out}"],
+        ["bad.yaml"],
+        _write("model: [unclosed\n"),
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "config-a-list",
+        ["train", "--config", "{tmp}/bad.yaml", "--out", "{out}"],
+        ["bad.yaml"],
+        _write("- 1\n- 2\n"),
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "config-is-a-folder",
+        ["train", "--config", "{folder}", "--out", "{out}"],
+        ["{folder}"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "unknown-section",
+        TRAIN,
+        ["bogus"],
+        lambda w: w["config"].write_text(w["config"].read_text() + "bogus: {}\n"),
+        untouched_steps=BUILD,
+    ),
+    Case("unknown-key", TRAIN, ["speed"], _edit("trainer", speed=3), untouched_steps=BUILD),
+    Case("wrong-type", TRAIN, ["max_steps"], _edit("trainer", max_steps="many"), untouched_steps=BUILD),
+    Case(
+        "max-steps-negative",
+        TRAIN,
+        ["max_steps", "-5"],
+        _edit("trainer", max_steps=-5),
+        untouched_steps=BUILD,
+    ),
+    Case("max-steps-zero", [*TRAIN, "--set", "trainer.max_steps=0"], ["max_steps"], untouched_steps=BUILD),
+    Case("epochs-zero", [*TRAIN, "--set", "trainer.epochs=0"], ["epochs"], untouched_steps=BUILD),
+    Case("batch-size-zero", [*TRAIN, "--set", "data.batch_size=0"], ["batch_size"], untouched_steps=BUILD),
+    Case(
+        "num-workers-negative",
+        [*TRAIN, "--set", "data.num_workers=-1"],
+        ["num_workers"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "accumulate-zero",
+        [*TRAIN, "--set", "trainer.accumulate_grad_batches=0"],
+        ["accumulate_grad_batches"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "checkpoint-every-zero",
+        [*TRAIN, "--set", "trainer.checkpoint_every_n_steps=0"],
+        ["checkpoint_every_n_steps"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "augmentation-unknown",
+        [*TRAIN, "--set", "data.augmentation=cutmix"],
+        ["augmentation", "cutmix"],
+        untouched_steps=BUILD,
+    ),
+    Case("set-without-equals", [*TRAIN, "--set", "trainer.max_steps"], ["--set"], untouched_steps=BUILD),
+    Case("set-unknown-key", [*TRAIN, "--set", "trainer.turbo=1"], ["turbo"], untouched_steps=BUILD),
+    Case("set-value-and-section", [*TRAIN, "--set", "trainer=1"], ["trainer"], untouched_steps=BUILD),
+    Case(
+        "devices-8-on-cpu", [*TRAIN, "--set", "trainer.devices=8"], ["trainer.devices"], untouched_steps=BUILD
+    ),
+    Case(
+        "devices-not-a-count",
+        [*TRAIN, "--set", "trainer.devices=many"],
+        ["trainer.devices"],
+        untouched_steps=BUILD,
+    ),
+    Case("num-nodes-zero", [*TRAIN, "--set", "trainer.num_nodes=0"], ["num_nodes"], untouched_steps=BUILD),
+    Case(
+        "precision-unknown",
+        [*TRAIN, "--set", "trainer.precision=64-nope"],
+        ["trainer.precision"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "strategy-unknown",
+        [*TRAIN, "--set", "trainer.strategy=ring"],
+        ["trainer.strategy"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "accelerator-unknown",
+        [*TRAIN, "--set", "trainer.accelerator=tpu9"],
+        ["trainer.accelerator"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "data-root-missing",
+        [*TRAIN, "--set", "data.root={missing}"],
+        ["data.root", "{missing}"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "data-without-train-split",
+        [*TRAIN, "--set", "data.root={folder}"],
+        ["{folder}"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "batch-larger-than-data",
+        [*TRAIN, "--set", "data.batch_size=64"],
+        ["data.batch_size"],
+        untouched_steps=BUILD,
+    ),
+    Case("model-unknown", [*TRAIN, "--set", "model.name=eomt_nope"], ["eomt_nope"], untouched_steps=BUILD),
+    Case(
+        "model-checkpoint-missing",
+        [*TRAIN, "--set", "model.checkpoint={missing}"],
+        ["model.checkpoint"],
+        untouched_steps=BUILD,
+    ),
+    Case("model-checkpoint-malicious", [*TRAIN, "--set", "model.checkpoint={evil}"], ["{evil}", "unpickle"]),
+    Case(
+        "pretrained-backbone-missing",
+        [*TRAIN, "--set", "model.pretrained_backbone={missing}"],
+        ["model.pretrained_backbone"],
+    ),
+    Case(
+        "resume-missing", [*TRAIN, "--resume", "{missing}"], ["--resume", "{missing}"], untouched_steps=BUILD
+    ),
+    Case("resume-a-folder", [*TRAIN, "--resume", "{folder}"], ["--resume"], untouched_steps=BUILD),
+    Case(
+        "resume-malicious-pickle",
+        [*TRAIN, "--resume", "{evil}"],
+        ["--resume", "{evil}", "unpickle"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "resume-malicious-torch-zip",
+        [*TRAIN, "--resume", "{evil_zip}"],
+        ["--resume", "{evil_zip}", "unpickle"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "resume-garbage", [*TRAIN, "--resume", "{garbage}"], ["--resume", "{garbage}"], untouched_steps=BUILD
+    ),
+    Case(
+        "resume-not-a-lightning-checkpoint",
+        [*TRAIN, "--resume", "{ckpt}"],
+        ["--resume", "{ckpt}"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "resume-another-model",
+        [*TRAIN, "--resume", "{tmp}/step=0000003.ckpt"],
+        ["--resume", "step=0000003.ckpt"],
+        _checkpoint_of_other_model,
+    ),
+    Case(
+        "out-is-a-file",
+        ["train", "--config", "{config}", "--out", "{file}"],
+        ["--out", "{file}"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "out-under-a-file",
+        ["train", "--config", "{config}", "--out", "{file}/run"],
+        ["--out"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "out-read-only",
+        ["train", "--config", "{config}", "--out", "{readonly}/run"],
+        ["--out"],
+        needs_permissions=True,
+    ),
+    Case(
+        "out-is-the-data",
+        ["train", "--config", "{config}", "--out", "{scenes}"],
+        ["--out"],
+        untouched_steps=BUILD,
+    ),
+    Case("unknown-option", [*TRAIN, "--epochs", "3"], ["--epochs"]),
+]
+
+_ON_CPU = {"devices-8-on-cpu"}
+
+
+def _params():
+    out = []
+    for case in CASES:
+        if case.id in _ON_CPU:
+            out.append(
+                pytest.param(
+                    case,
+                    id=case.id,
+                    marks=pytest.mark.skipif(
+                        torch.cuda.is_available(), reason="needs a machine without CUDA"
+                    ),
+                )
+            )
+        else:
+            out.append(case.param())
+    return out
+
+
+@pytest.mark.parametrize("case", _params())
+def test_train(case, world, monkeypatch, capsys):
+    run_case(case, world, monkeypatch, capsys)
