@@ -152,7 +152,7 @@ def test_confusion_cells_and_their_images(run, finished_run):
 
 def test_store_tables_are_read_once(run, finished_run):
     with StoreReader(finished_run / "predictions.h5") as reader:
-        np.testing.assert_array_equal(run.confusion_matrices(), reader.image_statistics("msp")["cm"])
+        np.testing.assert_array_equal(run.confusion_matrices(), reader.image_statistics("msp").cm)
         assert run.stats("msp").keys() == reader.stats("msp").keys()
     assert run.stats("msp") is run.stats("msp") and run.confusion_matrices() is run.confusion_matrices()
     with pytest.raises(ValueError):
