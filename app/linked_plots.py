@@ -213,12 +213,29 @@ def threshold_curves(
 
 def level_from_selection(event: Any) -> int | None:
     """The doubt level carried by the first clicked point of a `threshold_curves` chart's selection state."""
-    points = _selected_points(event)
-    for point in points:
-        custom = point.get("customdata")
-        if isinstance(custom, list | tuple) and custom:
-            return round(float(custom[0]))
+    for point in _selected_points(event):
+        custom = _custom_values(point.get("customdata"))
+        if custom:
+            return round(custom[0])
     return None
+
+
+def _custom_values(custom: Any) -> list[float]:
+    """A point's customdata as a list of numbers. Plotly sends numpy columns to the browser as typed arrays, and
+    a typed array comes back from the browser as an object keyed by position ({"0": v0, "1": v1, ...}); a list
+    is what `plotly.py` figures and tests hold."""
+    if isinstance(custom, Mapping):
+        try:
+            keys = sorted(custom, key=int)
+        except (TypeError, ValueError):
+            return []
+        custom = [custom[k] for k in keys]
+    if not isinstance(custom, list | tuple):
+        return []
+    try:
+        return [float(v) for v in custom]
+    except (TypeError, ValueError):
+        return []
 
 
 def _selected_points(event: Any) -> list[dict]:
@@ -301,9 +318,9 @@ def confusion_figure(matrix: np.ndarray, selected: tuple[int, int] | None = None
 def cell_from_selection(event: Any) -> tuple[int, int] | None:
     """(true id, predicted id) of the first clicked cell of a `confusion_figure` chart's selection state."""
     for point in _selected_points(event):
-        custom = point.get("customdata")
-        if isinstance(custom, list | tuple) and len(custom) >= 2:
-            return round(float(custom[0])), round(float(custom[1]))
+        custom = _custom_values(point.get("customdata"))
+        if len(custom) >= 2:
+            return round(custom[0]), round(custom[1])
     return None
 
 

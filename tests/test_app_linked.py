@@ -84,7 +84,11 @@ def test_curve_points_carry_their_threshold_and_the_star_sits_on_the_curve():
         "selection": {"points": [{"curve_number": 1, "point_index": 50, "customdata": custom[50].tolist()}]}
     }
     assert lp.level_from_selection(event) == int(custom[50, 0])
+    # What the browser sends: the typed array of a point's customdata as an object keyed by position.
+    keyed = {str(k): v for k, v in reversed(list(enumerate(custom[50].tolist())))}
+    assert lp.level_from_selection({"selection": {"points": [{"customdata": keyed}]}}) == int(custom[50, 0])
     assert lp.level_from_selection({"selection": {"points": []}}) is None
+    assert lp.level_from_selection({"selection": {"points": [{"customdata": {"a": 1}}]}}) is None
     stars = [t for t in fig.data if t.marker.symbol == "star"]
     assert (stars[1].x[0], stars[1].y[0]) == pytest.approx((start.fpr, start.tpr))
     assert lp.threshold_curves({"ACDCfog": histograms["ACDCfog"]}) is None
@@ -118,6 +122,8 @@ def test_confusion_figure_cells_and_clicks():
     assert fig.data[1].x[0] == "sidewalk" and fig.data[1].y[0] == "road"  # the chosen cell's frame
     event = {"selection": {"points": [{"customdata": [13, 14, 5, 1.0]}]}}
     assert lp.cell_from_selection(event) == (13, 14)
+    keyed = {"0": 13.0, "1": 14.0, "2": 5.0, "3": 1.0}
+    assert lp.cell_from_selection({"selection": {"points": [{"customdata": keyed}]}}) == (13, 14)
     assert lp.cell_from_selection(None) is None
 
 
