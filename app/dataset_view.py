@@ -27,6 +27,7 @@ FILTER_STATS = ("auprc_ood", "fpr95_ood", "miou", "ood_fraction", "mean_confiden
 # fraction is read as "most OOD first", the mean confidence as "least confident first".
 HIGHEST_FIRST = {stat: lower_is_better(stat) for stat in SORT_STATS} | {"ood_fraction": True}
 PAGE_SIZE = 24
+FILTER_STEPS = 200  # a range slider moves in steps of 1/200 of its statistic's span
 THUMB_SIDE = 256
 
 
@@ -43,6 +44,18 @@ def value_span(values: np.ndarray) -> tuple[float, float] | None:
     if finite.size == 0:
         return None
     return float(finite.min()), float(finite.max())
+
+
+def fit_range(chosen: tuple[float, float], span: tuple[float, float]) -> tuple[float, float]:
+    """A range slider's (low, high) clamped into `span`, an end within one step (1/`FILTER_STEPS` of the span)
+    of the span's end put on it. The browser's slider snaps both ends to its step grid whenever one moves, and
+    where the grid overshoots the top by a rounding error it puts the top end one whole step lower, which would
+    silently filter out the image with the largest value. (So the first step in from either end filters
+    nothing; the second does.)"""
+    step = (span[1] - span[0]) / FILTER_STEPS * 1.001
+    low = min(max(chosen[0], span[0]), span[1])
+    high = max(min(chosen[1], span[1]), span[0])
+    return (span[0] if low <= span[0] + step else low), (span[1] if high >= span[1] - step else high)
 
 
 def apply_ranges(

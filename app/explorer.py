@@ -100,6 +100,14 @@ def subset_counts(path: str, score: str, subset: str | None) -> tuple[dict, np.n
 # ------------------------------------------------------------------------------------------------ callbacks
 
 
+def put(key: str, value, same=None) -> None:
+    """Give a widget the value the app computed for it, only where it differs (`same(old, new)`, default ==).
+    Writing a widget's state sends its value to the browser, where it replaces whatever the user did meanwhile:
+    rewritten on every rerun, a slider moved by several key presses in a row would jump back and lose them."""
+    if key not in state or not (same or (lambda a, b: a == b))(state[key], value):
+        state[key] = value
+
+
 def open_image(index: int) -> None:
     state["image"] = int(index)
     state["view"] = "Image"
@@ -246,10 +254,10 @@ for stat in dv.FILTER_STATS:
     if span is None or span[0] == span[1]:
         continue
     key = f"range_{stat}_{subset}_{score}"
-    low, high = state.get("_" + key, span)
-    state[key] = state["_" + key] = (max(span[0], min(low, span[1])), min(span[1], max(high, span[0])))
+    if key not in state:  # dropped while the filters were closed: back from the plain key
+        state[key] = state.get("_" + key, span)
     filters.append((stat, key, span))
-    ranges[stat] = state[key]
+    ranges[stat] = dv.fit_range(state[key], span)
 ordered = dv.order(stats, dv.apply_ranges(stats, base, ranges), sort, reverse)
 # Another view (runs, score, subset, filters, order) starts on its first page.
 defined_by = (tuple(chosen), score, subset, sort, reverse, tuple(sorted(ranges.items())))
@@ -410,7 +418,7 @@ def display_controls(
     if order_list:
         # The image by its place in the view, or found by a part of its path: a list of every image would cost
         # each rerun hundreds of kilobytes at BRAVO scale.
-        state["image_position"] = order_list.index(image) + 1
+        put("image_position", order_list.index(image) + 1)
         box.number_input(
             f"Image (place in the view, of {len(order_list):,})",
             1,
@@ -441,7 +449,11 @@ def display_controls(
     doubt = float(state["threshold"])
     level = lp.level_of_doubt(doubt)
     if scale == "quantile" and ref_shares is not None:
-        state["threshold_quantile"] = lp.quantile_of_level(ref_shares, level)
+        put(
+            "threshold_quantile",
+            lp.quantile_of_level(ref_shares, level),
+            lambda old, new: lp.level_of_quantile(ref_shares, old) == level,
+        )
         box.slider(
             f"share of the {threshold_subset} pixels flagged",
             0.0,
@@ -453,7 +465,7 @@ def display_controls(
             args=("threshold_quantile", ref_shares),
         )
     else:
-        state["threshold_log"] = lp.log_position(doubt)
+        put("threshold_log", lp.log_position(doubt), lambda old, new: abs(old - new) < 1e-9)
         box.slider(
             "log10 doubt",
             lp.LOG_MIN,
@@ -507,7 +519,8 @@ def dataset_tab(view: View, reader, stats, overlay: str, colormap: str, opacity:
     total = len(view.ordered)
     pages = dv.page_count(total, dv.PAGE_SIZE)
     # The page lives in a plain key: a widget's own state is dropped while its tab is closed.
-    state["page"] = state["_page"] = min(max(1, int(state.get("_page", 1))), pages)
+    state["_page"] = min(max(1, int(state.get("_page", 1))), pages)
+    put("page", state["_page"])
     head = st.columns([6, 1, 1, 1], vertical_alignment="bottom")
     head[0].markdown(
         f"**{total:,}** of {view.total:,} images in **{view.subset}** · sorted by "
@@ -594,8 +607,8 @@ def image_tab(
     ref_maps = get_maps(ref_path, image)
     with st.expander("Pixel readout (preview coordinates)"):
         height, width = ref_maps["pred"].shape
-        state["pixel_row"] = min(int(state.get("pixel_row", height // 2)), height - 1)
-        state["pixel_col"] = min(int(state.get("pixel_col", width // 2)), width - 1)
+        put("pixel_row", min(int(state.get("pixel_row", height // 2)), height - 1))
+        put("pixel_col", min(int(state.get("pixel_col", width // 2)), width - 1))
         row_col = st.columns(2)
         prow = row_col[0].number_input("row (or click the picture)", 0, height - 1, key="pixel_row")
         pcol = row_col[1].number_input("column", 0, width - 1, key="pixel_col")
@@ -645,7 +658,8 @@ def confusion_tab(view: View, overlay: str, colormap: str, opacity: float, level
         off = matrix.copy()
         np.fill_diagonal(off, 0)
         state["_cm_cell"] = tuple(int(v) for v in np.unravel_index(off.argmax(), off.shape))
-    state["cm_true"], state["cm_pred"] = state["_cm_cell"]
+    put("cm_true", state["_cm_cell"][0])
+    put("cm_pred", state["_cm_cell"][1])
     st.caption(
         f"Valid pixels of the {len(ordered):,} images in this view ({labels[ref_path]}, {view.subset}); click a "
         "cell to list the images with most of its pixels."
@@ -727,17 +741,17 @@ def own_image_tab(ref: sup.Run, score: str, opacity: float, colormap: str) -> No
             mapview(data=sup.map_view_data(picture, grid, score), key="own_conf")
 
 
-def filter_widgets(filters: list, stats: dict, base: np.ndarray) -> None:
+def filter_widgets(filters: list, ranges: dict, stats: dict, base: np.ndarray) -> None:
     """Per statistic: its histogram over the subset (the chosen range in blue) and a range slider."""
     for stat, key, span in filters:
-        low, high = state[key]
+        low, high = ranges[stat]
         st.markdown(f"**{stat}** {format_value(low)} – {format_value(high)}")
         st.image(dv.picture_uri(dv.histogram_picture(stats[stat][base], span, (low, high))), width="stretch")
         st.slider(
             stat,
             span[0],
             span[1],
-            step=(span[1] - span[0]) / 200,
+            step=(span[1] - span[0]) / dv.FILTER_STEPS,
             format="%.4f",
             key=key,
             on_change=keep_range,
@@ -773,13 +787,13 @@ with view_box:
     # Closed by default and only drawn when open: the first page reaches the browser sooner. The ranges live in
     # plain keys, so a closed expander still filters.
     active = [
-        f"{stat} {format_value(state[key][0])}–{format_value(state[key][1])}"
+        f"{stat} {format_value(ranges[stat][0])}–{format_value(ranges[stat][1])}"
         for stat, key, span in filters
-        if tuple(state[key]) != span
+        if ranges[stat] != span
     ]
     box = st.expander("Filter by statistic", key="filters_open", on_change="rerun")
     if active:
         st.caption("Filters: " + " · ".join(active))
     if box.open:
         with box:
-            filter_widgets(filters, stats, base)
+            filter_widgets(filters, ranges, stats, base)

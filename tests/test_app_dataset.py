@@ -36,6 +36,18 @@ def test_filters_order_and_pages():
     assert dv.apply_ranges(stats, base, {"auprc_ood": (0.15, 0.6)}).tolist() == [0, 2, 5]
     both = dv.apply_ranges(stats, base, {"auprc_ood": (0.15, 0.6), "fpr95_ood": (0.35, 0.8)})
     assert both.tolist() == [2, 5]
+    # The ends a browser's slider sends: on its grid of 1/200 of the span, where rounding can put the top end a
+    # whole step below the span's top though nobody moved it.
+    span = (0.1, 0.9)
+    top = span[0] + 199 * ((span[1] - span[0]) / 200)
+    assert dv.fit_range((span[0], top), span) == span
+    assert dv.fit_range((0.05, 2.0), span) == span  # clamped
+    assert dv.fit_range((0.1 + 0.8 / 200, 0.9 - 0.8 / 200), span) == span  # a step in: no filter
+    assert dv.fit_range((0.1 + 1.6 / 200, 0.9 - 1.6 / 200), span) == pytest.approx(
+        (0.108, 0.892)
+    )  # two steps
+    kept = dv.apply_ranges(stats, base, {"auprc_ood": dv.fit_range((0.1, top), span)})
+    assert kept.tolist() == list(range(6))  # the image with the largest value stays
     # Oracle: Python's sort on (missing last, value, index); AUPRC worst = lowest, FPR95 worst = highest.
     for stat, highest in (("auprc_ood", False), ("fpr95_ood", True)):
         values = stats[stat]
