@@ -577,14 +577,11 @@ def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, A
 
 
 def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -> dict[str, Any]:
-    from tqdm import tqdm
-
     from eomt_ood.bravo.layout import open_tree
     from eomt_ood.config import to_dict
     from eomt_ood.io import remove_stale_temporaries
 
     run = RunDir(config.out)
-    check_options(config)
     ranks = _Ranks.start(config)
     say = ranks.say if progress else _quiet
     with contextlib.ExitStack() as stack:
@@ -593,17 +590,19 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             stack.enter_context(open_tree(config.samples, "sampling file")) if config.samples else None
         )
         plan = _plan(config, run, gt_tree, samples_tree)
+        mine = plan.rels[ranks.rank :: ranks.world]
+        unfinished = set(plan.todo)
+        todo = [rel for rel in mine if rel in unfinished]
+        if todo:  # said before the options are checked: that imports torch and the model code (seconds)
+            say(f"loading model {config.model or Path(str(config.checkpoint)).name} ...")
+        check_options(config)
         settings = to_dict(config)
         if ranks.rank == 0:
             stack.enter_context(run.lock("eomt-ood evaluate"))
             run.check_resumable(settings, OUTPUT_SETTINGS)
-        mine = plan.rels[ranks.rank :: ranks.world]
-        unfinished = set(plan.todo)
-        todo = [rel for rel in mine if rel in unfinished]
         timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0}
         model = None
         if todo:  # loaded before anything is written: bad weights leave the folder as it was
-            say(f"loading model {config.model or Path(str(config.checkpoint)).name} ...")
             model = _load_model(config, ranks.device(config))
             timing["startup_seconds"] = time.perf_counter() - start
         if ranks.rank == 0:
@@ -616,13 +615,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
         records = _in_order(
             run, mine, todo, lambda: _predict_stream(config, run, plan, todo, model, pool, timing)
         )
-        bar = tqdm(
-            total=len(todo),
-            desc="evaluate",
-            unit="img",
-            disable=not progress or ranks.rank != 0,
-            file=sys.stderr,
-        )
+        bar = progress_bar(len(todo), disable=not progress or ranks.rank != 0)
         collector = _collector(config)
         with bar:
             if ranks.world == 1:
@@ -648,6 +641,37 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
         )
         extra = {"token_merging": _token_merging_record(model, config)}
         return _write_results(run, config, _model_record(model, config), totals, timing, extra, collector)
+
+
+def progress_bar(total: int, disable: bool = False) -> Any:
+    """The images bar of `evaluate` (tqdm on stderr), its rate measured from the first finished image on.
+
+    The first image carries the stream's start-up (worker processes, the model's first call, the first PNGs):
+    counted in, it made the first ETAs many times too long (ten minutes for a run of twenty seconds). So the rate
+    is the mean over the images after the first, and no ETA shows before the second; the elapsed time still
+    counts from the start.
+    """
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        first_t: float | None = None
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self.first_t is None and n and not self.disable:
+                self.first_t = self._time()
+            return super().update(n)
+
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            shown = super().format_dict
+            if self.first_t is not None:
+                after = self._time() - self.first_t
+                # With `initial` at n and no rate, tqdm shows no ETA ("?").
+                shown["rate"] = (self.n - 1) / after if self.n > 1 and after > 0 else None
+                shown["initial"] = self.n if shown["rate"] is None else shown["initial"]
+            return shown
+
+    return _Bar(total=total, desc="evaluate", unit="img", disable=disable, file=sys.stderr, smoothing=0)
 
 
 def _token_merging_record(model: Any, config: EvaluateConfig) -> dict[str, Any] | None:
