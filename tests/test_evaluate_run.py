@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo, progress_bar
+from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo, progress_bar, summary_table
 from eomt_ood.bravo.rundir import RunDir, write_results
 from eomt_ood.bravo.scoring import score_submission
 from eomt_ood.data.demo import write_demo
@@ -66,6 +66,15 @@ def test_evaluate_equals_score_of_its_own_submission(bravo_set, tmp_path):
     assert results["rba"]["synobjs_miou_valid"] == results["msp"]["synobjs_miou_valid"]
     assert results["rba"]["synobjs_auprc_ood"] != results["msp"]["synobjs_auprc_ood"]
     assert results["meta"]["model_config"]["name"] == "eomt_test"
+    # The console table of each score: its own values, a dash (never "nan") where one is missing or undefined.
+    for score in ("msp", "rba"):
+        table = summary_table(results, score)
+        assert table.startswith(f"{score}:\n") and "nan" not in table.lower()
+        row = next(line for line in table.splitlines() if line.startswith("synobjs "))
+        assert row.split()[4] == f"{results[score]['synobjs_auprc_ood']:.4f}"
+    broken = {**results, "rba": {**results["rba"], "synobjs_auprc_ood": float("nan")}}
+    row = next(line for line in summary_table(broken, "rba").splitlines() if line.startswith("synobjs "))
+    assert row.split()[4] == "–"
     on_disk = json.loads((run / "results.json").read_text())
     assert on_disk["msp"]["bravo_index"] == pytest.approx(results["msp"]["bravo_index"], abs=0)
     for name in ("report.html", "config.yaml", "predictions.h5"):

@@ -851,14 +851,23 @@ def summary_table(results: dict[str, Any], score: str | None = None) -> str:
             if column == "ood_px" and subset in OOD_SUBSETS and subset in counts:
                 pos, neg = counts[subset]["invalid"], counts[subset]["valid"]
                 value = pos / (pos + neg) if pos + neg else None
-            cells.append(f"{value:>12.4f}" if isinstance(value, float) else f"{'–':>12}")
+            cells.append(f"{_cell(value):>12}")
         lines.append(f"{subset:<14}" + "".join(cells))
     for key in ("semantic_hmean", "ood_hmean", "bravo_index"):
         if key in block:
             interval = intervals.get(key)
-            shown = f"  [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
-            lines.append(f"{key:<14}{block[key]:>12.4f}{shown}")
+            shown = f"  [{_cell(interval[0])}, {_cell(interval[1])}]" if interval else ""
+            lines.append(f"{key:<14}{_cell(block[key]):>12}{shown}")
     if intervals:
         level = results.get("meta", {}).get("bootstrap", {}).get("level", 0.95)
         lines.append(f"[low, high]: {level:.0%} bootstrap interval over the test images (meta.intervals)")
     return f"{score}:\n" + "\n".join(lines) if score else "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    """A metric for the console table: 4 decimals, "–" where it is missing or undefined (never "nan")."""
+    import math
+
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.4f}"
+    return "–"
