@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,40 @@ import numpy as np
 
 import eomt_ood
 from eomt_ood.bravo.rundir import RunDir, resolve_run_dirs, score_block
-from eomt_ood.bravo.scoring import lower_is_better
-from eomt_ood.confidence.levels import confidence_of_levels
 from eomt_ood.data.labels import IGNORE, TRAIN_ID_NAMES, colorize_train_ids
 from eomt_ood.errors import UserError
 from eomt_ood.metrics.histogram import FPR95_TPR, NUM_LEVELS, binary_histograms
+from eomt_ood.reports.pictures import (
+    GT_COLORS,
+    blend,
+    colorize_confidence,
+    colormap_lut,
+    gray_canvas,
+    gt_layer,
+)
 from eomt_ood.store import StoreReader
 
-__all__ = ["confidence_of_levels", "resolve_run_dirs"]  # re-exported for the explorer script
+# Re-exported for the explorer script and the tests: the pictures are the report's (`eomt_ood.reports.pictures`).
+__all__ = [
+    "GT_COLORS",
+    "blend",
+    "colorize_confidence",
+    "colormap_lut",
+    "gray_canvas",
+    "gt_layer",
+    "resolve_run_dirs",
+]
 
 BUNDLED_ASSETS = (
     Path(eomt_ood.__file__).resolve().parent / "assets"
 )  # the demo checkpoint lives here; readable
-TABLE_METRICS = ("auprc_ood", "fpr95_ood", "miou", "ece")
+TABLE_METRICS = ("auprc_ood", "fpr95_ood", "miou", "ece")  # the per-image metrics under each picture
 OVERLAYS = ("none", "prediction", "confidence", "OOD ground truth", "OOD outcome")
 COLORMAPS = ("Viridis", "Inferno", "Cividis", "Greys", "RdYlGn")
 # Outcome codes of `outcome_map` and their colours (RGB): TN is left uncoloured.
 NOT_EVALUATED, TRUE_NEGATIVE, TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE = range(5)
 OUTCOME_NAMES = ("void", "true negative", "true positive", "false positive", "false negative")
 OUTCOME_COLORS = np.array([[0, 0, 0], [0, 0, 0], [0, 200, 0], [230, 30, 30], [255, 200, 0]], dtype=np.uint8)
-GT_COLORS = {"invalid": (255, 0, 255), "void": (40, 40, 40)}
 
 
 # ------------------------------------------------------------------------------------------------ runs and paths
@@ -56,12 +69,17 @@ def is_inside(path: str | Path, roots: Sequence[Path]) -> bool:
 
 @dataclass
 class Run:
-    """One opened run folder: its store, results.json (or {}) and config.yaml (or {})."""
+    """One opened run folder: its store, results.json (or {}) and config.yaml (or {}).
+
+    Opened once per app process and shared by every session; the per-image tables it reads from the store are
+    kept (`stats`, `histograms`, `confusion_matrices`), so a rerun reads only the previews a page shows.
+    """
 
     path: Path
     reader: StoreReader
     results: dict
     config: dict
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -71,12 +89,55 @@ class Run:
     def folder(self) -> RunDir:
         return RunDir(self.path)
 
+    def _cached(self, key: tuple, make: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def index_of(self, relpath: str) -> int | None:
+        """The store index of an input image, None when the run does not have it."""
+        lookup = self._cached(("index",), lambda: {r: i for i, r in enumerate(self.reader.relpaths)})
+        return lookup.get(relpath)
+
+    def stats(self, score: str) -> dict[str, np.ndarray]:
+        """Per-image metrics of `score`: {field: (N,) float64} (read-only arrays; NaN where undefined)."""
+
+        def read() -> dict[str, np.ndarray]:
+            stats = self.reader.stats(score)
+            for values in stats.values():
+                values.flags.writeable = False
+            return stats
+
+        return self._cached(("stats", score), read)
+
+    def histograms(self, score: str) -> dict[str, dict[str, np.ndarray]]:
+        """The pooled per-subset histograms of `score` (see `StoreReader.histograms`)."""
+        return self._cached(("histograms", score), lambda: self.reader.histograms(score))
+
+    def level_histograms(self, score: str) -> dict[str, np.ndarray]:
+        return self._cached(("levels", score), lambda: self.reader.level_histograms(score))
+
+    def confusion_matrices(self) -> np.ndarray:
+        """(N, 19, 19) int64 per-image confusion matrices (rows: ground truth, columns: prediction)."""
+        return self._cached(("cm",), self.reader.confusion_matrices)
+
+    @property
+    def subsets(self) -> np.ndarray:
+        """(N,) the subset of every stored image, as an object array (for masks)."""
+        return self._cached(("subsets",), lambda: np.array(self.reader.subsets, dtype=object))
+
 
 def open_run(path: Path) -> Run:
     """Open a resolved run folder (see `resolve_run_dirs`); results and config are optional."""
     run = RunDir(path)
     results = run.read_results() if run.results_file.is_file() else {}
     return Run(path, StoreReader(run.store_file), results, run.read_config())
+
+
+def run_labels(paths: Sequence[str]) -> dict[str, str]:
+    """A short label per run folder: its name, or the whole path where two runs share a name."""
+    names = [Path(p).name for p in paths]
+    return {p: (n if names.count(n) == 1 else p) for p, n in zip(paths, names, strict=True)}
 
 
 def score_results(results: Mapping, score: str) -> dict:
@@ -98,53 +159,55 @@ def allowed_file(
     return Path(path).resolve() if is_inside(path, [*roots, *extra_roots]) else None
 
 
-# ------------------------------------------------------------------------------------------------ image table
+def parse_args(argv: Sequence[str]) -> tuple[list[str], list[Path]]:
+    """The explorer script's arguments: (run folders, folders allowed for checkpoints).
 
-
-def image_rows(reader: StoreReader, score: str | None = None) -> list[dict[str, Any]]:
-    """One dict per stored image: index, subset, image (relpath) and its metrics of `score` (NaN if absent)."""
-    stats = reader.stats(score)
-    rows = []
-    for i, (relpath, subset) in enumerate(zip(reader.relpaths, reader.subsets, strict=True)):
-        row: dict[str, Any] = {"index": i, "subset": subset, "image": relpath}
-        for key in TABLE_METRICS:
-            row[key] = float(stats[key][i]) if key in stats else math.nan
-        rows.append(row)
-    return rows
-
-
-def worst_first(rows: Sequence[Mapping], metric: str, subset: str | None = None) -> list[dict]:
-    """Rows of `subset` (all when None) sorted worst first by `metric`; NaN values go last, ties keep order.
-
-    Worst = lowest AUPRC / mIoU, highest FPR95 / ECE.
+    `RUN_DIR ... [--allow DIR ...]` (what `eomt-ood app` passes). An allowed folder that does not exist is a
+    `UserError`; allowed folders are returned resolved.
     """
-    picked = [dict(r) for r in rows if subset in (None, r["subset"])]
-    higher_is_worse = lower_is_better(metric)
+    runs: list[str] = []
+    allowed: list[Path] = []
+    items = list(argv)
+    while items:
+        item = items.pop(0)
+        if item == "--allow":
+            if not items:
+                raise UserError("--allow: give a folder after it")
+            folder = Path(items.pop(0))
+            if not folder.is_dir():
+                raise UserError(f"--allow {folder}: folder not found")
+            allowed.append(folder.resolve())
+        else:
+            runs.append(item)
+    return runs, allowed
 
-    def key(row: Mapping) -> tuple[int, float]:
-        value = float(row.get(metric, math.nan))
-        if math.isnan(value):
-            return (1, 0.0)
-        return (0, -value if higher_is_worse else value)
 
-    return sorted(picked, key=key)
+def confidence_of_levels(levels: np.ndarray) -> np.ndarray:
+    """(...) uint16 levels -> float64 confidences (k + 0.5) / 65536 (docs/metrics.md, "Confidence levels").
+
+    The same formula as `eomt_ood.confidence.levels`; not imported from there because that package imports
+    torch, seconds of start-up the explorer does not need until it runs a model."""
+    return (np.asarray(levels, dtype=np.float64) + 0.5) / NUM_LEVELS
 
 
 # ------------------------------------------------------------------------------------------------ maps and colours
 
 
-def read_maps(reader: StoreReader, index: int) -> dict[str, Any]:
-    """The preview maps of one image: pred (h, w) uint8; confs {score: (h, w) uint16 levels}; gt_label /
-    gt_invalid (h, w) uint8 or None; rgb (h, w, 3) uint8, top2_class (2, h, w) uint8 and top2_score (2, h, w)
-    float32, each None when the store lacks it."""
+def read_maps(
+    reader: StoreReader, index: int, scores: Sequence[str] | None = None, top2: bool = True
+) -> dict[str, Any]:
+    """The preview maps of one image: pred (h, w) uint8; confs {score: (h, w) uint16 levels} (of `scores`, default
+    all); gt_label / gt_invalid (h, w) uint8 or None; rgb (h, w, 3) uint8, top2_class (2, h, w) uint8 and
+    top2_score (2, h, w) float32, each None when the store lacks it (or, for the top-2, when `top2` is False:
+    a thumbnail does not need them)."""
     maps: dict[str, Any] = {"pred": reader.preview(index, "pred")}
-    maps["confs"] = {s: reader.preview(index, f"conf/{s}") for s in reader.confidences}
+    maps["confs"] = {s: reader.preview(index, f"conf/{s}") for s in (scores or reader.confidences)}
     gt = reader.has_ground_truth(index)
     maps["gt_label"] = reader.preview(index, "gt_label") if gt else None
     maps["gt_invalid"] = reader.preview(index, "gt_invalid") if gt else None
     for name in ("rgb", "top2_class", "top2_score"):
         try:
-            maps[name] = reader.preview(index, name)
+            maps[name] = reader.preview(index, name) if top2 or name == "rgb" else None
         except KeyError:
             maps[name] = None
     if maps["top2_score"] is not None:
@@ -191,49 +254,6 @@ def read_region(run: Run, index: int, region: tuple[slice, slice]) -> dict[str, 
     return maps
 
 
-@lru_cache(maxsize=16)
-def colormap_lut(name: str) -> np.ndarray:
-    """(256, 3) uint8 lookup table sampled from a plotly named colour scale (low -> high)."""
-    from plotly.colors import get_colorscale, sample_colorscale, unlabel_rgb
-
-    colors = sample_colorscale(get_colorscale(name), np.linspace(0.0, 1.0, 256), colortype="rgb")
-    lut = np.array([unlabel_rgb(c) for c in colors], dtype=np.float64).round().astype(np.uint8)
-    lut.flags.writeable = False
-    return lut
-
-
-def colorize_confidence(levels: np.ndarray, colormap: str = "Viridis") -> np.ndarray:
-    """(h, w) uint16 confidence levels -> (h, w, 3) uint8, low confidence at the colour scale's low end."""
-    return colormap_lut(colormap)[np.asarray(levels, dtype=np.uint16) >> 8]
-
-
-def gray_canvas(shape: tuple[int, int]) -> np.ndarray:
-    """A mid-grey (h, w, 3) uint8 base for when the photo is not available."""
-    return np.full((*shape, 3), 128, dtype=np.uint8)
-
-
-def blend(base: np.ndarray, layer: np.ndarray, opacity: float, mask: np.ndarray | None = None) -> np.ndarray:
-    """Alpha-blend `layer` over `base` (both (h, w, 3) uint8) with `opacity` in [0, 1], only where `mask`."""
-    if base.shape != layer.shape:
-        raise ValueError(f"base {base.shape} and layer {layer.shape} differ in shape")
-    alpha = float(np.clip(opacity, 0.0, 1.0))
-    mixed = base.astype(np.float32) * (1.0 - alpha) + layer.astype(np.float32) * alpha
-    out = np.rint(mixed).astype(np.uint8)
-    if mask is not None:
-        out = np.where(mask[..., None], out, base)
-    return out
-
-
-def gt_layer(gt_label: np.ndarray, gt_invalid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(layer (h, w, 3) uint8, mask (h, w) bool) marking invalid non-void pixels (magenta) and void (dark)."""
-    void = gt_label == IGNORE
-    invalid = (gt_invalid != 0) & ~void
-    layer = np.zeros((*gt_label.shape, 3), dtype=np.uint8)
-    layer[invalid] = GT_COLORS["invalid"]
-    layer[void] = GT_COLORS["void"]
-    return layer, invalid | void
-
-
 def compose(
     maps: Mapping[str, Any],
     overlay: str,
@@ -277,12 +297,13 @@ def doubt_levels(conf_levels: np.ndarray) -> np.ndarray:
 
 
 def doubt_of_level(level: int) -> float:
-    """Doubt (1 - confidence) that doubt level j stands for: (j + 0.5) / 65536."""
-    return (level + 0.5) / NUM_LEVELS
+    """Doubt (1 - confidence) that doubt level j stands for: (j + 0.5) / 65536; 1 for 65536 (nothing flagged)."""
+    return min(1.0, (level + 0.5) / NUM_LEVELS)
 
 
 def level_of_doubt(doubt: float) -> int:
-    """Smallest doubt level whose doubt (j + 0.5) / 65536 is >= `doubt` (the inverse of `doubt_of_level`)."""
+    """Smallest doubt level whose doubt (j + 0.5) / 65536 is >= `doubt` (the inverse of `doubt_of_level`);
+    65536 flags no pixel."""
     return int(np.clip(math.ceil(doubt * NUM_LEVELS - 0.5), 0, NUM_LEVELS))
 
 
@@ -349,6 +370,58 @@ def outcome_counts(codes: np.ndarray) -> dict[str, int]:
     return {name: int(c) for name, c in zip(OUTCOME_NAMES, counts, strict=True)}
 
 
+def scored_counts(
+    histograms: Mapping[str, np.ndarray], level_histogram: np.ndarray | None
+) -> np.ndarray | None:
+    """(65536,) counts by confidence level of a subset's scored pixels: invalid + valid (ground truth), else every
+    pixel (`level_histograms`, runs without it); None when there are none."""
+    if "ood_pos" in histograms and "ood_neg" in histograms:
+        counts = np.asarray(histograms["ood_pos"], dtype=np.int64) + np.asarray(
+            histograms["ood_neg"], np.int64
+        )
+        if counts.any():
+            return counts
+    if level_histogram is not None and np.asarray(level_histogram).any():
+        return np.asarray(level_histogram, dtype=np.int64)
+    return None
+
+
+def _chip(rgb: Sequence[int], name: str) -> str:
+    r, g, b = (int(v) for v in rgb)
+    return (
+        f'<span style="display:inline-flex;align-items:center;margin:0 8px 2px 0;font-size:12px">'
+        f'<span style="width:11px;height:11px;border-radius:2px;margin-right:4px;background:rgb({r},{g},{b});'
+        f'border:1px solid #0003"></span>{name}</span>'
+    )
+
+
+def legend_html(overlay: str, colormap: str = "Viridis") -> str:
+    """The colour key of an overlay as HTML (class colours, the confidence scale, GT or outcome colours); "" for
+    "none"."""
+    from eomt_ood.data.labels import TRAIN_ID_COLORS
+
+    if overlay == "prediction":
+        return "".join(_chip(c, n) for c, n in zip(TRAIN_ID_COLORS, TRAIN_ID_NAMES, strict=True))
+    if overlay == "confidence":
+        lut = colormap_lut(colormap)
+        stops = ", ".join(f"rgb({r},{g},{b})" for r, g, b in lut[:: 255 // 8])
+        return (
+            f'<div style="height:12px;border-radius:2px;background:linear-gradient(to right, {stops})"></div>'
+            '<div style="display:flex;justify-content:space-between;font-size:12px">'
+            "<span>confidence 0 (doubtful)</span><span>1</span></div>"
+        )
+    if overlay == "OOD ground truth":
+        return _chip(GT_COLORS["invalid"], "invalid (OOD)") + _chip(GT_COLORS["void"], "void (not scored)")
+    if overlay == "OOD outcome":
+        return (
+            _chip(OUTCOME_COLORS[TRUE_POSITIVE], "OOD, flagged (TP)")
+            + _chip(OUTCOME_COLORS[FALSE_POSITIVE], "in-distribution, flagged (FP)")
+            + _chip(OUTCOME_COLORS[FALSE_NEGATIVE], "OOD, missed (FN)")
+            + '<span style="font-size:12px">uncoloured: not flagged in-distribution, or void</span>'
+        )
+    return ""
+
+
 # ------------------------------------------------------------------------------------------------ readouts
 
 
@@ -356,15 +429,21 @@ def class_name(train_id: int) -> str:
     return TRAIN_ID_NAMES[train_id] if 0 <= train_id < len(TRAIN_ID_NAMES) else "void"
 
 
+def top2_milli(scores: np.ndarray) -> np.ndarray:
+    """Top-2 scores in thousandths (int64), as the readouts show them (3 decimals, the same in Python and JS)."""
+    return np.rint(np.asarray(scores, dtype=np.float64) * 1000).astype(np.int64)
+
+
 def pixel_readout(maps: Mapping[str, Any], row: int, col: int) -> dict[str, Any]:
     """What one pixel of the maps holds: predicted class, top-2 classes and scores, every confidence, GT.
 
-    Keys: `pred` (class name), `top2` ([(name, score), (name, score)] or None), `confidence` {score: float},
-    `gt` (class name or None without GT), `ood` ("invalid" / "valid" / "void" / None).
+    Keys: `pred` (class name), `top2` ([(name, score), (name, score)] or None; scores to 3 decimals),
+    `confidence` {score: float}, `gt` (class name or None without GT), `ood` ("invalid" / "valid" / "void" /
+    None).
     """
     out: dict[str, Any] = {"pred": class_name(int(maps["pred"][row, col]))}
     if maps.get("top2_class") is not None:
-        classes, scores = maps["top2_class"][:, row, col], maps["top2_score"][:, row, col]
+        classes, scores = maps["top2_class"][:, row, col], top2_milli(maps["top2_score"][:, row, col]) / 1000
         out["top2"] = [(class_name(int(c)), float(s)) for c, s in zip(classes, scores, strict=True)]
     else:
         out["top2"] = None
@@ -379,55 +458,59 @@ def pixel_readout(maps: Mapping[str, Any], row: int, col: int) -> dict[str, Any]
 
 
 def format_readout(readout: Mapping[str, Any]) -> str:
-    """A readout as hover text (plotly `<br>` line breaks)."""
+    """A readout as text, one line per part (the same lines the picture's hover shows, `mapview.py`)."""
     lines = [f"pred: {readout['pred']}"]
     if readout["top2"] is not None:
         lines.append("top-2: " + ", ".join(f"{n} {s:.3f}" for n, s in readout["top2"]))
     lines.append(" · ".join(f"{s} {v:.4f}" for s, v in readout["confidence"].items()))
     if readout["gt"] is not None:
         lines.append(f"GT: {readout['gt']} ({readout['ood']})")
-    return "<br>".join(lines)
+    return "\n".join(lines)
 
 
-def hover_grid(maps: Mapping[str, Any], max_side: int = 192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hover text on a strided grid of the maps: (rows (m,), cols (n,), text (m, n) object array).
+def _b64(array: np.ndarray) -> str:
+    import base64
 
-    The stride keeps the grid's long side at most `max_side`, so a figure stays small whatever the image size.
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+def readout_grid(maps: Mapping[str, Any], max_side: int = 192) -> dict[str, Any]:
+    """The pixel readouts of a strided grid over the maps, as compact arrays for the browser (`mapview.py`).
+
+    Grid point (r, c) is map pixel (r * stride, c * stride); the stride keeps the grid's long side at most
+    `max_side`. Arrays are row-major, base64: `pred`, `gt` uint8 class ids (19 = void); `ood` uint8 (0 valid,
+    1 invalid, 2 void); `top2_class` (2, rows, cols) uint8; `top2_score` (2, rows, cols) little-endian uint16 in
+    thousandths (`top2_milli`); `conf` {score: little-endian uint16 levels}. Absent maps are None.
     """
     height, width = maps["pred"].shape
     stride = max(1, math.ceil(max(height, width) / max_side))
-    rows, cols = np.arange(0, height, stride), np.arange(0, width, stride)
-    sub = (rows[:, None], cols[None, :])
-    names = np.array((*TRAIN_ID_NAMES, "void"))  # any id >= 19 reads as void
-    parts = [np.char.add("pred: ", names[np.minimum(maps["pred"][sub], 19)])]
+    sub = (slice(0, height, stride), slice(0, width, stride))
+    pred = maps["pred"][sub]
+    grid: dict[str, Any] = {
+        "stride": stride,
+        "rows": int(pred.shape[0]),
+        "cols": int(pred.shape[1]),
+        "names": [*TRAIN_ID_NAMES, "void"],
+        "pred": _b64(np.minimum(pred, 19).astype(np.uint8)),
+        "conf": {s: _b64(np.asarray(m[sub], dtype="<u2")) for s, m in maps["confs"].items()},
+        "top2_class": None,
+        "top2_score": None,
+        "gt": None,
+        "ood": None,
+    }
     if maps.get("top2_class") is not None:
-        classes = np.minimum(maps["top2_class"][:, rows[:, None], cols[None, :]], 19)
-        scores = maps["top2_score"][:, rows[:, None], cols[None, :]]
-        text = np.char.add("<br>top-2: ", names[classes[0]])
-        text = np.char.add(np.char.add(text, " "), np.char.mod("%.3f", scores[0]))
-        text = np.char.add(np.char.add(text, ", "), names[classes[1]])
-        parts.append(np.char.add(np.char.add(text, " "), np.char.mod("%.3f", scores[1])))
-    confs = [
-        np.char.add(f"{s} ", np.char.mod("%.4f", confidence_of_levels(m[sub])))
-        for s, m in maps["confs"].items()
-    ]
-    line = confs[0]
-    for extra in confs[1:]:
-        line = np.char.add(np.char.add(line, " · "), extra)
-    parts.append(np.char.add("<br>", line))
+        grid["top2_class"] = _b64(np.minimum(maps["top2_class"][(slice(None), *sub)], 19).astype(np.uint8))
+        grid["top2_score"] = _b64(top2_milli(maps["top2_score"][(slice(None), *sub)]).astype("<u2"))
     if maps.get("gt_label") is not None:
         label = maps["gt_label"][sub]
-        ood = np.where(label == IGNORE, "void", np.where(maps["gt_invalid"][sub] != 0, "invalid", "valid"))
-        gt = np.char.add(np.char.add("<br>GT: ", names[np.minimum(label, 19)]), " (")
-        parts.append(np.char.add(np.char.add(gt, ood), ")"))
-    text = parts[0]
-    for part in parts[1:]:
-        text = np.char.add(text, part)
-    return rows, cols, text.astype(object)
+        grid["gt"] = _b64(np.minimum(label, 19).astype(np.uint8))
+        ood = np.where(label == IGNORE, 2, (maps["gt_invalid"][sub] != 0).astype(np.uint8))
+        grid["ood"] = _b64(ood.astype(np.uint8))
+    return grid
 
 
 def picture_source(picture: np.ndarray) -> str:
-    """A (h, w, 3) uint8 picture as a PNG data URI: a fraction of the size of the pixel list in a figure."""
+    """A (h, w, 3) uint8 picture as a PNG data URI (lossless: class colours stay exact)."""
     import base64
 
     from eomt_ood.data.png import encode_png
@@ -435,38 +518,10 @@ def picture_source(picture: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(np.ascontiguousarray(picture))).decode()
 
 
-def image_figure(
-    picture: np.ndarray,
-    hover: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    title: str = "",
-):
-    """Plotly figure of a (h, w, 3) uint8 picture; with `hover` (a `hover_grid` of maps of the same h, w),
-    hovering shows the pixel readouts."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure(go.Image(source=picture_source(picture), hoverinfo="skip"))
-    if hover is not None:
-        rows, cols, text = hover
-        fig.add_trace(
-            go.Heatmap(
-                x=cols,
-                y=rows,
-                z=np.zeros(text.shape, dtype=np.uint8),
-                text=text,
-                hovertemplate="row %{y}, col %{x}<br>%{text}<extra></extra>",
-                colorscale=[[0, "rgba(0,0,0,0)"], [1, "rgba(0,0,0,0)"]],
-                showscale=False,
-            )
-        )
+def map_view_data(picture: np.ndarray, grid: Mapping[str, Any] | None, title: str = "") -> dict[str, Any]:
+    """The data of one `mapview` picture: the (h, w, 3) picture (PNG) and the readouts of its maps (same h, w)."""
     height, width = picture.shape[:2]
-    fig.update_layout(
-        title=title or None,
-        margin={"l": 0, "r": 0, "t": 30 if title else 0, "b": 0},
-        height=max(200, min(700, round(700 * height / max(width, 1)) + (30 if title else 0))),
-    )
-    fig.update_xaxes(visible=False, range=[-0.5, width - 0.5])
-    fig.update_yaxes(visible=False, range=[height - 0.5, -0.5], scaleanchor="x")
-    return fig
+    return {"src": picture_source(picture), "height": height, "width": width, "title": title, "readout": grid}
 
 
 # ------------------------------------------------------------------------------------------------ zoom
@@ -482,50 +537,90 @@ def zoom_region(height: int, width: int, centre: tuple[float, float], zoom: int)
     return slice(top, top + win_h), slice(left, left + win_w)
 
 
-# ------------------------------------------------------------------------------------------------ curves
+# ------------------------------------------------------------------------------------------------ metrics
 
 
-def curve_figures(histograms: Mapping[str, Mapping[str, np.ndarray]]):
-    """(OOD PR/ROC figure or None, reliability figure or None) of one score's stored subset histograms.
-
-    Drawn by `eomt_ood.reports.plots` from the histograms only: nothing is recomputed per pixel.
-    """
-    from eomt_ood.reports.plots import ood_curves, reliability_diagrams
-
-    return ood_curves(histograms), reliability_diagrams(histograms)
-
-
-def subset_metric_rows(flat: Mapping[str, Any], subsets: Sequence[str]) -> list[dict[str, Any]]:
-    """Per-subset rows of the official metrics present in `flat` (one score's results), for a table."""
-    from eomt_ood.reports.plots import METRIC_COLUMNS
+def metric_table_rows(flat: Mapping[str, Any], subsets: Sequence[str]) -> list[dict[str, str]]:
+    """Per-subset rows of the official metrics of one score's results, as text ("–" where a metric is missing
+    or undefined), for a table; subsets without any metric are left out."""
+    from eomt_ood.reports.plots import METRIC_COLUMNS, format_value
 
     rows = []
     for subset in subsets:
-        row: dict[str, Any] = {"subset": subset}
-        row.update({m: flat[f"{subset}_{m}"] for m in METRIC_COLUMNS if f"{subset}_{m}" in flat})
-        if len(row) > 1:
-            rows.append(row)
+        present = [m for m in METRIC_COLUMNS if f"{subset}_{m}" in flat]
+        if present:
+            rows.append(
+                {"subset": subset} | {m: format_value(flat.get(f"{subset}_{m}")) for m in METRIC_COLUMNS}
+            )
     return rows
 
 
 # ------------------------------------------------------------------------------------------------ your own image
 
 
-def model_source(config: Mapping, roots: Sequence[Path]) -> tuple[str | None, Path | None]:
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+
+
+def model_source(
+    config: Mapping, roots: Sequence[Path], allowed: Sequence[Path] = ()
+) -> tuple[str | None, Path | None]:
     """(model name or None, checkpoint path or None) from a run's config.yaml, refusing a checkpoint outside the
-    given folders and the package's bundled assets (`UserError`)."""
+    run folders, the folders allowed with `--allow` and the package's bundled assets (`UserError`)."""
     model = config.get("model")
     checkpoint = config.get("checkpoint")
     if checkpoint is None:
         if model is None:
             raise UserError("config.yaml: the run names neither a model nor a checkpoint")
         return str(model), None
-    allowed = allowed_file(checkpoint, roots, [BUNDLED_ASSETS])
-    if allowed is None:
-        raise UserError(f"{checkpoint}: checkpoint outside the folders given to the app; not read")
-    if not allowed.exists():
+    found = allowed_file(checkpoint, roots, [*allowed, BUNDLED_ASSETS])
+    if found is None:
+        raise UserError(
+            f"{checkpoint}: checkpoint outside the folders given to the app; not read "
+            "(allow its folder with `eomt-ood app --allow DIR`)"
+        )
+    if not found.exists():
         raise UserError(f"{checkpoint}: checkpoint not found")
-    return (str(model) if model is not None else None), allowed
+    return (str(model) if model is not None else None), found
+
+
+def checkpoint_choices(allowed: Sequence[Path], limit: int = 200) -> list[Path]:
+    """Checkpoint files (`CHECKPOINT_SUFFIXES`) under the allowed folders, resolved, sorted, at most `limit`;
+    a link that leads out of the allowed folders is left out."""
+    found: list[Path] = []
+    for folder in allowed:
+        for path in sorted(folder.rglob("*")):
+            if path.suffix in CHECKPOINT_SUFFIXES and path.is_file() and is_inside(path, allowed):
+                resolved = path.resolve()
+                if resolved not in found:
+                    found.append(resolved)
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def own_model_source(
+    config: Mapping, checkpoint: Path | None, roots: Sequence[Path], allowed: Sequence[Path]
+) -> tuple[str | None, Path | None]:
+    """What "Your image" runs: the run's own model (`checkpoint` None, see `model_source`), or a checkpoint chosen
+    from the allowed folders. An eomt-ood checkpoint names its model; any other is loaded into the run's model.
+    A file outside the allowed folders is a `UserError` and is not read."""
+    from eomt_ood.bravo.rundir import checkpoint_model_record
+
+    if checkpoint is None:
+        return model_source(config, roots, allowed)
+    found = allowed_file(checkpoint, allowed)
+    if found is None:
+        raise UserError(f"{checkpoint}: outside the folders allowed with --allow; not read")
+    if not found.is_file():
+        raise UserError(f"{checkpoint}: checkpoint not found")
+    if checkpoint_model_record(found) is not None:
+        return None, found
+    model = config.get("model")
+    if model is None:
+        raise UserError(
+            f"{checkpoint}: not an eomt-ood checkpoint, and the run names no model to load it into"
+        )
+    return str(model), found
 
 
 def build_model(model: str | None, checkpoint: Path | None):

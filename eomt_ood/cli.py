@@ -437,17 +437,24 @@ def app_command(
     ),
     port: int = typer.Option(8501, "--port", min=1, max=65535),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (default: this machine only)."),
+    allow: list[Path] = typer.Option(
+        None,
+        "--allow",
+        help="A folder whose checkpoints 'Your image' may run (repeatable); nothing else is read.",
+    ),
 ) -> None:
-    """Open the Streamlit confidence explorer on RUN_DIR(s); reads nothing outside the given folders."""
+    """Open the Streamlit confidence explorer on RUN_DIR(s); reads nothing outside the given folders (and the
+    images and ground truth the runs name)."""
     from eomt_ood.bravo.rundir import resolve_run_dirs
-    from eomt_ood.serve import check_address, serve_explorer
+    from eomt_ood.serve import check_address, check_allowed, serve_explorer
 
     check_address(host, port)
+    allowed = check_allowed(allow or [])
     if not run_dirs:
         from eomt_ood.bravo.pipeline import ensure_demo_run
 
         run_dirs = [ensure_demo_run()]
-    raise typer.Exit(serve_explorer(resolve_run_dirs(run_dirs), port=port, host=host))
+    raise typer.Exit(serve_explorer(resolve_run_dirs(run_dirs), port=port, host=host, allow=allowed))
 
 
 # What an interrupted command keeps and how to go on (Ctrl-C); other commands write nothing until they finish.

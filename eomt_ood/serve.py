@@ -69,9 +69,27 @@ def _child_dies_with_parent() -> None:
             pass
 
 
-def serve_explorer(run_dirs: Sequence[Path], port: int = 8501, host: str = "127.0.0.1") -> int:
-    """Serve the explorer on host:port for the given (resolved) run folders until stopped; returns its exit code."""
-    command = [*streamlit_command(port, host), "--", *map(str, run_dirs)]
+def explorer_arguments(run_dirs: Sequence[Path], allow: Sequence[Path] = ()) -> list[str]:
+    """The explorer script's own arguments: the run folders, then `--allow DIR` for each allowed folder."""
+    return [*map(str, run_dirs), *(item for folder in allow for item in ("--allow", str(folder)))]
+
+
+def check_allowed(allow: Sequence[Path]) -> list[Path]:
+    """The `--allow` folders resolved; one that is not a folder is a `UserError`."""
+    for folder in allow:
+        if not Path(folder).is_dir():
+            raise UserError(f"--allow {folder}: folder not found")
+    return [Path(folder).resolve() for folder in allow]
+
+
+def serve_explorer(
+    run_dirs: Sequence[Path], port: int = 8501, host: str = "127.0.0.1", allow: Sequence[Path] = ()
+) -> int:
+    """Serve the explorer on host:port for the given (resolved) run folders until stopped; returns its exit code.
+
+    `allow`: folders whose checkpoints "Your image" may load (besides the run folders and the bundled demo);
+    the explorer reads no other file."""
+    command = [*streamlit_command(port, host), "--", *explorer_arguments(run_dirs, check_allowed(allow))]
     check_address(host, port)
     print(f"serving the explorer on http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     child = subprocess.Popen(

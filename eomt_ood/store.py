@@ -374,6 +374,14 @@ class StoreReader:
         data = group[name][()]
         return decode_jpeg(data) if name == "rgb" else unpack_array(data)
 
+    def preview_bytes(self, index: int, name: str) -> bytes:
+        """The stored bytes of one preview map, undecoded (`rgb`: a JPEG, which a reader can decode at a reduced
+        scale for a thumbnail; the others: `pack_array` bytes). `KeyError` when the image has no such map."""
+        group = self._file[f"previews/{index:06d}"]
+        if name not in group:
+            raise KeyError(f"image {index} has no {name!r} preview")
+        return group[name][()].tobytes()
+
     def histograms(self, score: str) -> dict[str, dict[str, np.ndarray]]:
         """{subset: {"correct", "wrong", "ood_pos", "ood_neg": (65536,) int64}} for one confidence score."""
         if f"histograms/{score}" not in self._file:
@@ -433,6 +441,11 @@ class StoreReader:
             "offsets": np.concatenate([[0], np.cumsum(ends - starts)]),
         }
         return ImageSetStatistics.decode(arrays, source)
+
+    def confusion_matrices(self) -> np.ndarray:
+        """(N, 19, 19) int64 per-image confusion matrices (rows: ground truth, columns: prediction; zeros
+        without GT), without reading the per-score level histograms that `image_statistics` also returns."""
+        return self._file["image_stats/cm"][()].astype(np.int64)
 
     def iter_images(self) -> Iterator[tuple[int, str, str]]:
         yield from ((i, r, s) for i, (r, s) in enumerate(zip(self.relpaths, self.subsets, strict=True)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import re
 
 import numpy as np
 import pytest
@@ -161,13 +161,14 @@ def test_pixel_readout_and_hover_text(run_dir):
             level = int(reader.preview(index, f"conf/{score}")[r, c])
             assert readout["confidence"][score] == (level + 0.5) / 65536
         classes, scores = reader.preview(index, "top2_class"), reader.preview(index, "top2_score")
-        assert readout["top2"][0] == (TRAIN_ID_NAMES[classes[0, r, c]], pytest.approx(float(scores[0, r, c])))
+        # The top-2 scores as the readouts show them: to 3 decimals.
+        assert readout["top2"][0] == (TRAIN_ID_NAMES[classes[0, r, c]], round(float(scores[0, r, c]), 3))
         label = reader.preview(index, "gt_label")[r, c]
         assert readout["gt"] == ("void" if label == 255 else TRAIN_ID_NAMES[label])
-        rows, cols, text = sup.hover_grid(maps, max_side=128)
-        assert text.shape == (64, 128) and rows[1] == 4 and cols[1] == 4
-        i, j = 25, 50
-        assert text[i, j] == sup.format_readout(sup.pixel_readout(maps, rows[i], cols[j]))
+        grid = sup.readout_grid(maps, max_side=128)
+        assert (grid["rows"], grid["cols"], grid["stride"]) == (64, 128, 4)
+        for i, j in ((25, 50), (0, 0), (63, 127)):
+            assert _grid_readout(grid, i, j) == sup.format_readout(sup.pixel_readout(maps, 4 * i, 4 * j))
     # Zoom: full resolution from the run's own PNGs, the GT and the photo from the folders the run names.
     run = sup.open_run(run_dir)
     window = (slice(300, 340), slice(10, 90))
@@ -188,7 +189,35 @@ def test_readout_of_image_without_gt(run_dir):
         maps = sup.read_maps(reader, reader.relpaths.index("bravo_synrain/x/5_leftImg8bit.png"))
         readout = sup.pixel_readout(maps, 0, 0)
         assert readout["gt"] is None and readout["ood"] is None
-        assert "GT" not in sup.hover_grid(maps)[2][0, 0]
+        grid = sup.readout_grid(maps)
+        assert grid["gt"] is None and "GT" not in _grid_readout(grid, 0, 0)
+        assert _grid_readout(grid, 3, 7) == sup.format_readout(
+            sup.pixel_readout(maps, 3, 7)
+        )  # 32x64: stride 1
+
+
+def _grid_readout(grid: dict, i: int, j: int) -> str:
+    """What the browser's hover shows at grid point (i, j), decoded here as app/mapview.py decodes it."""
+    import base64
+
+    def array(name, dtype):
+        return np.frombuffer(base64.b64decode(grid[name]), dtype=dtype) if grid[name] else None
+
+    k, n = i * grid["cols"] + j, grid["rows"] * grid["cols"]
+    names = grid["names"]
+    lines = [f"pred: {names[array('pred', np.uint8)[k]]}"]
+    if grid["top2_class"]:
+        classes, scores = array("top2_class", np.uint8), array("top2_score", "<u2")
+        lines.append(
+            "top-2: "
+            + ", ".join(f"{names[classes[t * n + k]]} {scores[t * n + k] / 1000:.3f}" for t in (0, 1))
+        )
+    confs = {s: np.frombuffer(base64.b64decode(v), "<u2") for s, v in grid["conf"].items()}
+    lines.append(" · ".join(f"{s} {(v[k] + 0.5) / 65536:.4f}" for s, v in confs.items()))
+    if grid["gt"]:
+        ood = ("valid", "invalid", "void")[array("ood", np.uint8)[k]]
+        lines.append(f"GT: {names[array('gt', np.uint8)[k]]} ({ood})")
+    return "\n".join(lines)
 
 
 def test_zoom_region_stays_inside():
@@ -199,20 +228,6 @@ def test_zoom_region_stays_inside():
 
 
 # ------------------------------------------------------------------------------------------------ runs and tables
-
-
-def test_image_table_sorts_worst_first(run_dir):
-    with StoreReader(run_dir / "predictions.h5") as reader:
-        rows = sup.image_rows(reader)
-        stats = reader.stats()
-    assert len(rows) == 6
-    by_auprc = sup.worst_first(rows, "auprc_ood")
-    finite = sorted(v for v in stats["auprc_ood"] if not math.isnan(v))
-    assert [r["auprc_ood"] for r in by_auprc[:3]] == finite
-    assert all(math.isnan(r["auprc_ood"]) for r in by_auprc[3:])
-    by_fpr = sup.worst_first(rows, "fpr95_ood", "synobjs")
-    assert [r["fpr95_ood"] for r in by_fpr] == sorted((r["fpr95_ood"] for r in by_fpr), reverse=True)
-    assert [r["subset"] for r in sup.worst_first(rows, "miou", "ACDCfog")] == ["ACDCfog"] * 2
 
 
 def test_runs_refuse_paths_outside(run_dir, tmp_path):
@@ -241,7 +256,62 @@ def test_runs_refuse_paths_outside(run_dir, tmp_path):
         sup.model_source({"model": None, "checkpoint": str(run_dir / "missing.safetensors")}, roots)
 
 
-def test_score_results_and_curves(run_dir):
+def test_checkpoints_from_allowed_folders_only(run_dir, tmp_path):
+    allowed = tmp_path / "allowed"
+    (allowed / "deep").mkdir(parents=True)
+    (allowed / "deep" / "b.ckpt").write_bytes(b"x")
+    (allowed / "a.safetensors").write_bytes(b"x")
+    (allowed / "notes.txt").write_text("not a checkpoint")
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"x")
+    (allowed / "link.safetensors").symlink_to(outside)  # a link out of the folder is not offered
+    folders = [allowed.resolve()]
+    assert sup.checkpoint_choices(folders) == [
+        (allowed / "a.safetensors").resolve(),
+        (allowed / "deep/b.ckpt").resolve(),
+    ]
+    roots = [run_dir.resolve()]
+    config = {"model": "eomt_test", "checkpoint": str(outside)}
+    # The run's own checkpoint outside every folder given: refused, named, with the way to allow it.
+    with pytest.raises(UserError, match="outside the folders given to the app; not read .allow its folder"):
+        sup.own_model_source(config, None, roots, folders)
+    assert sup.own_model_source(config, None, roots, [tmp_path.resolve()]) == ("eomt_test", outside.resolve())
+    # A chosen checkpoint: only from the allowed folders; not ours, so the run's model takes its weights.
+    assert sup.own_model_source(config, allowed / "a.safetensors", roots, folders) == (
+        "eomt_test",
+        (allowed / "a.safetensors").resolve(),
+    )
+    for bad in (outside, allowed / "link.safetensors", allowed / ".." / "outside.safetensors"):
+        with pytest.raises(UserError, match="outside the folders allowed with --allow"):
+            sup.own_model_source(config, bad, roots, folders)
+    with pytest.raises(UserError, match="names no model"):
+        sup.own_model_source({"checkpoint": None, "model": None}, allowed / "a.safetensors", roots, folders)
+    with pytest.raises(UserError, match="--allow .*nope: folder not found"):
+        sup.parse_args([str(run_dir), "--allow", str(tmp_path / "nope")])
+    with pytest.raises(UserError, match="give a folder after it"):
+        sup.parse_args([str(run_dir), "--allow"])
+
+
+def test_legends_name_every_colour():
+    from eomt_ood.data.labels import TRAIN_ID_COLORS
+
+    legend = sup.legend_html("prediction")
+    for name, (r, g, b) in zip(TRAIN_ID_NAMES, TRAIN_ID_COLORS, strict=True):
+        assert f'background:rgb({r},{g},{b});border:1px solid #0003"></span>{name}</span>' in legend
+    outcome = sup.legend_html("OOD outcome")
+    for code, name in (
+        (sup.TRUE_POSITIVE, "(TP)"),
+        (sup.FALSE_POSITIVE, "(FP)"),
+        (sup.FALSE_NEGATIVE, "(FN)"),
+    ):
+        r, g, b = sup.OUTCOME_COLORS[code]
+        assert re.search(rf"rgb\({r},{g},{b}\);[^<]*</span>[^<]*{re.escape(name)}", outcome)
+    r, g, b = sup.colormap_lut("Inferno")[0]
+    assert f"linear-gradient(to right, rgb({r},{g},{b})" in sup.legend_html("confidence", "Inferno")
+    assert "invalid (OOD)" in sup.legend_html("OOD ground truth") and sup.legend_html("none") == ""
+
+
+def test_score_results_and_metric_rows(run_dir):
     run = sup.open_run(run_dir)
     flat = sup.score_results(run.results, "rba")
     h = run.reader.histograms("rba")["synobjs"]
@@ -249,13 +319,10 @@ def test_score_results_and_curves(run_dir):
     single = {"synobjs_auprc_ood": 0.5, "meta": {"confidences": ["msp"]}}
     assert sup.score_results(single, "msp") == {"synobjs_auprc_ood": 0.5}
     assert sup.score_results(single, "rba") == {}
-    ood_fig, rel_fig = sup.curve_figures(run.reader.histograms("msp"))
-    assert len(ood_fig.data) == 2 * 1 + 1  # synobjs PR + ROC, and the diagonal; ACDCfog has no positives
-    assert len(rel_fig.data) == 3 * 2  # synobjs and ACDCfog reliability panels
-    rows = sup.subset_metric_rows(flat, ["synobjs", "ACDCfog"])
-    assert [row["subset"] for row in rows] == ["synobjs", "ACDCfog"]
-    assert rows[0]["auprc_ood"] == flat["synobjs_auprc_ood"] and "auprc_ood" not in rows[1]
-    assert rows[1]["miou_valid"] == flat["ACDCfog_miou_valid"]
+    rows = sup.metric_table_rows(flat, ["synobjs", "ACDCfog", "synrain"])
+    assert [row["subset"] for row in rows] == ["synobjs", "ACDCfog"]  # synrain has no ground truth here
+    assert rows[0]["auprc_ood"] == f"{flat['synobjs_auprc_ood']:.4f}" and rows[1]["auprc_ood"] == "–"
+    assert rows[1]["miou_valid"] == f"{flat['ACDCfog_miou_valid']:.4f}"
     run.reader.close()
 
 
@@ -277,7 +344,7 @@ def test_decode_upload_rejects_garbage():
         sup.decode_upload(b"not an image", "x.jpg")
 
 
-def test_image_figure_carries_the_picture_and_the_readouts(run_dir):
+def test_map_view_data_carries_the_picture_and_the_readouts(run_dir):
     import base64
 
     from eomt_ood.data.png import decode_png
@@ -285,10 +352,7 @@ def test_image_figure_carries_the_picture_and_the_readouts(run_dir):
     with StoreReader(run_dir / "predictions.h5") as reader:
         maps = sup.read_maps(reader, 0)
     picture = sup.compose(maps, "prediction", 0.5, "msp")
-    hover = sup.hover_grid(maps)
-    fig = sup.image_figure(picture, hover, "run")
-    source = fig.data[0].source
-    assert source.startswith("data:image/png;base64,")
-    np.testing.assert_array_equal(decode_png(base64.b64decode(source.split(",", 1)[1]), "fig"), picture)
-    assert fig.data[1].text[3][5] == hover[2][3, 5]
-    assert list(fig.layout.yaxis.range) == [picture.shape[0] - 0.5, -0.5]  # row 0 at the top, like the photo
+    data = sup.map_view_data(picture, sup.readout_grid(maps), "run")
+    np.testing.assert_array_equal(decode_png(base64.b64decode(data["src"].split(",", 1)[1]), "fig"), picture)
+    assert (data["height"], data["width"], data["title"]) == (*picture.shape[:2], "run")
+    assert _grid_readout(data["readout"], 3, 5) == sup.format_readout(sup.pixel_readout(maps, 3, 5))

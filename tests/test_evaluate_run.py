@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo
+from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo, progress_bar, summary_table
 from eomt_ood.bravo.rundir import RunDir, write_results
 from eomt_ood.bravo.scoring import score_submission
 from eomt_ood.data.demo import write_demo
@@ -66,6 +66,15 @@ def test_evaluate_equals_score_of_its_own_submission(bravo_set, tmp_path):
     assert results["rba"]["synobjs_miou_valid"] == results["msp"]["synobjs_miou_valid"]
     assert results["rba"]["synobjs_auprc_ood"] != results["msp"]["synobjs_auprc_ood"]
     assert results["meta"]["model_config"]["name"] == "eomt_test"
+    # The console table of each score: its own values, a dash (never "nan") where one is missing or undefined.
+    for score in ("msp", "rba"):
+        table = summary_table(results, score)
+        assert table.startswith(f"{score}:\n") and "nan" not in table.lower()
+        row = next(line for line in table.splitlines() if line.startswith("synobjs "))
+        assert row.split()[4] == f"{results[score]['synobjs_auprc_ood']:.4f}"
+    broken = {**results, "rba": {**results["rba"], "synobjs_auprc_ood": float("nan")}}
+    row = next(line for line in summary_table(broken, "rba").splitlines() if line.startswith("synobjs "))
+    assert row.split()[4] == "–"
     on_disk = json.loads((run / "results.json").read_text())
     assert on_disk["msp"]["bravo_index"] == pytest.approx(results["msp"]["bravo_index"], abs=0)
     for name in ("report.html", "config.yaml", "predictions.h5"):
@@ -108,7 +117,7 @@ def test_evaluate_equals_score_of_its_own_submission(bravo_set, tmp_path):
     assert scored["meta"]["intervals"] == results["meta"]["intervals"]["msp"]
 
 
-def test_interrupted_run_resumes_to_the_same_result(bravo_set, tmp_path):
+def test_interrupted_run_resumes_to_the_same_result(bravo_set, tmp_path, capsys):
     first = evaluate_bravo(_config(bravo_set, tmp_path / "a"), progress=False)
     run = tmp_path / "a"
     records = sorted((run / "records").rglob("*.npz"))
@@ -117,7 +126,12 @@ def test_interrupted_run_resumes_to_the_same_result(bravo_set, tmp_path):
     for path in lost:  # as if the run had stopped after the first four images
         path.unlink()
     os.remove(run / "results.json")
-    second = evaluate_bravo(_config(bravo_set, tmp_path / "a"), progress=False)
+    capsys.readouterr()
+    second = evaluate_bravo(_config(bravo_set, tmp_path / "a"))
+    # The console says what it is doing before the slow parts: loading the model, then how far the run got.
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert lines[0] == "loading model model.safetensors ..."
+    assert "resuming: 4 of 9 images done" in lines
     assert [p.stat().st_mtime_ns for p in kept] == kept_times  # finished images were not redone
     _assert_same(_official(first["msp"]), _official(second["msp"]))
     _assert_same(_official(first["rba"]), _official(second["rba"]))
@@ -307,3 +321,24 @@ def test_official_sample_equals_score_of_its_own_submission(bravo_set, tmp_path)
     assert counts["sampled_valid"] + counts["sampled_invalid"] == 500 < counts["valid"] + counts["invalid"]
     full = evaluate_bravo(_config(bravo_set, tmp_path / "full"), progress=False)
     assert full["msp"]["synobjs_auprc_ood"] != results["msp"]["synobjs_auprc_ood"]
+
+
+def test_progress_rate_starts_at_the_first_image():
+    """The first image carries the stream's start-up: the rate (and so the ETA) is measured after it."""
+    now = [0.0]
+    bar = progress_bar(10, disable=False)
+    bar._time = lambda: now[0]  # a clock the test moves
+    bar.start_t = 0.0
+    now[0] = 12.0  # start-up and the first image
+    bar.update()
+    shown = bar.format_dict
+    assert shown["elapsed"] == 12.0
+    assert "?" in bar.format_meter(**shown)  # no ETA from one image
+    for _ in range(4):  # then one image every 0.1 s
+        now[0] += 0.1
+        bar.update()
+    shown = bar.format_dict
+    assert shown["rate"] == pytest.approx(10.0)
+    assert "00:00<00:00" not in bar.format_meter(**shown)  # elapsed still counts from the start
+    assert "00:12<00:00" in bar.format_meter(**shown)  # 5 left at 10 per second
+    bar.close()

@@ -11,7 +11,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from eomt_ood.metrics.histogram import curve_metrics
 from eomt_ood.reports import plots
-from eomt_ood.reports.html import build_report, write_report
+from eomt_ood.reports.html import build_report, worst_images_html, write_report
 
 L = 65536
 
@@ -174,11 +174,11 @@ def test_thinned_curves_keep_their_ends_and_exact_legend(run):
     assert np.sum(np.diff(np.asarray(pr.x)) * np.asarray(pr.y)[1:]) == pytest.approx(exact["auprc"], abs=0.03)
 
 
-def test_reliability_bars_and_ece_title():
+def test_reliability_bars_pixel_counts_and_ece_title():
     # docs/metrics.md §13 semantic example: ECE = 16759/40960 by hand.
     h = {"correct": hist_of(SEM_LEVELS[SEM_CORRECT]), "wrong": hist_of(SEM_LEVELS[~SEM_CORRECT])}
     fig = plots.reliability_diagrams({"ACDCfog": h, "SMIYC": h})
-    titles = [a.text for a in fig.layout.annotations]
+    titles = [a.text for a in fig.layout.annotations if a.text]
     assert titles == [f"ACDCfog  (ECE {16759 / 40960:.4f})"]  # SMIYC has no semantic GT: no panel
     bars = fig.data[0]
     # Oracle: bin of confidence (k + 0.5)/65536 in [b/15, (b+1)/15), accuracy = mean correctness per bin.
@@ -189,22 +189,33 @@ def test_reliability_bars_and_ece_title():
         expected[b] = SEM_CORRECT[bins == b].mean()
     np.testing.assert_allclose(np.asarray(bars.y, dtype=float), expected, equal_nan=True)
     np.testing.assert_allclose(np.asarray(bars.x), (np.arange(15) + 0.5) / 15, atol=1e-4)
+    # Under it, the pixels per bin (empty bins left off the log axis), on an axis of its own.
+    counts = next(t for t in fig.data if t.name == "pixels per bin")
+    expected_counts = np.bincount(bins, minlength=15).astype(float)
+    expected_counts[expected_counts == 0] = np.nan
+    np.testing.assert_array_equal(np.asarray(counts.y, dtype=float), expected_counts)
+    assert counts.yaxis != bars.yaxis and fig.layout[counts.yaxis.replace("y", "yaxis")].type == "log"
 
 
-def test_worst_images_order_and_nan_skipped(run):
+def test_worst_images_order_nan_skipped_and_thumbnails(run):
     per_image = run[3]
-    table = plots.worst_images_table(per_image, "auprc_ood", count=3).data[0]
-    columns = {
-        h.replace("<b>", "").replace("</b>", ""): list(v)
-        for h, v in zip(table.header.values, table.cells.values, strict=True)
-    }
-    assert columns["auprc_ood"] == ["0.1000", "0.3000", "0.5000"]
-    assert columns["image"] == [f"bravo_synobjs/polar bear/{i}.png" for i in (2, 4, 3)]
-    assert columns["num_valid"] == ["1,002", "1,004", "1,003"]
-    # FPR95 is lower-is-better: worst = highest first.
-    table = plots.worst_images_table(per_image, "fpr95_ood", count=2).data[0]
-    assert list(table.cells.values[3]) == ["0.4000", "0.3000"]
-    assert plots.worst_images_table([{"auprc_ood": math.nan}], "auprc_ood") is None
+    assert plots.worst_rows(per_image, "auprc_ood", count=3) == [2, 4, 3]
+    assert plots.worst_rows(per_image, "fpr95_ood", count=2) == [4, 3]  # lower is better: highest first
+    assert plots.worst_rows([{"auprc_ood": math.nan}], "auprc_ood") == []
+    thumbs = {"bravo_synobjs/polar bear/2.png": ("data:image/jpeg;base64,AAA", "data:image/jpeg;base64,BBB")}
+    table = worst_images_html(per_image, "auprc_ood", 3, thumbs)
+    rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
+    assert [c[3] for c in cells] == [f"bravo_synobjs/polar bear/{i}.png" for i in (2, 4, 3)]
+    assert [c[4] for c in cells] == ["0.1000", "0.3000", "0.5000"]
+    assert [c[-2] for c in cells] == ["1,002", "1,004", "1,003"]
+    assert cells[0][:2] == [
+        '<img src="data:image/jpeg;base64,AAA" alt="">',
+        '<img src="data:image/jpeg;base64,BBB" alt="">',
+    ]
+    assert cells[1][:2] == ["", ""]  # no thumbnail given for that image
+    assert "3 worst images by per-image auprc_ood (lowest first)" in table
+    assert worst_images_html([{"auprc_ood": math.nan}], "auprc_ood") is None
 
 
 def test_report_without_ood_subsets(run, tmp_path):
@@ -254,3 +265,50 @@ def test_ood_curves_leave_out_subsets_whose_invalid_pixels_are_not_ood():
     assert "synobjs" in names
     assert "ACDCfog" not in names and "synrain" not in names
     assert plots.ood_curves({"ACDCfog": hist}) is None
+
+
+def test_run_report_covers_every_score_with_thumbnails(finished_run):
+    """The report `gather_run` wrote for the shared two-score run (conftest.py): one section per score, the
+    model's short name in the title, a run table cut nowhere, thumbnails made from the store's previews."""
+    import base64
+    import html as html_lib
+    import io
+    import json
+
+    from PIL import Image
+
+    from eomt_ood.reports.pictures import GT_COLORS, shrink
+    from eomt_ood.store import StoreReader
+
+    text = (finished_run / "report.html").read_text(encoding="utf-8")
+    results = json.loads((finished_run / "results.json").read_text())
+    assert "<title>eomt-ood BRAVO evaluation: eomt_test</title>" in text
+    sections = re.split(r'<h2 id="score-(\w+)">', text)
+    assert sections[1::2] == ["msp", "rba"]
+    for score, body in zip(sections[1::2], sections[2::2], strict=True):
+        assert f"{results[score]['synobjs_auprc_ood']:.4f}" in body
+        assert f"{results[score]['bravo_index']:.4f}" in body
+        # synobjs has three images with a per-image AUPRC: three rows, each with a photo and a confidence map.
+        assert "3 worst images by per-image auprc_ood" in body
+        assert len(re.findall(r'<img src="data:image/jpeg;base64,', body)) == 6
+    # The run table: every value whole (no "…"), the pixel counts per subset as a table of their own.
+    assert "…" not in text
+    assert html_lib.escape(results["meta"]["images_root"]) in text
+    assert re.search(r'<table class="grid"><tr><th></th><th>\w+</th>', text)
+    # The first photo thumbnail is the stored photo preview, shrunk, with the OOD truth in magenta.
+    worst = re.split(r'<table class="worst">', sections[2])[1]
+    uri, rel = re.search(
+        r'<img src="data:image/jpeg;base64,([^"]+)".*?<td class="path">([^<]+)<', worst
+    ).groups()
+    thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB"), dtype=np.float64)
+    with StoreReader(finished_run / "predictions.h5") as reader:
+        i = reader.relpaths.index(html_lib.unescape(rel))
+        photo = reader.preview(i, "rgb")
+        invalid = reader.preview(i, "gt_invalid") != 0
+    assert max(thumb.shape[:2]) == min(200, max(photo.shape[:2]))
+    small_photo = shrink(photo, 200).astype(np.float64)
+    small_invalid = shrink(np.repeat(invalid[..., None] * 255, 3, -1).astype(np.uint8), 200)[..., 0] == 255
+    outside = ~small_invalid
+    assert np.abs(thumb[outside] - small_photo[outside]).mean() < 12  # JPEG loss only
+    magenta = 0.4 * small_photo[small_invalid] + 0.6 * np.array(GT_COLORS["invalid"])
+    assert np.abs(thumb[small_invalid] - magenta).mean() < 20

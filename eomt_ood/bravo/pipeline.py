@@ -468,11 +468,6 @@ class _Totals:
                 store.add_level_histogram(score, subset, counts)
 
 
-def _row(record: Any, score: str) -> dict[str, Any]:
-    """The report's per-image row: subset, image and the image's metrics of `score`."""
-    return {"subset": record.subset, "image": record.relpath, **record.stats.get(score, {})}
-
-
 def _write_store(
     run: RunDir,
     config: EvaluateConfig,
@@ -482,13 +477,12 @@ def _write_store(
     accumulate: bool,
     bar: Any,
     collector: Any = None,
-) -> list[dict[str, Any]]:
+) -> None:
     """Gather `records` into the store (adding them to `totals` when `accumulate`, and their per-image statistics
-    to `collector`, an `ImageCollector`, when given); returns the report's rows."""
+    to `collector`, an `ImageCollector`, when given)."""
     from eomt_ood.bravo.intervals import image_key
     from eomt_ood.store import StoreWriter
 
-    rows = []
     with StoreWriter(run.store_file, model=model_name, confidences=list(config.confidences)) as store:
         for _, record, new in records:
             if record is None:
@@ -498,11 +492,9 @@ def _write_store(
             if collector is not None and record.has_gt:
                 collector.add(image_key(record.relpath), record.subset, record.cm, record.sparse)
             store.add(record)
-            rows.append(_row(record, config.confidences[0]))
             if new:
                 bar.update()
         totals.add_histograms(store)
-    return rows
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -585,14 +577,11 @@ def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, A
 
 
 def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -> dict[str, Any]:
-    from tqdm import tqdm
-
     from eomt_ood.bravo.layout import open_tree
     from eomt_ood.config import to_dict
     from eomt_ood.io import remove_stale_temporaries
 
     run = RunDir(config.out)
-    check_options(config)
     ranks = _Ranks.start(config)
     say = ranks.say if progress else _quiet
     with contextlib.ExitStack() as stack:
@@ -601,17 +590,19 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             stack.enter_context(open_tree(config.samples, "sampling file")) if config.samples else None
         )
         plan = _plan(config, run, gt_tree, samples_tree)
+        mine = plan.rels[ranks.rank :: ranks.world]
+        unfinished = set(plan.todo)
+        todo = [rel for rel in mine if rel in unfinished]
+        if todo:  # said before the options are checked: that imports torch and the model code (seconds)
+            say(f"loading model {config.model or Path(str(config.checkpoint)).name} ...")
+        check_options(config)
         settings = to_dict(config)
         if ranks.rank == 0:
             stack.enter_context(run.lock("eomt-ood evaluate"))
             run.check_resumable(settings, OUTPUT_SETTINGS)
-        mine = plan.rels[ranks.rank :: ranks.world]
-        unfinished = set(plan.todo)
-        todo = [rel for rel in mine if rel in unfinished]
         timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0}
         model = None
         if todo:  # loaded before anything is written: bad weights leave the folder as it was
-            say(f"loading model {config.model or Path(str(config.checkpoint)).name} ...")
             model = _load_model(config, ranks.device(config))
             timing["startup_seconds"] = time.perf_counter() - start
         if ranks.rank == 0:
@@ -624,17 +615,11 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
         records = _in_order(
             run, mine, todo, lambda: _predict_stream(config, run, plan, todo, model, pool, timing)
         )
-        bar = tqdm(
-            total=len(todo),
-            desc="evaluate",
-            unit="img",
-            disable=not progress or ranks.rank != 0,
-            file=sys.stderr,
-        )
+        bar = progress_bar(len(todo), disable=not progress or ranks.rank != 0)
         collector = _collector(config)
         with bar:
             if ranks.world == 1:
-                rows = _write_store(run, config, model_name, records, totals, True, bar, collector)
+                _write_store(run, config, model_name, records, totals, True, bar, collector)
             else:
                 for _, record, new in records:
                     if record is not None:
@@ -646,7 +631,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
                 if ranks.rank != 0:
                     return {}
                 everything = _in_order(run, plan.rels, [], lambda: iter(()))
-                rows = _write_store(run, config, model_name, everything, totals, False, bar, collector)
+                _write_store(run, config, model_name, everything, totals, False, bar, collector)
         timing.update(
             seconds=time.perf_counter() - start,
             images=len(plan.rels),
@@ -655,9 +640,38 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             ranks=ranks.world,
         )
         extra = {"token_merging": _token_merging_record(model, config)}
-        return _write_results(
-            run, config, _model_record(model, config), totals, rows, timing, extra, collector
-        )
+        return _write_results(run, config, _model_record(model, config), totals, timing, extra, collector)
+
+
+def progress_bar(total: int, disable: bool = False) -> Any:
+    """The images bar of `evaluate` (tqdm on stderr), its rate measured from the first finished image on.
+
+    The first image carries the stream's start-up (worker processes, the model's first call, the first PNGs):
+    counted in, it made the first ETAs many times too long (ten minutes for a run of twenty seconds). So the rate
+    is the mean over the images after the first, and no ETA shows before the second; the elapsed time still
+    counts from the start.
+    """
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        first_t: float | None = None
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self.first_t is None and n and not self.disable:
+                self.first_t = self._time()
+            return super().update(n)
+
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            shown = super().format_dict
+            if self.first_t is not None:
+                after = self._time() - self.first_t
+                # With `initial` at n and no rate, tqdm shows no ETA ("?").
+                shown["rate"] = (self.n - 1) / after if self.n > 1 and after > 0 else None
+                shown["initial"] = self.n if shown["rate"] is None else shown["initial"]
+            return shown
+
+    return _Bar(total=total, desc="evaluate", unit="img", disable=disable, file=sys.stderr, smoothing=0)
 
 
 def _token_merging_record(model: Any, config: EvaluateConfig) -> dict[str, Any] | None:
@@ -676,7 +690,6 @@ def _write_results(
     config: EvaluateConfig,
     model: dict | None,
     totals: _Totals,
-    rows: list,
     timing: dict,
     extra: dict | None = None,
     collector: Any = None,
@@ -687,7 +700,7 @@ def _write_results(
     if collector is not None and config.gt is not None:
         _add_intervals(results, config, collector)
     write_results(results, run.results_file)
-    _write_report(run, config, model["name"] if model else "unknown model", results, totals, rows)
+    _write_report(run, results)
     return results
 
 
@@ -713,8 +726,8 @@ def gather_run(config: EvaluateConfig, timing: dict[str, Any] | None = None) -> 
     collector = _collector(config)
     records = _in_order(run, rels, [], lambda: iter(()))
     name = model["name"] if model else "unknown model"
-    rows = _write_store(run, config, name, records, totals, True, nullcontext(), collector)
-    return _write_results(run, config, model, totals, rows, timing or {}, None, collector)
+    _write_store(run, config, name, records, totals, True, nullcontext(), collector)
+    return _write_results(run, config, model, totals, timing or {}, None, collector)
 
 
 def _settings(config: EvaluateConfig) -> Any:
@@ -801,30 +814,18 @@ def _results(config: EvaluateConfig, totals: _Totals, model: dict[str, Any] | No
     return pack_results(blocks, meta) if config.gt is not None else {"meta": meta}
 
 
-def _write_report(
-    run: RunDir, config: EvaluateConfig, model_name: str, results: dict, totals: _Totals, rows: list
-) -> None:
-    from eomt_ood.bravo.rundir import score_block
+def _write_report(run: RunDir, results: dict) -> None:
+    """The run's report: every confidence score, from the store just written, titled with the model's short name."""
+    from eomt_ood.bravo.rundir import model_label
     from eomt_ood.io import warn
 
     try:
-        from eomt_ood.reports.html import write_report
+        from eomt_ood.reports.html import write_store_report
     except ModuleNotFoundError as exc:  # plotly is optional where only the numbers are wanted (a GPU node)
         warn(f"{run.report_file}: not written ({exc.name} is not installed); the results are complete")
         return
-    from eomt_ood.bravo.rundir import intervals_of
-
-    first = config.confidences[0]
-    block = score_block(results, first)[1] if config.gt is not None else {}
-    write_report(
-        run.report_file,
-        block | {"meta": results["meta"]},
-        totals.scorers[first].histograms(),
-        rows,
-        title=f"eomt-ood BRAVO evaluation: {model_name} ({first})",
-        conf_histograms=totals.level_counts[first] or None,
-        intervals=intervals_of(results, first) if config.gt is not None else None,
-    )
+    title = f"eomt-ood BRAVO evaluation: {model_label(results['meta'])}"
+    write_store_report(run.report_file, run.store_file, results, title)
 
 
 def summary_table(results: dict[str, Any], score: str | None = None) -> str:
@@ -850,14 +851,23 @@ def summary_table(results: dict[str, Any], score: str | None = None) -> str:
             if column == "ood_px" and subset in OOD_SUBSETS and subset in counts:
                 pos, neg = counts[subset]["invalid"], counts[subset]["valid"]
                 value = pos / (pos + neg) if pos + neg else None
-            cells.append(f"{value:>12.4f}" if isinstance(value, float) else f"{'–':>12}")
+            cells.append(f"{_cell(value):>12}")
         lines.append(f"{subset:<14}" + "".join(cells))
     for key in ("semantic_hmean", "ood_hmean", "bravo_index"):
         if key in block:
             interval = intervals.get(key)
-            shown = f"  [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
-            lines.append(f"{key:<14}{block[key]:>12.4f}{shown}")
+            shown = f"  [{_cell(interval[0])}, {_cell(interval[1])}]" if interval else ""
+            lines.append(f"{key:<14}{_cell(block[key]):>12}{shown}")
     if intervals:
         level = results.get("meta", {}).get("bootstrap", {}).get("level", 0.95)
         lines.append(f"[low, high]: {level:.0%} bootstrap interval over the test images (meta.intervals)")
     return f"{score}:\n" + "\n".join(lines) if score else "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    """A metric for the console table: 4 decimals, "–" where it is missing or undefined (never "nan")."""
+    import math
+
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.4f}"
+    return "–"

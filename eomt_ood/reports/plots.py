@@ -295,7 +295,8 @@ def ood_curves(histograms: Mapping, max_points: int | None = CURVE_POINTS) -> go
 
 
 def reliability_diagrams(histograms: Mapping, n_bins: int = 15) -> go.Figure | None:
-    """Reliability diagram per subset with semantic GT (accuracy per confidence bin vs the diagonal).
+    """Reliability diagram per subset with semantic GT: accuracy per confidence bin against the diagonal, and
+    under it the pixels in each bin (log scale), so a bin's weight in the ECE is visible.
 
     Bins are the 15 contiguous level bins of the ECE (docs/metrics.md §7); each panel's title carries the exact ECE.
     SMIYC has no semantic GT and is left out. None if no subset has correct/wrong counts.
@@ -310,72 +311,110 @@ def reliability_diagrams(histograms: Mapping, n_bins: int = 15) -> go.Figure | N
         return None
     cols = min(3, len(subsets))
     rows = math.ceil(len(subsets) / cols)
-    titles = []
-    for s in subsets:
-        h = histograms[s]
-        titles.append(f"{s}  (ECE {ece(h['correct'], h['wrong'], n_bins):.4f})")
+    titles: list[str] = []
+    for r in range(rows):  # one title per panel on its accuracy row; the pixel-count rows have none
+        for c in range(cols):
+            i = r * cols + c
+            if i < len(subsets):
+                h = histograms[subsets[i]]
+                titles.append(f"{subsets[i]}  (ECE {ece(h['correct'], h['wrong'], n_bins):.4f})")
+            else:
+                titles.append("")
+        titles.extend([""] * cols)
     fig = make_subplots(
-        rows=rows,
+        rows=2 * rows,
         cols=cols,
         subplot_titles=titles,
+        row_heights=[0.75, 0.25] * rows,
         horizontal_spacing=0.06,
-        vertical_spacing=0.08 if rows > 1 else 0.0,
+        vertical_spacing=0.12 / rows,
+        shared_xaxes=True,
     )
     for i, s in enumerate(subsets):
         r, c = divmod(i, cols)
         rel = reliability(histograms[s]["correct"], histograms[s]["wrong"], n_bins)
-        centre, width = (rel["lower"] + rel["upper"]) / 2, rel["upper"] - rel["lower"]
-        share = rel["count"] / max(int(rel["count"].sum()), 1)
-        fig.add_trace(
-            go.Bar(
-                x=centre,
-                y=rel["accuracy"],
-                width=width,
-                marker={"color": "#4c78a8", "line": {"width": 0.5}},
-                name="accuracy",
-                showlegend=i == 0,
-                legendgroup="accuracy",
-                customdata=np.stack([rel["confidence"], rel["count"], share], axis=1),
-                hovertemplate=(
-                    "bin %{x:.3f}<br>accuracy %{y:.4f}<br>mean confidence %{customdata[0]:.4f}"
-                    "<br>pixels %{customdata[1]:,} (%{customdata[2]:.2%})<extra></extra>"
-                ),
-            ),
-            row=r + 1,
-            col=c + 1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=centre,
-                y=rel["confidence"],
-                mode="markers",
-                marker={"color": "#e45756", "size": 5},
-                name="mean confidence",
-                showlegend=i == 0,
-                legendgroup="conf",
-                hoverinfo="skip",
-            ),
-            row=r + 1,
-            col=c + 1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=[0, 1],
-                y=[0, 1],
-                mode="lines",
-                line={"dash": "dot", "color": "#999"},
-                showlegend=False,
-                hoverinfo="skip",
-            ),
-            row=r + 1,
-            col=c + 1,
-        )
-    fig.update_xaxes(range=[0, 1], title_text="confidence")
-    fig.update_yaxes(range=[0, 1], title_text="accuracy")
+        _reliability_panel(fig, rel, 2 * r + 1, c + 1, first=i == 0)
+    fig.update_xaxes(range=[0, 1])
+    for r in range(rows):
+        fig.update_yaxes(range=[0, 1], title_text="accuracy", row=2 * r + 1)
+        fig.update_yaxes(type="log", title_text="pixels", row=2 * r + 2)
+        fig.update_xaxes(title_text="confidence", row=2 * r + 2)
     fig.update_layout(
-        template=TEMPLATE, title="Reliability on valid pixels", height=320 * rows + 80, bargap=0
+        template=TEMPLATE, title="Reliability on valid pixels", height=420 * rows + 80, bargap=0
     )
     return fig
+
+
+def _reliability_panel(
+    fig: go.Figure, rel: Mapping[str, np.ndarray], row: int, col: int, first: bool
+) -> None:
+    """One subset's reliability bars and mean confidences at (row, col), its pixel counts at (row + 1, col).
+
+    rel: `metrics.histogram.reliability` of the subset (per-bin lower, upper, accuracy, confidence, count).
+    """
+    centre, width = (rel["lower"] + rel["upper"]) / 2, rel["upper"] - rel["lower"]
+    count = np.asarray(rel["count"], dtype=np.int64)
+    share = count / max(int(count.sum()), 1)
+    fig.add_trace(
+        go.Bar(
+            x=centre,
+            y=rel["accuracy"],
+            width=width,
+            marker={"color": "#4c78a8", "line": {"width": 0.5}},
+            name="accuracy",
+            showlegend=first,
+            legendgroup="accuracy",
+            customdata=np.stack([rel["confidence"], count, share], axis=1),
+            hovertemplate=(
+                "bin %{x:.3f}<br>accuracy %{y:.4f}<br>mean confidence %{customdata[0]:.4f}"
+                "<br>pixels %{customdata[1]:,} (%{customdata[2]:.2%})<extra></extra>"
+            ),
+        ),
+        row=row,
+        col=col,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=centre,
+            y=rel["confidence"],
+            mode="markers",
+            marker={"color": "#e45756", "size": 5},
+            name="mean confidence",
+            showlegend=first,
+            legendgroup="conf",
+            hoverinfo="skip",
+        ),
+        row=row,
+        col=col,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"dash": "dot", "color": "#999"},
+            showlegend=False,
+            hoverinfo="skip",
+        ),
+        row=row,
+        col=col,
+    )
+    # Empty bins are left out of the log axis (a zero has no place on it).
+    fig.add_trace(
+        go.Bar(
+            x=centre,
+            y=np.where(count > 0, count, np.nan),
+            width=width,
+            marker={"color": "#9ecae9", "line": {"width": 0.5}},
+            name="pixels per bin",
+            showlegend=first,
+            legendgroup="pixels",
+            customdata=share,
+            hovertemplate="bin %{x:.3f}<br>pixels %{y:,} (%{customdata:.2%})<extra></extra>",
+        ),
+        row=row + 1,
+        col=col,
+    )
 
 
 def _worst_order(values: np.ndarray, metric: str) -> np.ndarray:
@@ -386,47 +425,13 @@ def _worst_order(values: np.ndarray, metric: str) -> np.ndarray:
     return finite[order]
 
 
-def worst_images_table(
-    per_image: Sequence[Mapping], metric: str = "auprc_ood", count: int = 20
-) -> go.Figure | None:
-    """Table of the `count` worst images by a per-image metric (NaN entries skipped); None if none is finite.
+def worst_rows(per_image: Sequence[Mapping], metric: str = "auprc_ood", count: int = 20) -> list[int]:
+    """Positions in `per_image` of the `count` worst images by a per-image metric, worst first; NaN skipped.
 
-    Worst = lowest for higher-is-better metrics (AUPRC, mIoU), highest for ECE / FPR95.
+    Worst = lowest for higher-is-better metrics (AUPRC, mIoU), highest for ECE / FPR95; ties keep their order.
     """
     values = np.array([float(row.get(metric, math.nan)) for row in per_image], dtype=np.float64)
-    picked = _worst_order(values, metric)[:count]
-    if picked.size == 0:
-        return None
-    rows = [per_image[i] for i in picked]
-    columns = ("subset", "image", "auprc_ood", "fpr95_ood", "miou", "ece", "num_valid", "num_invalid")
-
-    def cell(row, key):
-        value = row.get(key)
-        if key in ("subset", "image"):
-            return str(value)
-        if key.startswith("num_"):
-            return "–" if value is None else f"{int(value):,}"
-        return format_value(value)
-
-    header = [f"<b>{c}</b>" if c == metric else c for c in columns]
-    fig = go.Figure(
-        go.Table(
-            columnwidth=[1.2, 5, 1, 1, 1, 1, 1.2, 1.2],
-            header={"values": header, "align": "left", "fill_color": "#e8eef7"},
-            cells={
-                "values": [[cell(r, c) for r in rows] for c in columns],
-                "align": ["left", "left"] + ["right"] * 6,
-            },
-        )
-    )
-    direction = "highest" if lower_is_better(metric) else "lowest"
-    fig.update_layout(
-        template=TEMPLATE,
-        title=f"{len(rows)} worst images by per-image {metric} ({direction} first)",
-        height=110 + 28 * len(rows),
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-    )
-    return fig
+    return [int(i) for i in _worst_order(values, metric)[:count]]
 
 
 def confidence_histograms(conf_histograms: Mapping[str, np.ndarray], bins: int = 256) -> go.Figure | None:
