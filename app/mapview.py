@@ -26,7 +26,8 @@ function words(b64) {  // little-endian uint16
 }
 
 export default function (component) {
-  const { data, setTriggerValue, parentElement } = component;
+  const { setTriggerValue, parentElement } = component;
+  const data = component.data[0];  // sent wrapped in a list (see the Python side)
   let root = parentElement.querySelector(".eo-mapview");
   if (!root) {
     root = document.createElement("figure");
@@ -88,4 +89,12 @@ CSS = """
 """
 
 # In the page's own DOM, like `thumbgrid`, with "eo-" class names.
-mapview = st.components.v2.component("eomt_ood_mapview", js=JS, css=CSS, isolate_styles=False)
+_component = st.components.v2.component("eomt_ood_mapview", js=JS, css=CSS, isolate_styles=False)
+
+
+def mapview(*, data: dict, key: str, on_click_change=None):
+    """Draw the component with `data`. The data go to the browser wrapped in a one-item list: Streamlit scans the
+    values of a dict for data frames, and that check imports pandas (seconds on the first page a fresh server
+    draws, where nothing else needs it); a list is sent as JSON as it is."""
+    callbacks = {"on_click_change": on_click_change} if on_click_change is not None else {}
+    return _component(data=[data], key=key, **callbacks)

@@ -13,7 +13,8 @@ import streamlit as st
 # Built with DOM calls and textContent, never innerHTML: the captions are file names from the store.
 JS = """
 export default function (component) {
-  const { data, setTriggerValue, parentElement } = component;
+  const { setTriggerValue, parentElement } = component;
+  const data = component.data[0];  // sent wrapped in a list (see the Python side)
   let root = parentElement.querySelector(".eo-thumbgrid");
   if (!root) {
     root = document.createElement("div");
@@ -52,4 +53,12 @@ CSS = """
 
 # In the page's own DOM (not a shadow root), so the cells are plain `button.eo-cell` elements for scripts and tests;
 # the "eo-" prefix keeps the styles from touching anything else.
-thumbgrid = st.components.v2.component("eomt_ood_thumbgrid", js=JS, css=CSS, isolate_styles=False)
+_component = st.components.v2.component("eomt_ood_thumbgrid", js=JS, css=CSS, isolate_styles=False)
+
+
+def thumbgrid(*, data: dict, key: str, on_open_change=None):
+    """Draw the component with `data`. The data go to the browser wrapped in a one-item list: Streamlit scans the
+    values of a dict for data frames, and that check imports pandas (seconds on the first page a fresh server
+    draws, where nothing else needs it); a list is sent as JSON as it is."""
+    callbacks = {"on_open_change": on_open_change} if on_open_change is not None else {}
+    return _component(data=[data], key=key, **callbacks)

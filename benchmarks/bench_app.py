@@ -14,7 +14,9 @@ serves the explorer on it (`eomt-ood app RUN_DIR`, as a user would) and times, f
 
 Each of the last three is the median over ``--repeats`` tries (each try on something not cached yet); ``targets``
 gives the issue's limits on this machine. ``load_average`` is the machine's 1-minute load when the run started:
-the cores are shared, so compare figures taken under similar load.
+the cores are shared, so compare figures taken under similar load. ``pythondontwritebytecode`` says whether the
+environment stops Python from caching bytecode (then a fresh server compiles every module it imports, and the cold
+render shows it); results go to benchmarks/results/bench_app_cpu.json.
 
 Run: ``uv run --frozen python benchmarks/bench_app.py [--images 4000] [--repeats 5] [--keep DIR]``; building the
 store takes about a minute (reused with ``--keep``), the measurements about one more.
@@ -331,6 +333,10 @@ def main() -> None:
         "store_mb": round(store_mb, 1),
         "build_store_s": build_s,
         "load_average": load,
+        "cpus": os.cpu_count(),
+        # Without bytecode caching every start compiles streamlit and the app's modules again: the cold render
+        # pays for it (a normal install writes .pyc files once).
+        "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
         **timings,
         "targets": TARGETS,
     }

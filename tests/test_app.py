@@ -61,7 +61,7 @@ def _component(at: AppTest, key: str) -> dict | None:
     """The data of the thumbnail grid / picture component with this key (None when it is not on the page)."""
     for element in at.get("bidi_component"):
         if element.proto.id.endswith("-" + key):
-            return json.loads(element.proto.json)
+            return json.loads(element.proto.json)[0]  # sent wrapped in a list (app/thumbgrid.py)
     return None
 
 
