@@ -219,7 +219,15 @@ class ProcessMap:
                 yield future.result()
 
     def close(self, cancel: bool = False) -> None:
+        """Stop the workers. cancel (an exception is leaving the caller, Ctrl-C included): queued and running work
+        is abandoned and the workers are killed first; an orderly shutdown can hang when Ctrl-C lands while the
+        parent is handing work over (a worker then waits forever on the half-used call queue)."""
         if self._executor is not None:
+            if cancel:
+                # The pool's own table of its processes (CPython keeps it as `_processes`, pid -> Process).
+                for pid in list(getattr(self._executor, "_processes", None) or {}):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             self._executor.shutdown(wait=True, cancel_futures=cancel)
             self._executor = None
 

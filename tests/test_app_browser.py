@@ -482,6 +482,8 @@ def test_curve_and_confusion_clicks(served, browser, run_a, shots):
         ".on('plotly_click', (e) => { window._clicked = [e.points[0].curveNumber, e.points[0].pointNumber]; }); }"
     )
     _click_at(page, *centres[k])
+    # plotly delivers the click after its own hover handling: on a loaded machine that can take a while
+    page.wait_for_function("() => window._clicked !== null", timeout=30_000)
     assert page.evaluate("() => window._clicked") == [1, k]
     _wait_value(page, "doubt threshold (exact)", f"{sup.doubt_of_level(int(level)):.6f}")
     page.get_by_text("Set from a click on the curves of run-a · msp").wait_for()
