@@ -272,6 +272,14 @@ def measure(url: str, repeats: int, screenshots: Path | None) -> dict:
                     page.wait_for_function(GRID_LOADED, arg=None, timeout=60_000, polling="raf")
 
             moves = []
+            # The picture is drawn before the sidebar's controls: wait for the sidebar of the image just opened,
+            # or the first value typed may go to the field being replaced.
+            page.wait_for_function(
+                "(rel) => document.querySelector('[data-testid=stSidebar]').textContent.includes(rel)",
+                arg=rel,
+                timeout=60_000,
+                polling="raf",
+            )
             box = page.get_by_label("doubt threshold (exact)")
             for k in range(repeats):
                 value = 0.12 + 0.05 * k  # where the synthetic maps' doubts lie, so the picture changes
