@@ -114,6 +114,9 @@ def test_interrupted_evaluate_resumes_to_the_uninterrupted_run(how, templates, t
         _cli(*_evaluate_args(templates, out, workers=2)),
         env=ENV,
         start_new_session=True,
+        # as in a terminal: a job started in the background of a script (CI) inherits SIGINT ignored, and then
+        # Python installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
