@@ -218,6 +218,22 @@ def ood_curve_data(ood_pos: np.ndarray, ood_neg: np.ndarray, max_points: int | N
     return data
 
 
+def _diagonal(fig: go.Figure, row: int, col: int) -> None:
+    """The dotted y = x reference line (chance ROC, perfect calibration) in one panel."""
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"dash": "dot", "color": "#999"},
+            showlegend=False,
+            hoverinfo="skip",
+        ),
+        row=row,
+        col=col,
+    )
+
+
 def ood_curves(histograms: Mapping, max_points: int | None = CURVE_POINTS) -> go.Figure | None:
     """PR and ROC curves of the OOD subsets (SMIYC, synobjs) with non-empty `ood_pos` and `ood_neg`; None if none.
 
@@ -268,18 +284,7 @@ def ood_curves(histograms: Mapping, max_points: int | None = CURVE_POINTS) -> go
             row=1,
             col=2,
         )
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1],
-            y=[0, 1],
-            mode="lines",
-            line={"dash": "dot", "color": "#999"},
-            showlegend=False,
-            hoverinfo="skip",
-        ),
-        row=1,
-        col=2,
-    )
+    _diagonal(fig, 1, 2)
     fig.add_hline(y=0.95, line={"dash": "dot", "color": "#bbb"}, row=1, col=2)
     fig.update_xaxes(title_text="recall", range=[0, 1], row=1, col=1)
     fig.update_yaxes(title_text="precision", range=[0, 1.02], row=1, col=1)
@@ -387,18 +392,7 @@ def _reliability_panel(
         row=row,
         col=col,
     )
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1],
-            y=[0, 1],
-            mode="lines",
-            line={"dash": "dot", "color": "#999"},
-            showlegend=False,
-            hoverinfo="skip",
-        ),
-        row=row,
-        col=col,
-    )
+    _diagonal(fig, row, col)
     # Empty bins are left out of the log axis (a zero has no place on it).
     fig.add_trace(
         go.Bar(
