@@ -1,7 +1,7 @@
 """Open a served explorer in headless Chromium and wait until its first image has rendered (CI's wheel check).
 
 Usage: python .ci/render_check.py http://127.0.0.1:PORT [timeout seconds]. Exit 0 when the page shows the
-explorer's title and a plotly image; 1 otherwise. Uses Debian's /usr/bin/chromium (no browser download).
+explorer's title and its first thumbnail (the image grid it opens on); 1 otherwise. Uses Debian's /usr/bin/chromium (no browser download).
 """
 
 import sys
@@ -39,7 +39,7 @@ with sync_playwright() as playwright:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url, timeout=timeout_ms)
         page.wait_for_selector("text=Confidence explorer", timeout=timeout_ms)
-        page.wait_for_selector(".stPlotlyChart .js-plotly-plot image", timeout=timeout_ms)
+        page.wait_for_selector("button.eo-cell img", timeout=timeout_ms)  # the grid of thumbnails it opens on
     except Exception as exc:  # any failure to render is the check's failure
         print(f"render check failed: {exc}", file=sys.stderr)
         sys.exit(1)
