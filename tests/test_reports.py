@@ -291,8 +291,11 @@ def test_run_report_covers_every_score_with_thumbnails(finished_run):
         # synobjs has three images with a per-image AUPRC: three rows, each with a photo and a confidence map.
         assert "3 worst images by per-image auprc_ood" in body
         assert len(re.findall(r'<img src="data:image/jpeg;base64,', body)) == 6
-    # The run table: every value whole (no "…"), the pixel counts per subset as a table of their own.
-    assert "…" not in text
+    # The run table: every value whole (no "…"), the pixel counts per subset as a table of their own. Only the
+    # page's own markup is searched: the embedded plotly.js holds "…" in some versions (5.22), and a failing
+    # `in` over megabytes of script would also make pytest spend minutes on the diff.
+    markup = re.sub(r"<script\b.*?</script>", "", text, flags=re.S)
+    assert markup.count("…") == 0
     assert html_lib.escape(results["meta"]["images_root"]) in text
     assert re.search(r'<table class="grid"><tr><th></th><th>\w+</th>', text)
     # The first photo thumbnail is the stored photo preview, shrunk, with the OOD truth in magenta.
