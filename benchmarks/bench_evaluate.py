@@ -9,7 +9,9 @@ Cityscapes size), per image:
   quantisation, statistics, PNGs, records, store, results, report) without its one-time start-up;
 - ``beyond_forward_s``: the difference (target: 0.3 s with one score, 0.5 s with four, on 2 CPU cores);
 - ``startup_s``: from the call to the first image being predicted (model load, worker start);
-- ``store_bytes``: predictions.h5 bytes per image (target: a BRAVO run of 3,900 images under 5 GB).
+- ``store_bytes``: predictions.h5 bytes per image, beyond what the file holds once per run (the pooled histograms
+  of every subset and score, which a 9-image run would otherwise spread over 9 images); ``store_run_bytes``: that
+  once-per-run part; ``bravo_run_gb``: the file of a whole BRAVO run of 3,900 such images (target: under 5 GB).
 
 With ``--commands``, the same is measured as whole `eomt-ood evaluate` processes on N and 2N images: their
 difference divided by N is the per-image cost with start-up cancelled; start-up is what remains of the N run.
@@ -78,8 +80,26 @@ def in_process(data: Path, checkpoint: Path, out: Path, scores: str, args: argpa
     return {
         "seconds": seconds,
         "startup": results["meta"]["inference"].get("startup_seconds", 0.0),
-        "store_bytes": (out / "predictions.h5").stat().st_size,
+        **store_size(out / "predictions.h5"),
     }
+
+
+def store_size(path: Path) -> dict:
+    """The store's bytes: the whole file, and the part it holds once per run (pooled histograms)."""
+    import h5py
+
+    sizes: list[int] = []
+
+    def add(_: str, item: object) -> None:
+        if isinstance(item, h5py.Dataset):
+            sizes.append(item.id.get_storage_size())
+
+    with h5py.File(path, "r") as store:
+        for group in ("histograms", "level_histograms"):
+            if group in store:
+                store[group].visititems(add)
+    per_run = sum(sizes)
+    return {"store_bytes": path.stat().st_size, "store_run_bytes": per_run}
 
 
 def command(data: Path, checkpoint: Path, out: Path, scores: str, args: argparse.Namespace) -> float:
@@ -119,6 +139,7 @@ def main() -> None:
         forward_s = forward_only(model, count, side, args.device, args.micro_batch) / count
         run = in_process(tmp / "data", checkpoint, tmp / "run", args.scores, args)
         evaluate_s = (run["seconds"] - run["startup"]) / count
+        per_image_bytes = (run["store_bytes"] - run["store_run_bytes"]) / count
         report = {
             "model": f"{args.model} (random weights), img_size {side}",
             "image": f"{side}x{2 * side}",
@@ -133,12 +154,14 @@ def main() -> None:
                 "evaluate_s": round(evaluate_s, 4),
                 "beyond_forward_s": round(evaluate_s - forward_s, 4),
                 "startup_s": round(run["startup"], 3),
-                "store_bytes": round(run["store_bytes"] / count),
+                "store_bytes": round(per_image_bytes),
+                "store_run_bytes": run["store_run_bytes"],
+                "bravo_run_gb": round((run["store_run_bytes"] + 3900 * per_image_bytes) / 1e9, 2),
             },
             "targets": {
                 "beyond_forward_s": 0.3 if len(args.scores.split(",")) == 1 else 0.5,
                 "startup_s": 3.0,
-                "store_bytes": int(5e9 / 3900),
+                "bravo_run_gb": 5.0,
             },
         }
         if args.commands:

