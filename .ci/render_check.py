@@ -1,7 +1,8 @@
 """Open a served explorer in headless Chromium and wait until its first image has rendered (CI's wheel check).
 
 Usage: python .ci/render_check.py http://127.0.0.1:PORT [timeout seconds]. Exit 0 when the page shows the
-explorer's title and its first thumbnail (the image grid it opens on); 1 otherwise. Uses Debian's /usr/bin/chromium (no browser download).
+explorer's title and its first thumbnail (the image grid it opens on); 1 otherwise. Uses Debian's
+/usr/bin/chromium (no browser download).
 """
 
 import sys

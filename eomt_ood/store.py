@@ -117,7 +117,7 @@ def _delta_planes(values: np.ndarray) -> bytes:
 def _undo_delta_planes(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     planes = np.frombuffer(payload, dtype=np.uint8).reshape(2, -1)
     delta = np.ascontiguousarray(planes.T).view("<u2").reshape(shape)
-    return np.cumsum(delta, axis=-1, dtype=np.uint16).astype(np.uint16, copy=False)
+    return np.cumsum(delta, axis=-1, dtype=np.uint16)  # sums wrap modulo 2^16, undoing the differences
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> np.ndarray:
