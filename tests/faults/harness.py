@@ -141,13 +141,25 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     return fields[0], int(fields[1]), int(fields[2])
 
 
+def _live(pid: int, state: str) -> bool:
+    """Whether `pid` still runs: not a zombie, or a zombie thread-group leader whose other threads still exit
+    (a multi-threaded process shows its leader as Z before its last thread has closed the files)."""
+    if state != "Z":
+        return True
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any((s := _stat(int(t))) is not None and s[0] != "Z" for t in tasks if t != str(pid))
+
+
 def live_processes(parent: int | None = None, group: int | None = None) -> list[int]:
-    """Live (not zombie) processes descending from `parent`, or belonging to process group `group`."""
+    """Live processes (see `_live`) descending from `parent`, or belonging to process group `group`."""
     table = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             stat = _stat(int(entry))
-            if stat is not None and stat[0] != "Z":
+            if stat is not None and _live(int(entry), stat[0]):
                 table[int(entry)] = stat
     if group is not None:
         return sorted(pid for pid, (_, _, pgrp) in table.items() if pgrp == group)

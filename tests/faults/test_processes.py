@@ -184,7 +184,20 @@ def _free_port() -> int:
 def _serving(port: int) -> bool:
     with socket.socket() as client:
         client.settimeout(0.5)
-        return client.connect_ex(("127.0.0.1", port)) == 0
+        if client.connect_ex(("127.0.0.1", port)) != 0:
+            return False
+        # a probe whose ephemeral source port happens to be `port` connects to itself (TCP simultaneous open)
+        return client.getsockname() != client.getpeername()
+
+
+def _still_serving(port: int, timeout: float = 10.0) -> bool:
+    """Whether `port` still accepts connections after `timeout` seconds of polling."""
+    deadline = time.monotonic() + timeout
+    while _serving(port):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
@@ -207,7 +220,7 @@ def test_explorer_server_dies_with_the_app(how, templates, tmp_path):
         os.kill(process.pid, getattr(signal, how))  # the app's process alone, not its group
         process.wait(timeout=60)
         alive = wait_gone(group=process.pid, timeout=30)
-        described, serving = describe(alive), _serving(port)
+        described, serving = describe(alive), _still_serving(port)
     finally:
         _stop_group(process)
     _, stderr = process.communicate()
