@@ -28,8 +28,9 @@ from eomt_ood.bravo.demo import DEMO_CHECKPOINT, ensure_demo_data
 from eomt_ood.bravo.scoring import score_submission
 from eomt_ood.bravo.submission import predict_folder
 from eomt_ood.data.images import find_images, read_image
+from eomt_ood.data.resample import resize_image
 from eomt_ood.inference.predict import prepare_model
-from eomt_ood.inference.windows import crop_window, resize_image, window_starts
+from eomt_ood.inference.windows import crop_window, window_starts
 from eomt_ood.models.algm import (
     ALGMSettings,
     disable_token_merging,

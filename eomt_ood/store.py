@@ -55,7 +55,7 @@ import h5py
 import numpy as np
 
 from eomt_ood import __version__
-from eomt_ood.data.resample import downsample_labels, downsample_mean, preview_shape
+from eomt_ood.data.resample import downsample_labels, downsample_mean, photo_preview, preview_shape
 from eomt_ood.errors import UserError
 from eomt_ood.io import atomic_path
 
@@ -167,11 +167,7 @@ def make_previews(
         maps["top2_score"] = top2[1].astype(np.float16)
     out = {name: pack_array(value) for name, value in maps.items()}
     if rgb is not None:
-        if rgb.shape[:2] != shape:
-            rgb = (
-                np.stack([downsample_mean(rgb[..., c], shape) for c in range(3)], -1).round().astype(np.uint8)
-            )
-        out["rgb"] = encode_jpeg(rgb)
+        out["rgb"] = encode_jpeg(photo_preview(rgb))
     return out
 
 

@@ -63,7 +63,7 @@ def build_run(folder: Path, seed: int = 0, scores=SCORES, name: str = "run") -> 
     from eomt_ood.bravo.scoring import GroundTruthRefs
     from eomt_ood.config import to_dict
     from eomt_ood.data.png import write_png
-    from eomt_ood.data.resample import downsample_mean, preview_shape
+    from eomt_ood.data.resample import photo_preview, preview_shape
 
     rng = np.random.default_rng(seed)
     images, gt_root, run = folder / "images", folder / "gt", folder / name
@@ -87,7 +87,7 @@ def build_run(folder: Path, seed: int = 0, scores=SCORES, name: str = "run") -> 
         shape = preview_shape(height, width)
         top2_class = rng.integers(0, 19, (2, *shape), dtype=np.uint8)
         top2_score = np.sort(rng.random((2, *shape)), axis=0)[::-1].astype(np.float16)
-        photo = np.stack([downsample_mean(rgb[..., c], shape) for c in range(3)], -1).round().astype(np.uint8)
+        photo = photo_preview(rgb)
         task = FinishTask(
             str(run), rel, subset, tuple(scores), pred, levels, (top2_class, top2_score), photo, refs
         )

@@ -134,3 +134,30 @@ def test_shared_reductions_give_the_definitions_bit_for_bit():
     raw = scores.amax(0)
     assert torch.equal(get_confidence("max_score")(outputs), (raw / (1 + raw)).clamp(0, 1))
     assert torch.equal(outputs.prediction, scores.argmax(0))
+
+
+@pytest.mark.parametrize("shape", [(19, 300, 700), (19, 5, 3), (1, 4, 4), (3, 10), (254, 6, 6), (19, 9, 1)])
+def test_first_max_equals_torch_max(shape):
+    """The CPU fast path of the shared max / argmax equals `torch.max(dim=0)`: values, first index on ties."""
+    from eomt_ood.confidence.outputs import first_max
+
+    generator = torch.Generator().manual_seed(sum(shape))
+    scores = (torch.rand(shape, generator=generator) * 8).round() / 8  # coarse values: many exact ties
+    scores[..., :2] = 0  # all classes tied at zero
+    values, indices = first_max(scores)
+    expected_values, expected_indices = scores.max(0)
+    assert torch.equal(values, expected_values) and torch.equal(indices, expected_indices)
+    assert indices.dtype == torch.int64 and values.dtype == torch.float32
+    band = torch.rand(20, 256, 300, generator=generator)[:-1, 40:90]  # a strided band of a canvas
+    assert torch.equal(first_max(band)[1], band.max(0)[1])
+
+
+def test_first_max_nan_as_torch():
+    from eomt_ood.confidence.outputs import first_max
+
+    scores = torch.rand(19, 6, 6)
+    scores[4, 2, 3] = float("nan")
+    values, indices = first_max(scores)
+    expected_values, expected_indices = scores.max(0)
+    assert torch.equal(indices, expected_indices)
+    assert torch.equal(values.isnan(), expected_values.isnan())

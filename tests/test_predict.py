@@ -8,6 +8,7 @@ from eomt_ood.bravo.submission import outputs_complete, predict_folder, raw_name
 from eomt_ood.confidence import PixelOutputs, list_confidences
 from eomt_ood.confidence.levels import quantise_confidence
 from eomt_ood.data.png import read_png, write_png
+from eomt_ood.data.resample import resize_image
 from eomt_ood.errors import UserError
 from eomt_ood.inference.predict import (
     canvas_levels,
@@ -18,7 +19,7 @@ from eomt_ood.inference.predict import (
     prepare_model,
     window_stack,
 )
-from eomt_ood.inference.windows import resize_image, stitch_windows, window_starts
+from eomt_ood.inference.windows import stitch_windows, window_starts
 from eomt_ood.models.registry import create_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -30,6 +30,31 @@ def test_downsample_mean_equals_block_means():
     np.testing.assert_allclose(out, expected)
 
 
+@pytest.mark.parametrize(
+    "size, shape", [((64, 128), (16, 32)), ((54, 96), (18, 32)), ((50, 77), (13, 20)), ((9, 5), (1, 1))]
+)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.bool_])
+def test_downsample_mean_equals_per_box_means(size, shape, dtype):
+    """Even boxes (the fast integer path) and uneven ones, one channel or three: each output is the box's sum
+    over its pixel count, bit for bit (box edges rounded from an even split)."""
+    rng = np.random.default_rng(size[0])
+    high = 2 if dtype is np.bool_ else np.iinfo(dtype).max + 1
+    for values in (
+        rng.integers(0, high, size).astype(dtype),
+        rng.integers(0, high, (*size, 3)).astype(dtype),
+    ):
+        rows = np.linspace(0, size[0], shape[0] + 1).round().astype(int)
+        cols = np.linspace(0, size[1], shape[1] + 1).round().astype(int)
+        expected = np.zeros((*shape, *values.shape[2:]))
+        for i in range(shape[0]):
+            for j in range(shape[1]):
+                box = values[rows[i] : rows[i + 1], cols[j] : cols[j + 1]].astype(np.float64)
+                expected[i, j] = box.sum(axis=(0, 1)) / (box.shape[0] * box.shape[1])
+        got = downsample_mean(values, shape)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_downsample_labels_picks_block_centres():
     labels = np.arange(16, dtype=np.uint8).reshape(4, 4)
     # 2x2 output: the centre of each 2x2 block rounds to its lower-right pixel (index 1 and 3).

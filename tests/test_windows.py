@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from eomt_ood.data.resample import resize_image, resized_size
 from eomt_ood.inference.windows import (
     average_overlaps,
     crop_window,
-    resize_image,
     resize_rows,
-    resized_size,
     stitch_windows,
     window_counts,
     window_starts,

@@ -115,22 +115,14 @@ class ReadResult:
 def read_input(task: ReadTask) -> ReadResult:
     """Stage 1 (worker): decode one input image, resize it for the model, make the photo preview."""
     from eomt_ood.data.images import read_image
-    from eomt_ood.data.resample import downsample_mean, preview_shape
-    from eomt_ood.inference.windows import resize_image
+    from eomt_ood.data.resample import photo_preview, resize_image
 
     try:
         rgb = read_image(Path(task.root) / task.rel)
     except UserError as exc:
         return ReadResult(task.rel, error=str(exc))
     height, width = rgb.shape[:2]
-    shape = preview_shape(height, width)
-    if shape == (height, width):
-        preview = rgb
-    else:
-        preview = (
-            np.stack([downsample_mean(rgb[..., c], shape) for c in range(3)], -1).round().astype(np.uint8)
-        )
-    return ReadResult(task.rel, resize_image(rgb, task.side), preview, height, width)
+    return ReadResult(task.rel, resize_image(rgb, task.side), photo_preview(rgb), height, width)
 
 
 # ------------------------------------------------------------------------------------------------ stage 3

@@ -32,16 +32,18 @@ from torch import nn
 
 from eomt_ood.confidence import PixelOutputs, get_confidence
 from eomt_ood.confidence.levels import quantise_tensor
-from eomt_ood.data.resample import centre_indices
+from eomt_ood.data.resample import centre_indices, resize_image
 from eomt_ood.errors import UserError
 from eomt_ood.inference.windows import (
     average_overlaps,
     crop_window,
     place_window,
-    resize_image,
     resize_rows,
     window_starts,
 )
+
+# Output pixels per band when scoring a canvas on the CPU (see `_bands`).
+CPU_BAND_PIXELS = 1 << 16
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -242,7 +244,7 @@ def predict_maps(
     micro_batch: int = 4,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
-    band_pixels: int = 1 << 18,
+    band_pixels: int = CPU_BAND_PIXELS,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Prediction (H, W) uint8 and {name: (H, W) float32 confidence in [0, 1]} of a uint8 image.
 
@@ -259,12 +261,13 @@ def _bands(
     """(rows, the `PixelOutputs` of those rows at the output size) for bands of about `band_pixels` pixels.
 
     band_pixels None: one band on an accelerator (memory there is plentiful and one launch is fastest), bands of
-    2^18 pixels on the CPU (the working set stays in cache and memory flat).
+    2^16 pixels on the CPU (the working set of a score, C maps of a band, stays in cache: 2^16 takes four scores
+    of a 2048 x 1024 image 15% less time than 2^18 and half the time of one band, and memory stays flat).
     """
     if canvas.shape[0] - 1 > 256:
         raise ValueError(f"{canvas.shape[0] - 1} classes do not fit an 8-bit prediction")
     if band_pixels is None:
-        band_pixels = height * width if canvas.device.type != "cpu" else 1 << 18
+        band_pixels = height * width if canvas.device.type != "cpu" else CPU_BAND_PIXELS
     band_rows = max(1, band_pixels // width)
     for top in range(0, height, band_rows):
         rows = slice(top, min(top + band_rows, height))
@@ -276,7 +279,7 @@ def canvas_maps(
     height: int,
     width: int,
     confidences: Sequence[str] = ("msp",),
-    band_pixels: int | None = 1 << 18,
+    band_pixels: int | None = CPU_BAND_PIXELS,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Prediction (H, W) uint8 and {name: (H, W) float32 confidence} from a (C+1, H', W') canvas.
 

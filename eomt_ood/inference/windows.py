@@ -10,26 +10,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
-
-def resized_size(height: int, width: int, side: int) -> tuple[int, int]:
-    """(H', W') with the short side equal to `side` and the aspect ratio kept: (round(H f), round(W f)).
-
-    f = max(side/H, side/W). The long side is computed as round(long * side / short), the same arithmetic as
-    the transformers processor, so a rounding tie cannot split the two apart; identity when the short side
-    already equals `side`.
-    """
-    if height <= 0 or width <= 0 or side <= 0:
-        raise ValueError(f"sizes must be positive, got {height}x{width} and side {side}")
-    if min(height, width) == side:
-        return height, width
-    if height <= width:
-        return side, round(width * side / height)
-    return round(height * side / width), side
 
 
 def window_starts(length: int, side: int) -> list[int]:
@@ -52,21 +34,6 @@ def window_counts(length: int, side: int) -> torch.Tensor:
     for start in window_starts(length, side):
         counts[start : start + side] += 1
     return counts
-
-
-def resize_image(image: np.ndarray, side: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H', W', 3) uint8 with the short side = `side`, PIL bilinear on uint8 (docs/models.md §3).
-
-    Returns the input unchanged when it already has the right size.
-    """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype}{image.shape}")
-    height, width = image.shape[:2]
-    new_height, new_width = resized_size(height, width, side)
-    if (new_height, new_width) == (height, width):
-        return image
-    resized = Image.fromarray(image).resize((new_width, new_height), resample=Image.Resampling.BILINEAR)
-    return np.asarray(resized)
 
 
 def crop_window(image: torch.Tensor, start: int, side: int) -> torch.Tensor:
