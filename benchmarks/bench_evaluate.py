@@ -4,7 +4,8 @@ For a model with random weights (default `eomt_test` at input side S = 1024: a n
 is measured is the pipeline around it) on a generated BRAVO-layout set of 1024 x 2048 images (two windows each,
 Cityscapes size), per image:
 
-- ``forward_s``: the model's forward over the image's windows, nothing else;
+- ``forward_s``: the model's forward over the image's windows, nothing else (the median of three measurements:
+  before, between and after the runs; ``forward_runs_s`` lists them);
 - ``evaluate_s``: `evaluate_bravo` end to end (reading, windows, merge, upsampling, scores, argmax,
   quantisation, statistics, PNGs, records, store, results, report) without its one-time start-up;
 - ``beyond_forward_s``: the difference (target: 0.3 s with one score, 0.5 s with four, on 2 CPU cores);
@@ -14,9 +15,15 @@ Cityscapes size), per image:
   once-per-run part; ``bravo_run_gb``: the file of a whole BRAVO run of 3,900 such images (target: under 5 GB).
 
 With ``--commands``, the same is measured as whole `eomt-ood evaluate` processes on N and 2N images: their
-difference divided by N is the per-image cost with start-up cancelled; start-up is what remains of the N run.
+difference divided by N is the per-image cost with start-up cancelled (medians of ``--repeats`` alternating
+pairs); ``fixed_s`` is what remains of the N run (start-up and the once-per-run end: results, intervals, report),
+``startup_s`` the start-up the N runs recorded (imports of torch and the model code included), and
+``import_floor_s`` what importing torch and timm alone takes. CPU seconds (the process and its workers, all
+cores) are printed beside wall seconds: ``cpu_beyond_forward_s`` is the work a machine with more cores hides
+behind the forward, and it moves less than wall time when other work shares the machine.
 
-Run: ``uv run python benchmarks/bench_evaluate.py [--images 9] [--scores msp] [--commands] [--device cpu]``.
+Run: ``uv run python benchmarks/bench_evaluate.py [--images 9] [--scores msp] [--commands [--repeats 3]]
+[--device cpu]``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,20 +50,22 @@ from eomt_ood.models import create_model, save_checkpoint
 FOUR_SCORES = "msp,max_score,rba,energy"
 
 
-def forward_only(model: torch.nn.Module, count: int, side: int, device: str, micro_batch: int) -> float:
-    """Seconds for the forward passes of `count` images of side x 2 side (two windows each)."""
+def forward_only(
+    model: torch.nn.Module, count: int, side: int, device: str, micro_batch: int
+) -> tuple[float, float]:
+    """Wall and CPU seconds for the forward passes of `count` images of side x 2 side (two windows each)."""
     windows = len(window_starts(2 * side, side)) * count
     batch = torch.rand(min(micro_batch, windows), 3, side, side, device=device)
     with torch.inference_mode():
         model(batch[:1])  # warm-up
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for first in range(0, windows, micro_batch):
             model(batch[: min(micro_batch, windows - first)])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def in_process(data: Path, checkpoint: Path, out: Path, scores: str, args: argparse.Namespace) -> dict:
@@ -102,14 +113,34 @@ def store_size(path: Path) -> dict:
     return {"store_bytes": path.stat().st_size, "store_run_bytes": per_run}
 
 
-def command(data: Path, checkpoint: Path, out: Path, scores: str, args: argparse.Namespace) -> float:
-    """Wall seconds of a whole `eomt-ood evaluate` process."""
+def command(
+    data: Path, checkpoint: Path, out: Path, scores: str, args: argparse.Namespace
+) -> tuple[float, float]:
+    """Wall seconds of a whole `eomt-ood evaluate` process, and the CPU seconds of it and its workers."""
     argv = [sys.executable, "-m", "eomt_ood.cli", "evaluate", "--root", str(data / "images"), "--gt"]
     argv += [str(data / "gt"), "--checkpoint", str(checkpoint), "--out", str(out), "--confidence", scores]
     argv += ["--device", args.device, "--precision", args.precision, "--workers", str(args.workers)]
-    start = time.perf_counter()
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(argv, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-    return time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def import_floor() -> float:
+    """Wall seconds of a process that only imports torch and timm (the model code needs both): the floor under
+    any start-up of a command that runs a model (median of three)."""
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, timm"], check=True)
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def _recorded_startup(run: Path) -> float:
+    """The start-up a command run recorded: from `evaluate` starting (before torch and the model code are
+    imported) to the first image being predicted."""
+    return json.loads((run / "results.json").read_text())["meta"]["inference"]["startup_seconds"]
 
 
 def main() -> None:
@@ -124,6 +155,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     parser.add_argument("--commands", action="store_true", help="also time whole CLI runs on N and 2N images")
+    parser.add_argument("--repeats", type=int, default=3, help="N / 2N command pairs; medians are printed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     side = args.img_size
@@ -136,9 +168,24 @@ def main() -> None:
         model = create_model(args.model, img_size=side)
         checkpoint = save_checkpoint(model, tmp / "model.safetensors")
         prepare_model(model, args.device)
-        forward_s = forward_only(model, count, side, args.device, args.micro_batch) / count
+        # The floor is measured before, between and after the runs; its median stands (a one-off load spike on a
+        # shared machine moves one measurement, not the median).
+        forwards = [forward_only(model, count, side, args.device, args.micro_batch)]
         run = in_process(tmp / "data", checkpoint, tmp / "run", args.scores, args)
+        forwards.append(forward_only(model, count, side, args.device, args.micro_batch))
         evaluate_s = (run["seconds"] - run["startup"]) / count
+        if args.commands:
+            write_demo(tmp / "double", seed=1, per_subset=2 * per_subset, size=(side, 2 * side))
+            pairs = []  # (N run, 2N run), alternating, each into a fresh folder
+            for repeat in range(args.repeats):
+                single = command(tmp / "data", checkpoint, tmp / f"cmd1-{repeat}", args.scores, args)
+                double = command(tmp / "double", checkpoint, tmp / f"cmd2-{repeat}", args.scores, args)
+                pairs.append((single, double))
+            single = tuple(statistics.median(p[0][i] for p in pairs) for i in (0, 1))
+            double = tuple(statistics.median(p[1][i] for p in pairs) for i in (0, 1))
+        forwards.append(forward_only(model, count, side, args.device, args.micro_batch))
+        forward_s = statistics.median(wall for wall, _ in forwards) / count
+        forward_cpu_s = statistics.median(cpu for _, cpu in forwards) / count
         per_image_bytes = (run["store_bytes"] - run["store_run_bytes"]) / count
         report = {
             "model": f"{args.model} (random weights), img_size {side}",
@@ -151,6 +198,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "in_process": {
                 "forward_s": round(forward_s, 4),
+                "forward_runs_s": [round(wall / count, 4) for wall, _ in forwards],
                 "evaluate_s": round(evaluate_s, 4),
                 "beyond_forward_s": round(evaluate_s - forward_s, 4),
                 "startup_s": round(run["startup"], 3),
@@ -165,16 +213,22 @@ def main() -> None:
             },
         }
         if args.commands:
-            write_demo(tmp / "double", seed=1, per_subset=2 * per_subset, size=(side, 2 * side))
-            single = command(tmp / "data", checkpoint, tmp / "cmd1", args.scores, args)
-            double = command(tmp / "double", checkpoint, tmp / "cmd2", args.scores, args)
-            per_image = (double - single) / count
+            per_image = (double[0] - single[0]) / count
+            cpu_per_image = (double[1] - single[1]) / count
             report["commands"] = {
-                "seconds_n": round(single, 2),
-                "seconds_2n": round(double, 2),
+                "seconds_n": round(single[0], 2),
+                "seconds_2n": round(double[0], 2),
+                "repeats": args.repeats,
                 "per_image_s": round(per_image, 4),
                 "beyond_forward_s": round(per_image - forward_s, 4),
-                "startup_s": round(single - count * per_image, 2),
+                "cpu_per_image_s": round(cpu_per_image, 4),
+                "forward_cpu_s": round(forward_cpu_s, 4),
+                "cpu_beyond_forward_s": round(cpu_per_image - forward_cpu_s, 4),
+                "fixed_s": round(single[0] - count * per_image, 2),
+                "startup_s": round(
+                    statistics.median(_recorded_startup(tmp / f"cmd1-{r}") for r in range(args.repeats)), 2
+                ),
+                "import_floor_s": round(import_floor(), 2),
             }
     print(json.dumps(report, indent=2))
 

@@ -11,6 +11,7 @@ from eomt_ood.data.png import read_png, write_png
 from eomt_ood.data.resample import resize_image
 from eomt_ood.errors import UserError
 from eomt_ood.inference.predict import (
+    Buffers,
     canvas_levels,
     canvas_maps,
     predict_canvas,
@@ -96,6 +97,17 @@ def test_canvas_matches_the_reference_for_several_shapes(size):
     torch.testing.assert_close(canvas, reference_canvas(model, image), atol=1e-5, rtol=1e-5)
     # Micro-batch size and channel order of the input do not change the result.
     torch.testing.assert_close(predict_canvas(model, image.transpose(2, 0, 1).copy(), micro_batch=1), canvas)
+
+
+def test_reused_buffers_give_the_fresh_canvas():
+    """A stream of images of several sizes through one `Buffers` equals fresh calls bit for bit (every canvas
+    position is rewritten; a buffer of another shape is replaced, not misused)."""
+    torch.manual_seed(0)
+    model = prepare_model(StandIn())
+    buffers = Buffers()
+    for size in [(32, 75), (32, 75), (75, 32), (20, 50), (32, 75)]:
+        image = random_image(*size)
+        assert torch.equal(predict_canvas(model, image, buffers=buffers), predict_canvas(model, image))
 
 
 def test_prepare_model_turns_masking_off_and_sets_eval():

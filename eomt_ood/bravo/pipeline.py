@@ -247,7 +247,13 @@ def _predict_stream(
 ) -> Iterator[tuple[str, Any]]:
     """Stages 1-3 over `todo`, in order: yields (rel, record), record None for an image left out as unreadable."""
     from eomt_ood.data.resample import preview_shape
-    from eomt_ood.inference.predict import canvas_levels, canvas_top2, parse_precision, predict_canvas
+    from eomt_ood.inference.predict import (
+        Buffers,
+        canvas_levels,
+        canvas_top2,
+        parse_precision,
+        predict_canvas,
+    )
     from eomt_ood.io import warn
 
     device = next(model.parameters()).device
@@ -257,7 +263,7 @@ def _predict_stream(
     reads = (pool.submit(read_input, ReadTask(str(config.images_root), rel, side)) for rel in todo)
     reading: deque = deque(next(reads) for _ in range(min(window, len(todo))))
     finishing: deque = deque()  # (rel, future of its record)
-    canvas = None  # reused from image to image when the sizes agree
+    buffers = Buffers()  # work tensors reused from image to image
     while reading:
         item = reading.popleft().result()
         following = next(reads, None)
@@ -275,7 +281,7 @@ def _predict_stream(
             continue
         tic = time.perf_counter()
         canvas = predict_canvas(
-            model, item.resized, micro_batch=config.micro_batch, dtype=dtype, device=device, out=canvas
+            model, item.resized, micro_batch=config.micro_batch, dtype=dtype, device=device, buffers=buffers
         )
         pred, levels = canvas_levels(canvas, item.height, item.width, config.confidences)
         top2 = canvas_top2(canvas, preview_shape(item.height, item.width))

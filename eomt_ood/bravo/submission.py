@@ -133,7 +133,7 @@ def predict_folder(
     from tqdm import tqdm
 
     from eomt_ood.confidence import get_confidence
-    from eomt_ood.inference.predict import canvas_levels, predict_canvas, prepare_model
+    from eomt_ood.inference.predict import Buffers, canvas_levels, predict_canvas, prepare_model
 
     check_layout(layout)
     get_confidence(confidence)  # fail on a bad name before any work
@@ -141,6 +141,7 @@ def predict_folder(
     images = input_images(input_dir, output_dir)
     model = prepare_model(model, device, compile)
     report = FolderReport()
+    buffers = Buffers()
     for rel in tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr):
         try:
             height, width = image_size(input_dir / rel)
@@ -152,7 +153,9 @@ def predict_folder(
             report.failed.append((rel, str(exc)))
             tqdm.write(f"warning: skipped {exc}", file=sys.stderr)
             continue
-        canvas = predict_canvas(model, image, micro_batch=micro_batch, dtype=dtype, device=device)
+        canvas = predict_canvas(
+            model, image, micro_batch=micro_batch, dtype=dtype, device=device, buffers=buffers
+        )
         prediction, levels = canvas_levels(canvas, height, width, (confidence,))
         write_raw_pair(output_dir, rel, prediction, levels[confidence])
         report.written += 1

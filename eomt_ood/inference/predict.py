@@ -27,7 +27,6 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eomt_ood.confidence import PixelOutputs, get_confidence
@@ -112,10 +111,27 @@ def prepare_model(
     return model
 
 
+class Buffers:
+    """Float32 work tensors kept from image to image: on the CPU, a fresh 100 MB tensor per image costs more in
+    page faults than filling it. `get(name, shape, device)` returns the tensor of that name, new only when the
+    shape or device changed; what a call built in one is overwritten by the next call that uses it."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        tensor = self._tensors.get(name)
+        if tensor is None or tuple(tensor.shape) != tuple(shape) or tensor.device != device:
+            self._tensors.pop(name, None)  # freed before the new one is allocated
+            tensor = torch.empty(shape, dtype=torch.float32, device=device)
+            self._tensors[name] = tensor
+        return tensor
+
+
 def _query_chunk(pixels: int) -> int:
-    # Queries upsampled at once: at most ~28 MB of float32 masks, under glibc's largest mmap threshold (32 MB),
-    # so the chunk buffers come from the heap and are reused instead of being faulted in afresh each time.
-    return max(1, (7 << 20) // pixels)
+    # Queries upsampled at once: at most 2^25 float32 (128 MB) of masks. Every further chunk reads and writes the
+    # whole (C+1, S, S) stack again (addmm), so fewer, larger chunks spend less memory traffic.
+    return max(1, (1 << 25) // pixels)
 
 
 def window_stack(
@@ -123,25 +139,31 @@ def window_stack(
     class_logits: torch.Tensor,
     side: int | tuple[int, int],
     query_chunk: int | None = None,
-    out: torch.Tensor | None = None,
+    buffers: Buffers | None = None,
 ) -> torch.Tensor:
     """One window's (C+1, S, S) stack from its mask logits (Q, h, w) and class logits (Q, C+1).
 
     Mask logits are upsampled to S x S bilinearly (align_corners=False) in the logit domain, then
     stack[k] = sum_q softmax(z_q)[k] * sigmoid(m_q): k < C are the semantic scores, k = C the no-object mass.
-    Queries are processed `query_chunk` at a time so the upsampled logits never take Q x S x S memory. `out`: a
-    (C+1, S * S) float32 buffer to write into (reused across windows), else a new one. `side` may be a
-    (height, width) pair for a non-square "window" (a whole image, see `predict_canvas`).
+    Queries are processed `query_chunk` at a time so the upsampled logits never take Q x S x S memory.
+    `buffers`: where the stack and the upsampled masks are built (reused across windows and images; the result
+    is then the "stack" buffer, overwritten by the next call), else fresh tensors. `side` may be a (height,
+    width) pair for a non-square "window" (a whole image, see `predict_canvas`).
     """
     height, width = (side, side) if isinstance(side, int) else side
+    buffers = buffers or Buffers()
     probs = class_logits.float().softmax(-1)  # softmax over C+1, no-object included (docs/models.md)
-    chunk_size = query_chunk or _query_chunk(height * width)
-    if out is None:
-        out = torch.empty((probs.shape[-1], height * width), dtype=torch.float32, device=mask_logits.device)
-    for first in range(0, mask_logits.shape[0], chunk_size):
+    queries = mask_logits.shape[0]
+    chunk_size = min(queries, query_chunk or _query_chunk(height * width))
+    device = mask_logits.device
+    out = buffers.get("stack", (probs.shape[-1], height * width), device)
+    upsampled = buffers.get("masks", (1, chunk_size, height, width), device)
+    for first in range(0, queries, chunk_size):
         chunk = mask_logits[first : first + chunk_size].float()
-        masks = F.interpolate(chunk[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        masks = masks.sigmoid_().reshape(masks.shape[0], -1)
+        masks = upsampled[:, : chunk.shape[0]]
+        # F.interpolate's kernel (the same call it makes for a target size), into the reused buffer
+        torch.ops.aten.upsample_bilinear2d.out(chunk[None], [height, width], False, None, None, out=masks)
+        masks = masks[0].sigmoid_().reshape(chunk.shape[0], -1)
         # einsum("qhw,qk->khw") accumulated in place: no (C+1, S, S) temporary per chunk.
         if first == 0:
             torch.mm(probs[:chunk_size].T, masks, out=out)
@@ -165,16 +187,15 @@ def predict_canvas(
     micro_batch: int = 4,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
-    out: torch.Tensor | None = None,
+    buffers: Buffers | None = None,
 ) -> torch.Tensor:
     """The overlap-averaged (C+1, H', W') float32 stack of an image at its resized size (short side = S).
 
     image: uint8 (H, W, 3) or (3, H, W). The model must already be prepared (`prepare_model`) and on `device`;
-    `dtype` (bf16 / fp16) runs the forward under autocast, scoring stays float32. `out`: the canvas of an earlier
-    call, overwritten when its shape fits (a stream of equal-size images then allocates it once; on the CPU a
-    fresh 160 MB canvas per image costs more in page faults than filling it). A model with
-    `whole_image_inference` set (Mask2Former's own Cityscapes protocol) sees the resized image in one forward
-    pass instead of S x S windows.
+    `dtype` (bf16 / fp16) runs the forward under autocast, scoring stays float32. `buffers`: work tensors kept
+    across calls (a stream of equal-size images then allocates them once); the canvas returned is then one of
+    them, overwritten by the next call. A model with `whole_image_inference` set (Mask2Former's own Cityscapes
+    protocol) sees the resized image in one forward pass instead of S x S windows.
     """
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
@@ -185,13 +206,10 @@ def predict_canvas(
     if getattr(model, "whole_image_inference", False):
         return _predict_whole(model, resized, dtype, device)
     starts = window_starts(max(height, width), side)
-    shape = (int(model.num_classes) + 1, height, width)
-    if out is not None and out.shape == shape and out.device == device and out.dtype == torch.float32:
-        canvas = out  # every position is written by `place_window` below: no zero fill needed
-    else:
-        canvas = torch.empty(shape, dtype=torch.float32, device=device)
+    buffers = buffers or Buffers()
+    # every position is written by `place_window` below: no zero fill needed
+    canvas = buffers.get("canvas", (int(model.num_classes) + 1, height, width), device)
     filled = 0
-    stack = torch.empty((shape[0], side * side), dtype=torch.float32, device=device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     with torch.inference_mode():
         for first in range(0, len(starts), micro_batch):
@@ -202,7 +220,7 @@ def predict_canvas(
                 mask_logits_list, class_logits_list = model(batch)
             mask_logits, class_logits = mask_logits_list[-1], class_logits_list[-1]
             for i, start in enumerate(batch_starts):
-                window = window_stack(mask_logits[i], class_logits[i], side, out=stack)
+                window = window_stack(mask_logits[i], class_logits[i], side, buffers=buffers)
                 filled = place_window(canvas, window, start, filled)
             del mask_logits_list, class_logits_list, mask_logits, class_logits
     return average_overlaps(canvas, side)
@@ -218,7 +236,7 @@ def _predict_whole(
         batch = resized[None].to(device).float().div_(255)
         with autocast:
             mask_logits_list, class_logits_list = model(batch)
-        return window_stack(mask_logits_list[-1][0], class_logits_list[-1][0], (height, width)).clone()
+        return window_stack(mask_logits_list[-1][0], class_logits_list[-1][0], (height, width))
 
 
 def predict_image(
