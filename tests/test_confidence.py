@@ -161,3 +161,16 @@ def test_first_max_nan_as_torch():
     expected_values, expected_indices = scores.max(0)
     assert torch.equal(indices, expected_indices)
     assert torch.equal(values.isnan(), expected_values.isnan())
+
+
+def test_rba_and_energy_equal_their_textbook_forms():
+    """RbA's tanh through exp and the energy shifted by the shared max agree with torch.tanh / torch.logsumexp."""
+    generator = torch.Generator().manual_seed(5)
+    stack = torch.rand(20, 40, 30, generator=generator) * 3
+    stack[:-1, 0, 0] = 0  # no class claims this pixel
+    outputs = PixelOutputs.from_stack(stack)
+    scores = stack[:-1]
+    t = torch.tanh(scores).sum(0)
+    torch.testing.assert_close(get_confidence("rba")(outputs), t / (1 + t), atol=1e-6, rtol=0)
+    e = torch.logsumexp(scores, 0) - math.log(C)
+    torch.testing.assert_close(get_confidence("energy")(outputs), e / (1 + e), atol=1e-6, rtol=0)

@@ -31,6 +31,7 @@ from torch import nn
 
 from eomt_ood.confidence import PixelOutputs, get_confidence
 from eomt_ood.confidence.levels import quantise_tensor
+from eomt_ood.confidence.outputs import first_max
 from eomt_ood.data.resample import centre_indices, resize_image
 from eomt_ood.errors import UserError
 from eomt_ood.inference.windows import (
@@ -357,7 +358,13 @@ def canvas_top2(canvas: torch.Tensor, shape: tuple[int, int]) -> tuple[np.ndarra
     """
     height, width = canvas.shape[-2:]
     rows, cols = centre_indices(height, shape[0]), centre_indices(width, shape[1])
-    scores = _pick(_pick(canvas[:-1], 1, rows), 2, cols).float().clamp_min_(0)
-    normalised = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
-    values, classes = normalised.topk(2, dim=0)
+    scores = _pick(_pick(canvas[:-1], 1, rows), 2, cols).float().clamp_min(0)  # a copy, never negative
+    total = scores.sum(0).clamp_min_(1e-12)
+    # The first maximum, as the prediction takes it (ties go to the lower class id), then the first maximum of
+    # the others: the two largest scores with the stable order of a sort.
+    best, first = first_max(scores)
+    scores.scatter_(0, first[None], -1.0)
+    runner_up, second = first_max(scores)
+    values = torch.stack([best, runner_up]) / total
+    classes = torch.stack([first, second])
     return classes.to(torch.uint8).cpu().numpy(), values.to(torch.float16).cpu().numpy()
