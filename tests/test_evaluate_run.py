@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -62,6 +63,14 @@ def test_evaluate_equals_score_of_its_own_submission(bravo_set, tmp_path):
     scored = score_submission(bravo_set[0] / "gt", run / "submission", workers=0, progress=False, warn=None)
     _assert_same(_official(results["msp"]), _official(scored))
     assert len([k for k in results["msp"] if not k.endswith("hmean") and k != "bravo_index"]) == 62
+    # The second score's block equals `score` of a submission holding its confidence PNGs (the counts the maps
+    # share are taken once per image in evaluate).
+    second = tmp_path / "rba-submission"
+    shutil.copytree(run / "submission", second)
+    for conf in (run / "confidence" / "rba").rglob("*.png"):
+        shutil.copyfile(conf, second / conf.relative_to(run / "confidence" / "rba"))
+    scored_rba = score_submission(bravo_set[0] / "gt", second, workers=0, progress=False, warn=None)
+    _assert_same(_official(results["rba"]), _official(scored_rba))
     # The second score is a different map of the same predictions: same mIoU, different confidence metrics.
     assert results["rba"]["synobjs_miou_valid"] == results["msp"]["synobjs_miou_valid"]
     assert results["rba"]["synobjs_auprc_ood"] != results["msp"]["synobjs_auprc_ood"]
@@ -165,8 +174,6 @@ def test_bad_options_are_user_errors(bravo_set, tmp_path):
 
 
 def test_unreadable_image_fails_the_run_unless_skipped(bravo_set, tmp_path):
-    import shutil
-
     data = bravo_set[0]
     images = tmp_path / "images"
     shutil.copytree(data / "images", images)
@@ -231,8 +238,6 @@ def test_degenerate_subsets_are_named_but_the_run_keeps_its_outputs(bravo_set, t
 
 
 def test_ground_truth_without_its_input_image_is_named(bravo_set, tmp_path):
-    import shutil
-
     images = tmp_path / "images"
     shutil.copytree(bravo_set[0] / "images", images)
     missing = sorted(images.rglob("*.jpg"))[0]

@@ -160,14 +160,9 @@ def finish_image(task: FinishTask) -> Any:
                 f"{gt.label_name}: ground-truth size {gt.label.shape[1]}x{gt.label.shape[0]} differs from the "
                 f"input image {task.rel} ({width}x{height})"
             )
-        for index, score in enumerate(task.scores):
-            stats = score_maps(
-                gt,
-                task.pred,
-                task.levels[score],
-                pred_name=str(run.pred_file(task.rel)),
-                conf_name=str(run.conf_file(task.rel, score, index == 0)),
-            )
+        confs = {str(run.conf_file(task.rel, s, i == 0)): task.levels[s] for i, s in enumerate(task.scores)}
+        all_stats = score_maps(gt, task.pred, confs, pred_name=str(run.pred_file(task.rel)))
+        for score, stats in zip(task.scores, all_stats, strict=True):
             levels, counts = stats.sparse_histograms()
             record.sparse[score] = (levels, counts.astype(np.int32))
             record.stats[score] = image_metrics(task.subset, stats)

@@ -16,7 +16,7 @@ doubt = 65535 - conf.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,19 +171,71 @@ def image_statistics(
     confusion matrix still uses every V pixel. Bad values raise `UserError` naming `label_name` / `pred_name` /
     `sample_name`: a label outside 0..18 and 255, a pred > 18, a sample outside the image or on void.
     """
+    pixels = categorise(
+        label, mask, pred, sample_idx, label_name=label_name, pred_name=pred_name, sample_name=sample_name
+    )
+    return pixels.statistics(conf_levels, label_name)
+
+
+@dataclass(frozen=True)
+class CategorisedPixels:
+    """What one image's statistics share whatever the confidence map: the confusion matrix, the pixel counts,
+    and each (sampled) pixel's category: 0 = wrong V, 1 = correct V, 2 = I, 3 = void (void wins over invalid)."""
+
+    shape: tuple[int, ...]
+    cm: np.ndarray  # (361,) int64 counts of label * 19 + pred over V pixels
+    category: np.ndarray  # (N,) uint8, N = pixels, or the sampled ones
+    sample_idx: np.ndarray | None
+    valid: int
+    invalid: int
+    void: int
+
+    def statistics(self, conf_levels: np.ndarray, label_name: str = "label") -> ImageStatistics:
+        """`image_statistics` with this confidence map: its level histograms beside the shared counts."""
+        if conf_levels.shape != self.shape:
+            raise UserError(f"{label_name}: shapes differ: label {self.shape}, conf {conf_levels.shape}")
+        if conf_levels.dtype != np.uint16:
+            raise TypeError(f"expected uint16 conf, got {conf_levels.dtype}")
+        conf = conf_levels.ravel()
+        if self.sample_idx is not None:
+            conf = conf[self.sample_idx]
+        # One bincount over (level, category) pairs.
+        key = conf.astype(np.uint32) << 2
+        key |= self.category
+        both = np.bincount(key, minlength=4 * NUM_LEVELS).reshape(NUM_LEVELS, 4)
+        stats = ImageStatistics(
+            cm=self.cm.astype(np.int64).reshape(NUM_CLASSES, NUM_CLASSES),
+            correct=np.ascontiguousarray(both[:, 1]),
+            wrong=np.ascontiguousarray(both[:, 0]),
+            ood_pos=np.ascontiguousarray(both[:, 2]),
+            valid=self.valid,
+            invalid=self.invalid,
+            void=self.void,
+        )
+        stats.scored_valid = int(stats.correct.sum() + stats.wrong.sum())
+        stats.scored_invalid = int(stats.ood_pos.sum())
+        return stats
+
+
+def categorise(
+    label: np.ndarray,
+    mask: np.ndarray,
+    pred: np.ndarray,
+    sample_idx: np.ndarray | None = None,
+    *,
+    label_name: str = "label",
+    pred_name: str = "pred",
+    sample_name: str = "sample",
+) -> CategorisedPixels:
+    """The part of `image_statistics` that does not depend on the confidence map (checks and errors as there),
+    computed once for an image scored with several maps."""
     shape = label.shape
-    if mask.shape != shape or pred.shape != shape or conf_levels.shape != shape:
-        raise UserError(
-            f"{label_name}: shapes differ: label {shape}, mask {mask.shape}, pred {pred.shape}, "
-            f"conf {conf_levels.shape}"
-        )
-    if label.dtype != np.uint8 or pred.dtype != np.uint8 or conf_levels.dtype != np.uint16:
-        raise TypeError(
-            f"expected uint8 label/pred and uint16 conf, got {label.dtype}, {pred.dtype}, {conf_levels.dtype}"
-        )
+    if mask.shape != shape or pred.shape != shape:
+        raise UserError(f"{label_name}: shapes differ: label {shape}, mask {mask.shape}, pred {pred.shape}")
+    if label.dtype != np.uint8 or pred.dtype != np.uint8:
+        raise TypeError(f"expected uint8 label/pred, got {label.dtype}, {pred.dtype}")
     lab = label.ravel()
     prd = pred.ravel()
-    conf = conf_levels.ravel()
     inv = mask.ravel() != 0
     # Everything below stays in uint8 / uint16 / uint32 element-wise arithmetic (vectorised, a few ms per
     # 2-megapixel image each) around two bincounts; the rare error paths do the slow counting.
@@ -207,33 +259,19 @@ def image_statistics(
     pair |= (void | inv).view(np.uint8).astype(np.uint16) << 9
     cm = np.bincount(pair, minlength=1024)[:_CM_OUTSIDE]
 
-    # Category per pixel: 0 = wrong V, 1 = correct V, 2 = I, 3 = void (void wins over invalid).
     category = ((lab == prd) & ~inv).view(np.uint8) | (inv.view(np.uint8) << 1)
     category |= void.view(np.uint8) * np.uint8(3)
     if sample_idx is not None:
         if sample_idx.size == 0 or sample_idx[-1] >= lab.size or sample_idx[0] < 0:
             raise UserError(f"{sample_name}: sample indices fall outside the {lab.size}-pixel image")
-        category, conf = category[sample_idx], conf[sample_idx]
+        category = category[sample_idx]
         if np.any(category == 3):
             raise UserError(
                 f"{sample_name}: the sample contains void pixels (wrong sampling file for this GT?)"
             )
-    # One bincount over (level, category) pairs.
-    key = conf.astype(np.uint32) << 2
-    key |= category
-    both = np.bincount(key, minlength=4 * NUM_LEVELS).reshape(NUM_LEVELS, 4)
-    stats = ImageStatistics(
-        cm=cm.astype(np.int64).reshape(NUM_CLASSES, NUM_CLASSES),
-        correct=np.ascontiguousarray(both[:, 1]),
-        wrong=np.ascontiguousarray(both[:, 0]),
-        ood_pos=np.ascontiguousarray(both[:, 2]),
-        valid=lab.size - num_void - num_invalid,
-        invalid=num_invalid,
-        void=num_void,
+    return CategorisedPixels(
+        shape, cm, category, sample_idx, lab.size - num_void - num_invalid, num_invalid, num_void
     )
-    stats.scored_valid = int(stats.correct.sum() + stats.wrong.sum())
-    stats.scored_invalid = int(stats.ood_pos.sum())
-    return stats
 
 
 def _ids(values: np.ndarray) -> str:
@@ -334,24 +372,25 @@ def read_ground_truth(refs: GroundTruthRefs) -> GroundTruth:
 
 
 def score_maps(
-    gt: GroundTruth, pred: np.ndarray, conf: np.ndarray, pred_name: str, conf_name: str
-) -> ImageStatistics:
-    """`image_statistics` of a prediction against its GT, after checking that the sizes agree (naming the file)."""
-    for name, array in ((pred_name, pred), (conf_name, conf)):
+    gt: GroundTruth, pred: np.ndarray, confs: Mapping[str, np.ndarray], pred_name: str
+) -> list[ImageStatistics]:
+    """`image_statistics` of a prediction against its GT with each confidence map of `confs` ({file name: map},
+    in order), after checking that the sizes agree (naming the file); what the maps share is counted once."""
+    for name, array in ((pred_name, pred), *confs.items()):
         if array.shape != gt.label.shape:
             raise UserError(
                 f"{name}: size {_size(array)} differs from the GT label {gt.label_name} ({_size(gt.label)})"
             )
-    return image_statistics(
+    pixels = categorise(
         gt.label,
         gt.mask,
         pred,
-        conf,
         gt.sample_idx,
         label_name=gt.label_name,
         pred_name=pred_name,
         sample_name=gt.samples_name,
     )
+    return [pixels.statistics(conf, gt.label_name) for conf in confs.values()]
 
 
 def _size(array: np.ndarray) -> str:
@@ -559,7 +598,7 @@ def score_image(task: ImageTask) -> tuple[str, ImageStatistics]:
     gt = read_ground_truth(task.gt)
     pred = read_pred(task.pred.read(), task.pred.name)
     conf = read_conf(task.conf.read(), task.conf.name)
-    return gt.subset, score_maps(gt, pred, conf, task.pred.name, task.conf.name)
+    return gt.subset, score_maps(gt, pred, {task.conf.name: conf}, task.pred.name)[0]
 
 
 def _score_numbered(item: tuple[int, ImageTask]) -> tuple[int, str, ImageStatistics]:
