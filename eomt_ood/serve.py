@@ -56,6 +56,9 @@ def streamlit_command(port: int, host: str) -> list[str]:
         "--server.headless=true",
         "--browser.gatherUsageStats=false",
         "--client.toolbarMode=minimal",
+        # No reload on source changes: watching every imported module's file (realpath of each, then inotify
+        # or polling) cost a fresh server about a second of CPU at its first page, and polling ever after.
+        "--server.fileWatcherType=none",
     ]
 
 
