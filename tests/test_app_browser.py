@@ -460,23 +460,28 @@ def test_curve_and_confusion_clicks(served, browser, run_a, shots):
     click on a confusion cell lists the images with most of its pixels."""
     page = _open(browser, served + "/?view=Curves&subset=synobjs")
     page.wait_for_selector(".js-plotly-plot .scatterlayer .point")
-    roc = page.locator(".js-plotly-plot").first.locator(".subplot.x2y2 .scatterlayer .trace").first
-    roc.locator(".point").nth(10).wait_for()
+    # The chart may still be redrawn by a rerun: wait until the ROC trace (trace 1) has its data and one drawn point
+    # per value, then read the points' centres and the data in one script (atomic in the page).
+    roc_trace = (
+        "const plot = document.querySelectorAll('.js-plotly-plot')[0]; const t = plot?._fullData?.[1]; "
+        "const points = [...(plot?.querySelector('.subplot.x2y2 .scatterlayer .trace')?.querySelectorAll('.point') "
+        "?? [])];"
+    )
+    page.wait_for_function(
+        f"() => {{ {roc_trace} return t?.customdata && points.length > 10 && t.customdata.length === points.length; }}"
+    )
     # Plotly gives a click to the point nearest the pointer: take the point farthest from any other, so the point
     # clicked is the one meant. Its doubt level is in its customdata (plotly.js keeps it in `_fullData`).
-    centres = np.array(
-        roc.locator(".point").evaluate_all(
-            "(ps) => ps.map((p) => { const b = p.getBoundingClientRect(); return [b.x + b.width / 2, b.y + b.height / 2]; })"
-        )
+    drawn = page.evaluate(
+        f"() => {{ {roc_trace} return {{"
+        "centres: points.map((p) => { const b = p.getBoundingClientRect(); return [b.x + b.width / 2, b.y + b.height / 2]; }), "
+        "levels: Array.from(t.customdata, (c) => c[0]), x: Array.from(t.x), y: Array.from(t.y)}; }"
     )
+    centres = np.array(drawn["centres"])
     gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1) + np.eye(len(centres)) * 1e9
     k = int(np.argmax(gaps.min(axis=1)))
     assert gaps[k].min() > 3
-    level, x, y = page.evaluate(
-        "(k) => { const t = document.querySelectorAll('.js-plotly-plot')[0]._fullData[1]; "
-        "return [t.customdata[k][0], t.x[k], t.y[k]]; }",
-        k,
-    )
+    level, x, y = drawn["levels"][k], drawn["x"][k], drawn["y"][k]
     page.evaluate(
         "() => { window._clicked = null; document.querySelectorAll('.js-plotly-plot')[0]"
         ".on('plotly_click', (e) => { window._clicked = [e.points[0].curveNumber, e.points[0].pointNumber]; }); }"
