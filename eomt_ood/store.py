@@ -75,8 +75,8 @@ _GZIP = {"compression": "gzip", "compression_opts": 4, "shuffle": True}  # for t
 # of the filtered bytes. Arrays of 2-byte elements (the uint16 confidence levels, the float16 top-2 scores) are
 # filtered as PNG and Blosc do before deflate: each value minus its left neighbour (mod 2^16), then the low bytes of
 # every element followed by the high bytes. Smooth maps turn into runs of small numbers that deflate well; on the
-# store's previews this saves 6-29% over plain zlib (least on the noise of random-weight models). Stores of format 2 hold plain zlib-compressed `.npy` bytes
-# (their first byte is zlib's 0x78), which `unpack_array` still reads.
+# store's previews this saves 6-29% over plain zlib (least on the noise of random-weight models). Stores of format
+# 2 hold plain zlib-compressed `.npy` bytes (their first byte is zlib's 0x78), which `unpack_array` still reads.
 _MAGIC = b"EOA1"
 
 

@@ -474,7 +474,8 @@ def test_curve_and_confusion_clicks(served, browser, run_a, shots):
     # clicked is the one meant. Its doubt level is in its customdata (plotly.js keeps it in `_fullData`).
     drawn = page.evaluate(
         f"() => {{ {roc_trace} return {{"
-        "centres: points.map((p) => { const b = p.getBoundingClientRect(); return [b.x + b.width / 2, b.y + b.height / 2]; }), "
+        "centres: points.map((p) => { const b = p.getBoundingClientRect(); "
+        "return [b.x + b.width / 2, b.y + b.height / 2]; }), "
         "levels: Array.from(t.customdata, (c) => c[0]), x: Array.from(t.x), y: Array.from(t.y)}; }"
     )
     centres = np.array(drawn["centres"])
