@@ -86,27 +86,44 @@ def read_png(path: str | Path) -> np.ndarray:
 def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     """PNG bytes of a uint8 (H, W) / uint16 (H, W) grayscale or uint8 (H, W, 3) RGB array.
 
-    Grayscale maps (labels, confidence levels) are deflated with zlib's run-length strategy: on 2048 x 1024
-    level maps it takes 20-35% less time than the default strategy at the same level, for files within 2% of its
-    size (label maps come out smaller); photos keep the default.
+    Photos go through Pillow. Grayscale maps (labels, confidence levels: every map a run writes) are written by
+    `_encode_gray`, because Pillow always runs libpng's adaptive per-row filter search, which has no option to
+    turn it off and costs half of encoding a 2048 x 1024 16-bit map (measured: 132 ms with Pillow, 71 ms here;
+    files 2-11% larger). Pillow reads every file back in the tests and must give the array exactly.
     """
     array = np.ascontiguousarray(array)
-    if array.dtype == np.uint16 and array.ndim == 2:
-        img = Image.fromarray(array, mode="I;16") if _pillow_wants_mode() else Image.fromarray(array)
-    elif array.dtype == np.uint8 and array.ndim in (2, 3):
-        img = Image.fromarray(array)
-    else:
+    if array.size == 0:
+        raise ValueError(f"cannot write an empty PNG (shape {array.shape})")
+    if array.ndim == 2 and array.dtype in (np.uint8, np.uint16):
+        return _encode_gray(array, compress_level)
+    if array.dtype != np.uint8 or array.ndim != 3:
         raise TypeError(f"cannot write a PNG from dtype {array.dtype} with shape {array.shape}")
     buf = io.BytesIO()
-    strategy = zlib.Z_RLE if array.ndim == 2 else zlib.Z_DEFAULT_STRATEGY
-    img.save(buf, format="PNG", compress_level=compress_level, compress_type=strategy)
+    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
-def _pillow_wants_mode() -> bool:
-    # Pillow >= 11.3 deprecates the `mode` argument of fromarray and infers I;16 from uint16 itself.
-    major, minor = (int(x) for x in Image.__version__.split(".")[:2])
-    return (major, minor) < (11, 3)
+def _encode_gray(array: np.ndarray, compress_level: int) -> bytes:
+    """A grayscale PNG (8- or 16-bit, non-interlaced) with the "Up" filter on every row, deflated with zlib's
+    run-length strategy (20-35% faster than the default one on level maps, sizes within 2%).
+
+    The layout follows the PNG specification (ISO/IEC 15948): signature, IHDR, one IDAT, IEND; each row is
+    prefixed by its filter type byte, and "Up" stores each byte minus the byte above it, modulo 256.
+    """
+    height, width = array.shape
+    rows = array.astype(array.dtype.newbyteorder(">"), copy=False).view(np.uint8).reshape(height, -1)
+    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type Up; the first row's "above" is zeros
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    deflate = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = deflate.compress(filtered) + deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8 * array.itemsize, 0, 0, 0, 0)
+    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def write_png(path: str | Path, array: np.ndarray, compress_level: int = 1) -> None:
