@@ -408,3 +408,31 @@ def test_top2_reads_the_canvas_at_the_preview_pixel_centres(size, shape):
             order = np.argsort(-pixel, kind="stable")[:2]
             assert classes[:, r, c].tolist() == order.tolist()
             np.testing.assert_allclose(scores[:, r, c], pixel[order] / max(pixel.sum(), 1e-12), rtol=1e-3)
+
+
+def test_quantise_tensor_equals_the_numpy_quantiser_at_every_edge():
+    """Level boundaries k / 65536 and the floats either side of them, 0, -0, 1, beyond [0, 1], infinities and
+    subnormals give `quantise_confidence`'s levels, as int32 and written into a uint16 host tensor; NaN raises."""
+    from eomt_ood.confidence.levels import quantise_tensor
+
+    k = np.array([0, 1, 2, 12345, 32768, 65534, 65535, 65536], dtype=np.float64)
+    edges = (k / 65536).astype(np.float32)
+    values = np.concatenate(
+        [
+            edges,
+            np.nextafter(edges, np.float32(-1)),
+            np.nextafter(edges, np.float32(2)),
+            np.array([-0.0, -1e-30, -5, 1.5, np.inf, -np.inf, 1e-45, 1e-40], dtype=np.float32),
+            np.random.default_rng(0).random(10_000, dtype=np.float32),
+        ]
+    ).astype(np.float32)
+    expected = quantise_confidence(values)
+    np.testing.assert_array_equal(quantise_tensor(torch.from_numpy(values)).numpy(), expected)
+    host = np.empty(values.shape, dtype=np.uint16)
+    quantise_tensor(torch.from_numpy(values), out=torch.from_numpy(host))
+    np.testing.assert_array_equal(host, expected)
+    for where in (0, 5000, values.size - 1):  # NaN in the vectorised body and in the tail
+        broken = values.copy()
+        broken[where] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            quantise_tensor(torch.from_numpy(broken))

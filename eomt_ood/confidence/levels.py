@@ -26,14 +26,19 @@ def quantise_confidence(confidence: np.ndarray) -> np.ndarray:
     return np.minimum(levels, NUM_LEVELS - 1).astype(np.uint16)
 
 
-def quantise_tensor(confidence: torch.Tensor) -> torch.Tensor:
-    """The same levels as `quantise_confidence`, on the tensor's device: (...) float -> int32 in [0, 65535]."""
+def quantise_tensor(confidence: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The same levels as `quantise_confidence`, on the tensor's device: (...) float -> int32 in [0, 65535].
+
+    out: an integer tensor (uint16 on the host, say) of the same shape to write the levels into instead.
+    """
     import torch
 
-    if torch.isnan(confidence).any():
+    if confidence.numel() and torch.isnan(confidence.max()):  # max propagates NaN: one pass, no mask
         raise ValueError("confidence map contains NaN")
-    levels = torch.floor(confidence.float().clamp(0.0, 1.0) * NUM_LEVELS)
-    return levels.clamp_(max=NUM_LEVELS - 1).to(torch.int32)
+    # clamp(p * 2^16, 0, 65535) then truncation equals min(floor(clamp(p, 0, 1) * 2^16), 65535): the product is
+    # exact, and converting a float in [0, 65535] to an integer truncates, which is the floor there.
+    scaled = confidence.float().mul(NUM_LEVELS).clamp_(0, NUM_LEVELS - 1)
+    return out.copy_(scaled) if out is not None else scaled.to(torch.int32)
 
 
 def confidence_of_levels(levels: np.ndarray) -> np.ndarray:

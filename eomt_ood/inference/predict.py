@@ -335,7 +335,7 @@ def canvas_levels(
     for rows, band in _bands(canvas, height, width, band_pixels):
         prediction[rows] = band.prediction.to(torch.uint8).cpu().numpy()
         for name, fn in functions.items():
-            levels[name][rows] = quantise_tensor(fn(band)).cpu().numpy().astype(np.uint16)
+            quantise_tensor(fn(band), out=torch.from_numpy(levels[name][rows]))
     return prediction, levels
 
 
