@@ -88,10 +88,10 @@ def rba_confidence(outputs: PixelOutputs) -> torch.Tensor:
     RbA's anomaly score is -t; in-distribution = t, raw range [0, C * tanh(Q)] (about [0, C)). Map: t / (1 + t)
     (strictly increasing; one class fully claiming the pixel gives tanh(1) = 0.76 -> 0.43).
     """
-    # tanh(s) = (1 - e^(-2s)) / (1 + e^(-2s)), in place on one temporary: within 2e-7 of torch.tanh (s >= 0
-    # here) and 1.5x faster on the CPU, where this is the costliest score after entropy.
-    decay = outputs.class_scores.float().mul(-2.0).exp_()
-    tanh = torch.sub(1.0, decay).div_(decay.add_(1.0))
+    # tanh(s) = 1 - 2 sigmoid(-2s), in place on one temporary: on the CPU (where this is the costliest score
+    # after entropy) 3x faster than torch.tanh and 1.5x faster than tanh through exp. Within 1e-6 of float64
+    # tanh's sum for small s (1 - 2 sigmoid is exact there), as close as float32 torch.tanh (4e-6) above.
+    tanh = outputs.class_scores.float().mul(-2.0).sigmoid_().mul_(-2.0).add_(1.0)
     return _unit(squash(tanh.sum(0)))
 
 
