@@ -44,13 +44,14 @@ def check_address(host: str, port: int) -> None:
 
 
 def streamlit_command(port: int, host: str) -> list[str]:
-    """The `python -m streamlit run` command line of the explorer, without the run folders."""
+    """The `streamlit run` command line of the explorer, without the run folders; through the app's
+    `launch.py`, which starts Streamlit's command line with the explorer's imports warming up beside it."""
+    script = explorer_script()
     return [
         sys.executable,
-        "-m",
-        "streamlit",
+        str(script.parent / "launch.py"),
         "run",
-        str(explorer_script()),
+        str(script),
         f"--server.address={host}",
         f"--server.port={port}",
         "--server.headless=true",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -361,8 +362,28 @@ def test_streamlit_command_serves_locally_and_headless(tmp_path):
     from eomt_ood.serve import explorer_arguments, streamlit_command
 
     command = streamlit_command(8600, "127.0.0.1")
-    assert command[1:5] == ["-m", "streamlit", "run", SCRIPT]
+    assert command[1:4] == [str(Path(SCRIPT).with_name("launch.py")), "run", SCRIPT]
     assert {"--server.address=127.0.0.1", "--server.port=8600", "--server.headless=true"} <= set(command)
     arguments = explorer_arguments([tmp_path / "a", tmp_path / "b"], [tmp_path / "w"])
     assert arguments == [str(tmp_path / "a"), str(tmp_path / "b"), "--allow", str(tmp_path / "w")]
     assert sup.parse_args([*arguments[:2], "--allow", str(tmp_path)]) == (arguments[:2], [tmp_path.resolve()])
+
+
+def test_launch_warms_every_module_the_explorer_imports():
+    """`launch.py` imports, beside the starting server, what explorer.py imports at its top (all but what the
+    server has loaded already and the components, which register with the running server), and each of them
+    imports without error: a renamed module would otherwise silently drop out of the head start."""
+    import ast
+
+    import launch
+
+    tree = ast.parse(Path(SCRIPT).read_text())
+    imported = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+    loaded_by_the_server = {"__future__", "sys", "dataclasses", "pathlib", "numpy", "streamlit"}
+    components = {"mapview", "thumbgrid"}
+    assert imported - loaded_by_the_server - components <= set(launch.WARM_MODULES)
+    code = f"import sys; sys.path.insert(0, {str(Path(SCRIPT).parent)!r}); import launch; print(launch.warm_up())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
