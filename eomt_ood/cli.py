@@ -6,6 +6,7 @@ Heavy imports (torch, the models) happen inside the commands so `eomt-ood --help
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -479,6 +480,12 @@ def main() -> None:
             command.invoke(ctx)
     except UserError as exc:
         _fail(str(exc), UserError.exit_code)
+    except BrokenPipeError:
+        # The reader of stdout went away (`eomt-ood evaluate --help | head`): nothing left to say to anyone.
+        # stdout now points to /dev/null so that the interpreter's last flush cannot fail again; status 1, as
+        # rich (which writes the help) gives when the pipe breaks under it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except KeyboardInterrupt:
         name = getattr(ctx, "invoked_subcommand", None)
         hint = _RESUME_HINTS.get(name or "")

@@ -284,3 +284,29 @@ def test_app(case, world, monkeypatch, capsys):
 @pytest.mark.parametrize("case", [c.param() for c in CLI_CASES])
 def test_command_line(case, world, monkeypatch, capsys):
     run_case(case, world, monkeypatch, capsys)
+
+
+def test_help_into_a_closed_pipe_is_quiet():
+    """`eomt-ood evaluate --help | head -3`: the reader leaves while the help is being written, and the write
+    that follows fails (here click's last `echo`, where it failed in a real pipe); no traceback, status 1."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "try:\n"
+        "    import typer._click.decorators as decorators\n"  # typer >= 0.20 carries its own click
+        "except ImportError:\n"
+        "    import click.decorators as decorators\n"
+        "def echo(*args, **kwargs):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "decorators.echo = echo\n"
+        "sys.argv = ['eomt-ood', 'evaluate', '--help']\n"
+        "from eomt_ood.cli import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60
+    )
+    assert done.stderr == ""
+    assert done.returncode == 1
