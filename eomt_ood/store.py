@@ -56,6 +56,7 @@ import numpy as np
 
 from eomt_ood import __version__
 from eomt_ood.data.resample import downsample_labels, downsample_mean, photo_preview, preview_shape
+from eomt_ood.deflate import deflate
 from eomt_ood.errors import UserError
 from eomt_ood.io import atomic_path
 
@@ -89,7 +90,7 @@ def pack_array(array: np.ndarray) -> np.ndarray:
     header = json.dumps(
         {"dtype": array.dtype.str, "shape": list(array.shape), "filter": "delta16" if delta else None}
     ).encode()
-    packed = _MAGIC + len(header).to_bytes(4, "little") + header + zlib.compress(payload, 6)
+    packed = _MAGIC + len(header).to_bytes(4, "little") + header + deflate(payload)
     return np.frombuffer(packed, dtype=np.uint8)
 
 
