@@ -1,8 +1,9 @@
-"""PNG reading and writing with the header checks BRAVO needs (Pillow underneath, 8- and 16-bit grayscale).
+"""PNG reading and writing with the header checks BRAVO needs (8- and 16-bit grayscale, RGB).
 
-`png_header` reads the IHDR fields without decoding pixels; `read_png` decodes and names the file in every
-error; `write_png` writes uint8 grayscale, uint16 grayscale or uint8 RGB, atomically (temp file + rename) so an
-interrupted writer never leaves a half-written file that a resumed run would take for finished.
+`png_header` reads the IHDR fields without decoding pixels; `read_png` decodes (Pillow) and names the file in
+every error; `write_png` writes uint8 grayscale, uint16 grayscale (written here: see `encode_png`) or uint8 RGB
+(Pillow), atomically (temp file + rename) so an interrupted writer never leaves a half-written file that a
+resumed run would take for finished.
 """
 
 from __future__ import annotations
