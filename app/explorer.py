@@ -382,10 +382,21 @@ def display(view: View) -> None:
                 if not flat:
                     st.info("results.json has no metrics for this score.")
                     continue
+                intervals = sup.score_intervals(run.results, panel_score)
                 summary = [key for key in SUMMARY_KEYS if key in flat]
                 for column, key in zip(st.columns(max(1, len(summary))), summary, strict=False):
-                    column.metric(f"{title} {key}", format_value(flat[key]))
-                rows = sup.metric_table_rows(flat, ordered_subsets(set(run.reader.subsets)))
+                    interval = intervals.get(key)
+                    column.metric(
+                        f"{title} {key}",
+                        format_value(flat[key]),
+                        help=None if interval is None else sup.value_with_interval(flat[key], interval),
+                    )
+                if intervals:
+                    level = (run.results.get("meta") or {}).get("bootstrap", {}).get("level", 0.95)
+                    st.caption(
+                        f"[low, high]: {level:.0%} bootstrap interval, images resampled within each subset"
+                    )
+                rows = sup.metric_table_rows(flat, ordered_subsets(set(run.reader.subsets)), intervals)
                 st.dataframe(rows, hide_index=True, key=f"metrics_table_{k}")
     if tabs["Your image"].open:
         with tabs["Your image"]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 import eomt_ood
-from eomt_ood.bravo.rundir import RunDir, resolve_run_dirs, score_block
+from eomt_ood.bravo.rundir import RunDir, intervals_of, resolve_run_dirs, score_block
 from eomt_ood.data.labels import IGNORE, TRAIN_ID_NAMES, colorize_train_ids
 from eomt_ood.errors import UserError
 from eomt_ood.metrics.histogram import FPR95_TPR, NUM_LEVELS, binary_histograms
@@ -148,6 +148,27 @@ def score_results(results: Mapping, score: str) -> dict:
         return dict(score_block(results, score)[1])
     except UserError:
         return {}
+
+
+def score_intervals(results: Mapping, score: str) -> dict[str, tuple[float, float]]:
+    """{key: (low, high)}: the bootstrap intervals of one confidence score of a results dict ({} when the run
+    has none for `score`, e.g. evaluated with --bootstrap 0)."""
+    if not results:
+        return {}
+    try:
+        return intervals_of(results, score)
+    except UserError:
+        return {}
+
+
+def value_with_interval(value: Any, interval: Sequence[float] | None) -> str:
+    """A metric as text ("–" when absent or undefined), then its interval as " [low, high]" when it has one."""
+    from eomt_ood.reports.plots import format_value
+
+    text = format_value(value)
+    if interval is None or text == "–" or any(math.isnan(v) for v in interval):
+        return text
+    return f"{text} [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 def allowed_file(
@@ -540,18 +561,23 @@ def zoom_region(height: int, width: int, centre: tuple[float, float], zoom: int)
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def metric_table_rows(flat: Mapping[str, Any], subsets: Sequence[str]) -> list[dict[str, str]]:
+def metric_table_rows(
+    flat: Mapping[str, Any],
+    subsets: Sequence[str],
+    intervals: Mapping[str, Sequence[float]] | None = None,
+) -> list[dict[str, str]]:
     """Per-subset rows of the official metrics of one score's results, as text ("–" where a metric is missing
-    or undefined), for a table; subsets without any metric are left out."""
-    from eomt_ood.reports.plots import METRIC_COLUMNS, format_value
+    or undefined) followed by the bootstrap interval from `intervals` ({key: (low, high)}) where there is one,
+    for a table; subsets without any metric are left out."""
+    from eomt_ood.reports.plots import METRIC_COLUMNS
 
+    intervals = intervals or {}
     rows = []
     for subset in subsets:
-        present = [m for m in METRIC_COLUMNS if f"{subset}_{m}" in flat]
-        if present:
-            rows.append(
-                {"subset": subset} | {m: format_value(flat.get(f"{subset}_{m}")) for m in METRIC_COLUMNS}
-            )
+        keys = {m: f"{subset}_{m}" for m in METRIC_COLUMNS}
+        if any(key in flat for key in keys.values()):
+            cells = {m: value_with_interval(flat.get(key), intervals.get(key)) for m, key in keys.items()}
+            rows.append({"subset": subset} | cells)
     return rows
 
 

@@ -17,7 +17,7 @@ import linked_plots as lp
 import numpy as np
 import pytest
 import support as sup
-from conftest import build_run
+from run_support import build_run
 from streamlit.testing.v1 import AppTest
 
 from eomt_ood.data.png import decode_png
@@ -236,7 +236,9 @@ def test_runs_side_by_side_each_with_its_score(monkeypatch, runs, tmp_path):
     shown = {m.label: m.value for m in at.metric}
     assert shown["run-a · rba ood_hmean"] == format_value(results["rba"]["ood_hmean"])
     table = at.dataframe[0].value.set_index("subset")
-    assert table.loc["synobjs", "auprc_ood"] == format_value(results["rba"]["synobjs_auprc_ood"])
+    low, high = results["meta"]["intervals"]["rba"]["synobjs_auprc_ood"]  # each value, then its interval
+    value = format_value(results["rba"]["synobjs_auprc_ood"])
+    assert table.loc["synobjs", "auprc_ood"] == f"{value} [{low:.4f}, {high:.4f}]"
     assert table.loc["ACDCfog", "auprc_ood"] == "–"
     ref.reader.close()
     other.reader.close()

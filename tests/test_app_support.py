@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import support as sup
-from conftest import SCORES
+from run_support import SCORES
 from sklearn.metrics import roc_curve
 
 from eomt_ood.data.labels import TRAIN_ID_COLORS, TRAIN_ID_NAMES
@@ -323,6 +323,15 @@ def test_score_results_and_metric_rows(run_dir):
     assert [row["subset"] for row in rows] == ["synobjs", "ACDCfog"]  # synrain has no ground truth here
     assert rows[0]["auprc_ood"] == f"{flat['synobjs_auprc_ood']:.4f}" and rows[1]["auprc_ood"] == "–"
     assert rows[1]["miou_valid"] == f"{flat['ACDCfog_miou_valid']:.4f}"
+    # With the run's bootstrap intervals: each cell is the same value, then its interval from results.json.
+    intervals = sup.score_intervals(run.results, "rba")
+    table = run.results["meta"]["intervals"]["rba"]
+    assert intervals and intervals["synobjs_auprc_ood"] == tuple(table["synobjs_auprc_ood"])
+    low, high = table["synobjs_auprc_ood"]
+    with_intervals = sup.metric_table_rows(flat, ["synobjs", "ACDCfog"], intervals)
+    assert with_intervals[0]["auprc_ood"] == f"{flat['synobjs_auprc_ood']:.4f} [{low:.4f}, {high:.4f}]"
+    assert with_intervals[1]["auprc_ood"] == "–"  # no value, so no interval either
+    assert sup.score_intervals(run.results, "no_such_score") == {} and sup.score_intervals({}, "rba") == {}
     run.reader.close()
 
 
