@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The dependency floors in pyproject.toml are tested, not guessed: resolve the lowest version every direct
 # dependency allows (uv's lowest-direct resolution; transitive ones stay at their highest) into a separate venv
-# (packages from the uv cache) and run the fast tests (`-m "not slow and not gpu"`) on it.
+# (packages from the uv cache) and run the fast tests (`-m "not slow"`) on it.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d /tmp/eomt-lowest.XXXXXX)"
@@ -15,5 +15,5 @@ uv pip sync --quiet -p "$work/venv/bin/python" "$work/lowest.txt"
 uv pip install --quiet -p "$work/venv/bin/python" --no-deps -e "$repo"
 echo "lowest direct versions: $(grep -oE '^(torch|torchvision|timm|transformers|lightning|numpy|scipy|typer|streamlit)==[^ ]+' "$work/lowest.txt" | tr '\n' ' ')"
 cd "$repo"
-"$work/venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow and not gpu"
+"$work/venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow"
 echo "lowest-direct check passed in $((SECONDS - start)) s"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The wheel on its own, as a new user gets it: build it, install it into a fresh venv outside the checkout
 # (dependency versions from uv.lock, packages from the uv cache), and from a folder outside the repository run
-# the demo evaluation, a tiny training by config name, and check that the app's script is in the install.
+# the demo evaluation, the explorer served from the install and rendered in headless Chromium, and a tiny
+# training by config name.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d /tmp/eomt-wheel-check.XXXXXX)"

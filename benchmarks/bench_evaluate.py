@@ -42,8 +42,8 @@ from pathlib import Path
 
 import torch
 
-from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo
 from eomt_ood.data.demo import write_demo
+from eomt_ood.evaluate import EvaluateConfig, evaluate_bravo
 from eomt_ood.inference.predict import prepare_model
 from eomt_ood.inference.windows import window_starts
 from eomt_ood.models import create_model, save_checkpoint

@@ -146,8 +146,8 @@ def evaluate_command(
 
     With no --root and no --checkpoint it runs offline on the bundled demo set and demo model.
     """
-    from eomt_ood.bravo.pipeline import EvaluateConfig, demo_config, evaluate_bravo, summary_table
     from eomt_ood.bravo.rundir import metric_blocks
+    from eomt_ood.evaluate import EvaluateConfig, demo_config, evaluate_bravo, summary_table
 
     if dataset != "bravo":
         raise UserError(f"--dataset: unknown dataset {dataset!r}; available: bravo")
@@ -452,7 +452,7 @@ def app_command(
     check_address(host, port)
     allowed = check_allowed(allow or [])
     if not run_dirs:
-        from eomt_ood.bravo.pipeline import ensure_demo_run
+        from eomt_ood.evaluate import ensure_demo_run
 
         run_dirs = [ensure_demo_run()]
     raise typer.Exit(serve_explorer(resolve_run_dirs(run_dirs), port=port, host=host, allow=allowed))

@@ -1,6 +1,6 @@
 """The prediction store of a run: per image its previews and statistics, per subset its histograms (h5py).
 
-An evaluation produces one `ImageRecord` per image (`eomt_ood.bravo.pipeline`): small previews of the maps for the
+An evaluation produces one `ImageRecord` per image (`eomt_ood.evaluate`): small previews of the maps for the
 app and the report, the image's scalar metrics per confidence score, and its sufficient statistics (confusion
 matrix and sparse level histograms) from which any resample of images can be re-scored without the images
 (bootstrap intervals, paired comparisons). A record is saved on its own as soon as its image is finished

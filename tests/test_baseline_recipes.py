@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_run import StopAt, read_metrics, write_scenes
 from tiny_recipes import RECIPES, tiny_config
+from training_support import StopAt, read_metrics, write_scenes
 
 from eomt_ood.config import load_config, to_dict
 from eomt_ood.models import list_models

@@ -202,7 +202,7 @@ def test_windowed_inference_path(fixture, request):
 @pytest.mark.slow
 def test_vit_adapter_trains_on_synthetic_scenes(tmp_path):
     # The training loop (loss on every decoder prediction, LLRD on model.backbone) runs unchanged.
-    from test_train_run import read_metrics, write_scenes
+    from training_support import read_metrics, write_scenes
 
     from eomt_ood.config import load_config
     from eomt_ood.training.config import TrainConfig

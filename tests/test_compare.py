@@ -9,10 +9,9 @@ import sys
 import pytest
 import torch
 
-from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo
 from eomt_ood.cli import main
-from eomt_ood.data.demo import write_demo
 from eomt_ood.errors import UserError
+from eomt_ood.evaluate import EvaluateConfig, evaluate_bravo
 from eomt_ood.metrics.histogram import curve_metrics
 from eomt_ood.models import create_model, save_checkpoint
 from eomt_ood.reports.compare import compare_runs, describe_architecture, load_run
@@ -28,11 +27,10 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Three real runs of `evaluate_bravo` (random tiny models) on one tiny demo set."""
+def runs(tmp_path_factory, tiny_bravo):
+    """Three real runs of `evaluate_bravo` (random tiny models) on one tiny demo set (conftest.py)."""
     root = tmp_path_factory.mktemp("compare")
-    data = root / "data"
-    write_demo(data, seed=3, per_subset=1, size=(64, 128))
+    data = tiny_bravo[0]
     dirs = {}
     for run, (name, scores) in MODELS.items():
         torch.manual_seed(0)

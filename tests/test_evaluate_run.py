@@ -10,22 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo, progress_bar, summary_table
 from eomt_ood.bravo.rundir import RunDir, write_results
 from eomt_ood.bravo.scoring import score_submission
-from eomt_ood.data.demo import write_demo
 from eomt_ood.errors import UserError
+from eomt_ood.evaluate import EvaluateConfig, evaluate_bravo, progress_bar, summary_table
 from eomt_ood.models import create_model, save_checkpoint
 from eomt_ood.store import StoreReader
 
 
 @pytest.fixture(scope="module")
-def bravo_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bravo")
-    write_demo(root / "data", seed=3, per_subset=1, size=(64, 128))
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(create_model("eomt_test"), root / "model.safetensors")
-    return root / "data", checkpoint
+def bravo_set(tiny_bravo):
+    return tiny_bravo  # (data folder, checkpoint): conftest.py
 
 
 def _config(bravo_set, out, **changes):
@@ -347,3 +342,20 @@ def test_progress_rate_starts_at_the_first_image():
     assert "00:00<00:00" not in bar.format_meter(**shown)  # elapsed still counts from the start
     assert "00:12<00:00" in bar.format_meter(**shown)  # 5 left at 10 per second
     bar.close()
+
+
+def test_the_run_records_what_the_forward_ran_as(bravo_set, tmp_path):
+    from eomt_ood.models.algm import enable_token_merging, parse_token_merging, token_merging_settings
+
+    config = _config(bravo_set, tmp_path / "algm", gt=None, confidences=("msp",), token_merging="algm")
+    meta = evaluate_bravo(config, progress=False)["meta"]
+    # --precision auto and --compile unset, resolved on this device: fp32 eager on the CPU.
+    inference = meta["inference"]
+    assert (inference["device"], inference["precision_used"], inference["compiled"]) == ("cpu", "fp32", False)
+    # The ALGM settings the model was given, as resolved for it, and the option in config.yaml.
+    model = create_model("eomt_test")
+    enable_token_merging(model, parse_token_merging("algm"))
+    assert (
+        meta["token_merging"] == token_merging_settings(model) and meta["token_merging"]["method"] == "algm"
+    )
+    assert "token_merging: algm" in (tmp_path / "algm" / "config.yaml").read_text()

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "eomt_ood"
 LOWER = ("eomt_ood.models", "eomt_ood.inference", "eomt_ood.confidence", "eomt_ood.metrics", "eomt_ood.data")
 UPPER = (
     "eomt_ood.bravo",
+    "eomt_ood.evaluate",
     "eomt_ood.training",
     "eomt_ood.reports",
     "eomt_ood.store",
@@ -68,6 +69,34 @@ def test_no_import_cycle():
             visit(node, [node])
 
 
+def _package(module: str) -> str:
+    return ".".join(module.split(".")[:2])  # eomt_ood.bravo.scoring -> eomt_ood.bravo
+
+
+def test_no_cycle_between_packages():
+    # Module-level acyclicity still lets two packages lean on each other (bravo.x -> reports.y -> bravo.z); the
+    # packages must form a layered graph too, so each can be read knowing only the ones below it.
+    edges: dict[str, set[str]] = {}
+    for name, targets in _graph().items():
+        for target in targets:
+            if _package(name) != _package(target):
+                edges.setdefault(_package(name), set()).add(_package(target))
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == 1:
+                raise AssertionError("package cycle: " + " -> ".join([*path[path.index(target) :], target]))
+            if target not in state:
+                visit(target, [*path, target])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+
+
 def test_lower_layers_never_import_upper_ones():
     upward = [
         f"{name} -> {target}"
@@ -84,4 +113,4 @@ def test_the_structure_check_sees_real_edges():
     assert "eomt_ood.confidence.outputs" in graph["eomt_ood.inference.predict"] or any(
         t.startswith("eomt_ood.confidence") for t in graph["eomt_ood.inference.predict"]
     )
-    assert "eomt_ood.bravo.scoring" in graph["eomt_ood.bravo.pipeline"]
+    assert "eomt_ood.bravo.scoring" in graph["eomt_ood.evaluate"]

@@ -82,7 +82,7 @@ def test_prepare_model_compiles_only_when_asked_or_on_cuda(monkeypatch):
 
 
 def test_training_compiles_the_model_when_configured(tmp_path, monkeypatch):
-    from test_train_run import tiny_config, write_scenes
+    from training_support import synthetic_config, write_scenes
 
     from eomt_ood.training.run import train
 
@@ -90,9 +90,9 @@ def test_training_compiles_the_model_when_configured(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: calls.append(type(self).__name__))
     root = write_scenes(tmp_path / "data", 2)
     sets = ["trainer.max_steps=1", "trainer.val_every_n_epochs=0", "data.batch_size=2"]
-    train(tiny_config(root, *sets, "trainer.compile=true"), out_dir=tmp_path / "on")
+    train(synthetic_config(root, *sets, "trainer.compile=true"), out_dir=tmp_path / "on")
     assert calls == ["EoMT"]
-    train(tiny_config(root, *sets), out_dir=tmp_path / "default")  # the tiny config: compile false
+    train(synthetic_config(root, *sets), out_dir=tmp_path / "default")  # the tiny config: compile false
     assert calls == ["EoMT"]
 
 

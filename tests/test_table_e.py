@@ -105,4 +105,6 @@ def test_report_and_csv_carry_the_paper_reference(protocol):
         row = rows[recipe]
         assert float(row["paper_table_e_auprc_ood"]) == pytest.approx(value)
         assert row["paper_table_e_same_model"] == "False"
-        assert float(row["SMIYC_auprc_ood"]) >= 0  # the measured column beside it
+        # The measured column beside it: the run's own value of the compared (first) score.
+        measured = json.loads((protocol["runs"][recipe] / "results.json").read_text())[SCORES[0]]
+        assert float(row["SMIYC_auprc_ood"]) == pytest.approx(measured["SMIYC_auprc_ood"], abs=1e-6)

@@ -3,64 +3,17 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from training_support import CONFIG, StopAt, read_metrics, synthetic_config, write_scenes
 
 from eomt_ood.config import load_config
-from eomt_ood.data.png import write_png
 from eomt_ood.errors import UserError
 from eomt_ood.models import create_model, load_checkpoint
 from eomt_ood.training.config import TrainConfig
 from eomt_ood.training.run import StepSampler, find_last_checkpoint, train
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eomt_test_synthetic.yaml"
-
-# trainId -> RGB of the synthetic scenes (distinct colours, as a tiny model needs).
-COLOURS = {0: (128, 64, 128), 1: (244, 35, 232), 2: (70, 70, 70), 8: (107, 142, 35), 10: (70, 130, 180),
-           13: (0, 0, 142)}  # fmt: skip
-
-
-def write_scenes(root: Path, num_images: int, seed: int = 0, size: tuple[int, int] = (64, 128)) -> Path:
-    """Blocky street scenes in a Cityscapes layout (train and val get the same images: overfitting)."""
-    rng = np.random.default_rng(seed)
-    height, width = size
-    for index in range(num_images):
-        ids = np.full((height, width), 2, np.uint8)  # building
-        ids[: 8 * int(rng.integers(1, 3))] = 10  # sky
-        ids[height - 8 * int(rng.integers(2, 4)) :] = 0  # road
-        ids[height - 8 * int(rng.integers(4, 5)) : height - 24, : 8 * int(rng.integers(2, 6))] = 1  # sidewalk
-        tree = 8 * int(rng.integers(0, width // 8 - 2))
-        ids[8:40, tree : tree + 16] = 8
-        car = 8 * int(rng.integers(0, width // 8 - 3))
-        ids[height - 24 : height - 8, car : car + 24] = 13
-        image = np.zeros((height, width, 3), np.uint8)
-        for train_id, colour in COLOURS.items():
-            image[ids == train_id] = colour
-        noise = rng.integers(-12, 13, size=image.shape)
-        image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-        ids[rng.random(ids.shape) < 0.01] = 255  # a few ignored pixels
-        for split in ("train", "val"):
-            stem = f"synth_{index:06d}_000019"
-            write_png(root / "leftImg8bit" / split / "synth" / f"{stem}_leftImg8bit.png", image)
-            write_png(root / "gtFine" / split / "synth" / f"{stem}_gtFine_labelTrainIds.png", ids)
-    return root
-
-
-def tiny_config(root: Path, *sets: str) -> TrainConfig:
-    return load_config(TrainConfig, CONFIG, [f"data.root={root}", *sets])
-
-
-def read_metrics(out: Path) -> list[dict[str, str]]:
-    import csv
-
-    rows: list[dict[str, str]] = []
-    for path in sorted(out.glob("logs/version_*/metrics.csv")):
-        with path.open() as f:
-            rows.extend(csv.DictReader(f))
-    return rows
 
 
 def test_step_sampler_resumes_mid_epoch():
@@ -78,7 +31,7 @@ def test_step_sampler_resumes_mid_epoch():
 
 def test_few_steps_write_outputs(tmp_path):
     root = write_scenes(tmp_path / "data", 4)
-    config = tiny_config(
+    config = synthetic_config(
         root, "trainer.max_steps=3", "trainer.log_every_n_steps=1", "trainer.val_every_n_epochs=1"
     )
     weights = train(config, out_dir=tmp_path / "run")
@@ -103,7 +56,7 @@ def test_keeps_the_latest_and_the_best_checkpoint_unless_told_to_keep_all(tmp_pa
     root = write_scenes(tmp_path / "data", 4)
     sets = ["trainer.max_steps=6", "data.batch_size=2", "trainer.checkpoint_every_n_steps=2"]
     sets += ["trainer.val_every_n_epochs=1", "trainer.log_every_n_steps=1"]
-    train(tiny_config(root, *sets), out_dir=tmp_path / "default")
+    train(synthetic_config(root, *sets), out_dir=tmp_path / "default")
     rows = read_metrics(tmp_path / "default")
     # The i-th validation ran after optimizer step 2i (the CSV's own step column counts from 0).
     mious = [(2 * (i + 1), float(r["val/miou"])) for i, r in enumerate(r for r in rows if r.get("val/miou"))]
@@ -113,37 +66,23 @@ def test_keeps_the_latest_and_the_best_checkpoint_unless_told_to_keep_all(tmp_pa
     assert kept == sorted(["step=0000006.ckpt", f"best-step={best_step:07d}.ckpt"])
     best = tmp_path / "default" / "checkpoints" / f"best-step={best_step:07d}.ckpt"
     load_checkpoint(create_model("eomt_test"), best)  # the best checkpoint loads like any other
-    train(tiny_config(root, *sets, "trainer.keep_checkpoints=all"), out_dir=tmp_path / "all")
+    train(synthetic_config(root, *sets, "trainer.keep_checkpoints=all"), out_dir=tmp_path / "all")
     kept = sorted(p.name for p in (tmp_path / "all" / "checkpoints").glob("*.ckpt"))
     assert kept == ["step=0000002.ckpt", "step=0000004.ckpt", "step=0000006.ckpt"]
     with pytest.raises(UserError, match="keep_checkpoints: 'some' is not one of 'last_and_best', 'all'"):
-        tiny_config(root, "trainer.keep_checkpoints=some")
+        synthetic_config(root, "trainer.keep_checkpoints=some")
 
 
 @pytest.mark.slow
 def test_loss_decreases(tmp_path):
     root = write_scenes(tmp_path / "data", 4)
-    config = tiny_config(
+    config = synthetic_config(
         root, "trainer.max_steps=40", "trainer.val_every_n_epochs=0", "trainer.log_every_n_steps=1"
     )
     train(config, out_dir=tmp_path / "run")
     losses = [float(r["train/loss"]) for r in read_metrics(tmp_path / "run") if r.get("train/loss")]
     assert len(losses) == 40 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
-
-
-class StopAt:
-    """Lightning callback that stops training after `step` optimizer steps (simulates a killed run)."""
-
-    def __new__(cls, step: int):
-        import lightning as L
-
-        class _Stop(L.Callback):
-            def on_train_batch_end(self, trainer, *args) -> None:
-                if trainer.global_step >= step:
-                    trainer.should_stop = True
-
-        return _Stop()
 
 
 def test_resume_is_exact(tmp_path):
@@ -156,10 +95,10 @@ def test_resume_is_exact(tmp_path):
         "trainer.val_every_n_epochs=1",
         "trainer.checkpoint_every_n_steps=4",
     )
-    straight = train(tiny_config(root, *sets), out_dir=tmp_path / "straight")
-    train(tiny_config(root, *sets), out_dir=tmp_path / "resumed", callbacks=[StopAt(4)])
+    straight = train(synthetic_config(root, *sets), out_dir=tmp_path / "straight")
+    train(synthetic_config(root, *sets), out_dir=tmp_path / "resumed", callbacks=[StopAt(4)])
     assert find_last_checkpoint(tmp_path / "resumed").name == "step=0000004.ckpt"
-    resumed = train(tiny_config(root, *sets), resume="auto", out_dir=tmp_path / "resumed")
+    resumed = train(synthetic_config(root, *sets), resume="auto", out_dir=tmp_path / "resumed")
 
     from safetensors.torch import load_file
 
@@ -173,14 +112,16 @@ def test_resume_is_exact(tmp_path):
 
 def test_missing_pretrained_backbone_is_a_user_error(tmp_path):
     root = write_scenes(tmp_path / "data", 2)
-    config = tiny_config(root, f"model.pretrained_backbone={tmp_path / 'missing.pth'}", "data.batch_size=1")
+    config = synthetic_config(
+        root, f"model.pretrained_backbone={tmp_path / 'missing.pth'}", "data.batch_size=1"
+    )
     with pytest.raises(UserError, match=r"model\.pretrained_backbone.*missing\.pth"):
         train(config, out_dir=tmp_path / "run")
 
 
 def test_resume_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
-        config = tiny_config(write_scenes(tmp_path / "data", 2), "data.batch_size=1")
+        config = synthetic_config(write_scenes(tmp_path / "data", 2), "data.batch_size=1")
         train(config, resume=tmp_path / "nope.ckpt", out_dir=tmp_path / "run")
 
 
@@ -212,7 +153,7 @@ def test_tiny_model_overfits_synthetic_scenes(tmp_path):
         return float(metric.compute()["miou"])
 
     sets = ["data.scale_range=[1.0, 1.0]", "optim.lr=5e-3", "trainer.max_steps=200"]
-    config = tiny_config(root, "trainer.val_every_n_epochs=1000000", *sets)
+    config = synthetic_config(root, "trainer.val_every_n_epochs=1000000", *sets)
     start = time.perf_counter()
     weights = train(config, out_dir=tmp_path / "run")
     seconds = time.perf_counter() - start

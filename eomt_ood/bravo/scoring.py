@@ -5,7 +5,7 @@ into one confusion matrix and three level histograms; a `Scorer` sums them per s
 (memory does not grow with the number of images) and turns the sums into the official `<subset>_<metric>` keys
 and the harmonic-mean summaries. `eomt-ood score` feeds it from a raw submission on disk (`score_submission`,
 images read in worker processes); `eomt-ood evaluate` feeds it from predictions still in memory
-(`eomt_ood.bravo.pipeline`), through the same functions, so the two agree exactly.
+(`eomt_ood.evaluate`), through the same functions, so the two agree exactly.
 
 Conventions (the official evaluator's): pixels are pooled over a subset, confidence level k stands for
 (k + 0.5) / 65536, label 255 is void and dropped before anything else, mask != 0 is invalid. Semantic

@@ -17,6 +17,7 @@ import numpy as np
 from eomt_ood.data.images import IMAGE_SUFFIXES, find_images, image_size, read_image
 from eomt_ood.data.png import png_header, write_png
 from eomt_ood.errors import UserError
+from eomt_ood.io import warn
 
 if TYPE_CHECKING:
     import torch
@@ -151,7 +152,7 @@ def predict_folder(
             image = read_image(input_dir / rel)
         except UserError as exc:
             report.failed.append((rel, str(exc)))
-            tqdm.write(f"warning: skipped {exc}", file=sys.stderr)
+            warn(f"skipped {exc}")
             continue
         canvas = predict_canvas(
             model, image, micro_batch=micro_batch, dtype=dtype, device=device, buffers=buffers

@@ -13,12 +13,12 @@ EoMT names follow docs/models.md §2 (paper Table A); defaults are the Cityscape
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from torch import nn
 
 from eomt_ood.errors import UserError
+from eomt_ood.io import atomic_path, write_text_atomic
 from eomt_ood.models.backbones import create_backbone
 from eomt_ood.models.catalog import MODELS as _MODELS
 from eomt_ood.models.catalog import register_model
@@ -92,13 +92,11 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
     config = model_config(model)
     config_json = json.dumps(config, sort_keys=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        tensors, str(tmp), metadata={"format": FORMAT_TAG, "name": config["name"], "config": config_json}
-    )
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    with atomic_path(path) as tmp:
+        save_file(
+            tensors, str(tmp), metadata={"format": FORMAT_TAG, "name": config["name"], "config": config_json}
+        )
+    write_text_atomic(path.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
 

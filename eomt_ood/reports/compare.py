@@ -1,6 +1,6 @@
 """`eomt-ood compare`: several evaluation runs side by side (the paper's OOD comparison: EoMT vs Mask2Former).
 
-Each RUN_DIR is a directory written by `eomt_ood.bravo.pipeline.evaluate_bravo` (results.json, predictions.h5,
+Each RUN_DIR is a directory written by `eomt_ood.evaluate.evaluate_bravo` (results.json, predictions.h5,
 config.yaml), or the results JSON of `eomt-ood score --stats` (its statistics file gives the histograms and the
 per-image statistics). For every run one confidence score is compared: `--confidence NAME` when given, else the
 run's first score (`meta.confidences[0]`, the one it submitted).

@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .harness import World
-
-SCORES = ("msp", "rba")
+from .harness import SCORES, World
 
 
 class Evil:
@@ -50,9 +48,9 @@ def templates(tmp_path_factory) -> Path:
     """The session's read-only templates (see the module docstring); cases get copies through `world`."""
     import torch
 
-    from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo
     from eomt_ood.data.demo import write_demo
     from eomt_ood.data.streets import write_dataset
+    from eomt_ood.evaluate import EvaluateConfig, evaluate_bravo
     from eomt_ood.models import create_model, save_checkpoint
 
     root = tmp_path_factory.mktemp("faults-templates")

@@ -34,6 +34,19 @@ import pytest
 # `evaluate` and `app`.
 STATUS = re.compile(r"(\d+%\|)|(\d+/\d+ \[)|(^loading model )|(^resuming: )|(^serving the explorer )")
 TEMPORARY = re.compile(r"^\..*\.tmp")
+SCORES = ("msp", "rba")  # the confidence scores of the template run
+
+
+def with_options(base: list[str], changes: tuple[str, ...]) -> list[str]:
+    """`base` argv with each (flag, value) pair of `changes` set: replaced where the flag is, appended where not."""
+    argv = list(base)
+    pairs = list(zip(changes[::2], changes[1::2], strict=True))
+    for flag, value in pairs:
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    return argv
 
 
 def permissions_bind() -> bool:

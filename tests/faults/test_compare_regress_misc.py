@@ -8,14 +8,13 @@ import socket
 import pytest
 
 from . import bad
-from .harness import Case, run_case
-from .test_score_package import _with
+from .harness import Case, run_case, with_options
 
 COMPARE = ["compare", "{run}", "{run2}", "--out", "{out}/c.html"]
 
 
 def compare(*changes: str) -> list[str]:
-    return _with(COMPARE, changes, {})
+    return with_options(COMPARE, changes)
 
 
 def _json(path_key: str, content):
@@ -73,7 +72,7 @@ REGRESS = ["regress", "--baseline", "{baseline}", "--results", "{results}"]
 
 
 def regress(*changes: str) -> list[str]:
-    return _with(REGRESS, changes, {})
+    return with_options(REGRESS, changes)
 
 
 def _baseline_edit(edit):
@@ -200,7 +199,7 @@ MAKE_DATA = ["make-data", "cityscapes-synthetic", "--out", "{out}", "--num-image
 
 
 def make_data(*changes: str) -> list[str]:
-    return _with(MAKE_DATA, changes, {})
+    return with_options(MAKE_DATA, changes)
 
 
 def _made(world, out, err):

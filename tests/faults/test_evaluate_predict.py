@@ -12,8 +12,7 @@ import torch
 import yaml
 
 from . import bad
-from .harness import Case, run_case
-from .test_score_package import _with
+from .harness import Case, run_case, with_options
 
 CAT = "bravo_synobjs/cat/1"
 FOG = "bravo_ACDC/fog/test/GOPR0475/GOPR0475_frame_000247"
@@ -22,12 +21,12 @@ NO_CUDA = "needs a machine without CUDA"
 
 EVALUATE = ["evaluate", "--root", "{images}", "--gt", "{gt}", "--checkpoint", "{ckpt}", "--out", "{out}",
             "--workers", "0", "--confidence", "msp"]  # fmt: skip
-MODEL_LOAD = ("eomt_ood.bravo.pipeline._load_model",)
+MODEL_LOAD = ("eomt_ood.evaluate._load_model",)
 KEPT = ("out/*",)  # what a run that failed at an image keeps: the finished images, its config, its lock
 
 
 def evaluate(*changes: str) -> list[str]:
-    return _with(EVALUATE, changes, {})
+    return with_options(EVALUATE, changes)
 
 
 def _drop(argv: list[str], flag: str) -> list[str]:
@@ -269,7 +268,7 @@ WEIGHTS = ("eomt_ood.models.registry.create_model",)
 
 
 def predict(*changes: str) -> list[str]:
-    return _with(PREDICT, changes, {})
+    return with_options(PREDICT, changes)
 
 
 def _predicted_one(world, out, err):

@@ -21,8 +21,7 @@ import h5py
 import numpy as np
 import pytest
 
-from .conftest import SCORES
-from .harness import describe, live_processes, temporaries, wait_gone
+from .harness import SCORES, describe, live_processes, temporaries, wait_gone
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -103,7 +102,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
 def test_interrupted_evaluate_resumes_to_the_uninterrupted_run(how, templates, tmp_path):
     """The run is stopped when a randomly drawn number of images is finished: SIGKILL to the main process alone
     (its workers must go with it), or SIGINT to the process group (Ctrl-C in a terminal)."""
-    from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo
+    from eomt_ood.evaluate import EvaluateConfig, evaluate_bravo
 
     total = _records(templates / "run")
     seed = random.SystemRandom().randrange(2**32)

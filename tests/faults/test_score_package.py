@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from . import bad
-from .harness import Case, run_case
+from .harness import Case, run_case, with_options
 
 CAT = "bravo_synobjs/cat/1"
 ASTRONAUT = "bravo_synobjs/astronaut/1"
@@ -20,20 +20,9 @@ SCORE = ["score", "--gt", "{gt}", "--submission", "{sub}", "--out", "{out}/r.jso
 SCORING = ("eomt_ood.bravo.scoring.score_image",)
 
 
-def score(*changes: str, **options: str) -> list[str]:
+def score(*changes: str) -> list[str]:
     """The score command line with options replaced (`--gt X`) or added."""
-    return _with(SCORE, changes, options)
-
-
-def _with(base: list[str], changes: tuple[str, ...], options: dict[str, str]) -> list[str]:
-    argv = list(base)
-    pairs = list(zip(changes[::2], changes[1::2], strict=True))
-    for flag, value in pairs:
-        if flag in argv:
-            argv[argv.index(flag) + 1] = value
-        else:
-            argv += [flag, value]
-    return argv
+    return with_options(SCORE, changes)
 
 
 def _gt_tar(w, truncated: bool = False):
@@ -129,8 +118,8 @@ PACKAGE = [
 ENCODING = ("eomt_ood.bravo.upload.encode_task",)
 
 
-def package(*changes: str, **options: str) -> list[str]:
-    return _with(PACKAGE, changes, options)
+def package(*changes: str) -> list[str]:
+    return with_options(PACKAGE, changes)
 
 
 def _package_ok(world, out, err):

@@ -18,7 +18,8 @@ Normalisation: ImageNet mean/std on [0, 1] inputs, identical to Detectron2's PIX
 
 Sizes: windowed inference runs S x S windows with S = `img_size` (1024 for the registered large models, as
 EoMT). The original Mask2Former Cityscapes semantic recipe trains on 512 x 1024 crops and tests on the whole
-1024 x 2048 image in one pass; here the same image is two 1024 x 1024 windows (docs/models.md §3).
+1024 x 2048 image in one pass: `m2f_swin_large` does the same (`whole_image_inference`); the windows of
+docs/models.md §3 stay available to the other Swin sizes and to the ViT-Adapter.
 `masked_attn_enabled` exists for interface compatibility only: Mask2Former's masked cross-attention is part
 of its decoder and always on.
 """

@@ -598,6 +598,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
         if todo:  # loaded before anything is written: bad weights leave the folder as it was
             model = _load_model(config, ranks.device(config))
             timing["startup_seconds"] = time.perf_counter() - start
+            timing.update(_runtime_record(config, ranks.device(config)))
         if ranks.rank == 0:
             run.write_config(settings)
             remove_stale_temporaries(run.path, recursive=True)  # what writers killed mid-file left
@@ -665,6 +666,20 @@ def progress_bar(total: int, disable: bool = False) -> Any:
             return shown
 
     return _Bar(total=total, desc="evaluate", unit="img", disable=disable, file=sys.stderr, smoothing=0)
+
+
+def _runtime_record(config: EvaluateConfig, device: Any) -> dict[str, Any]:
+    """What the forward ran as, resolved from the options ("auto", None) on this device: device, precision
+    ("fp32", "bf16", "fp16") and whether the model was compiled."""
+    import torch
+
+    from eomt_ood.inference.predict import resolve_runtime
+
+    dtype, compiled = resolve_runtime(
+        device, config.precision, config.compile, config.token_merging != "none"
+    )
+    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return {"device": str(device), "precision_used": names[dtype], "compiled": compiled}
 
 
 def _token_merging_record(model: Any, config: EvaluateConfig) -> dict[str, Any] | None:
