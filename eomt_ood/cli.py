@@ -192,7 +192,7 @@ def make_data_command(
     kind: str = typer.Argument(..., help="What to make: cityscapes-synthetic (procedural street scenes)."),
     out: Path = typer.Option(..., "--out", help="Output folder (Cityscapes layout: leftImg8bit/, gtFine/)."),
     num_images: int = typer.Option(..., "--num-images", min=1, help="Images in total over all splits."),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same bytes."),
     size: str = typer.Option("256x512", "--size", help="HEIGHTxWIDTH of every image."),
     splits: str = typer.Option("train,val", "--splits", help="Comma-separated splits (train, val, test)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=1.0, help="Held-out share."),
@@ -300,11 +300,10 @@ def regress_command(
     """Regression gate: exit 1 if a watched metric got worse than the baseline by more than the tolerance
     (and, with --significance, by more than image sampling explains)."""
     from eomt_ood.bravo.intervals import Settings
-    from eomt_ood.io import check_output
-    from eomt_ood.regress import run_gate
+    from eomt_ood.regress import check_update_outputs, run_gate
 
-    if update:  # the baseline becomes an output
-        check_output(baseline, "--baseline", [results])
+    if update:  # the baseline and its statistics become outputs
+        check_update_outputs(baseline, baseline_stats, results, results_stats)
     patterns = [p.strip() for key in keys for p in key.split(",") if p.strip()]
     code, report = run_gate(
         baseline,
@@ -389,7 +388,7 @@ def score_command(
 @app.command("make-fixture")
 def make_fixture_command(
     out: Path = typer.Option(..., "--out", help="Folder for gt/, submission/ and bravo_SAMPLING.tar."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives byte-identical files."),
 ) -> None:
     """Write a small synthetic BRAVO fixture (GT, raw submission, sampling tar) for tests and demos."""
     from eomt_ood.bravo.fixture import make_fixture
@@ -486,6 +485,10 @@ def main() -> None:
         # rich (which writes the help) gives when the pipe breaks under it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except OSError as exc:
+        # What the checks before the work cannot foresee: a write refused by the file system (a full disk, a
+        # path under /proc), a file that vanished meanwhile. One line naming the file, exit 1.
+        _fail(f"{exc.filename}: {exc.strerror or exc}" if exc.filename is not None else str(exc), 1)
     except KeyboardInterrupt:
         name = getattr(ctx, "invoked_subcommand", None)
         hint = _RESUME_HINTS.get(name or "")

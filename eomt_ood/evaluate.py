@@ -379,6 +379,12 @@ class _Ranks:
             if type(exc).__name__ != "MisconfigurationException":
                 raise
             raise UserError(f"--devices {config.devices}: {exc}") from None
+        if fabric.local_rank != 0:
+            # A rank started as a child of local rank 0 (Lightning) or of torchrun's agent: it must not outlive
+            # its parent (after a SIGKILL of rank 0 it went on predicting its share until a collective failed).
+            from eomt_ood.io import die_with_parent
+
+            die_with_parent()
         return cls(fabric.global_rank, fabric.world_size, fabric)
 
     def device(self, config: EvaluateConfig) -> Any:

@@ -128,9 +128,9 @@ def default_workers(limit: int = 4) -> int:
     return max(1, min(os.cpu_count() or 1, limit))
 
 
-def _die_with_parent(parent: int, nice: int = 0) -> None:
-    """Worker initializer: ask the kernel to SIGKILL this process when its parent dies (Linux only); lower the
-    worker's scheduling priority by `nice`."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux only), and exit at once if the parent
+    is already gone (`parent`: its pid, when known; else being adopted by init counts as gone)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -139,10 +139,15 @@ def _die_with_parent(parent: int, nice: int = 0) -> None:
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
         except (OSError, AttributeError):
             pass
+    if os.getppid() != parent if parent is not None else os.getppid() == 1:
+        os._exit(1)  # the parent died before the request took effect
+
+
+def _die_with_parent(parent: int, nice: int = 0) -> None:
+    """Worker initializer: `die_with_parent`, Ctrl-C left to the parent, priority lowered by `nice`."""
     # Ctrl-C reaches the whole process group; the parent decides what an interruption means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
+    die_with_parent(parent)
     if nice:
         os.nice(nice)
 
@@ -224,12 +229,25 @@ class ProcessMap:
         parent is handing work over (a worker then waits forever on the half-used call queue)."""
         if self._executor is not None:
             if cancel:
-                # The pool's own table of its processes (CPython keeps it as `_processes`, pid -> Process).
-                for pid in list(getattr(self._executor, "_processes", None) or {}):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                self._kill_workers()
             self._executor.shutdown(wait=True, cancel_futures=cancel)
             self._executor = None
+
+    def _kill_workers(self) -> None:
+        # The pool's own table of its processes (CPython keeps it as `_processes`, pid -> Process).
+        processes = dict(getattr(self._executor, "_processes", None) or {})
+        for pid in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for process in processes.values():
+            process.join(timeout=10)
+        # A worker killed while sending its result leaves half a message in the result pipe; the pool's thread
+        # would wait forever for the rest, since this process holds a write end of that pipe too. Closing it
+        # leaves no writer, so the read ends (end of file) and the pool sees its workers gone.
+        writer = getattr(getattr(self._executor, "_result_queue", None), "_writer", None)
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.close()
 
     def __enter__(self) -> ProcessMap:
         return self

@@ -373,6 +373,32 @@ def _test_drops(
     return out
 
 
+def statistics_target(baseline_path: str | Path, baseline_stats: str | Path | None) -> Path:
+    """Where `--update` writes the baseline's per-image statistics: `--baseline-stats`, else
+    `<baseline stem>.stats.h5` beside the baseline."""
+    baseline_path = Path(baseline_path)
+    return Path(baseline_stats or baseline_path.with_name(baseline_path.stem + ".stats.h5"))
+
+
+def check_update_outputs(
+    baseline_path: str | Path, baseline_stats: str | Path | None, results_path: str | Path, results_stats: Any
+) -> None:
+    """Before `--update` reads anything: the baseline and its statistics file are outputs, so neither may be an
+    input (the results, their statistics, the store of the results' run folder) nor a run folder's store."""
+    from eomt_ood.bravo.rundir import RunDir
+    from eomt_ood.io import check_output
+
+    results_path = Path(results_path)
+    check_output(baseline_path, "--baseline", [results_path])
+    target = statistics_target(baseline_path, baseline_stats)
+    run_store = RunDir(results_path.parent).store_file
+    check_output(target, "--baseline-stats", [results_path, results_stats, baseline_path, run_store])
+    if target.name == run_store.name and RunDir(target.parent).results_file.exists():
+        raise UserError(
+            f"--baseline-stats: {target} is the prediction store of a run folder; choose another path"
+        )
+
+
 def _update(
     baseline_path: Path,
     results_path: Path,
@@ -404,7 +430,7 @@ def _update(
         raise UserError(f"--results-stats: {results_stats}: file not found")
     copy = dict(results)
     meta = dict(results.get("meta") or {})
-    target = Path(baseline_stats or baseline_path.with_name(baseline_path.stem + ".stats.h5"))
+    target = statistics_target(baseline_path, baseline_stats)
     if source is not None:
         try:
             scores = _check_statistics(results, source, str(results_path))

@@ -273,7 +273,7 @@ def run_case(case: Case, world: World, monkeypatch, capsys) -> tuple[str, str]:
     assert len(warnings) == case.warnings, (
         f"{len(warnings)} warning line(s), expected {case.warnings}" + shown
     )
-    if case.code == 2:
+    if case.code == 2 or names:  # a user error, or a failure whose one line must name what failed
         assert len(errors) == 1 and errors[0].startswith("error: "), "not exactly one error line" + shown
         for name in names:
             assert name in errors[0], f"the error line does not name {name!r}" + shown

@@ -155,6 +155,22 @@ REGRESS_CASES = [
         ["--baseline"],
         needs_permissions=True,
     ),
+    # The statistics --update writes may not replace an input or any run's store (the app reads its previews).
+    Case(
+        "update-stats-is-the-results-store",
+        [*REGRESS, "--update", "--baseline-stats", "{run}/predictions.h5"],
+        ["--baseline-stats"],
+    ),
+    Case(
+        "update-stats-is-another-runs-store",
+        [*REGRESS, "--update", "--baseline-stats", "{run2}/predictions.h5"],
+        ["--baseline-stats", "run folder"],
+    ),
+    Case(
+        "update-stats-is-a-folder",
+        [*REGRESS, "--update", "--baseline-stats", "{folder}"],
+        ["--baseline-stats"],
+    ),
     Case("regressed-exits-1", REGRESS, code=1, setup=_baseline_edit(_higher), check=_regressed),
     Case("passes", REGRESS, code=0, check=_passed),
     Case(
@@ -218,6 +234,14 @@ MAKE_DATA_CASES = [
     Case("out-is-a-file", make_data("--out", "{file}"), ["--out", "{file}"]),
     Case("out-under-a-file", make_data("--out", "{file}/data"), ["--out"]),
     Case("out-read-only", make_data("--out", "{readonly}/data"), ["--out"], needs_permissions=True),
+    Case("seed-negative", make_data("--seed", "-1"), ["--seed"]),
+    # A folder the file system refuses only when written (no check before the work can know): one line, exit 1.
+    Case(
+        "out-refused-by-the-file-system",
+        make_data("--out", "/proc/eomt-ood-data"),
+        ["/proc/eomt-ood-data"],
+        code=1,
+    ),
     Case("ok", MAKE_DATA, code=0, keeps=("out/*",), check=_made),
 ]
 

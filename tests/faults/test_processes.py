@@ -272,3 +272,30 @@ def test_bad_paths_are_reported_before_torch_is_imported(templates, tmp_path):
     for line, (code, torch_loaded), error in zip(lines, report, errors, strict=True):
         assert code == 2 and error.startswith("error: "), (line, code, error)
         assert not torch_loaded, f"torch was imported before this was reported: {line[0]}: {error}"
+
+
+# A pool cancelled while a worker sends a large result (evaluate's records of a 2 MP image are megabytes): the
+# worker is killed half-way through the message, and the pool must still close.
+POOL_CANCEL = """
+import sys, time
+from eomt_ood.io import ProcessMap
+
+
+def big(n):
+    return b"x" * n
+
+
+pool = ProcessMap(1)
+pool.submit(big, 200 << 20)
+time.sleep(float(sys.argv[1]))
+pool.close(cancel=True)
+print("closed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.4, 0.8])
+def test_a_pool_cancelled_mid_result_closes(delay):
+    done = subprocess.run(
+        [sys.executable, "-c", POOL_CANCEL, str(delay)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout == "closed\n", done.stderr[-2000:]
