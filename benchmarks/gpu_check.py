@@ -18,8 +18,12 @@ takes minutes on a CPU; tests/test_runtime.py covers inductor) and the DDP secti
 over gloo. A full run compiles S/B/L twice each; split it with --sections (e.g. "versions,forward", then the
 rest) where one call has a time limit.
 
-Needs only torch, timm, lightning, transformers, safetensors, h5py, Pillow and numpy (the GPU machine's set).
-Never asserts on speed.
+Needs only torch, timm, lightning, transformers, safetensors, h5py, Pillow, numpy and scipy (the GPU
+machine's set; run from the repository root, the package need not be installed). Never asserts on speed.
+
+Precision tolerance (what `meets_tolerance` checks): bf16 / fp16 logits differ from fp32 by at most
+`LOGIT_TOLERANCE` (5 %) of the largest fp32 logit magnitude, mask and class logits each, and the windowed
+prediction's argmax agrees on at least 99.9 % of pixels (`meets_target`).
 
     python benchmarks/gpu_check.py --device cuda [--sections forward,algm,...] > gpu_check.json
     python benchmarks/gpu_check.py --device cpu --tiny
@@ -46,7 +50,10 @@ from typing import Any
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
+
 PAPER_FPS_EOMT_L_1024 = 25.0
+LOGIT_TOLERANCE = 0.05  # of the largest fp32 logit magnitude (docstring)
 SECTIONS = ("versions", "forward", "algm", "precision", "evaluate", "train", "ddp")
 SIZES = {
     "small": "eomt_small_patch16_1024",
@@ -263,19 +270,28 @@ def compare_precisions(model, image: np.ndarray, device: torch.device) -> dict[s
         batch = window_batch(model, Plan(image=image.shape[:2]), device)
         masks32, classes32 = (out[-1] for out in model(batch))
     labels32 = predict_canvas(model, image, device=device)[:-1].argmax(0)
-    out: dict[str, Any] = {"mask_logits_abs_max": round(masks32.abs().max().item(), 4)}
+    mask_scale, class_scale = masks32.abs().max().item(), classes32.abs().max().item()
+    out: dict[str, Any] = {
+        "mask_logits_abs_max": round(mask_scale, 4),
+        "class_logits_abs_max": round(class_scale, 4),
+    }
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         with torch.inference_mode(), autocast(device, dtype):
             masks, classes = (out[-1].float() for out in model(batch))
         labels = predict_canvas(model, image, dtype=dtype, device=device)[:-1].argmax(0)
         agreement = (labels == labels32).float().mean().item()
+        mask_diff = (masks - masks32).abs().max().item()
+        class_diff = (classes - classes32).abs().max().item()
         out[name] = {
-            "mask_logits_max_abs_diff": round((masks - masks32).abs().max().item(), 4),
-            "class_logits_max_abs_diff": round((classes - classes32).abs().max().item(), 4),
+            "mask_logits_max_abs_diff": round(mask_diff, 4),
+            "class_logits_max_abs_diff": round(class_diff, 4),
+            "meets_tolerance": mask_diff <= LOGIT_TOLERANCE * mask_scale
+            and class_diff <= LOGIT_TOLERANCE * class_scale,
             "argmax_agreement": round(agreement, 6),
             "meets_target": agreement >= 0.999,
         }
     out["target"] = 0.999
+    out["logit_tolerance"] = f"{LOGIT_TOLERANCE:g} x the largest fp32 logit magnitude"
     return out
 
 
@@ -301,7 +317,7 @@ def run_evaluate(
     images_root: Path, checkpoint: Path, out: Path, device: torch.device, precision: str, workers: int
 ) -> dict:
     """`evaluate` on a BRAVO-layout folder through today's library entry point; the only place that calls it."""
-    from eomt_ood.bravo.pipeline import EvaluateConfig, evaluate_bravo
+    from eomt_ood.evaluate import EvaluateConfig, evaluate_bravo
 
     config = EvaluateConfig(
         out=out,
@@ -465,6 +481,10 @@ def ddp_worker(rank: int, world: int, port: int, args: dict[str, Any], result: s
 
     os.dup2(2, 1)  # gloo / NCCL log to stdout, which carries only the JSON
     cuda = args["device"] == "cuda"
+    if not cuda:
+        # A forked CPU worker inherits the parent's OpenMP state; its thread team then waits forever at the
+        # first parallel region (seen in create_model's init). One thread per rank, as DDP on CPU runs anyway.
+        torch.set_num_threads(1)
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # one whole gpu_check run at toy size: ~25-180 s
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 # Not installed on the GPU machine (torch, timm, lightning, transformers, h5py, Pillow are).
-BLOCKED = ("plotly", "streamlit", "zstandard", "cityscapesscripts", "skimage")
+BLOCKED = ("plotly", "streamlit", "zstandard", "cityscapesscripts", "skimage", "isal")
 BLOCKER = f"""
 import importlib.abc, sys
 
@@ -42,7 +42,9 @@ def numbers(value) -> list[float]:
 def tiny_run(tmp_path_factory) -> dict:
     site = tmp_path_factory.mktemp("site")
     (site / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    # OpenMP at its default thread count, as a user runs it: the DDP section forks CPU workers after the parent
+    # used OpenMP (they hung in its thread team before each rank set one thread).
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PYTHONPATH": str(site)}
     # Import the rest of the package the GPU machine may load (training, CLI) before running the script.
     code = (
         "import runpy, sys\n"
