@@ -388,7 +388,9 @@ def score_command(
 @app.command("make-fixture")
 def make_fixture_command(
     out: Path = typer.Option(..., "--out", help="Folder for gt/, submission/ and bravo_SAMPLING.tar."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives byte-identical files."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, help="Random seed; the same seed gives byte-identical files."
+    ),
 ) -> None:
     """Write a small synthetic BRAVO fixture (GT, raw submission, sampling tar) for tests and demos."""
     from eomt_ood.bravo.fixture import make_fixture
