@@ -359,3 +359,28 @@ def test_the_run_records_what_the_forward_ran_as(bravo_set, tmp_path):
         meta["token_merging"] == token_merging_settings(model) and meta["token_merging"]["method"] == "algm"
     )
     assert "token_merging: algm" in (tmp_path / "algm" / "config.yaml").read_text()
+
+
+def test_the_readme_demo_command_passes_the_ci_gate(tmp_path, monkeypatch, capsys):
+    # The README's first command through the console entry point, on a demo set generated into a fresh cache,
+    # then the AUPRC gate CI runs on it against the committed baseline (a second, independent record of the
+    # demo's numbers).
+    import sys
+    from pathlib import Path
+
+    from eomt_ood.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    baseline = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines" / "demo.json"
+    for argv in (
+        ["evaluate", "--dataset", "bravo", "--out", str(tmp_path / "demo")],
+        ["regress", "--baseline", str(baseline), "--results", str(tmp_path / "demo" / "results.json")],
+    ):
+        monkeypatch.setattr(sys, "argv", ["eomt-ood", *argv])
+        try:
+            main()
+        except SystemExit as ended:  # evaluate returns on success; regress exits with the gate's code
+            assert ended.code in (0, None), f"{argv[0]} exited {ended.code}: {capsys.readouterr()}"
+    out = capsys.readouterr().out
+    assert "passed" in out.strip().splitlines()[-1]
+    assert (tmp_path / "cache" / "eomt-ood").is_dir()  # generated where the user cache is
