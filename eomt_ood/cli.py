@@ -447,8 +447,9 @@ def app_command(
 ) -> None:
     """Open the Streamlit confidence explorer on RUN_DIR(s); reads nothing outside the given folders (and the
     images and ground truth the runs name)."""
-    from eomt_ood.bravo.rundir import resolve_run_dirs
+    from eomt_ood.bravo.rundir import RunDir, load_results, resolve_run_dirs
     from eomt_ood.serve import check_address, check_allowed, serve_explorer
+    from eomt_ood.store import StoreReader
 
     check_address(host, port)
     allowed = check_allowed(allow or [])
@@ -456,7 +457,13 @@ def app_command(
         from eomt_ood.evaluate import ensure_demo_run
 
         run_dirs = [ensure_demo_run()]
-    raise typer.Exit(serve_explorer(resolve_run_dirs(run_dirs), port=port, host=host, allow=allowed))
+    runs = resolve_run_dirs(run_dirs)
+    for run in runs:  # a broken run is one line here, not an error inside the page after the server started
+        folder = RunDir(run)
+        if folder.results_file.exists():
+            load_results(folder.results_file)
+        StoreReader(folder.store_file).close()
+    raise typer.Exit(serve_explorer(runs, port=port, host=host, allow=allowed))
 
 
 # What an interrupted command keeps and how to go on (Ctrl-C); other commands write nothing until they finish.

@@ -270,6 +270,19 @@ APP_CASES = [
     Case("port-busy", ["app", "{run}", "--port", "{port}"], ["--port"], _busy_port),
     Case("run-missing", ["app", "{missing}", "--port", "18999"], ["{missing}"]),
     Case("run-not-a-run-folder", ["app", "{folder}", "--port", "18999"], ["{folder}"]),
+    # A broken run is refused before the server starts (it used to serve a page that showed the error).
+    Case(
+        "run-results-a-list",
+        ["app", "{run}", "--port", "18999"],
+        ["results.json"],
+        lambda w: bad.text(w["run"] / "results.json", "[1]"),
+    ),
+    Case(
+        "run-store-truncated",
+        ["app", "{run}", "--port", "18999"],
+        ["predictions.h5"],
+        lambda w: bad.truncate(w["run"] / "predictions.h5"),
+    ),
 ]
 
 CLI_CASES = [
