@@ -139,7 +139,8 @@ def die_with_parent(parent: int | None = None) -> None:
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent if parent is not None else os.getppid() == 1:
+    gone = os.getppid() != parent if parent is not None else os.getppid() == 1
+    if gone:
         os._exit(1)  # the parent died before the request took effect
 
 

@@ -381,7 +381,10 @@ def statistics_target(baseline_path: str | Path, baseline_stats: str | Path | No
 
 
 def check_update_outputs(
-    baseline_path: str | Path, baseline_stats: str | Path | None, results_path: str | Path, results_stats: Any
+    baseline_path: str | Path,
+    baseline_stats: str | Path | None,
+    results_path: str | Path,
+    results_stats: str | Path | None,
 ) -> None:
     """Before `--update` reads anything: the baseline and its statistics file are outputs, so neither may be an
     input (the results, their statistics, the store of the results' run folder) nor a run folder's store."""
