@@ -227,13 +227,23 @@ def predict_command(
     ),
 ) -> None:
     """Windowed semantic inference: write a prediction and a confidence PNG for every input image."""
-    from eomt_ood.bravo.submission import check_layout, input_images
+    from eomt_ood.bravo.submission import check_layout, check_predict_settings, input_images
     from eomt_ood.io import check_output
 
     # Paths and flags first: no torch import for a typo.
     check_output(output_dir, "--output", [input_dir, checkpoint], folder=True)
     input_images(input_dir, output_dir)
     check_layout(layout)
+    # What the maps depend on: resuming into a folder made with other values would mix two runs.
+    settings = {
+        "model": model,
+        "checkpoint": str(checkpoint.resolve()) if checkpoint is not None else None,
+        "confidence": confidence,
+        "layout": layout,
+        "precision": precision,
+        "token_merging": token_merging,
+    }
+    check_predict_settings(output_dir, settings)
     if checkpoint is not None and random_weights:
         raise UserError("--random-weights: given with --checkpoint; choose one")
     if checkpoint is None and not random_weights:
@@ -244,7 +254,7 @@ def predict_command(
     if checkpoint is not None and not checkpoint.exists():
         raise UserError(f"--checkpoint: {checkpoint}: file not found")
 
-    from eomt_ood.bravo.submission import predict_folder
+    from eomt_ood.bravo.submission import predict_folder, record_predict_settings
     from eomt_ood.confidence import get_confidence
     from eomt_ood.inference.predict import parse_device, resolve_runtime
     from eomt_ood.models.algm import enable_token_merging, parse_token_merging
@@ -257,6 +267,7 @@ def predict_command(
     net = create_model(model, checkpoint=checkpoint)
     if merging is not None:
         enable_token_merging(net, merging)
+    record_predict_settings(output_dir, settings)
     report = predict_folder(
         net, input_dir, output_dir, confidence, layout, micro_batch, dtype, torch_device, compile=compiled
     )

@@ -346,9 +346,30 @@ def test_cli_predict_writes_files_and_fails_at_the_end_on_unreadable_images(tmp_
     assert read_png(tmp_path / "out" / "sub" / "a_conf.png").shape == (40, 90)
     assert "1 written" in capsys.readouterr().out
     (tmp_path / "in" / "bad.jpg").write_bytes(b"garbage")
-    assert run_cli(monkeypatch, *common) == 2
+    assert run_cli(monkeypatch, *common, "--confidence", "rba") == 2
     err = capsys.readouterr().err
     assert "bad.jpg" in err and "error: --input: 1 of 2 images could not be read" in err
+
+
+def test_cli_predict_resumes_only_into_a_folder_made_with_the_same_settings(tmp_path, monkeypatch, capsys):
+    from eomt_ood.bravo.layout import PREDICT_SETTINGS, unmatched_submission_files
+
+    make_tree(tmp_path / "in", {"a.png": (40, 90)})
+    common = ["--model", "eomt_test", "--random-weights", "--input", str(tmp_path / "in")]
+    common += ["--output", str(tmp_path / "out")]
+    assert run_cli(monkeypatch, *common, "--confidence", "rba") == 0
+    before = (tmp_path / "out" / "a_conf.png").read_bytes()
+    capsys.readouterr()
+    assert run_cli(monkeypatch, *common, "--confidence", "rba") == 0  # same settings: resumed, nothing redone
+    assert capsys.readouterr().out.startswith("0 written, 1 already complete")
+    # Another score into the same folder: refused before any work; the old maps are not taken for finished.
+    assert run_cli(monkeypatch, *common, "--confidence", "msp") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "confidence 'rba', not 'msp'" in err[0] and PREDICT_SETTINGS in err[0]
+    assert (tmp_path / "out" / "a_conf.png").read_bytes() == before
+    # The record is predict's own file: scoring the folder does not count it as a stray submission file.
+    names = [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert PREDICT_SETTINGS in names and unmatched_submission_files(names, []) == ["a_conf.png", "a_pred.png"]
 
 
 @pytest.mark.parametrize(

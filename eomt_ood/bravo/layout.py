@@ -339,9 +339,13 @@ def match_gt(gt_names: Iterable[str], warn: WarnFn | None = None) -> dict[str, l
     return by_subset
 
 
+PREDICT_SETTINGS = "eomt-ood-predict.json"
+"""What `eomt-ood predict` records at the root of its output folder: the settings its maps were made with."""
+
+
 def unmatched_submission_files(sub_names: Iterable[str], images: Iterable[GtImage]) -> list[str]:
-    """Submission files that are neither the pred nor the conf of any GT image."""
-    expected = set()
+    """Submission files that are neither the pred nor the conf of any GT image (nor predict's settings record)."""
+    expected = {PREDICT_SETTINGS}
     for image in images:
         expected.update((image.pred_name, image.conf_name))
     return sorted(set(sub_names) - expected)

@@ -7,17 +7,19 @@ For an input image `bravo_<split>/.../<name>.png|.jpg` the submission holds `<na
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eomt_ood.bravo.layout import PREDICT_SETTINGS
 from eomt_ood.data.images import IMAGE_SUFFIXES, find_images, image_size, read_image
 from eomt_ood.data.png import png_header, write_png
 from eomt_ood.errors import UserError
-from eomt_ood.io import warn
+from eomt_ood.io import warn, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -110,6 +112,36 @@ def input_images(input_dir: str | Path, output_dir: str | Path) -> list[str]:
         raise UserError(f"--input: {input_dir}: no .png or .jpg images in it")
     check_output_names(input_dir, images)
     return images
+
+
+def check_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> None:
+    """Before any work: an output folder whose maps were made with other settings (model, checkpoint, score,
+    layout, precision, token merging; recorded in `PREDICT_SETTINGS`) is refused, so that its maps are never
+    taken for finished ones of this run. A folder without the record passes."""
+    path = Path(output_dir) / PREDICT_SETTINGS
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise UserError(
+            f"{path}: unreadable record of an earlier predict; remove it or choose another --output"
+        ) from None
+    if not isinstance(recorded, dict):
+        raise UserError(f"{path}: not a record of an earlier predict; remove it or choose another --output")
+    for key, value in settings.items():
+        if recorded.get(key) != value:
+            raise UserError(
+                f"--output: {output_dir} holds maps made with {key} {recorded.get(key)!r}, not {value!r} "
+                f"(recorded in {path}); choose another --output"
+            )
+
+
+def record_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> None:
+    """Write `settings` as the folder's `PREDICT_SETTINGS` (once the model has loaded, before the first map)."""
+    write_text_atomic(
+        Path(output_dir) / PREDICT_SETTINGS, json.dumps(settings, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def predict_folder(
