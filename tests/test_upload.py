@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from eomt_ood import cli
+from eomt_ood.bravo.layout import PREDICT_SETTINGS
 from eomt_ood.bravo.sampling import write_sampling_tar
 from eomt_ood.bravo.submission import write_raw_pair
 from eomt_ood.bravo.upload import decode_encoded, encode_image, package_upload, verify_upload
@@ -209,9 +210,11 @@ def test_sample_outside_the_image_is_an_error(tmp_path):
 def test_unused_submission_files_are_reported(bravo_run, tmp_path):
     submission, sampling, _ = bravo_run
     write_png(submission / "bravo_synobjs/armchair/9_pred.png", np.zeros((2, 2), np.uint8))
+    (submission / PREDICT_SETTINGS).write_text("{}")  # predict's own record: not a submission file
     warnings: list[str] = []
     package_upload(submission, sampling, tmp_path / "u.tar", progress=False, workers=0, warn=warnings.append)
-    assert len(warnings) == 1 and "bravo_synobjs/armchair/9_pred.png" in warnings[0]
+    assert len(warnings) == 1 and warnings[0].startswith("1 submission file(s)")
+    assert "bravo_synobjs/armchair/9_pred.png" in warnings[0]
 
 
 def test_verify_upload_needs_every_image(bravo_run, tmp_path):

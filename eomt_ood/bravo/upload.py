@@ -31,6 +31,7 @@ from tqdm import tqdm
 from eomt_ood.bravo.layout import (
     ENCODED_SUFFIX,
     LABEL_SUFFIX,
+    PREDICT_SETTINGS,
     SAMPLES_SUFFIX,
     GtImage,
     MemberRef,
@@ -231,7 +232,7 @@ def package_upload(
             for task, data in zip(tasks, _encode_in_order(tasks, pool, progress), strict=True):
                 tar.addfile(_tar_info(task.encoded_name, len(data)), io.BytesIO(data))
         used = {ref.name for task in tasks for ref in (task.pred, task.conf)}
-        unused = sorted(set(sub.names) - used)
+        unused = sorted(set(sub.names) - used - {PREDICT_SETTINGS})  # predict's record is no submission file
         if unused and warn is not None:
             shown = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
             warn(
