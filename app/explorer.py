@@ -38,7 +38,13 @@ from thumbgrid import thumbgrid
 
 from eomt_ood.data.labels import TRAIN_ID_NAMES
 from eomt_ood.errors import UserError
-from eomt_ood.reports.plots import SUMMARY_KEYS, format_value, ordered_subsets, reliability_diagrams
+from eomt_ood.reports.plots import (
+    SUMMARY_KEYS,
+    format_interval,
+    format_value,
+    ordered_subsets,
+    reliability_diagrams,
+)
 
 st.set_page_config(page_title="eomt-ood confidence explorer", layout="wide")
 
@@ -389,7 +395,7 @@ def display(view: View) -> None:
                     column.metric(
                         f"{title} {key}",
                         format_value(flat[key]),
-                        help=None if interval is None else sup.value_with_interval(flat[key], interval),
+                        help=None if interval is None else format_interval(flat[key], interval, html=False),
                     )
                 if intervals:
                     level = (run.results.get("meta") or {}).get("bootstrap", {}).get("level", 0.95)

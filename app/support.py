@@ -161,16 +161,6 @@ def score_intervals(results: Mapping, score: str) -> dict[str, tuple[float, floa
         return {}
 
 
-def value_with_interval(value: Any, interval: Sequence[float] | None) -> str:
-    """A metric as text ("–" when absent or undefined), then its interval as " [low, high]" when it has one."""
-    from eomt_ood.reports.plots import format_value
-
-    text = format_value(value)
-    if interval is None or text == "–" or any(math.isnan(v) for v in interval):
-        return text
-    return f"{text} [{interval[0]:.4f}, {interval[1]:.4f}]"
-
-
 def allowed_file(
     path: str | Path | None, roots: Sequence[Path], extra_roots: Sequence[Path] = ()
 ) -> Path | None:
@@ -569,14 +559,16 @@ def metric_table_rows(
     """Per-subset rows of the official metrics of one score's results, as text ("–" where a metric is missing
     or undefined) followed by the bootstrap interval from `intervals` ({key: (low, high)}) where there is one,
     for a table; subsets without any metric are left out."""
-    from eomt_ood.reports.plots import METRIC_COLUMNS
+    from eomt_ood.reports.plots import METRIC_COLUMNS, format_interval
 
     intervals = intervals or {}
     rows = []
     for subset in subsets:
         keys = {m: f"{subset}_{m}" for m in METRIC_COLUMNS}
         if any(key in flat for key in keys.values()):
-            cells = {m: value_with_interval(flat.get(key), intervals.get(key)) for m, key in keys.items()}
+            cells = {
+                m: format_interval(flat.get(key), intervals.get(key), html=False) for m, key in keys.items()
+            }
             rows.append({"subset": subset} | cells)
     return rows
 

@@ -324,8 +324,8 @@ def _in_order(
         yield rel, record, True
 
 
-def _load_model(config: EvaluateConfig, device: Any) -> Any:
-    from eomt_ood.inference.predict import prepare_model, resolve_runtime
+def _load_model(config: EvaluateConfig, device: Any, compile_model: bool) -> Any:
+    from eomt_ood.inference.predict import prepare_model
     from eomt_ood.models import create_model, load_model
     from eomt_ood.models.algm import enable_token_merging, parse_token_merging
 
@@ -339,7 +339,6 @@ def _load_model(config: EvaluateConfig, device: Any) -> Any:
     merging = parse_token_merging(config.token_merging)
     if merging is not None:
         enable_token_merging(model, merging)
-    compile_model = resolve_runtime(device, config.precision, config.compile, merging is not None)[1]
     return prepare_model(model, device, compile_model)
 
 
@@ -602,9 +601,10 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
         timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0}
         model = None
         if todo:  # loaded before anything is written: bad weights leave the folder as it was
-            model = _load_model(config, ranks.device(config))
+            runtime = _runtime_record(config, ranks.device(config))
+            model = _load_model(config, ranks.device(config), runtime["compiled"])
             timing["startup_seconds"] = time.perf_counter() - start
-            timing.update(_runtime_record(config, ranks.device(config)))
+            timing.update(runtime)
         if ranks.rank == 0:
             run.write_config(settings)
             remove_stale_temporaries(run.path, recursive=True)  # what writers killed mid-file left

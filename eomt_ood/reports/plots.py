@@ -57,12 +57,14 @@ def ordered_subsets(names) -> list[str]:
     return [s for s in SUBSETS if s in names] + sorted(names - set(SUBSETS))
 
 
-def format_interval(value, interval: Sequence[float] | None) -> str:
-    """`format_value`, then the interval as "[low, high]" on a second line (HTML) when there is one."""
+def format_interval(value, interval: Sequence[float] | None, html: bool = True) -> str:
+    """`format_value`, then the interval as "[low, high]" when there is one: on a second line in small type
+    (`html`, for the report's tables) or after a space (plain text, for the explorer)."""
     text = format_value(value)
     if interval is None or text == "–" or any(math.isnan(v) for v in interval):
         return text
-    return f"{text}<br><span style='font-size:10px'>[{interval[0]:.4f}, {interval[1]:.4f}]</span>"
+    bounds = f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+    return f"{text}<br><span style='font-size:10px'>{bounds}</span>" if html else f"{text} {bounds}"
 
 
 def metrics_table(results: Mapping, intervals: Mapping[str, Sequence[float]] | None = None) -> go.Figure:
