@@ -201,6 +201,42 @@ def test_image_statistics_counts():
         image_statistics(label, mask, pred, conf, sample_idx=np.array([2]), sample_name="s.bin")
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.01, 0.5])
+def test_confusion_matrix_and_histograms_equal_a_per_pixel_oracle(noise):
+    # Region-shaped maps are counted run by run, noisy ones pixel by pixel: with 0 and 0.01 the maps change
+    # value in under 1/8 of their pixels (the switch point), with 0.5 in far more (checked below, so that both
+    # ways stay covered); both must equal scikit-learn's matrix and a plain per-pixel histogram.
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(int(noise * 100))
+    label = rng.integers(0, 19, size=(12, 24)).repeat(16, 0).repeat(16, 1).astype(np.uint8)
+    label[:, 100:120] = 255
+    pred = label.copy()
+    pred[label == 255] = rng.integers(0, 19)
+    flip = rng.random(label.shape) < noise
+    pred[flip] = rng.integers(0, 19, size=int(flip.sum()))
+    mask = np.zeros(label.shape, np.uint8)
+    mask[30:60, 40:150] = 7  # invalid, partly over void
+    conf = rng.integers(0, 65536, size=label.shape).astype(np.uint16)
+    pairs = np.where((label == 255) | (mask != 0), 999, label.astype(int) * 19 + pred).ravel()
+    changes = np.count_nonzero(np.diff(pairs))
+    assert (changes < label.size / 8) == (noise < 0.1), changes
+    s = image_statistics(label, mask, pred, conf)
+
+    valid = (label != 255) & (mask == 0)
+    expected = confusion_matrix(label[valid], pred[valid], labels=np.arange(19))
+    np.testing.assert_array_equal(s.cm, expected)
+    right = valid & (label == pred)
+    np.testing.assert_array_equal(s.correct, np.bincount(conf[right], minlength=65536))
+    np.testing.assert_array_equal(s.wrong, np.bincount(conf[valid & ~right], minlength=65536))
+    np.testing.assert_array_equal(s.ood_pos, np.bincount(conf[(mask != 0) & (label != 255)], minlength=65536))
+    assert (s.valid, s.invalid, s.void) == (
+        valid.sum(),
+        ((mask != 0) & (label != 255)).sum(),
+        (label == 255).sum(),
+    )
+
+
 def test_summarise_rules():
     metrics = {
         "A_x_valid": 0.5,

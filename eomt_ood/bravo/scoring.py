@@ -45,7 +45,8 @@ from eomt_ood.errors import UserError
 from eomt_ood.io import ProcessMap, default_workers, warn
 from eomt_ood.metrics.histogram import NUM_LEVELS
 
-_CM_OUTSIDE = NUM_CLASSES * NUM_CLASSES  # bincount slot for pixels that are not in the confusion matrix
+_CM_OUTSIDE = NUM_CLASSES * NUM_CLASSES  # first count beyond the confusion matrix (void or invalid pixels)
+_CM_BINS = 255 * NUM_CLASSES + NUM_CLASSES  # label * 19 + pred for every label 0..255, pred 0..18
 
 SEMANTIC_KEYS = (
     "miou_valid",
@@ -126,8 +127,10 @@ class ImageStatistics:
 
     def __getstate__(self) -> dict:
         # Sent between processes in the sparse form: an image uses a few thousand of the 65,536 levels, so this
-        # is tens of kB instead of 1.5 MB per image.
+        # is tens of kB instead of 1.5 MB per image; counts go as int32 when they fit (an image's always do).
         levels, counts = self.sparse_histograms()
+        if counts.size and int(counts.max()) < 2**31:
+            counts = counts.astype(np.int32)
         return {
             "cm": self.cm,
             "levels": levels,
@@ -199,8 +202,8 @@ class CategorisedPixels:
         conf = conf_levels.ravel()
         if self.sample_idx is not None:
             conf = conf[self.sample_idx]
-        # One bincount over (level, category) pairs.
-        key = conf.astype(np.uint32) << 2
+        # One bincount over (level, category) pairs, the key built in uint32 (bincount takes any integer type).
+        key = np.left_shift(conf, 2, dtype=np.uint32)
         key |= self.category
         both = np.bincount(key, minlength=4 * NUM_LEVELS).reshape(NUM_LEVELS, 4)
         stats = ImageStatistics(
@@ -236,10 +239,13 @@ def categorise(
         raise TypeError(f"expected uint8 label/pred, got {label.dtype}, {pred.dtype}")
     lab = label.ravel()
     prd = pred.ravel()
-    inv = mask.ravel() != 0
-    # Everything below stays in uint8 / uint16 / uint32 element-wise arithmetic (vectorised, a few ms per
-    # 2-megapixel image each) around two bincounts; the rare error paths do the slow counting.
-    if np.any((lab >= NUM_CLASSES) & (lab != 255)):
+    inv = mask.ravel()
+    inv = inv if inv.dtype == np.bool_ else inv != 0
+    inv8 = inv.view(np.uint8)
+    # Element-wise uint8 / uint16 passes (a fraction of a ms each per 2-megapixel image) around two counts; the
+    # rare error paths do the slow counting.
+    # lab + 237 wraps 0..18 to 237..255 and 255 to 236, so any other id makes the minimum fall below 236.
+    if lab.size and int((lab + np.uint8(256 - NUM_CLASSES)).min()) < 255 - NUM_CLASSES:
         bad_labels = np.flatnonzero(np.bincount(lab, minlength=256)[NUM_CLASSES:255]) + NUM_CLASSES
         raise UserError(
             f"{label_name}: GT label holds class id(s) {_ids(bad_labels)} outside 0..18 (and 255 = void)"
@@ -250,16 +256,16 @@ def categorise(
 
     void = lab == 255
     num_void = int(np.count_nonzero(void))
-    num_invalid = int(np.count_nonzero(inv & ~void))
-    # Confusion matrix over V pixels in one bincount: label * 19 + pred < 361, and bit 9 set (>= 512) for every
-    # void or invalid pixel, whose counts land beyond the matrix and are dropped.
-    pair = lab.astype(np.uint16)
-    pair *= NUM_CLASSES
+    num_invalid = int(np.count_nonzero(inv)) - int(np.count_nonzero(inv & void))
+    # The label with invalid pixels set to 255 as well: V pixels are the ones below 255, and label * 19 + pred
+    # is < 361 exactly for them (255 * 19 lands far beyond the matrix).
+    valid_label = lab | np.negative(inv8)
+    pair = np.multiply(valid_label, NUM_CLASSES, dtype=np.uint16)
     pair += prd
-    pair |= (void | inv).view(np.uint8).astype(np.uint16) << 9
-    cm = np.bincount(pair, minlength=1024)[:_CM_OUTSIDE]
-
-    category = ((lab == prd) & ~inv).view(np.uint8) | (inv.view(np.uint8) << 1)
+    cm = _count_pairs(pair)
+    # correct V, as no prediction equals 255
+    category = (valid_label == prd).view(np.uint8)
+    category |= inv8 << 1
     category |= void.view(np.uint8) * np.uint8(3)
     if sample_idx is not None:
         if sample_idx.size == 0 or sample_idx[-1] >= lab.size or sample_idx[0] < 0:
@@ -272,6 +278,25 @@ def categorise(
     return CategorisedPixels(
         shape, cm, category, sample_idx, lab.size - num_void - num_invalid, num_invalid, num_void
     )
+
+
+def _count_pairs(pair: np.ndarray) -> np.ndarray:
+    """(361,) int64 counts of the values < 361 of a uint16 array (the confusion matrix, flattened).
+
+    Labels and predictions come in regions, so the pairs mostly come in runs along a row: where there are few
+    runs, one count per run (weighted by its length; exact, as lengths are far below 2^53) costs a fraction of
+    counting every pixel. Pixel-level noise leaves runs of one pixel; then every pixel is counted.
+    """
+    change = pair[1:] != pair[:-1]
+    runs = int(np.count_nonzero(change)) + 1
+    if runs > pair.size // 8:
+        return np.bincount(pair, minlength=_CM_BINS)[:_CM_OUTSIDE].astype(np.int64)
+    starts = np.empty(runs, dtype=np.intp)
+    starts[0] = 0
+    np.add(np.flatnonzero(change), 1, out=starts[1:])
+    lengths = np.diff(starts, append=pair.size)
+    counts = np.bincount(pair[starts], weights=lengths, minlength=_CM_BINS)[:_CM_OUTSIDE]
+    return counts.astype(np.int64)
 
 
 def _ids(values: np.ndarray) -> str:
