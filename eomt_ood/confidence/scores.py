@@ -88,11 +88,13 @@ def rba_confidence(outputs: PixelOutputs) -> torch.Tensor:
     RbA's anomaly score is -t; in-distribution = t, raw range [0, C * tanh(Q)] (about [0, C)). Map: t / (1 + t)
     (strictly increasing; one class fully claiming the pixel gives tanh(1) = 0.76 -> 0.43).
     """
-    # tanh(s) = 1 - 2 sigmoid(-2s), in place on one temporary: on the CPU (where this is the costliest score
-    # after entropy) 3x faster than torch.tanh and 1.5x faster than tanh through exp. Within 1e-6 of float64
-    # tanh's sum for small s (1 - 2 sigmoid is exact there), as close as float32 torch.tanh (4e-6) above.
-    tanh = outputs.class_scores.float().mul(-2.0).sigmoid_().mul_(-2.0).add_(1.0)
-    return _unit(squash(tanh.sum(0)))
+    # tanh(s) = 1 - 2 sigmoid(-2s) = -2 (sigmoid(-2s) - 0.5), in place on one temporary: on the CPU (where this
+    # is the costliest score after entropy) 3x faster than torch.tanh and 1.5x faster than tanh through exp.
+    # Scaling by -2 is exact, so taking it once after the sum over classes gives the same float32 bits as
+    # summing 1 - 2 sigmoid(-2s), one pass over the classes fewer. Within 1e-6 of float64 tanh's sum for small s
+    # (1 - 2 sigmoid is exact there), as close as float32 torch.tanh (4e-6) above.
+    halves = outputs.class_scores.float().mul(-2.0).sigmoid_().sub_(0.5)
+    return _unit(squash(halves.sum(0).mul_(-2.0)))
 
 
 @register_confidence("energy")
