@@ -2,7 +2,7 @@
 
 The host and port are checked before anything is printed (a busy port or a bad address is one line, exit 2);
 the child dies with this process, also when this process is killed (Linux `PR_SET_PDEATHSIG`), and a SIGTERM
-sent here is passed on to it.
+sent here is passed on to it (the command then exits 143, as a process killed by SIGTERM does).
 """
 
 from __future__ import annotations
@@ -100,12 +100,17 @@ def serve_explorer(
         command, preexec_fn=_child_dies_with_parent
     )  # the explorer starts no thread before this
 
+    stopped_by: list[int] = []
+
     def stop(signum: int, frame: object) -> None:
+        stopped_by.append(signum)
         child.terminate()
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        return child.wait()
+        code = child.wait()
+        # Stopped by a signal: say so as a shell does (128 + its number), whatever the server's own exit was.
+        return 128 + stopped_by[0] if stopped_by else code
     except KeyboardInterrupt:
         child.terminate()
         child.wait()

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dataset_view as dv
@@ -369,6 +373,37 @@ def test_streamlit_command_serves_locally_and_headless(tmp_path):
     arguments = explorer_arguments([tmp_path / "a", tmp_path / "b"], [tmp_path / "w"])
     assert arguments == [str(tmp_path / "a"), str(tmp_path / "b"), "--allow", str(tmp_path / "w")]
     assert sup.parse_args([*arguments[:2], "--allow", str(tmp_path)]) == (arguments[:2], [tmp_path.resolve()])
+
+
+def test_sigterm_stops_the_server_child_and_exits_143(tmp_path):
+    # The server is stood in for by a child that sleeps and writes its pid; SIGTERM to `serve_explorer`'s process
+    # must end that child and report the signal the way a shell does (128 + 15), not a clean 0.
+    script = (
+        "import sys\n"
+        "from eomt_ood import serve\n"
+        "child = [sys.executable, '-c', 'import os, sys, time; open(sys.argv[1], \"w\").write(str(os.getpid()));"
+        " time.sleep(60)', sys.argv[1]]\n"
+        "serve.streamlit_command = lambda port, host: child + ['--']\n"
+        "serve.explorer_arguments = lambda runs, allow: []\n"
+        "sys.exit(serve.serve_explorer([], port=int(sys.argv[2])))\n"
+    )
+    pid_file = tmp_path / "child.pid"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-c", script, str(pid_file), str(port)], stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 143
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):  # reaped by the server before it returned, so gone at once
+            os.kill(child, 0)
+            time.sleep(0.05)
 
 
 def test_launch_warms_every_module_the_explorer_imports():
