@@ -26,10 +26,10 @@ def demo_data_dir() -> Path:
 
 def ensure_demo_data() -> Path:
     """Generate the demo BRAVO set once; returns its folder, holding `images/` and `gt/`."""
-    from eomt_ood.data.demo import write_demo
-
     folder = demo_data_dir()
     if not (folder / "COMPLETE").is_file():
+        from eomt_ood.data.demo import write_demo  # the scene renderer and scipy: only to write the set
+
         print(f"writing the demo BRAVO set to {folder} (once) ...", file=sys.stderr)
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         write_demo(tmp)
