@@ -1,8 +1,10 @@
 """Benchmark of BRAVO scoring: per-image speed against the official algorithm, and memory vs image count.
 
-Prints one JSON object:
+Prints one JSON object with one part per kind of synthetic maps (`make_images`): ``noise`` (errors and
+confidence drawn pixel by pixel: the worst case for counting, the cheapest to decode) and ``regions`` (errors in
+blocks, a smooth confidence: the shape of a real model's maps). Each part holds
 
-- ``per_image_ms``: mean time per 2048x1024 image of
+- ``per_image_ms``: mean time per 2048x1024 image of ``decode`` (reading and decoding its four PNGs),
   ``ours_statistics`` (`image_statistics` on decoded arrays: bincount over uint16 levels),
   ``official_statistics`` (a direct numpy transcription of the official per-image step on the same arrays:
   void filtering, confusion matrix, then per-histogram argsort + np.add.at into 65,536 float64 bins), and the
@@ -13,10 +15,12 @@ Prints one JSON object:
   ``ratio`` = score / decode-only (target: at most 1.3), scoring alone (``--bootstrap 0``);
   ``score_with_intervals_s`` adds `score`'s default bootstrap intervals (B = 1,000), whose cost is per run
   (replicates x images of statistics), not per pixel.
+
+and, for the noise maps,
 - ``peak_rss_mb``: peak RSS of a child process running `score_submission` (workers=1) over 10 and over 100
   images (hard links to the same few files under distinct names), and their ratio.
 
-Run: ``uv run --frozen python benchmarks/bench_score.py [--images 4] [--repeats 3]``; about 1-2 minutes.
+Run: ``uv run --frozen python benchmarks/bench_score.py [--images 4] [--repeats 3]``; about 2-3 minutes.
 """
 
 from __future__ import annotations
@@ -42,10 +46,17 @@ from eomt_ood.io import ProcessMap
 HEIGHT, WIDTH = 1024, 2048
 BASE = "bravo_synobjs/obj/{}"
 SUFFIXES = ("_gt.png", "_mask.png", "_pred.png", "_conf.png")
+KINDS = ("noise", "regions")
 
 
-def make_images(root: Path, count: int, seed: int = 0) -> None:
-    """`count` synthetic synobjs images (GT under root/gt, raw submission under root/sub)."""
+def make_images(root: Path, count: int, seed: int = 0, kind: str = "noise") -> None:
+    """`count` synthetic synobjs images (GT under root/gt, raw submission under root/sub).
+
+    kind "noise": 20 % of the predicted pixels wrong one by one and a confidence drawn per pixel (the worst
+    case for counting and the cheapest PNGs to decode: nothing repeats). kind "regions": wrong predictions in
+    16-pixel blocks and a smooth confidence (16x bilinear upsampling, as a model's low-resolution outputs are),
+    the shape of a real model's maps.
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
     for i in range(count):
@@ -55,16 +66,34 @@ def make_images(root: Path, count: int, seed: int = 0) -> None:
         cy, cx, r = rng.integers(200, 800), rng.integers(300, 1700), rng.integers(60, 200)
         mask = (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r).astype(np.uint8) * 255
         pred = label.copy()
-        wrong = rng.random(label.shape) < 0.2
-        pred[wrong] = rng.integers(0, 19, size=int(wrong.sum()))
+        if kind == "noise":
+            wrong = rng.random(label.shape) < 0.2
+            pred[wrong] = rng.integers(0, 19, size=int(wrong.sum()))
+        else:
+            wrong = (rng.random((HEIGHT // 16, WIDTH // 16)) < 0.2).repeat(16, 0).repeat(16, 1)
+            pred[wrong] = (
+                rng.integers(0, 19, size=(HEIGHT // 16, WIDTH // 16)).repeat(16, 0).repeat(16, 1)[wrong]
+            )
         pred[label == 255] = 0
-        score = np.where(pred == label, rng.beta(5, 2, label.shape), rng.beta(2, 3, label.shape))
+        if kind == "noise":
+            score = np.where(pred == label, rng.beta(5, 2, label.shape), rng.beta(2, 3, label.shape))
+        else:
+            score = _upsample(rng.beta(5, 2, (HEIGHT // 16 + 1, WIDTH // 16 + 1)), 16)[:HEIGHT, :WIDTH]
         conf = quantise_confidence(score)
         base = BASE.format(i)
         write_png(root / "gt" / (base + "_gt.png"), label)
         write_png(root / "gt" / (base + "_mask.png"), mask)
         write_png(root / "sub" / (base + "_pred.png"), pred)
         write_png(root / "sub" / (base + "_conf.png"), conf)
+
+
+def _upsample(low: np.ndarray, factor: int) -> np.ndarray:
+    """Bilinear upsampling by an integer factor (separable linear interpolation between the samples)."""
+    weights = np.arange(factor) / factor
+    rows = low[:-1, None, :] * (1 - weights)[None, :, None] + low[1:, None, :] * weights[None, :, None]
+    rows = rows.reshape(-1, low.shape[1])
+    out = rows[:, :-1, None] * (1 - weights) + rows[:, 1:, None] * weights
+    return out.reshape(rows.shape[0], -1)
 
 
 def link_tree(src: Path, dst: Path, distinct: int, count: int) -> None:
@@ -194,6 +223,7 @@ def speed(root: Path, count: int, repeats: int) -> dict[str, object]:
         )
         assert np.array_equal(ours.ood_pos[::-1], ood_tp) and np.array_equal(ours.ood_neg[::-1], ood_fp)
     ms = {
+        "decode": _mean_ms(_decode, tasks, repeats),
         "ours_statistics": _mean_ms(lambda a: image_statistics(*a), arrays, repeats),
         "official_statistics": _mean_ms(lambda a: official_statistics(*a), arrays, repeats),
         "ours_end_to_end": _mean_ms(score_image, tasks, repeats),
@@ -230,19 +260,21 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         root = Path(tmp)
-        make_images(root / "images", args.images)
         report: dict[str, object] = {
             "image_size": f"{WIDTH}x{HEIGHT}",
             "distinct_images": args.images,
             "numpy": np.__version__,
             "cpus": os.cpu_count(),
         }
-        report.update(speed(root / "images", args.images, args.repeats))
-        link_tree(root / "images", root / "floor", args.images, args.floor_images)
-        report["floor"] = floor(root / "floor", args.workers)
+        for kind in KINDS:
+            make_images(root / kind, args.images, kind=kind)
+            part = speed(root / kind, args.images, args.repeats)
+            link_tree(root / kind, root / f"floor-{kind}", args.images, args.floor_images)
+            part["floor"] = floor(root / f"floor-{kind}", args.workers)
+            report[kind] = part
         rss = {}
         for count in args.memory_counts:
-            link_tree(root / "images", root / f"tree{count}", args.images, count)
+            link_tree(root / "noise", root / f"tree{count}", args.images, count)
             rss[str(count)] = round(child_peak_rss_mb(root / f"tree{count}"), 1)
         small, large = (str(c) for c in args.memory_counts)
         report["peak_rss_mb"] = rss
