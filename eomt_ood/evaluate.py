@@ -434,6 +434,7 @@ class _Totals:
 
     def add(self, record: Any) -> None:
         from eomt_ood.bravo.scoring import ImageStatistics
+        from eomt_ood.metrics.histogram import NUM_LEVELS
 
         for score in self.scores:
             if record.has_gt:
@@ -442,8 +443,10 @@ class _Totals:
                 self.scorers[score].add(record.subset, stats)
             else:
                 levels, counts = record.level_counts[score]
-                hist = self.level_counts[score].setdefault(record.subset, np.zeros(65536, np.int64))
-                np.add.at(hist, levels.astype(np.intp), counts)
+                hists = self.level_counts[score]
+                if record.subset not in hists:
+                    hists[record.subset] = np.zeros(NUM_LEVELS, np.int64)
+                hists[record.subset][levels.astype(np.intp)] += counts  # levels are distinct
 
     def reduce(self, ranks: _Ranks) -> None:
         """Sum the totals of every rank (all ranks must call this)."""

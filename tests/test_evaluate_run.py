@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from eomt_ood.bravo.layout import subset_of_image
 from eomt_ood.bravo.rundir import RunDir, write_results
 from eomt_ood.bravo.scoring import score_submission
+from eomt_ood.data.images import find_images
+from eomt_ood.data.png import decode_png
 from eomt_ood.errors import UserError
 from eomt_ood.evaluate import EvaluateConfig, evaluate_bravo, progress_bar, summary_table
 from eomt_ood.models import create_model, save_checkpoint
@@ -152,6 +155,16 @@ def test_without_ground_truth_writes_submission_and_report(bravo_set, tmp_path):
     assert "Confidence" in (run / "report.html").read_text()
     with StoreReader(run / "predictions.h5") as store:
         assert not store.has_ground_truth(0)
+        pooled = store.level_histograms("msp")
+    # Each subset's pooled confidence levels are a plain count of its images' confidence PNGs.
+    expected: dict[str, np.ndarray] = {}
+    for rel in find_images(bravo_set[0] / "images"):
+        levels = decode_png(RunDir(run).conf_file(rel, "msp", first=True).read_bytes(), rel)
+        subset = subset_of_image(rel)
+        expected[subset] = expected.get(subset, 0) + np.bincount(levels.ravel(), minlength=65536)
+    assert sorted(pooled) == sorted(expected)
+    for subset, counts in expected.items():
+        np.testing.assert_array_equal(pooled[subset], counts)
 
 
 def test_bad_options_are_user_errors(bravo_set, tmp_path):

@@ -455,7 +455,10 @@ class Scorer:
         self.subsets: dict[str, SubsetAccumulator] = {}
 
     def add(self, subset: str, stats: ImageStatistics) -> None:
-        self.subsets.setdefault(subset, SubsetAccumulator(subset)).add(stats)
+        accumulator = self.subsets.get(subset)
+        if accumulator is None:  # (not setdefault: that would build a zeroed accumulator on every call)
+            accumulator = self.subsets[subset] = SubsetAccumulator(subset)
+        accumulator.add(stats)
 
     def ordered(self) -> list[str]:
         """The subsets seen, in the official order."""
