@@ -452,12 +452,15 @@ class _Totals:
         """Sum the totals of every rank (all ranks must call this)."""
         from eomt_ood.bravo.layout import SUBSETS
         from eomt_ood.bravo.scoring import Scorer
+        from eomt_ood.metrics.histogram import NUM_LEVELS
 
         if ranks.world == 1:
             return
         for score in self.scores:
             self.scorers[score] = Scorer.from_state(ranks.sum(self.scorers[score].state()))
-            hists = np.stack([self.level_counts[score].get(s, np.zeros(65536, np.int64)) for s in SUBSETS])
+            hists = np.stack(
+                [self.level_counts[score].get(s, np.zeros(NUM_LEVELS, np.int64)) for s in SUBSETS]
+            )
             summed = ranks.sum(hists)
             self.level_counts[score] = {s: h for s, h in zip(SUBSETS, summed, strict=True) if h.any()}
 

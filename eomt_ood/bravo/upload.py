@@ -31,7 +31,6 @@ from tqdm import tqdm
 from eomt_ood.bravo.layout import (
     ENCODED_SUFFIX,
     LABEL_SUFFIX,
-    PREDICT_SETTINGS,
     SAMPLES_SUFFIX,
     GtImage,
     MemberRef,
@@ -39,6 +38,7 @@ from eomt_ood.bravo.layout import (
     read_conf,
     read_pred,
     subset_of_label,
+    unmatched_submission_files,
 )
 from eomt_ood.bravo.sampling import decode_sample_indices, open_sampling_file
 from eomt_ood.errors import UserError
@@ -216,10 +216,11 @@ def package_upload(
             )
         if not sample_names:
             raise UserError(f"{samples}: sampling file holds no *{SAMPLES_SUFFIX} member")
-        tasks = []
+        tasks, images = [], []
         for sample_name in sample_names:
             base = sample_name[: -len(SAMPLES_SUFFIX)]
             image = gt_image_of_base(base, sample_name)
+            images.append(image)
             tasks.append(
                 EncodeTask(
                     sampling.ref(sample_name),
@@ -231,8 +232,7 @@ def package_upload(
         with atomic_path(out) as tmp, tarfile.open(tmp, "w") as tar:
             for task, data in zip(tasks, _encode_in_order(tasks, pool, progress), strict=True):
                 tar.addfile(_tar_info(task.encoded_name, len(data)), io.BytesIO(data))
-        used = {ref.name for task in tasks for ref in (task.pred, task.conf)}
-        unused = sorted(set(sub.names) - used - {PREDICT_SETTINGS})  # predict's record is no submission file
+        unused = unmatched_submission_files(sub.names, images)
         if unused and warn is not None:
             shown = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
             warn(
