@@ -163,10 +163,9 @@ def finish_image(task: FinishTask) -> Any:
         confs = {str(run.conf_file(task.rel, s, i == 0)): task.levels[s] for i, s in enumerate(task.scores)}
         all_stats = score_maps(gt, task.pred, confs, pred_name=str(run.pred_file(task.rel)))
         for score, stats in zip(task.scores, all_stats, strict=True):
-            levels, counts = stats.sparse_histograms()
-            record.sparse[score] = (levels, counts.astype(np.int32))
-            record.stats[score] = image_metrics(task.subset, stats)
-            record.cm, record.pixels = stats.cm, (stats.valid, stats.invalid, stats.void)
+            record.sparse[score] = (stats.levels, stats.counts)
+            record.stats[score] = image_metrics(task.subset, stats.dense())
+            record.cm, record.pixels = stats.cm, stats.pixels
     else:
         for score in task.scores:
             counts = np.bincount(task.levels[score].ravel(), minlength=65536)
@@ -433,13 +432,13 @@ class _Totals:
         self.level_counts: dict[str, dict[str, np.ndarray]] = {score: {} for score in scores}
 
     def add(self, record: Any) -> None:
-        from eomt_ood.bravo.scoring import ImageStatistics
+        from eomt_ood.bravo.scoring import SparseStatistics
         from eomt_ood.metrics.histogram import NUM_LEVELS
 
         for score in self.scores:
             if record.has_gt:
                 levels, counts = record.sparse[score]
-                stats = ImageStatistics.from_sparse(record.cm, levels, counts, *record.pixels)
+                stats = SparseStatistics(record.cm, levels, counts, *record.pixels)
                 self.scorers[score].add(record.subset, stats)
             else:
                 levels, counts = record.level_counts[score]

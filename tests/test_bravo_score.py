@@ -19,7 +19,14 @@ from PIL import Image
 
 from eomt_ood.bravo.fixture import make_fixture
 from eomt_ood.bravo.sampling import official_sample_indices, write_sampling_tar
-from eomt_ood.bravo.scoring import ImageStatistics, image_statistics, score_submission, summarise
+from eomt_ood.bravo.scoring import (
+    ImageStatistics,
+    Scorer,
+    categorise,
+    image_statistics,
+    score_submission,
+    summarise,
+)
 from eomt_ood.data.png import write_png
 from eomt_ood.errors import UserError
 
@@ -235,6 +242,22 @@ def test_confusion_matrix_and_histograms_equal_a_per_pixel_oracle(noise):
         ((mask != 0) & (label != 255)).sum(),
         (label == 255).sum(),
     )
+
+    # The sparse form (what workers send and records keep) against the same oracle: the non-empty levels only,
+    # the columns correct, wrong, ood_pos; a scorer summing two images' sparse rows doubles every count.
+    oracle = np.stack([s.correct, s.wrong, s.ood_pos], axis=1)
+    sparse = categorise(label, mask, pred).sparse(conf)
+    np.testing.assert_array_equal(sparse.levels, np.flatnonzero(oracle.any(axis=1)))
+    np.testing.assert_array_equal(sparse.counts, oracle[sparse.levels.astype(np.intp)])
+    assert sparse.scored() == (valid.sum(), ((mask != 0) & (label != 255)).sum())
+    scorer = Scorer()
+    scorer.add("synobjs", sparse)
+    scorer.add("synobjs", sparse)
+    totals = scorer.subsets["synobjs"].totals
+    np.testing.assert_array_equal(totals.cm, 2 * expected)
+    for got, want in zip((totals.correct, totals.wrong, totals.ood_pos), oracle.T, strict=True):
+        np.testing.assert_array_equal(got, 2 * want)
+    assert (totals.valid, totals.scored_valid) == (2 * valid.sum(), 2 * valid.sum())
 
 
 def test_summarise_rules():

@@ -65,7 +65,7 @@ OOD_KEYS = ("auroc_ood", "auprc_ood", "fpr95_ood")
 
 @dataclass
 class ImageStatistics:
-    """Counts of one image (or of many, after `+`); all arrays int64.
+    """Counts of one image, or the sums of a subset (`SubsetAccumulator`), with dense histograms; arrays int64.
 
     - ``cm``: (19, 19), rows = GT class, cols = predicted class, over every V pixel (full resolution always).
     - ``correct`` / ``wrong``: (65536,) V pixels (inside the sample, if any) per conf level with pred == / != GT.
@@ -106,53 +106,57 @@ class ImageStatistics:
 
         return sparse_levels(np.stack([self.correct, self.wrong, self.ood_pos], axis=1))
 
-    @classmethod
-    def from_sparse(
-        cls, cm: np.ndarray, levels: np.ndarray, counts: np.ndarray, valid: int, invalid: int, void: int
-    ) -> ImageStatistics:
-        """Rebuild the statistics of one image from `cm`, `sparse_histograms()` and its pixel counts."""
-        stats = cls.zeros()
-        stats.cm += np.asarray(cm, dtype=np.int64)
-        index = np.asarray(levels, dtype=np.intp)
-        counts = np.asarray(counts, dtype=np.int64)
-        stats.correct[index], stats.wrong[index], stats.ood_pos[index] = (
-            counts[:, 0],
-            counts[:, 1],
-            counts[:, 2],
-        )
-        stats.valid, stats.invalid, stats.void = int(valid), int(invalid), int(void)
-        stats.scored_valid = int(counts[:, :2].sum())
-        stats.scored_invalid = int(counts[:, 2].sum())
+
+@dataclass(frozen=True)
+class SparseStatistics:
+    """One image's statistics in the form they travel in: from worker processes, into records and statistics
+    files, into a `Scorer`. The counts of `ImageStatistics` with the level histograms kept only where they are
+    non-zero (the project's one per-image format, `eomt_ood.metrics.image_stats`), so an image's levels are
+    added to a subset's totals where they are, never rebuilt as 65,536-level arrays first.
+
+    cm: (19, 19) int64. levels: (m,) uint16, strictly increasing. counts: (m, 3) integers, the columns
+    `correct`, `wrong`, `ood_pos` (int32 from `score_maps`: one image's count at one level always fits).
+    valid / invalid / void: the image's pixel counts (whole image, whatever the sample).
+    """
+
+    cm: np.ndarray
+    levels: np.ndarray
+    counts: np.ndarray
+    valid: int
+    invalid: int
+    void: int
+
+    @property
+    def pixels(self) -> tuple[int, int, int]:
+        return self.valid, self.invalid, self.void
+
+    def sparse_histograms(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.levels, self.counts
+
+    def scored(self) -> tuple[int, int]:
+        """(V pixels, I pixels) in the histograms: the whole image's, or the sample's."""
+        # The flat sum reads contiguous memory: `counts.sum(axis=0)` takes about 8x as long (42k levels).
+        total = int(self.counts.sum(dtype=np.int64))
+        invalid = int(self.counts[:, 2].sum(dtype=np.int64))
+        return total - invalid, invalid
+
+    def dense(self) -> ImageStatistics:
+        """The same counts as an `ImageStatistics` (65,536-level arrays), e.g. for `image_metrics`."""
+        stats = ImageStatistics.zeros()
+        stats.cm += self.cm
+        _add_levels(stats, self.levels, self.counts)
+        stats.valid, stats.invalid, stats.void = self.pixels
+        stats.scored_valid, stats.scored_invalid = self.scored()
         return stats
 
-    def __getstate__(self) -> dict:
-        # Sent between processes in the sparse form: an image uses a few thousand of the 65,536 levels, so this
-        # is tens of kB instead of 1.5 MB per image; counts go as int32 when they fit (an image's always do).
-        levels, counts = self.sparse_histograms()
-        if counts.size and int(counts.max()) < 2**31:
-            counts = counts.astype(np.int32)
-        return {
-            "cm": self.cm,
-            "levels": levels,
-            "counts": counts,
-            "pixels": (self.valid, self.invalid, self.void),
-        }
 
-    def __setstate__(self, state: dict) -> None:
-        rebuilt = ImageStatistics.from_sparse(state["cm"], state["levels"], state["counts"], *state["pixels"])
-        self.__dict__.update(rebuilt.__dict__)
-
-    def __iadd__(self, other: ImageStatistics) -> ImageStatistics:
-        self.cm += other.cm
-        self.correct += other.correct
-        self.wrong += other.wrong
-        self.ood_pos += other.ood_pos
-        self.valid += other.valid
-        self.invalid += other.invalid
-        self.void += other.void
-        self.scored_valid += other.scored_valid
-        self.scored_invalid += other.scored_invalid
-        return self
+def _add_levels(totals: ImageStatistics, levels: np.ndarray, counts: np.ndarray) -> None:
+    """Add sparse level rows to the dense histograms of `totals` in place (levels distinct, so a fancy-index
+    add is exact)."""
+    index = levels.astype(np.intp)
+    totals.correct[index] += counts[:, 0]
+    totals.wrong[index] += counts[:, 1]
+    totals.ood_pos[index] += counts[:, 2]
 
 
 def image_statistics(
@@ -183,11 +187,12 @@ def image_statistics(
 @dataclass(frozen=True)
 class CategorisedPixels:
     """What one image's statistics share whatever the confidence map: the confusion matrix, the pixel counts,
-    and each (sampled) pixel's category: 0 = wrong V, 1 = correct V, 2 = I, 3 = void (void wins over invalid)."""
+    and each (sampled) pixel's category: 0 = correct V, 1 = wrong V, 2 = I, 3 = void (void wins over invalid);
+    the first three are the columns of the sparse counts (`eomt_ood.metrics.image_stats.COLUMNS`)."""
 
     shape: tuple[int, ...]
     cm: np.ndarray  # (361,) int64 counts of label * 19 + pred over V pixels
-    category: np.ndarray  # (N,) uint8, N = pixels, or the sampled ones
+    category_key: np.ndarray  # (N,) uint32: category << 16, N = pixels, or the sampled ones
     sample_idx: np.ndarray | None
     valid: int
     invalid: int
@@ -195,22 +200,12 @@ class CategorisedPixels:
 
     def statistics(self, conf_levels: np.ndarray, label_name: str = "label") -> ImageStatistics:
         """`image_statistics` with this confidence map: its level histograms beside the shared counts."""
-        if conf_levels.shape != self.shape:
-            raise UserError(f"{label_name}: shapes differ: label {self.shape}, conf {conf_levels.shape}")
-        if conf_levels.dtype != np.uint16:
-            raise TypeError(f"expected uint16 conf, got {conf_levels.dtype}")
-        conf = conf_levels.ravel()
-        if self.sample_idx is not None:
-            conf = conf[self.sample_idx]
-        # One bincount over (level, category) pairs, the key built in uint32 (bincount takes any integer type).
-        key = np.left_shift(conf, 2, dtype=np.uint32)
-        key |= self.category
-        both = np.bincount(key, minlength=4 * NUM_LEVELS).reshape(NUM_LEVELS, 4)
+        table = self._level_table(conf_levels, label_name)
         stats = ImageStatistics(
             cm=self.cm.astype(np.int64).reshape(NUM_CLASSES, NUM_CLASSES),
-            correct=np.ascontiguousarray(both[:, 1]),
-            wrong=np.ascontiguousarray(both[:, 0]),
-            ood_pos=np.ascontiguousarray(both[:, 2]),
+            correct=table[0],
+            wrong=table[1],
+            ood_pos=table[2],
             valid=self.valid,
             invalid=self.invalid,
             void=self.void,
@@ -218,6 +213,34 @@ class CategorisedPixels:
         stats.scored_valid = int(stats.correct.sum() + stats.wrong.sum())
         stats.scored_invalid = int(stats.ood_pos.sum())
         return stats
+
+    def sparse(self, conf_levels: np.ndarray, label_name: str = "label") -> SparseStatistics:
+        """The same counts as `statistics`, in the sparse form (levels where any histogram is non-zero)."""
+        table = self._level_table(conf_levels, label_name)
+        levels = np.flatnonzero(table[0] | table[1] | table[2])
+        # One image's count at one level is at most its pixel count.
+        dtype = np.int32 if conf_levels.size < 2**31 else np.int64
+        return SparseStatistics(
+            cm=self.cm.astype(np.int64).reshape(NUM_CLASSES, NUM_CLASSES),
+            levels=levels.astype(np.uint16),
+            counts=np.stack([table[0, levels], table[1, levels], table[2, levels]], axis=1, dtype=dtype),
+            valid=self.valid,
+            invalid=self.invalid,
+            void=self.void,
+        )
+
+    def _level_table(self, conf_levels: np.ndarray, label_name: str) -> np.ndarray:
+        """(4, 65536) int64: pixels per (category, confidence level)."""
+        if conf_levels.shape != self.shape:
+            raise UserError(f"{label_name}: shapes differ: label {self.shape}, conf {conf_levels.shape}")
+        if conf_levels.dtype != np.uint16:
+            raise TypeError(f"expected uint16 conf, got {conf_levels.dtype}")
+        conf = conf_levels.ravel()
+        if self.sample_idx is not None:
+            conf = conf[self.sample_idx]
+        # One bincount over (category, level) keys; the category half is built once per image (`categorise`).
+        key = np.bitwise_or(self.category_key, conf)
+        return np.bincount(key, minlength=4 * NUM_LEVELS).reshape(4, NUM_LEVELS)
 
 
 def categorise(
@@ -263,9 +286,10 @@ def categorise(
     pair = np.multiply(valid_label, NUM_CLASSES, dtype=np.uint16)
     pair += prd
     cm = _count_pairs(pair)
-    # correct V, as no prediction equals 255
-    category = (valid_label == prd).view(np.uint8)
-    category |= inv8 << 1
+    # 0 = correct V, 1 = wrong V (no prediction equals 255, so I and void pixels start at 1); I pixels: 1 ^ 3
+    # = 2; void pixels end at 3 whether invalid (2 | 3) or not (1 | 3).
+    category = (valid_label != prd).view(np.uint8)
+    category ^= inv8 * np.uint8(3)
     category |= void.view(np.uint8) * np.uint8(3)
     if sample_idx is not None:
         if sample_idx.size == 0 or sample_idx[-1] >= lab.size or sample_idx[0] < 0:
@@ -276,7 +300,13 @@ def categorise(
                 f"{sample_name}: the sample contains void pixels (wrong sampling file for this GT?)"
             )
     return CategorisedPixels(
-        shape, cm, category, sample_idx, lab.size - num_void - num_invalid, num_invalid, num_void
+        shape,
+        cm,
+        np.left_shift(category, 16, dtype=np.uint32),
+        sample_idx,
+        lab.size - num_void - num_invalid,
+        num_invalid,
+        num_void,
     )
 
 
@@ -398,9 +428,10 @@ def read_ground_truth(refs: GroundTruthRefs) -> GroundTruth:
 
 def score_maps(
     gt: GroundTruth, pred: np.ndarray, confs: Mapping[str, np.ndarray], pred_name: str
-) -> list[ImageStatistics]:
+) -> list[SparseStatistics]:
     """`image_statistics` of a prediction against its GT with each confidence map of `confs` ({file name: map},
-    in order), after checking that the sizes agree (naming the file); what the maps share is counted once."""
+    in order), in the sparse form, after checking that the sizes agree (naming the file); what the maps share
+    is counted once."""
     for name, array in ((pred_name, pred), *confs.items()):
         if array.shape != gt.label.shape:
             raise UserError(
@@ -415,7 +446,7 @@ def score_maps(
         pred_name=pred_name,
         sample_name=gt.samples_name,
     )
-    return [pixels.statistics(conf, gt.label_name) for conf in confs.values()]
+    return [pixels.sparse(conf, gt.label_name) for conf in confs.values()]
 
 
 def _size(array: np.ndarray) -> str:
@@ -427,14 +458,22 @@ def _size(array: np.ndarray) -> str:
 
 @dataclass
 class SubsetAccumulator:
-    """Sum of the `ImageStatistics` of one subset, plus its image count."""
+    """Sum of the statistics of the images of one subset (an `ImageStatistics`), plus its image count."""
 
     subset: str
     images: int = 0
     totals: ImageStatistics = field(default_factory=ImageStatistics.zeros)
 
-    def add(self, stats: ImageStatistics) -> None:
-        self.totals += stats
+    def add(self, stats: SparseStatistics) -> None:
+        t = self.totals
+        t.cm += stats.cm
+        _add_levels(t, stats.levels, stats.counts)
+        t.valid += stats.valid
+        t.invalid += stats.invalid
+        t.void += stats.void
+        scored_valid, scored_invalid = stats.scored()
+        t.scored_valid += scored_valid
+        t.scored_invalid += scored_invalid
         self.images += 1
 
     def metrics(self) -> dict[str, float | list[float]]:
@@ -449,12 +488,12 @@ class SubsetAccumulator:
 
 
 class Scorer:
-    """Per-subset sums of one confidence score's `ImageStatistics`; order of `add` calls does not matter."""
+    """Per-subset sums of one confidence score's per-image statistics; order of `add` calls does not matter."""
 
     def __init__(self) -> None:
         self.subsets: dict[str, SubsetAccumulator] = {}
 
-    def add(self, subset: str, stats: ImageStatistics) -> None:
+    def add(self, subset: str, stats: SparseStatistics) -> None:
         accumulator = self.subsets.get(subset)
         if accumulator is None:  # (not setdefault: that would build a zeroed accumulator on every call)
             accumulator = self.subsets[subset] = SubsetAccumulator(subset)
@@ -621,7 +660,7 @@ class ImageTask:
     conf: MemberRef
 
 
-def score_image(task: ImageTask) -> tuple[str, ImageStatistics]:
+def score_image(task: ImageTask) -> tuple[str, SparseStatistics]:
     """Read, check and count one image of a submission (runs in a worker process)."""
     gt = read_ground_truth(task.gt)
     pred = read_pred(task.pred.read(), task.pred.name)
@@ -629,7 +668,7 @@ def score_image(task: ImageTask) -> tuple[str, ImageStatistics]:
     return gt.subset, score_maps(gt, pred, {task.conf.name: conf}, task.pred.name)[0]
 
 
-def _score_numbered(item: tuple[int, ImageTask]) -> tuple[int, str, ImageStatistics]:
+def _score_numbered(item: tuple[int, ImageTask]) -> tuple[int, str, SparseStatistics]:
     return (item[0], *score_image(item[1]))
 
 
@@ -714,10 +753,8 @@ def score_submission(
             for index, subset, stats in pool.map(_score_numbered, enumerate(tasks), ordered=False):
                 scorer.add(subset, stats)
                 if keep:
-                    levels, counts = stats.sparse_histograms()
-                    pixels = (stats.valid, stats.invalid, stats.void)
                     rel = images[index].base + IMAGE_SUFFIX[images[index].split]
-                    kept.append((rel, subset, stats.cm, pixels, (levels, counts.astype(np.int32))))
+                    kept.append((rel, subset, stats.cm, stats.pixels, (stats.levels, stats.counts)))
                 bar.update()
 
     metrics, unscored = scorer.metrics()
