@@ -38,6 +38,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import machine
 import numpy as np
 
 from eomt_ood.bravo.rundir import RunDir
@@ -342,6 +343,7 @@ def main() -> None:
         "build_store_s": build_s,
         "load_average": load,
         "cpus": os.cpu_count(),
+        "cpu_model": machine.cpu_model(),
         # Without bytecode caching every start compiles streamlit and the app's modules again: the cold render
         # pays for it (a normal install writes .pyc files once).
         "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),

@@ -42,6 +42,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
+import machine
 import numpy as np
 from scipy import special
 
@@ -295,7 +296,7 @@ def main() -> None:
 
     report: dict[str, object] = {
         "numpy": np.__version__,
-        "cpus": os.cpu_count(),
+        **machine.describe(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "max_bins": bs.DEFAULT_MAX_BINS,
         "load_average_at_start": os.getloadavg(),

@@ -40,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import torch
 
 from eomt_ood.data.demo import write_demo
@@ -197,7 +198,7 @@ def main() -> None:
             "device": args.device,
             "torch_threads": args.threads,
             "workers": args.workers,
-            "cpus": os.cpu_count(),
+            **machine.describe(),
             "in_process": {
                 "forward_s": round(forward_s, 4),
                 "forward_runs_s": [round(wall / count, 4) for wall, _ in forwards],
