@@ -107,7 +107,7 @@ class ImageStatistics:
         return sparse_levels(np.stack([self.correct, self.wrong, self.ood_pos], axis=1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # (arrays: no field-wise ==)
 class SparseStatistics:
     """One image's statistics in the form they travel in: from worker processes, into records and statistics
     files, into a `Scorer`. The counts of `ImageStatistics` with the level histograms kept only where they are
