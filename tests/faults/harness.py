@@ -17,10 +17,14 @@ the working directory. `run_case` asserts what the suite promises for every bad 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -49,16 +53,49 @@ def with_options(base: list[str], changes: tuple[str, ...]) -> list[str]:
     return argv
 
 
-def permissions_bind() -> bool:
-    """Whether a read-only folder is read-only for this process (not for root with CAP_DAC_OVERRIDE)."""
-    import tempfile
+def make_read_only(folder: Path) -> bool:
+    """Make `folder` one this process cannot create files in; False where that cannot be done here.
 
-    with tempfile.TemporaryDirectory() as folder:
-        os.chmod(folder, 0o555)
+    Mode 0o555 does it for an ordinary user. Root ignores permission bits (CAP_DAC_OVERRIDE), and CI runs as
+    root; for root the folder also gets the immutable attribute (`chattr +i`: no entry can be added, removed or
+    renamed in it, root included), which ext4, xfs and btrfs support. Undo with `undo_read_only`.
+    """
+    os.chmod(folder, 0o555)
+    if not os.access(folder, os.W_OK):
+        return True
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        return False
+    done = subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode == 0
+    return done and _cannot_create_in(folder)
+
+
+def undo_read_only(folder: Path) -> None:
+    chattr = shutil.which("chattr")
+    if chattr is not None:
+        subprocess.run([chattr, "-i", str(folder)], capture_output=True)
+    os.chmod(folder, 0o755)
+
+
+def _cannot_create_in(folder: Path) -> bool:
+    try:
+        (folder / ".probe").touch()
+    except OSError:
+        return True
+    (folder / ".probe").unlink()
+    return False
+
+
+@functools.cache
+def read_only_folders_work() -> bool:
+    """Whether `make_read_only` works in this place and for this user (checked once, on a scratch folder)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "probe"
+        folder.mkdir()
         try:
-            return not os.access(folder, os.W_OK)
+            return make_read_only(folder)
         finally:
-            os.chmod(folder, 0o755)
+            undo_read_only(folder)
 
 
 @dataclass(frozen=True)
@@ -83,14 +120,15 @@ class Case:
     keeps: Sequence[str] = ()
     untouched_steps: Sequence[str] = ()
     check: Callable[[World, str, str], None] | None = None
-    needs_permissions: bool = False  # read-only folders: skipped where permissions do not bind (root)
+    needs_permissions: bool = False  # a read-only folder: skipped where `make_read_only` cannot make one
 
     def param(self):
         marks = []
         if self.needs_permissions:
             marks.append(
                 pytest.mark.skipif(
-                    not permissions_bind(), reason="file permissions do not bind this process (root)"
+                    not read_only_folders_work(),
+                    reason="no read-only folder for this process (root, and no immutable attribute here)",
                 )
             )
         return pytest.param(self, id=self.id, marks=marks)
