@@ -130,9 +130,6 @@ class SparseStatistics:
     def pixels(self) -> tuple[int, int, int]:
         return self.valid, self.invalid, self.void
 
-    def sparse_histograms(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.levels, self.counts
-
     def scored(self) -> tuple[int, int]:
         """(V pixels, I pixels) in the histograms: the whole image's, or the sample's."""
         # The flat sum reads contiguous memory: `counts.sum(axis=0)` takes about 8x as long (42k levels).
@@ -199,23 +196,11 @@ class CategorisedPixels:
     void: int
 
     def statistics(self, conf_levels: np.ndarray, label_name: str = "label") -> ImageStatistics:
-        """`image_statistics` with this confidence map: its level histograms beside the shared counts."""
-        table = self._level_table(conf_levels, label_name)
-        stats = ImageStatistics(
-            cm=self.cm.astype(np.int64).reshape(NUM_CLASSES, NUM_CLASSES),
-            correct=table[0],
-            wrong=table[1],
-            ood_pos=table[2],
-            valid=self.valid,
-            invalid=self.invalid,
-            void=self.void,
-        )
-        stats.scored_valid = int(stats.correct.sum() + stats.wrong.sum())
-        stats.scored_invalid = int(stats.ood_pos.sum())
-        return stats
+        """`image_statistics` with this confidence map: the counts of `sparse`, with dense histograms."""
+        return self.sparse(conf_levels, label_name).dense()
 
     def sparse(self, conf_levels: np.ndarray, label_name: str = "label") -> SparseStatistics:
-        """The same counts as `statistics`, in the sparse form (levels where any histogram is non-zero)."""
+        """This confidence map's level histograms (levels where any is non-zero) beside the shared counts."""
         table = self._level_table(conf_levels, label_name)
         levels = np.flatnonzero(table[0] | table[1] | table[2])
         # One image's count at one level is at most its pixel count.
