@@ -5,7 +5,8 @@ many images):
 
 1. a worker process reads and decodes the input image and resizes it to the model's side (`read_input`);
 2. the model's device does the forward over the windows, the window merge, the upsampling, every requested
-   confidence score, the argmax and the 16-bit quantisation (`eomt_ood.inference.predict`);
+   confidence score, the argmax and the 16-bit quantisation (`eomt_ood.inference.predict.stream_levels`: the
+   forward in this process's main thread, the rest in a second thread while the next image's forward runs);
 3. a worker process reads the ground truth, counts the image's statistics for every score with the functions
    `eomt-ood score` uses (`eomt_ood.bravo.scoring`), writes the PNGs, makes the previews and saves the image's
    record, last (`finish_image`).
@@ -240,14 +241,7 @@ def _predict_stream(
     config: EvaluateConfig, run: RunDir, plan: _Plan, todo: Sequence[str], model: Any, pool: Any, timing: dict
 ) -> Iterator[tuple[str, Any]]:
     """Stages 1-3 over `todo`, in order: yields (rel, record), record None for an image left out as unreadable."""
-    from eomt_ood.data.resample import preview_shape
-    from eomt_ood.inference.predict import (
-        Buffers,
-        canvas_levels,
-        canvas_top2,
-        parse_precision,
-        predict_canvas,
-    )
+    from eomt_ood.inference.predict import parse_precision, stream_levels
     from eomt_ood.io import warn
 
     device = next(model.parameters()).device
@@ -256,14 +250,16 @@ def _predict_stream(
     window = max(2, 2 * pool.workers)
     reads = (pool.submit(read_input, ReadTask(str(config.images_root), rel, side)) for rel in todo)
     reading: deque = deque(next(reads) for _ in range(min(window, len(todo))))
-    finishing: deque = deque()  # (rel, future of its record)
-    buffers = Buffers()  # work tensors reused from image to image
-    while reading:
-        item = reading.popleft().result()
-        following = next(reads, None)
-        if following is not None:
-            reading.append(following)
-        if item.error is not None:
+
+    def decoded() -> Iterator[tuple[ReadResult, np.ndarray | None, int, int]]:
+        while reading:
+            item = reading.popleft().result()
+            following = next(reads, None)
+            if following is not None:
+                reading.append(following)
+            if item.error is None:
+                yield item, item.resized, item.height, item.width
+                continue
             if not config.skip_unreadable:
                 raise UserError(
                     f"{item.error}; fix or remove it, or pass --skip-unreadable to leave it out "
@@ -271,27 +267,29 @@ def _predict_stream(
                 )
             warn(f"skipped {item.error}")
             timing["failed"].append(item.rel)
+            yield item, None, 0, 0
+
+    finishing: deque = deque()  # (rel, future of its record)
+    maps_of = stream_levels(
+        model, decoded(), config.confidences, config.micro_batch, dtype, device, top2=True
+    )
+    for item, maps in maps_of:
+        if maps is None:
             finishing.append((item.rel, None))
-            continue
-        tic = time.perf_counter()
-        canvas = predict_canvas(
-            model, item.resized, micro_batch=config.micro_batch, dtype=dtype, device=device, buffers=buffers
-        )
-        pred, levels = canvas_levels(canvas, item.height, item.width, config.confidences)
-        top2 = canvas_top2(canvas, preview_shape(item.height, item.width))
-        timing["model_seconds"] += time.perf_counter() - tic
-        task = FinishTask(
-            str(run.path),
-            item.rel,
-            plan.subsets[item.rel],
-            config.confidences,
-            pred,
-            levels,
-            top2,
-            item.preview,
-            plan.gt.get(item.rel),
-        )
-        finishing.append((item.rel, pool.submit(finish_image, task)))
+        else:
+            timing["model_seconds"] += maps.seconds
+            task = FinishTask(
+                str(run.path),
+                item.rel,
+                plan.subsets[item.rel],
+                config.confidences,
+                maps.prediction,
+                maps.levels,
+                maps.top2,
+                item.preview,
+                plan.gt.get(item.rel),
+            )
+            finishing.append((item.rel, pool.submit(finish_image, task)))
         while len(finishing) > window:
             yield _finished(finishing.popleft())
     while finishing:

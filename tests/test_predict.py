@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -108,6 +110,77 @@ def test_reused_buffers_give_the_fresh_canvas():
     for size in [(32, 75), (32, 75), (75, 32), (20, 50), (32, 75)]:
         image = random_image(*size)
         assert torch.equal(predict_canvas(model, image, buffers=buffers), predict_canvas(model, image))
+
+
+def test_stream_levels_equals_one_image_at_a_time(monkeypatch):
+    """`stream_levels` (each image's merge and levels in a second thread while the next forward runs) yields
+    `canvas_levels` and `canvas_top2` of `predict_canvas`, bit for bit and in input order, with the unreadable
+    (None) images passed through where they stood. The levels step is slowed, so the next forward always runs
+    while the previous image is merged and scored: state the two threads shared would change the maps."""
+    from eomt_ood.data.resample import preview_shape
+    from eomt_ood.inference import predict
+
+    torch.manual_seed(0)
+    model = prepare_model(StandIn())
+    sizes = [(32, 75), None, (32, 75), (75, 32), None, None, (20, 50), (32, 75), (32, 75)]
+    inputs = [
+        (i, random_image(*size, seed=i) if size else None, *(size or (0, 0))) for i, size in enumerate(sizes)
+    ]
+    levels_of = predict.canvas_levels
+
+    def slowed(*args, **kwargs):
+        time.sleep(0.05)
+        return levels_of(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "canvas_levels", slowed)
+    scores = ("msp", "rba")
+    got = list(predict.stream_levels(model, iter(inputs), scores, micro_batch=1, top2=True))
+    assert [key for key, _ in got] == list(range(len(sizes)))
+    for (_, image, height, width), (_, maps) in zip(inputs, got, strict=True):
+        if image is None:
+            assert maps is None
+            continue
+        canvas = predict_canvas(model, image, micro_batch=1)
+        prediction, levels = levels_of(canvas, height, width, scores)
+        np.testing.assert_array_equal(maps.prediction, prediction)
+        for name in scores:
+            np.testing.assert_array_equal(maps.levels[name], levels[name])
+        top_classes, top_scores = predict.canvas_top2(canvas, preview_shape(height, width))
+        np.testing.assert_array_equal(maps.top2[0], top_classes)
+        np.testing.assert_array_equal(maps.top2[1], top_scores)
+        assert maps.seconds > 0
+
+
+def test_stream_levels_passes_errors_on(monkeypatch):
+    """An error of the levels thread, or of the inputs, reaches the caller (the images before it are yielded)."""
+    from eomt_ood.inference import predict
+
+    model = prepare_model(StandIn())
+
+    def inputs(fail_at):
+        for i in range(4):
+            if i == fail_at:
+                raise UserError(f"input {i} is broken")
+            yield i, random_image(32, 75, seed=i), 32, 75
+
+    got = []
+    with pytest.raises(UserError, match="input 2 is broken"):
+        got.extend(key for key, _ in predict.stream_levels(model, inputs(2)))
+    assert got == [0, 1]
+    canvas_levels_of = predict.canvas_levels
+    calls = []
+
+    def failing(canvas, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("confidence map contains NaN")
+        return canvas_levels_of(canvas, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "canvas_levels", failing)
+    got = []
+    with pytest.raises(ValueError, match="NaN"):
+        got.extend(key for key, _ in predict.stream_levels(model, inputs(None)))
+    assert got == [0]
 
 
 def test_prepare_model_turns_masking_off_and_sets_eval():

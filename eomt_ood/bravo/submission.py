@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -166,7 +167,7 @@ def predict_folder(
     from tqdm import tqdm
 
     from eomt_ood.confidence import get_confidence
-    from eomt_ood.inference.predict import Buffers, canvas_levels, predict_canvas, prepare_model
+    from eomt_ood.inference.predict import prepare_model, stream_levels
 
     check_layout(layout)
     get_confidence(confidence)  # fail on a bad name before any work
@@ -174,22 +175,28 @@ def predict_folder(
     images = input_images(input_dir, output_dir)
     model = prepare_model(model, device, compile)
     report = FolderReport()
-    buffers = Buffers()
-    for rel in tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr):
-        try:
-            height, width = image_size(input_dir / rel)
-            if outputs_complete(output_dir, rel, height, width):
-                report.skipped += 1
+    bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress, file=sys.stderr)
+
+    def decoded() -> Iterator[tuple[str, np.ndarray, int, int]]:
+        for rel in images:
+            try:
+                height, width = image_size(input_dir / rel)
+                if outputs_complete(output_dir, rel, height, width):
+                    report.skipped += 1
+                    bar.update()
+                    continue
+                image = read_image(input_dir / rel)
+            except UserError as exc:
+                report.failed.append((rel, str(exc)))
+                warn(f"skipped {exc}")
+                bar.update()
                 continue
-            image = read_image(input_dir / rel)
-        except UserError as exc:
-            report.failed.append((rel, str(exc)))
-            warn(f"skipped {exc}")
-            continue
-        canvas = predict_canvas(
-            model, image, micro_batch=micro_batch, dtype=dtype, device=device, buffers=buffers
-        )
-        prediction, levels = canvas_levels(canvas, height, width, (confidence,))
-        write_raw_pair(output_dir, rel, prediction, levels[confidence])
-        report.written += 1
+            yield rel, image, height, width
+
+    with bar:
+        for rel, maps in stream_levels(model, decoded(), (confidence,), micro_batch, dtype, device):
+            assert maps is not None  # every input above has an image
+            write_raw_pair(output_dir, rel, maps.prediction, maps.levels[confidence])
+            report.written += 1
+            bar.update()
     return report

@@ -8,7 +8,11 @@ confidence score (`eomt_ood.confidence`) are taken, on the model's device.
 
 Memory stays bounded for any image size: windows are forwarded in micro-batches, their mask logits are
 upsampled and scored a few queries at a time (never Q x S x S for a batch), and the full-resolution maps are
-produced in bands of rows, so only the (C+1, H', W') canvas grows with the image. Nothing here writes a file.
+produced in bands of rows, so only the (C+1, H', W') canvas and the windows' low-resolution outputs (Q x S/4 x S/4
+mask logits per window) grow with the image. Nothing here writes a file.
+
+`stream_levels` runs a stream of images in two threads: the forward of one image while the previous one is
+merged, scored and quantised.
 
 Checked against the transformers port (tests/test_predict.py): `EomtImageProcessor(do_split_image=True,
 size={"shortest_edge": S, "longest_edge": None})` + `post_process_semantic_segmentation` give the same scores and
@@ -22,8 +26,13 @@ masks while its `attn_mask_probs` > 0 (fresh models), so parity needs P_k = 0 as
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +41,7 @@ from torch import nn
 from eomt_ood.confidence import PixelOutputs, get_confidence
 from eomt_ood.confidence.levels import quantise_tensor
 from eomt_ood.confidence.outputs import first_max
-from eomt_ood.data.resample import centre_indices, resize_image
+from eomt_ood.data.resample import centre_indices, preview_shape, resize_image
 from eomt_ood.errors import UserError
 from eomt_ood.inference.windows import (
     average_overlaps,
@@ -44,6 +53,8 @@ from eomt_ood.inference.windows import (
 
 # Output pixels per band when scoring a canvas on the CPU (see `_bands`).
 CPU_BAND_PIXELS = 1 << 16
+
+Key = TypeVar("Key")
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -182,6 +193,81 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+@dataclass
+class ModelOutputs:
+    """An image's raw model outputs, before any merge: `windows` holds (start, mask logits (Q, h, w), class logits
+    (Q, C+1)) per window, at its start along the long side of the resized (height, width) image; `side` is the
+    window side, or None when the whole resized image was one forward pass."""
+
+    height: int
+    width: int
+    side: int | None
+    windows: list[tuple[int, torch.Tensor, torch.Tensor]]
+
+
+def forward_image(
+    model: nn.Module,
+    image: np.ndarray,
+    micro_batch: int = 4,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> ModelOutputs:
+    """The model's outputs for every window of an image (`merge_outputs` turns them into its canvas).
+
+    image: uint8 (H, W, 3) or (3, H, W). The model must already be prepared (`prepare_model`) and on `device`;
+    `dtype` (bf16 / fp16) runs the forward under autocast. Windows go through the model `micro_batch` at a time.
+    A model with `whole_image_inference` set (Mask2Former's own Cityscapes protocol) sees the resized image in
+    one forward pass instead of S x S windows.
+    """
+    if micro_batch < 1:
+        raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+    side = int(model.img_size)
+    resized = torch.tensor(resize_image(_as_hwc(image), side)).permute(2, 0, 1)  # (3, H', W') uint8, a copy
+    height, width = resized.shape[-2:]
+    device = torch.device(device)
+    whole = getattr(model, "whole_image_inference", False)
+    starts = [0] if whole else window_starts(max(height, width), side)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    windows = []
+    with torch.inference_mode():
+        for first in range(0, len(starts), micro_batch):
+            batch_starts = starts[first : first + micro_batch]
+            if whole:
+                batch = resized[None]
+            else:
+                batch = torch.stack([crop_window(resized, start, side) for start in batch_starts])
+            batch = batch.to(device).float().div_(255)
+            with autocast:
+                mask_logits_list, class_logits_list = model(batch)
+            mask_logits, class_logits = mask_logits_list[-1], class_logits_list[-1]
+            windows += [(start, mask_logits[i], class_logits[i]) for i, start in enumerate(batch_starts)]
+            del mask_logits_list, class_logits_list
+    return ModelOutputs(height, width, None if whole else side, windows)
+
+
+def merge_outputs(outputs: ModelOutputs, buffers: Buffers | None = None) -> torch.Tensor:
+    """The overlap-averaged (C+1, H', W') float32 stack of an image at its resized size (short side = S), from
+    its windows' outputs: each window's `window_stack`, summed where windows overlap, divided by the count.
+
+    `buffers`: work tensors kept across calls (a stream of equal-size images then allocates them once); the
+    canvas returned is then one of them, overwritten by the next call.
+    """
+    buffers = buffers or Buffers()
+    with torch.inference_mode():
+        if outputs.side is None:  # one forward of the whole image: nothing to merge
+            _, mask_logits, class_logits = outputs.windows[0]
+            return window_stack(mask_logits, class_logits, (outputs.height, outputs.width), buffers=buffers)
+        channels = outputs.windows[0][2].shape[-1]
+        device = outputs.windows[0][1].device
+        # every position is written by `place_window` below: no zero fill needed
+        canvas = buffers.get("canvas", (channels, outputs.height, outputs.width), device)
+        filled = 0
+        for start, mask_logits, class_logits in outputs.windows:
+            window = window_stack(mask_logits, class_logits, outputs.side, buffers=buffers)
+            filled = place_window(canvas, window, start, filled)
+        return average_overlaps(canvas, outputs.side)
+
+
 def predict_canvas(
     model: nn.Module,
     image: np.ndarray,
@@ -190,54 +276,9 @@ def predict_canvas(
     device: str | torch.device = "cpu",
     buffers: Buffers | None = None,
 ) -> torch.Tensor:
-    """The overlap-averaged (C+1, H', W') float32 stack of an image at its resized size (short side = S).
-
-    image: uint8 (H, W, 3) or (3, H, W). The model must already be prepared (`prepare_model`) and on `device`;
-    `dtype` (bf16 / fp16) runs the forward under autocast, scoring stays float32. `buffers`: work tensors kept
-    across calls (a stream of equal-size images then allocates them once); the canvas returned is then one of
-    them, overwritten by the next call. A model with `whole_image_inference` set (Mask2Former's own Cityscapes
-    protocol) sees the resized image in one forward pass instead of S x S windows.
-    """
-    if micro_batch < 1:
-        raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
-    side = int(model.img_size)
-    resized = torch.tensor(resize_image(_as_hwc(image), side)).permute(2, 0, 1)  # (3, H', W') uint8, a copy
-    height, width = resized.shape[-2:]
-    device = torch.device(device)
-    if getattr(model, "whole_image_inference", False):
-        return _predict_whole(model, resized, dtype, device)
-    starts = window_starts(max(height, width), side)
-    buffers = buffers or Buffers()
-    # every position is written by `place_window` below: no zero fill needed
-    canvas = buffers.get("canvas", (int(model.num_classes) + 1, height, width), device)
-    filled = 0
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    with torch.inference_mode():
-        for first in range(0, len(starts), micro_batch):
-            batch_starts = starts[first : first + micro_batch]
-            batch = torch.stack([crop_window(resized, start, side) for start in batch_starts])
-            batch = batch.to(device).float().div_(255)
-            with autocast:
-                mask_logits_list, class_logits_list = model(batch)
-            mask_logits, class_logits = mask_logits_list[-1], class_logits_list[-1]
-            for i, start in enumerate(batch_starts):
-                window = window_stack(mask_logits[i], class_logits[i], side, buffers=buffers)
-                filled = place_window(canvas, window, start, filled)
-            del mask_logits_list, class_logits_list, mask_logits, class_logits
-    return average_overlaps(canvas, side)
-
-
-def _predict_whole(
-    model: nn.Module, resized: torch.Tensor, dtype: torch.dtype | None, device: torch.device
-) -> torch.Tensor:
-    """The (C+1, H', W') stack of a (3, H', W') uint8 image forwarded whole (no windows, nothing to average)."""
-    height, width = resized.shape[-2:]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    with torch.inference_mode():
-        batch = resized[None].to(device).float().div_(255)
-        with autocast:
-            mask_logits_list, class_logits_list = model(batch)
-        return window_stack(mask_logits_list[-1][0], class_logits_list[-1][0], (height, width))
+    """The overlap-averaged (C+1, H', W') float32 stack of an image at its resized size (short side = S):
+    `merge_outputs` of `forward_image` (see both). Scoring stays float32 under any autocast `dtype`."""
+    return merge_outputs(forward_image(model, image, micro_batch, dtype, device), buffers)
 
 
 def predict_image(
@@ -368,3 +409,82 @@ def canvas_top2(canvas: torch.Tensor, shape: tuple[int, int]) -> tuple[np.ndarra
     values = torch.stack([best, runner_up]) / total
     classes = torch.stack([first, second])
     return classes.to(torch.uint8).cpu().numpy(), values.to(torch.float16).cpu().numpy()
+
+
+@dataclass
+class ImageLevels:
+    """What `stream_levels` makes of one image: the outputs that leave the model's device."""
+
+    prediction: np.ndarray  # (H, W) uint8
+    levels: dict[str, np.ndarray]  # {score: (H, W) uint16 levels}
+    top2: tuple[np.ndarray, np.ndarray] | None  # `canvas_top2` at the preview size, when asked for
+    seconds: float = 0.0  # the model's device's work on it: forward, merge and upsampling, scores, levels
+
+
+def stream_levels(
+    model: nn.Module,
+    inputs: Iterable[tuple[Key, np.ndarray | None, int, int]],
+    confidences: Sequence[str] = ("msp",),
+    micro_batch: int = 4,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    top2: bool = False,
+) -> Iterator[tuple[Key, ImageLevels | None]]:
+    """(key, `ImageLevels`) for each (key, image, height, width) of `inputs`, in order; an image of None (one that
+    could not be read, say) passes through as (key, None).
+
+    image: uint8 (h, w, 3) or (3, h, w), at its own size or already resized for the model; (height, width) is the
+    size of the maps made of it. The model must already be prepared (`prepare_model`). The forward
+    (`forward_image`) runs in the calling thread; the rest (`merge_outputs`, `canvas_levels`, `canvas_top2`) in
+    a second thread, while the next image's forward runs. On a CPU that work takes a second core instead of
+    adding to the forward's time (torch's kernels release the GIL); on a GPU the host's copies and Python work
+    stay off the forward's path. At most two images' outputs and one canvas are held. The maps are those of
+    `canvas_levels` on `predict_canvas`, bit for bit.
+    """
+    buffers = Buffers()  # used by the second thread only
+
+    def finish(outputs: ModelOutputs, height: int, width: int, forward_seconds: float) -> ImageLevels:
+        start = time.perf_counter()
+        canvas = merge_outputs(outputs, buffers)
+        prediction, levels = canvas_levels(canvas, height, width, confidences)
+        top = canvas_top2(canvas, preview_shape(height, width)) if top2 else None
+        return ImageLevels(prediction, levels, top, forward_seconds + time.perf_counter() - start)
+
+    pending: deque = deque()  # (key, future or None), in input order
+    in_flight = 0  # futures in `pending`
+
+    def drain() -> Iterator[tuple[Key, ImageLevels | None]]:
+        while pending:
+            key, future = pending.popleft()
+            yield key, (future.result() if future is not None else None)
+
+    inputs = iter(inputs)
+    with ThreadPoolExecutor(1, thread_name_prefix="eomt-ood-levels") as scorer:
+        try:
+            while True:
+                try:
+                    entry = next(inputs, None)
+                except Exception as error:
+                    yield from drain()  # the images before a failing input are finished, then the error
+                    raise error
+                if entry is None:
+                    break
+                key, image, height, width = entry
+                if image is not None:
+                    start = time.perf_counter()
+                    outputs = forward_image(model, image, micro_batch, dtype, device)
+                    forward_seconds = time.perf_counter() - start
+                    pending.append((key, scorer.submit(finish, outputs, height, width, forward_seconds)))
+                    in_flight += 1
+                else:
+                    pending.append((key, None))
+                # One image is left in the second thread while the next forward runs; older ones go out in order.
+                while in_flight > 1 or (pending and pending[0][1] is None):
+                    key, future = pending.popleft()
+                    in_flight -= future is not None
+                    yield key, (future.result() if future is not None else None)
+            yield from drain()
+        finally:
+            for _, future in pending:  # stopped early (an error, or the caller closed the stream)
+                if future is not None:
+                    future.cancel()
