@@ -438,8 +438,9 @@ def stream_levels(
     (`forward_image`) runs in the calling thread; the rest (`merge_outputs`, `canvas_levels`, `canvas_top2`) in
     a second thread, while the next image's forward runs. On a CPU that work takes a second core instead of
     adding to the forward's time (torch's kernels release the GIL); on a GPU the host's copies and Python work
-    stay off the forward's path. At most two images' outputs and one canvas are held. The maps are those of
-    `canvas_levels` on `predict_canvas`, bit for bit.
+    stay off the forward's path. At most two images' outputs and one canvas are held, so the model must return
+    fresh tensors from each call (as eager and default `torch.compile` do; CUDA graphs would overwrite them).
+    The maps are those of `canvas_levels` on `predict_canvas`, bit for bit.
     """
     buffers = Buffers()  # used by the second thread only
 
