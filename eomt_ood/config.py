@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,18 @@ def to_dict(config: Any) -> dict[str, Any]:
     """A plain (YAML/JSON-serialisable) dict of a config dataclass, nested dataclasses included."""
     out = dataclasses.asdict(config)
     return _plain(out)
+
+
+def changed_setting(
+    recorded: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str] | None = None
+) -> str | None:
+    """The first of `keys` (default: every key of `current`) whose recorded value differs from the current one,
+    or None; a key missing from `recorded` reads as None. What a command that resumes into a folder checks before
+    it keeps that folder's finished files."""
+    for key in current if keys is None else keys:
+        if recorded.get(key) != current.get(key):
+            return key
+    return None
 
 
 def _plain(value: Any) -> Any:

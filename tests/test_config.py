@@ -45,3 +45,17 @@ def test_wrong_type_is_a_user_error():
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         load_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_changed_setting_names_the_first_key_that_differs():
+    from eomt_ood.config import changed_setting
+
+    recorded = {"model": "eomt_large", "confidences": ["msp"], "precision": "bf16"}
+    assert changed_setting(recorded, dict(recorded)) is None
+    assert (
+        changed_setting(recorded, {**recorded, "confidences": ["rba"], "precision": "fp32"}) == "confidences"
+    )
+    # only the keys asked about count, and a key the record lacks reads as None
+    assert changed_setting(recorded, {**recorded, "precision": "fp32"}, ["model", "confidences"]) is None
+    assert changed_setting(recorded, {**recorded, "token_merging": "algm"}) == "token_merging"
+    assert changed_setting(recorded, {**recorded, "token_merging": None}) is None

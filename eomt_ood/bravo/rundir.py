@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from eomt_ood.bravo.submission import raw_names
+from eomt_ood.config import changed_setting
 from eomt_ood.errors import UserError
 from eomt_ood.io import write_text_atomic
 
@@ -325,12 +326,12 @@ class RunDir:
         if not self.records.is_dir() or not any(self.records.iterdir()):
             return
         before = self.read_config()
-        for key in keys:
-            if before.get(key) != config.get(key):
-                raise UserError(
-                    f"{self.path}: holds a run made with {key} = {before.get(key)!r}, not {config.get(key)!r}; "
-                    "resuming would mix the two, so choose another --out or delete it"
-                )
+        key = changed_setting(before, config, keys)
+        if key is not None:
+            raise UserError(
+                f"{self.path}: holds a run made with {key} = {before.get(key)!r}, not {config.get(key)!r}; "
+                "resuming would mix the two, so choose another --out or delete it"
+            )
 
     # --- results.json ---------------------------------------------------------------------------------------
 

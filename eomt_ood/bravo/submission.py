@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eomt_ood.bravo.layout import PREDICT_SETTINGS
+from eomt_ood.config import changed_setting
 from eomt_ood.data.images import IMAGE_SUFFIXES, find_images, image_size, read_image
 from eomt_ood.data.png import png_header, write_png
 from eomt_ood.errors import UserError
@@ -130,12 +131,12 @@ def check_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> 
         ) from None
     if not isinstance(recorded, dict):
         raise UserError(f"{path}: not a record of an earlier predict; remove it or choose another --output")
-    for key, value in settings.items():
-        if recorded.get(key) != value:
-            raise UserError(
-                f"--output: {output_dir} holds maps made with {key} {recorded.get(key)!r}, not {value!r} "
-                f"(recorded in {path}); choose another --output"
-            )
+    key = changed_setting(recorded, settings)
+    if key is not None:
+        raise UserError(
+            f"--output: {output_dir} holds maps made with {key} {recorded.get(key)!r}, not {settings[key]!r} "
+            f"(recorded in {path}); choose another --output"
+        )
 
 
 def record_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> None:
