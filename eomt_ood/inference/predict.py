@@ -446,9 +446,12 @@ def stream_levels(
 
     def finish(outputs: ModelOutputs, height: int, width: int, forward_seconds: float) -> ImageLevels:
         start = time.perf_counter()
-        canvas = merge_outputs(outputs, buffers)
-        prediction, levels = canvas_levels(canvas, height, width, confidences)
-        top = canvas_top2(canvas, preview_shape(height, width)) if top2 else None
+        on = outputs.windows[0][1].device
+        # The current CUDA device is per thread: this one works on the GPU the model's outputs are on.
+        with torch.cuda.device(on) if on.type == "cuda" else nullcontext():
+            canvas = merge_outputs(outputs, buffers)
+            prediction, levels = canvas_levels(canvas, height, width, confidences)
+            top = canvas_top2(canvas, preview_shape(height, width)) if top2 else None
         return ImageLevels(prediction, levels, top, forward_seconds + time.perf_counter() - start)
 
     pending: deque = deque()  # (key, future or None), in input order
