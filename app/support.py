@@ -642,13 +642,12 @@ def own_model_source(
 
 
 def build_model(model: str | None, checkpoint: Path | None):
-    """The run's model in eval mode: `create_model(model, checkpoint=...)`, or `load_model(checkpoint)`."""
-    from eomt_ood.models import create_model, load_model
+    """The run's model in eval mode (`eomt_ood.models.build_model`)."""
+    from eomt_ood import models
 
     if model is None and checkpoint is None:
         raise UserError("config.yaml: the run names neither a model nor a checkpoint")
-    net = create_model(model, checkpoint=checkpoint) if model is not None else load_model(checkpoint)  # type: ignore[arg-type]
-    return net.eval()
+    return models.build_model(model, checkpoint).eval()
 
 
 def predict_own_image(model, image: np.ndarray, confidences: Sequence[str]) -> dict[str, Any]:

@@ -211,7 +211,12 @@ def make_data_command(
 
 @app.command("predict")
 def predict_command(
-    model: str = typer.Option(..., "--model", help="Registered model name, e.g. eomt_large_patch16_1024."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Registered model name, e.g. eomt_large_patch16_1024 (default: the architecture the checkpoint "
+        "records: our metadata, a config.json beside it, or its tensor shapes).",
+    ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Weights (official, HF or ours)."),
     input_dir: Path = typer.Option(..., "--input", help="Folder of .png/.jpg images (searched recursively)."),
     output_dir: Path = typer.Option(..., "--output", help="Folder for raw _pred/_conf PNGs (mirrors input)."),
@@ -246,10 +251,12 @@ def predict_command(
     check_predict_settings(output_dir, settings)
     if checkpoint is not None and random_weights:
         raise UserError("--random-weights: given with --checkpoint; choose one")
+    if random_weights and model is None:
+        raise UserError("--random-weights: needs --model, the architecture to build untrained")
     if checkpoint is None and not random_weights:
         raise UserError(
-            f"--checkpoint: no weights given for {model}; pass --checkpoint FILE, or --random-weights to run it "
-            "untrained"
+            f"--checkpoint: no weights given for {model or 'the model'}; pass --checkpoint FILE, or --model NAME "
+            "--random-weights to run it untrained"
         )
     if checkpoint is not None and not checkpoint.exists():
         raise UserError(f"--checkpoint: {checkpoint}: file not found")
@@ -257,14 +264,14 @@ def predict_command(
     from eomt_ood.bravo.submission import predict_folder, record_predict_settings
     from eomt_ood.confidence import get_confidence
     from eomt_ood.inference.predict import parse_device, resolve_runtime
+    from eomt_ood.models import build_model
     from eomt_ood.models.algm import enable_token_merging, parse_token_merging
-    from eomt_ood.models.registry import create_model
 
     torch_device = parse_device(device)
     merging = parse_token_merging(token_merging)
     dtype, compiled = resolve_runtime(torch_device, precision, compile_model, merging is not None)
     get_confidence(confidence)
-    net = create_model(model, checkpoint=checkpoint)
+    net = build_model(model, checkpoint)
     if merging is not None:
         enable_token_merging(net, merging)
     record_predict_settings(output_dir, settings)

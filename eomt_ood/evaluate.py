@@ -323,16 +323,12 @@ def _in_order(
 
 def _load_model(config: EvaluateConfig, device: Any, compile_model: bool) -> Any:
     from eomt_ood.inference.predict import prepare_model
-    from eomt_ood.models import create_model, load_model
+    from eomt_ood.models import build_model
     from eomt_ood.models.algm import enable_token_merging, parse_token_merging
 
     if config.model is None and config.checkpoint is None:
         raise UserError("--model or --checkpoint is needed (or neither, for the bundled demo)")
-    if config.model is None:
-        assert config.checkpoint is not None
-        model = load_model(config.checkpoint)
-    else:
-        model = create_model(config.model, checkpoint=config.checkpoint)
+    model = build_model(config.model, config.checkpoint)
     merging = parse_token_merging(config.token_merging)
     if merging is not None:
         enable_token_merging(model, merging)

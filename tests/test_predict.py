@@ -445,6 +445,28 @@ def test_cli_predict_resumes_only_into_a_folder_made_with_the_same_settings(tmp_
     assert PREDICT_SETTINGS in names and unmatched_submission_files(names, []) == ["a_conf.png", "a_pred.png"]
 
 
+def test_cli_predict_takes_the_architecture_from_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """Without --model, predict builds what the checkpoint records (as evaluate does): a model saved at a size
+    that is not its name's default gives the maps `predict_folder` writes with that model; naming the model
+    builds the name's defaults instead, which the checkpoint does not fit."""
+    from eomt_ood.models import save_checkpoint
+
+    make_tree(tmp_path / "in", {"a.png": (40, 90)})
+    torch.manual_seed(0)
+    model = create_model("eomt_test", img_size=32)
+    checkpoint = save_checkpoint(model, tmp_path / "model.safetensors")
+    common = ["--checkpoint", str(checkpoint), "--input", str(tmp_path / "in")]
+    assert run_cli(monkeypatch, *common, "--output", str(tmp_path / "out")) == 0
+    predict_folder(model, tmp_path / "in", tmp_path / "oracle", progress=False)
+    for name in ("a_pred.png", "a_conf.png"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "oracle" / name).read_bytes()
+    capsys.readouterr()
+    assert run_cli(monkeypatch, "--model", "eomt_test", *common, "--output", str(tmp_path / "named")) == 2
+    assert "image size" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "--random-weights", *common[2:], "--output", str(tmp_path / "untrained")) == 2
+    assert "--random-weights: needs --model" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -6,10 +6,18 @@ time the registry is asked for a name it does not know, so building an EoMT neve
 
 from eomt_ood.models.checkpoints import load_checkpoint
 from eomt_ood.models.eomt import EoMT
-from eomt_ood.models.registry import create_model, list_models, load_model, register_model, save_checkpoint
+from eomt_ood.models.registry import (
+    build_model,
+    create_model,
+    list_models,
+    load_model,
+    register_model,
+    save_checkpoint,
+)
 
 __all__ = [
     "EoMT",
+    "build_model",
     "create_model",
     "list_models",
     "load_checkpoint",

@@ -137,6 +137,16 @@ def load_model(path: str | Path, **overrides) -> nn.Module:
     return model
 
 
+def build_model(name: str | None, checkpoint: str | Path | None) -> nn.Module:
+    """The model a command was given: `create_model(name, checkpoint=checkpoint)` when it names one, else
+    `load_model(checkpoint)` (the architecture from the file). Naming neither is a `UserError`."""
+    if name is not None:
+        return create_model(name, checkpoint=checkpoint)
+    if checkpoint is None:
+        raise UserError("--model or --checkpoint is needed")
+    return load_model(checkpoint)
+
+
 def _is_eomt_hf_config(path: Path) -> bool:
     try:
         return json.loads(path.read_text()).get("model_type") == "eomt"

@@ -354,7 +354,20 @@ PREDICT_CASES = [
         untouched_steps=WEIGHTS,
     ),
     Case("micro-batch-zero", [*PREDICT, "--micro-batch", "0"], ["--micro-batch"]),
-    Case("model-option-missing", _drop(PREDICT, "--model"), ["--model"]),
+    Case(
+        "random-weights-without-model",
+        [*_drop(_drop(PREDICT, "--model"), "--checkpoint"), "--random-weights"],
+        ["--random-weights", "--model"],
+        untouched_steps=WEIGHTS,
+    ),
+    Case(
+        "model-from-the-checkpoint",  # no --model: the architecture the checkpoint records, as evaluate does
+        _drop(PREDICT, "--model"),
+        code=0,
+        setup=lambda w: _only(w, CAT_IMAGE),
+        keeps=("out/*",),
+        check=_predicted_one,
+    ),
     Case(
         "ok-one-image",
         PREDICT,
