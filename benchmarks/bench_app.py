@@ -312,7 +312,7 @@ def main() -> None:
     parser.add_argument("--screenshots", type=Path, default=None, help="Folder for two screenshots.")
     args = parser.parse_args()
 
-    load = os.getloadavg()[0]
+    described = machine.describe()  # the load when the run starts
     with tempfile.TemporaryDirectory() as tmp:
         run = (args.keep or Path(tmp)) / f"bench-app-{args.images}"
         build_s = None
@@ -341,9 +341,7 @@ def main() -> None:
         "images": args.images,
         "store_mb": round(store_mb, 1),
         "build_store_s": build_s,
-        "load_average": load,
-        "cpus": os.cpu_count(),
-        "cpu_model": machine.cpu_model(),
+        **described,
         # Without bytecode caching every start compiles streamlit and the app's modules again: the cold render
         # pays for it (a normal install writes .pyc files once).
         "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),

@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--commands", action="store_true", help="also time whole CLI runs on N and 2N images")
     parser.add_argument("--repeats", type=int, default=3, help="N / 2N command pairs; medians are printed")
     args = parser.parse_args()
+    described = machine.describe()  # the load when the run starts
     torch.set_num_threads(args.threads)
     side = args.img_size
     per_subset = max(1, args.images // 9)
@@ -198,7 +199,7 @@ def main() -> None:
             "device": args.device,
             "torch_threads": args.threads,
             "workers": args.workers,
-            **machine.describe(),
+            **described,
             "in_process": {
                 "forward_s": round(forward_s, 4),
                 "forward_runs_s": [round(wall / count, 4) for wall, _ in forwards],
