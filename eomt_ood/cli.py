@@ -62,7 +62,10 @@ def compare_command(
         None, "--csv", help="Also write the table as CSV (one row per run)."
     ),
     confidence: str | None = typer.Option(
-        None, "--confidence", help="Score to compare (default: each run's first, the submitted one)."
+        None,
+        "--confidence",
+        help="Score to compare (default: each run's first, the submitted one); a results file of one unnamed "
+        "score (from `score`) is taken as that score.",
     ),
     paper: bool = typer.Option(
         False,
@@ -333,7 +336,7 @@ def regress_command(
         confidence=confidence,
         baseline_stats=baseline_stats,
         results_stats=results_stats,
-        bootstrap=Settings(bootstrap, bootstrap_seed),
+        bootstrap=Settings(bootstrap, bootstrap_seed).check(),
     )
     print(report)
     raise typer.Exit(code)
@@ -383,7 +386,7 @@ def score_command(
 ) -> None:
     """Score a raw BRAVO submission with the official metrics (docs/metrics.md), with bootstrap intervals."""
     from eomt_ood.bravo.intervals import Settings
-    from eomt_ood.bravo.rundir import intervals_of, statistics_reference, write_results
+    from eomt_ood.bravo.rundir import intervals_of, refuse_run_store, statistics_reference, write_results
     from eomt_ood.bravo.scoring import score_submission
     from eomt_ood.io import check_output
 
@@ -391,9 +394,18 @@ def score_command(
     check_output(out, "--out", [gt, submission, samples])
     if stats is not None:
         check_output(stats, "--stats", [gt, submission, samples, out])
-    names = [s.strip() for item in subsets or [] for s in item.split(",") if s.strip()] or None
+        refuse_run_store(stats, "--stats")
+    names = [s.strip() for item in subsets or [] for s in item.split(",") if s.strip()]
+    if subsets and not names:
+        raise UserError("--subsets: give at least one subset name")
     results = score_submission(
-        gt, submission, subsets=names, samples=samples, workers=workers, bootstrap=settings, stats_out=stats
+        gt,
+        submission,
+        subsets=names or None,
+        samples=samples,
+        workers=workers,
+        bootstrap=settings,
+        stats_out=stats,
     )
     if stats is not None:
         results["meta"]["statistics"] = statistics_reference(stats, out)  # type: ignore[index]

@@ -22,6 +22,7 @@ its per-image statistics through `meta.statistics` (or a `predictions.h5` beside
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,12 +82,14 @@ def compare(
     results: dict,
     patterns: Sequence[str] = DEFAULT_PATTERNS,
     tolerance: float = DEFAULT_TOLERANCE,
+    names: tuple[str, str] = ("baseline", "results"),
 ) -> list[Comparison]:
     """Compare the watched metrics of two parsed results objects (see the module docstring for the rules).
 
     Rows come in baseline order (then keys only in the results); statuses: ok, REGRESSED, improved (moved the
     good way by more than the tolerance), new (only in the results), missing (only in the baseline).
-    `UserError` when the files are flat vs per-score, or a pattern matches no metric key in either file.
+    `UserError` when the files are flat vs per-score, a pattern matches no metric key in either file, or a
+    watched key holds something other than a number (null, a string, true; `names` name the two in the message).
     """
     if not tolerance >= 0:
         raise UserError(f"--tolerance: must be a non-negative number, got {tolerance}")
@@ -107,6 +110,15 @@ def compare(
 
     def watched(key: str) -> bool:
         return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+    # A watched value that is not a number would drop out of the comparison (and a gate on it would pass);
+    # lists (`iou_valid`) are not gated and may match a wide pattern.
+    for where, raw in zip(names, (baseline, results), strict=True):
+        for block, metrics in metric_blocks(raw, where).items():
+            for key, value in metrics.items():
+                if watched(key) and not isinstance(value, list) and key not in scalar_metrics({key: value}):
+                    name = f"{block}/{key}" if block != FLAT else key
+                    raise UserError(f"{where}: {name} holds {json.dumps(value)}, not a number")
 
     rows = []
     block_names = list(base_blocks) + [b for b in curr_blocks if b not in base_blocks]
@@ -227,7 +239,7 @@ def run_gate(
     notes = dataset_notes(baseline, results)
     base_sel = _select(baseline, confidence, str(baseline_path))
     curr_sel = _select(results, confidence, str(results_path))
-    rows = compare(base_sel, curr_sel, patterns, tolerance)
+    rows = compare(base_sel, curr_sel, patterns, tolerance, (str(baseline_path), str(results_path)))
     level = None
     if significance is not None:
         level = 1.0 - significance
@@ -304,7 +316,7 @@ def _statistics(results: dict, path: Path, given: str | Path | None, option: str
     found = statistics_file(results, path)
     if found is None:
         raise UserError(
-            f"--significance needs the {what}'s per-image statistics: none found for {path} (meta.statistics "
+            f"--significance needs per-image statistics of the {what}: none found for {path} (meta.statistics "
             f"or a predictions.h5 beside it); pass {option}"
             + (" or recreate the baseline with --update" if what == "baseline" else "")
         )
@@ -388,18 +400,16 @@ def check_update_outputs(
 ) -> None:
     """Before `--update` reads anything: the baseline and its statistics file are outputs, so neither may be an
     input (the results, their statistics, the store of the results' run folder) nor a run folder's store."""
-    from eomt_ood.bravo.rundir import RunDir
+    from eomt_ood.bravo.rundir import RunDir, read_paths, refuse_run_store
     from eomt_ood.io import check_output
 
     results_path = Path(results_path)
     check_output(baseline_path, "--baseline", [results_path])
     target = statistics_target(baseline_path, baseline_stats)
     run_store = RunDir(results_path.parent).store_file
-    check_output(target, "--baseline-stats", [results_path, results_stats, baseline_path, run_store])
-    if target.name == run_store.name and RunDir(target.parent).results_file.exists():
-        raise UserError(
-            f"--baseline-stats: {target} is the prediction store of a run folder; choose another path"
-        )
+    inputs = [*read_paths(results_path), results_stats, baseline_path, run_store]
+    check_output(target, "--baseline-stats", inputs)
+    refuse_run_store(target, "--baseline-stats")
 
 
 def _update(

@@ -127,6 +127,32 @@ def test_folder_and_tar_read_the_same(tmp_path, mode):
         bravo.open_tree(folder).ref("nope.png")
 
 
+def test_links_are_read_as_their_targets(tmp_path):
+    """A linked subset folder and hard or symbolic links in a tar list and read as the files they point at."""
+    folder, files = _write_tree(tmp_path)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "bravo_synobjs").symlink_to(folder / "bravo_synobjs", target_is_directory=True)
+    (linked / "bravo_SMIYC").symlink_to(folder / "bravo_SMIYC", target_is_directory=True)
+    tar_path = tmp_path / "links.tar"
+    first, second = sorted(files)
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(folder / first, arcname=first)
+        hard = tarfile.TarInfo(second)  # a hard link to the first member (as `tar` writes a second name)
+        hard.type, hard.linkname = tarfile.LNKTYPE, first
+        tar.addfile(hard)
+        soft = tarfile.TarInfo("bravo_SMIYC/x/z.bin")  # a symbolic link, relative to its own folder
+        soft.type, soft.linkname = tarfile.SYMTYPE, "y.bin"
+        tar.addfile(soft)
+    with bravo.open_tree(linked) as tree:
+        assert tree.names == sorted(files)
+        assert all(tree.read(name) == data for name, data in files.items())
+    with bravo.open_tree(tar_path) as tree:
+        assert tree.names == sorted([*files, "bravo_SMIYC/x/z.bin"])
+        assert tree.read(second) == tree.read("bravo_SMIYC/x/z.bin") == files[first]
+        assert tree.ref(second).read() == files[first]  # what a worker process reads
+
+
 def test_open_tree_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         bravo.open_tree(tmp_path / "absent", "ground truth")

@@ -317,7 +317,7 @@ def test_regress_update_keeps_the_statistics_beside_the_baseline(scored, tmp_pat
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({k: v for k, v in load_results(scored["base"]).items() if k != "meta"}))
     with pytest.raises(
-        UserError, match="--significance needs the baseline's per-image statistics.*--baseline-stats"
+        UserError, match="--significance needs per-image statistics of the baseline.*--baseline-stats"
     ):
         run_gate(bare, scored["worse"], significance=0.05)
     assert (

@@ -189,7 +189,7 @@ def test_missing_or_broken_files_name_the_file(bravo_run, tmp_path):
     write_png(conf_path, conf)
     pred_path = submission / "bravo_SMIYC/RoadAnomaly21/images/airplane0000_pred.png"
     write_png(pred_path, np.zeros((24, 36, 3), np.uint8))
-    with pytest.raises(UserError, match="airplane0000_pred.png: a prediction must be a 8-bit grayscale PNG"):
+    with pytest.raises(UserError, match="airplane0000_pred.png: a prediction must be an 8-bit grayscale PNG"):
         package_upload(submission, sampling, out, progress=False, workers=0)
 
 

@@ -15,11 +15,12 @@ import bz2
 import gzip
 import lzma
 import os
+import posixpath
 import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -175,9 +176,20 @@ class Tree:
 
     def _list_folder(self) -> None:
         root = str(self.path)
-        for dirpath, dirnames, filenames in os.walk(root):
+        # Linked folders are followed (a subset folder may be a link to where the data lives); one that leads
+        # back to a folder on its own path would list forever, so it is refused.
+        above = {root: frozenset({os.path.realpath(root)})}  # folder -> the real folders on its path
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames.sort()
             rel_dir = os.path.relpath(dirpath, root)
+            path_so_far = above.pop(dirpath)
+            for name in dirnames:
+                child = os.path.join(dirpath, name)
+                real = os.path.realpath(child)
+                if real in path_so_far:
+                    link = name if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{name}"
+                    raise UserError(f"{self.path}: {link} links back to {real}, a folder on its own path")
+                above[child] = path_so_far | {real}
             for fname in filenames:
                 rel = fname if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{fname}"
                 self._refs[rel] = MemberRef(root, rel)
@@ -197,13 +209,25 @@ class Tree:
                     self.close()
                     raise UserError(f"{self.path}: cannot decompress {self.label} ({exc})") from None
                 break
+        links: dict[str, str] = {}  # link member -> the member it names
         try:
             with tarfile.open(tar_path, "r:") as tar:
                 for member in tar:
-                    if not member.isfile():
+                    if not (member.isfile() or member.islnk() or member.issym()):
                         continue
                     name = normalise_member_name(member.name)
-                    self._refs[name] = MemberRef(str(tar_path), name, member.offset_data, member.size)
+                    if name in self._refs or name in links:
+                        # Which copy a reader would take is not defined (extracting keeps the last one).
+                        self.close()
+                        raise UserError(f"{self.path}: {self.label} tar holds {name} twice")
+                    if member.isfile():
+                        self._refs[name] = MemberRef(str(tar_path), name, member.offset_data, member.size)
+                    elif member.islnk():  # a hard link names its target from the archive's root
+                        links[name] = normalise_member_name(member.linkname)
+                    else:  # a symbolic link, relative to its own folder
+                        links[name] = posixpath.normpath(
+                            posixpath.join(posixpath.dirname(name), member.linkname)
+                        )
                 end = tar.offset
         except tarfile.TarError as exc:
             self.close()
@@ -213,6 +237,18 @@ class Tree:
         if not _ends_cleanly(tar_path, end):
             self.close()
             raise UserError(f"{self.path}: {self.label} tar is truncated (it ends inside a member)")
+        for name in links:
+            target = name
+            for _ in range(len(links) + 1):  # a chain of links ends at a file within as many steps
+                target = links.get(target, target)
+                if target not in links:
+                    break
+            if target not in self._refs:
+                self.close()
+                raise UserError(
+                    f"{self.path}: {name} in the {self.label} tar links to {links[name]}, not a file in it"
+                )
+            self._refs[name] = replace(self._refs[target], name=name)
 
     @property
     def names(self) -> list[str]:
@@ -368,7 +404,8 @@ def _require(data: bytes, name: str, what: str, depths: tuple[int, ...]) -> None
     header = png_header(data, name)
     if header.color_type != 0 or header.bit_depth not in depths:
         want = " or ".join(f"{d}-bit" for d in depths)
-        raise UserError(f"{name}: {what} must be a {want} grayscale PNG, got {header.kind}")
+        article = "an" if want.startswith("8") else "a"
+        raise UserError(f"{name}: {what} must be {article} {want} grayscale PNG, got {header.kind}")
 
 
 def read_label(data: bytes, name: str) -> np.ndarray:
@@ -388,6 +425,19 @@ def read_pred(data: bytes, name: str) -> np.ndarray:
     """Predicted train ids (H, W) uint8; only an 8-bit grayscale PNG is accepted (no RGB/palette conversion)."""
     _require(data, name, "a prediction", (8,))
     return decode_png(data, name)
+
+
+def check_train_ids(pred: np.ndarray, name: str) -> None:
+    """`UserError` naming `name` unless every value of a uint8 prediction is a train id 0..18 (every pixel is
+    checked, scored or not: a value outside is a broken file, whatever it covers)."""
+    if pred.size and int(pred.max()) > NUM_CLASSES - 1:
+        bad = np.flatnonzero(np.bincount(pred.ravel(), minlength=256)[NUM_CLASSES:]) + NUM_CLASSES
+        raise UserError(f"{name}: prediction holds class id(s) {id_list(bad)}; train ids are 0..18")
+
+
+def id_list(values: np.ndarray) -> str:
+    """The first five of some class ids, for an error message ("19, 20, 200")."""
+    return ", ".join(str(int(v)) for v in values[:5]) + (", ..." if values.size > 5 else "")
 
 
 def read_conf(data: bytes, name: str) -> np.ndarray:

@@ -192,6 +192,29 @@ def statistics_file(results: Mapping[str, Any], results_path: str | Path) -> Pat
     return beside if beside.is_file() else None
 
 
+def read_paths(run: str | Path) -> list[Path]:
+    """What a command reads of `run` (a run folder, or a results file and the statistics file it names), for
+    checking that no output path is one of them (`eomt_ood.io.check_output`). A results file that cannot be
+    read adds nothing here: reading it is where that is reported."""
+    path = Path(run)
+    if not path.is_file():
+        return [path]
+    try:
+        stats = statistics_file(load_results(path), path)
+    except UserError:
+        stats = None
+    return [path] if stats is None else [path, stats]
+
+
+def refuse_run_store(path: str | Path, option: str) -> None:
+    """`UserError` when `path` is the prediction store of a run folder: a statistics file written there would
+    replace the run's store (`score --stats`, `regress --update`'s baseline statistics)."""
+    path = Path(path)
+    folder = RunDir(path.parent)
+    if path.name == folder.store_file.name and folder.results_file.exists():
+        raise UserError(f"{option}: {path} is the prediction store of a run folder; choose another path")
+
+
 def statistics_reference(stats: str | Path, results_path: str | Path) -> str:
     """How a results file at `results_path` names its statistics file `stats`: relative to its folder when
     possible (the two move together), else absolute."""

@@ -32,6 +32,8 @@ from eomt_ood.bravo.layout import (
     GtImage,
     MemberRef,
     Tree,
+    check_train_ids,
+    id_list,
     match_gt,
     open_tree,
     read_conf,
@@ -256,11 +258,9 @@ def categorise(
     if lab.size and int((lab + np.uint8(256 - NUM_CLASSES)).min()) < 255 - NUM_CLASSES:
         bad_labels = np.flatnonzero(np.bincount(lab, minlength=256)[NUM_CLASSES:255]) + NUM_CLASSES
         raise UserError(
-            f"{label_name}: GT label holds class id(s) {_ids(bad_labels)} outside 0..18 (and 255 = void)"
+            f"{label_name}: GT label holds class id(s) {id_list(bad_labels)} outside 0..18 (and 255 = void)"
         )
-    if prd.size and int(prd.max()) > NUM_CLASSES - 1:
-        bad_preds = np.flatnonzero(np.bincount(prd, minlength=256)[NUM_CLASSES:]) + NUM_CLASSES
-        raise UserError(f"{pred_name}: prediction holds class id(s) {_ids(bad_preds)}; train ids are 0..18")
+    check_train_ids(prd, pred_name)
 
     void = lab == 255
     num_void = int(np.count_nonzero(void))
@@ -312,11 +312,6 @@ def _count_pairs(pair: np.ndarray) -> np.ndarray:
     lengths = np.diff(starts, append=pair.size)
     counts = np.bincount(pair[starts], weights=lengths, minlength=_CM_BINS)[:_CM_OUTSIDE]
     return counts.astype(np.int64)
-
-
-def _ids(values: np.ndarray) -> str:
-    shown = ", ".join(str(int(v)) for v in values[:5])
-    return shown + (", ..." if values.size > 5 else "")
 
 
 def lower_is_better(key: str) -> bool:

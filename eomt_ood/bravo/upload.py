@@ -34,6 +34,7 @@ from eomt_ood.bravo.layout import (
     SAMPLES_SUFFIX,
     GtImage,
     MemberRef,
+    check_train_ids,
     open_tree,
     read_conf,
     read_pred,
@@ -160,6 +161,7 @@ def encode_task(task: EncodeTask) -> bytes:
     """Read, check and encode one image (see `package_upload`); `UserError` naming the offending file."""
     indices = decode_sample_indices(task.sample.read(), task.sample.name)
     pred = read_pred(task.pred.read(), task.pred.name)
+    check_train_ids(pred, task.pred.name)
     conf = read_conf(task.conf.read(), task.conf.name)
     if conf.shape != pred.shape:
         raise UserError(

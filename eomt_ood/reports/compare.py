@@ -672,11 +672,13 @@ def compare_runs(
     input run. `differences` lists the conventions the runs differ on and the runs that could not be paired.
     """
     from eomt_ood.bravo.intervals import Settings
+    from eomt_ood.bravo.rundir import read_paths
 
     settings = (bootstrap if bootstrap is not None else Settings()).check()
-    check_output(out, "--out", run_dirs)
+    inputs = [path for run in run_dirs for path in read_paths(run)]
+    check_output(out, "--out", inputs)
     if csv_path is not None:
-        check_output(csv_path, "--csv", [*run_dirs, out])
+        check_output(csv_path, "--csv", [*inputs, out])
     runs = load_runs(run_dirs, confidence)
     notes = add_intervals(runs, settings) if settings.enabled else []
     page_text = build_comparison(runs, title, notes, settings.level, settings.replicates)

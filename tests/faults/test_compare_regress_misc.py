@@ -65,6 +65,17 @@ COMPARE_CASES = [
         "store-corrupt", COMPARE, ["predictions.h5"], lambda w: bad.truncate(w["run"] / "predictions.h5", 0.1)
     ),
     Case("confidence-unknown", [*COMPARE, "--confidence", "nope"], ["nope"]),
+    # A results file given instead of a run folder brings its statistics file (here the store beside it).
+    Case(
+        "out-is-a-results-files-statistics",
+        ["compare", "{run}/results.json", "--out", "{run}/predictions.h5"],
+        ["--out"],
+    ),
+    Case(
+        "csv-is-a-results-files-statistics",
+        ["compare", "{run}/results.json", "--out", "{out}/c.html", "--csv", "{run}/predictions.h5"],
+        ["--csv"],
+    ),
     Case("ok", COMPARE, code=0, keeps=("out/c.html",), check=_compared),
 ]
 
@@ -80,6 +91,18 @@ def _baseline_edit(edit):
         data = json.loads(w["baseline"].read_text())
         edit(data)
         w["baseline"].write_text(json.dumps(data))
+
+    return setup
+
+
+def _results_with_statistics(name: str):
+    """r.json: the run's results naming `name` beside it as their statistics file (as `score --stats` does)."""
+
+    def setup(w):
+        results = json.loads(w["results"].read_text())
+        results["meta"]["statistics"] = name
+        (w.root / "r.json").write_text(json.dumps(results))
+        (w.root / name).write_bytes((w["run"] / "predictions.h5").read_bytes())
 
     return setup
 
@@ -141,6 +164,20 @@ REGRESS_CASES = [
         ["baseline"],
         _json("baseline", {"msp": {"synobjs_auprc_ood": 0.5}, "ACDCfog_auprc_ood": 0.1}),
     ),
+    # A watched value that is not a number would leave the comparison and let the gate pass.
+    Case(
+        "baseline-value-null",
+        REGRESS,
+        ["msp/synobjs_auprc_ood", "null"],
+        _baseline_edit(lambda data: data["msp"].update(synobjs_auprc_ood=None)),
+    ),
+    Case(
+        "baseline-value-a-string",
+        REGRESS,
+        ["msp/synobjs_auprc_ood", '"0.5"'],
+        _baseline_edit(lambda data: data["msp"].update(synobjs_auprc_ood="0.5")),
+    ),
+    Case("bootstrap-negative", [*REGRESS, "--bootstrap", "-3"], ["--bootstrap"]),
     Case("tolerance-negative", [*REGRESS, "--tolerance", "-1"], ["--tolerance"]),
     Case("tolerance-not-a-number", [*REGRESS, "--tolerance", "tiny"], ["--tolerance"]),
     Case("keys-match-nothing", [*REGRESS, "--keys", "*_nothing"], ["--keys", "*_nothing"]),
@@ -165,6 +202,12 @@ REGRESS_CASES = [
         "update-stats-is-another-runs-store",
         [*REGRESS, "--update", "--baseline-stats", "{run2}/predictions.h5"],
         ["--baseline-stats", "run folder"],
+    ),
+    Case(
+        "update-stats-is-the-results-statistics-file",
+        [*regress("--results", "{tmp}/r.json", "--baseline", "{tmp}/b.json"), "--update"],
+        ["--baseline-stats", "b.stats.h5"],
+        _results_with_statistics("b.stats.h5"),
     ),
     Case(
         "update-stats-is-a-folder",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -30,6 +31,23 @@ def _gt_tar(w, truncated: bool = False):
     if truncated:
         bad.truncate(path, 0.4)
     return path
+
+
+def _tar_with_duplicate(w):
+    """The submission as a tar, with one prediction appended a second time (`tar -r` of a changed file)."""
+    path = bad.tar_of(w["sub"], w.root / "sub.tar")
+    with tarfile.open(path, "a") as tar:
+        tar.add(w["sub"] / PRED, arcname=PRED)
+
+
+def _tar_with_dangling_link(w):
+    """The submission as a tar whose prediction is a symbolic link to a member the tar does not hold."""
+    (w["sub"] / PRED).unlink()
+    path = bad.tar_of(w["sub"], w.root / "sub.tar")
+    with tarfile.open(path, "a") as tar:
+        info = tarfile.TarInfo(PRED)
+        info.type, info.linkname = tarfile.SYMTYPE, "elsewhere.png"
+        tar.addfile(info)
 
 
 def _score_ok(world, out, err):
@@ -60,6 +78,26 @@ SCORE_CASES = [
     Case("gt-label-truncated", SCORE, [LABEL], lambda w: bad.truncate(w["gt"] / LABEL)),
     Case("gt-label-rgb", SCORE, [LABEL], lambda w: bad.as_rgb(w["gt"] / LABEL)),
     Case("subsets-unknown", score("--subsets", "nope"), ["--subsets", "nope"], untouched_steps=SCORING),
+    Case("subsets-empty", score("--subsets", ","), ["--subsets"], untouched_steps=SCORING),
+    Case(
+        "submission-tar-holds-a-file-twice",
+        score("--submission", "{tmp}/sub.tar"),
+        ["sub.tar", PRED, "twice"],
+        _tar_with_duplicate,
+    ),
+    Case(
+        "submission-tar-link-to-nothing",
+        score("--submission", "{tmp}/sub.tar"),
+        ["sub.tar", PRED, "elsewhere.png"],
+        _tar_with_dangling_link,
+    ),
+    Case(
+        "gt-folder-links-back-to-itself",
+        SCORE,
+        ["bravo_synobjs/loop", "links back"],
+        lambda w: (w["gt"] / "bravo_synobjs" / "loop").symlink_to(w["gt"], target_is_directory=True),
+    ),
+    Case("stats-over-a-runs-store", score("--stats", "{run}/predictions.h5"), ["--stats", "run folder"]),
     Case(
         "subsets-absent-from-gt",
         score("--subsets", "synobjs"),
@@ -149,6 +187,8 @@ PACKAGE_CASES = [
     Case("conf-8-bit", PACKAGE, [CONF], lambda w: bad.as_8bit(w["sub"] / CONF)),
     Case("conf-size-differs", PACKAGE, [CONF], lambda w: bad.crop(w["sub"] / CONF)),
     Case("pred-truncated-png", PACKAGE, [PRED], lambda w: bad.truncate(w["sub"] / PRED)),
+    Case("pred-class-19", PACKAGE, [PRED, "19"], lambda w: bad.with_value(w["sub"] / PRED, 19)),
+    Case("pred-class-200", PACKAGE, [PRED, "200"], lambda w: bad.with_value(w["sub"] / PRED, 200)),
     Case(
         "sample-index-outside-the-image",
         package("--samples", "{tmp}/s.tar"),
