@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 import eomt_ood
-from eomt_ood.bravo.rundir import RunDir, intervals_of, resolve_run_dirs, score_block
+from eomt_ood.bravo.rundir import RunDir, intervals_of, recorded_input, resolve_run_dirs, score_block
 from eomt_ood.data.labels import IGNORE, TRAIN_ID_NAMES, colorize_train_ids
 from eomt_ood.errors import UserError
 from eomt_ood.metrics.histogram import FPR95_TPR, NUM_LEVELS, binary_histograms
@@ -249,17 +249,17 @@ def read_region(run: Run, index: int, region: tuple[slice, slice]) -> dict[str, 
     for n, score in enumerate(run.reader.confidences):
         path = folder.conf_file(rel, score, n == 0)
         maps["confs"][score] = read_conf(path.read_bytes(), str(path))[region]
-    gt_root, image = run.config.get("gt"), gt_image_of_input(rel)
-    if gt_root and image is not None and run.reader.has_ground_truth(index) and Path(gt_root).exists():
+    gt_root, image = recorded_input(run.config, "gt"), gt_image_of_input(rel)
+    if gt_root and image is not None and run.reader.has_ground_truth(index) and gt_root.exists():
         with open_tree(gt_root, "ground truth") as tree:
             if image.label_name in tree and image.mask_name in tree:
                 maps["gt_label"] = read_label(tree.read(image.label_name), image.label_name)[region]
                 invalid = read_mask(tree.read(image.mask_name), image.mask_name)
                 maps["gt_invalid"] = invalid[region].astype(np.uint8)
     maps["rgb"] = None
-    images_root = run.config.get("images_root")
+    images_root = recorded_input(run.config, "images_root")
     if images_root:
-        photo = allowed_file(Path(images_root) / rel, [Path(images_root).resolve()])
+        photo = allowed_file(images_root / rel, [images_root.resolve()])
         if photo is not None and photo.is_file():
             maps["rgb"] = read_image(photo)[region]
     return maps
@@ -585,7 +585,12 @@ def model_source(
     """(model name or None, checkpoint path or None) from a run's config.yaml, refusing a checkpoint outside the
     run folders, the folders allowed with `--allow` and the package's bundled assets (`UserError`)."""
     model = config.get("model")
-    checkpoint = config.get("checkpoint")
+    checkpoint = recorded_input(config, "checkpoint")
+    if checkpoint is None and config.get("checkpoint"):
+        raise UserError(
+            f"{config['checkpoint']}: the run recorded its checkpoint relative to a folder it did not record; "
+            "not read"
+        )
     if checkpoint is None:
         if model is None:
             raise UserError("config.yaml: the run names neither a model nor a checkpoint")

@@ -235,6 +235,7 @@ def predict_command(
     ),
 ) -> None:
     """Windowed semantic inference: write a prediction and a confidence PNG for every input image."""
+    from eomt_ood.bravo.layout import PREDICT_SETTINGS
     from eomt_ood.bravo.submission import check_layout, check_predict_settings, input_images
     from eomt_ood.io import check_output
 
@@ -242,16 +243,6 @@ def predict_command(
     check_output(output_dir, "--output", [input_dir, checkpoint], folder=True)
     input_images(input_dir, output_dir)
     check_layout(layout)
-    # What the maps depend on: resuming into a folder made with other values would mix two runs.
-    settings = {
-        "model": model,
-        "checkpoint": str(checkpoint.resolve()) if checkpoint is not None else None,
-        "confidence": confidence,
-        "layout": layout,
-        "precision": precision,
-        "token_merging": token_merging,
-    }
-    check_predict_settings(output_dir, settings)
     if checkpoint is not None and random_weights:
         raise UserError("--random-weights: given with --checkpoint; choose one")
     if random_weights and model is None:
@@ -264,9 +255,11 @@ def predict_command(
     if checkpoint is not None and not checkpoint.exists():
         raise UserError(f"--checkpoint: {checkpoint}: file not found")
 
+    from eomt_ood.bravo.rundir import maps_identity
     from eomt_ood.bravo.submission import predict_folder, record_predict_settings
     from eomt_ood.confidence import get_confidence
-    from eomt_ood.inference.predict import parse_device, resolve_runtime
+    from eomt_ood.confidence.levels import NonFiniteConfidence
+    from eomt_ood.inference.predict import parse_device, precision_name, resolve_runtime
     from eomt_ood.models import build_model
     from eomt_ood.models.algm import enable_token_merging, parse_token_merging
 
@@ -274,13 +267,27 @@ def predict_command(
     merging = parse_token_merging(token_merging)
     dtype, compiled = resolve_runtime(torch_device, precision, compile_model, merging is not None)
     get_confidence(confidence)
+    # What the maps depend on: resuming into a folder made with other values would mix two runs.
+    settings = maps_identity(
+        model, checkpoint, precision_name(dtype), token_merging, [confidence], input=input_dir
+    )
+    settings["layout"] = layout
+    recorded = check_predict_settings(output_dir, settings)
     net = build_model(model, checkpoint)
     if merging is not None:
         enable_token_merging(net, merging)
     record_predict_settings(output_dir, settings)
-    report = predict_folder(
-        net, input_dir, output_dir, confidence, layout, micro_batch, dtype, torch_device, compile=compiled
-    )
+    try:
+        report = predict_folder(
+            net, input_dir, output_dir, confidence, layout, micro_batch, dtype, torch_device, compile=compiled
+        )
+    except NonFiniteConfidence as exc:  # the weights' fault, not an image's: name them
+        raise UserError(f"{checkpoint or model}: {exc}") from None
+    finally:
+        if not recorded and not any(output_dir.rglob("*_pred.png")):
+            (output_dir / PREDICT_SETTINGS).unlink(
+                missing_ok=True
+            )  # no map was written: the folder is as before
     done = f"{report.written} written, {report.skipped} already complete, {len(report.failed)} failed"
     print(f"{done} -> {output_dir}")
     if report.failed:

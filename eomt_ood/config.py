@@ -40,6 +40,14 @@ def changed_setting(
     return None
 
 
+def describe_change(key: str, recorded: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """'key = recorded, not current', for the message refusing a resume (`changed_setting`'s key); weights
+    changed in place (the `checkpoint_fingerprint` of `eomt_ood.bravo.rundir.maps_identity`) are said in words."""
+    if key == "checkpoint_fingerprint":
+        return f"other weights in {current.get('checkpoint')} (the file changed since)"
+    return f"{key} = {recorded.get(key)!r}, not {current.get(key)!r}"
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

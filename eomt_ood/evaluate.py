@@ -35,12 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from eomt_ood.bravo.rundir import RunDir, pack_results, write_results
+from eomt_ood.bravo.rundir import RESUME_IDENTITY, RunDir, maps_identity, pack_results, write_results
 from eomt_ood.errors import UserError
 from eomt_ood.io import check_output
-
-# What the files of a finished image depend on: resuming with other values would mix two runs in one folder.
-OUTPUT_SETTINGS = ("images_root", "model", "checkpoint", "confidences", "precision", "token_merging")
 
 
 @dataclass(frozen=True)
@@ -355,6 +352,10 @@ class _Ranks:
             return cls()
         from lightning.fabric import Fabric
 
+        from eomt_ood.inference.predict import parse_device
+
+        parse_device(config.device)  # one line for a device this machine lacks, as with one process
+
         accelerator = "cuda" if config.device.startswith("cuda") else "cpu"
         devices = int(os.environ.get("LOCAL_WORLD_SIZE", config.devices)) if launched > 1 else config.devices
         try:
@@ -561,8 +562,13 @@ def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, A
     workers = default_workers(8) if config.workers is None else config.workers
     # The workers are forked now, before torch is imported or any thread started (see `eomt_ood.io`). They yield
     # the CPU to this process, whose model work paces the run.
+    from eomt_ood.confidence.levels import NonFiniteConfidence
+
     with ProcessMap(workers, nice=10) as pool:
-        results = _evaluate(config, pool, start, progress)
+        try:
+            results = _evaluate(config, pool, start, progress)
+        except NonFiniteConfidence as exc:  # the weights' fault, not an image's: name them
+            raise UserError(f"{config.checkpoint or config.model}: {exc}") from None
     unscored = results.get("meta", {}).get("unscored_subsets") or {}
     if unscored:
         first = next(iter(unscored.values()))
@@ -593,14 +599,15 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
         if todo:  # said before the options are checked: that imports torch and the model code (seconds)
             say(f"loading model {config.model or Path(str(config.checkpoint)).name} ...")
         check_options(config)
-        settings = to_dict(config)
+        runtime = _runtime_record(config, ranks.device(config))
+        identity = _identity(config, runtime["precision_used"])
+        settings = {**to_dict(config), RESUME_IDENTITY: identity}
         if ranks.rank == 0:
             stack.enter_context(run.lock("eomt-ood evaluate"))
-            run.check_resumable(settings, OUTPUT_SETTINGS)
+            run.check_resumable(identity)
         timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0}
         model = None
         if todo:  # loaded before anything is written: bad weights leave the folder as it was
-            runtime = _runtime_record(config, ranks.device(config))
             model = _load_model(config, ranks.device(config), runtime["compiled"])
             timing["startup_seconds"] = time.perf_counter() - start
             timing.update(runtime)
@@ -673,18 +680,32 @@ def progress_bar(total: int, disable: bool = False) -> Any:
     return _Bar(total=total, desc="evaluate", unit="img", disable=disable, file=sys.stderr, smoothing=0)
 
 
+def _identity(config: EvaluateConfig, precision_used: str) -> dict[str, Any]:
+    """What the files of a finished image depend on (`rundir.maps_identity`): the maps' model, weights, precision,
+    token merging and scores, and the images, ground truth and sample their statistics were counted on.
+    Resuming with other values would mix two runs in one folder."""
+    return maps_identity(
+        config.model,
+        config.checkpoint,
+        precision_used,
+        config.token_merging,
+        config.confidences,
+        images_root=config.images_root,
+        gt=config.gt,
+        samples=config.samples,
+    )
+
+
 def _runtime_record(config: EvaluateConfig, device: Any) -> dict[str, Any]:
     """What the forward ran as, resolved from the options ("auto", None) on this device: device, precision
     ("fp32", "bf16", "fp16") and whether the model was compiled."""
-    import torch
 
-    from eomt_ood.inference.predict import resolve_runtime
+    from eomt_ood.inference.predict import precision_name, resolve_runtime
 
     dtype, compiled = resolve_runtime(
         device, config.precision, config.compile, config.token_merging != "none"
     )
-    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    return {"device": str(device), "precision_used": names[dtype], "compiled": compiled}
+    return {"device": str(device), "precision_used": precision_name(dtype), "compiled": compiled}
 
 
 def _token_merging_record(model: Any, config: EvaluateConfig) -> dict[str, Any] | None:

@@ -1,8 +1,10 @@
-"""Plumbing every command shares: atomic writes, the warning printer, and one bounded process map.
+"""Plumbing every command shares: atomic writes, folder listing, the warning printer, one bounded process map.
 
 - `atomic_path` / `write_bytes_atomic` / `write_text_atomic`: a file appears whole or not at all (temporary name in
   the same folder, then `os.replace`), so an interrupted job never leaves a half-written file that a resumed run
   would take for finished, and a failed write leaves no temporary behind.
+- `walk_files`: the files under a folder, through linked folders, refusing link loops; `fingerprint`: a cheap
+  digest of a file's or folder's content (which checkpoint made a folder's maps).
 - `warn`: one line on stderr, prefixed `warning:`.
 - `ProcessMap`: a pool of worker processes fed through a bounded window (memory stays flat however many items),
   whose workers die with their parent even when the parent is killed with SIGKILL (Linux `PR_SET_PDEATHSIG`).
@@ -83,7 +85,8 @@ def check_output(
     Refused: a file path that is an existing folder (or a folder path that is an existing file); a path whose
     nearest existing parent is not a writable folder; a path that is one of `inputs`; a file path that is an
     existing file inside an input folder; a folder path that holds an input (commands that search their input
-    folder leave their output folder out of it, so the input would vanish). No command writes over its input.
+    leave their output folder out of it, so the input would vanish) or lies inside an input folder (the outputs would be listed as inputs by a later run, e.g.
+    a second `predict` into another folder). No command writes over its input.
     """
     path = Path(path)
     resolved = path.resolve()
@@ -102,11 +105,74 @@ def check_output(
             )
         if folder and resolved in source.parents:
             raise UserError(f"{option}: {path} holds the input {given}; choose a folder outside it")
+        if folder and source.is_dir() and source in resolved.parents:
+            raise UserError(
+                f"{option}: {path} lies inside the input folder {given}, where its files would become inputs "
+                "of later runs; choose a folder outside it"
+            )
     parent = resolved.parent if not resolved.exists() else resolved if folder else resolved.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{option}: {path}: cannot write there ({parent} is not a writable folder)")
+
+
+# ------------------------------------------------------------------------------------------------ listing
+
+
+def walk_files(root: str | Path, skip: Callable[[str], bool] | None = None) -> Iterator[str]:
+    """Relative POSIX paths of the files under `root`, folder by folder in sorted order.
+
+    Linked folders are followed (a data tree is often put together from links to where the data lives); a link
+    that leads back to a folder on its own path would list forever, so it is a `UserError` naming it. `skip`
+    gets each folder's relative path ("a/b") and leaves it out, unlisted and unchecked, when it returns True.
+    """
+    top = str(root)
+    above = {top: frozenset({os.path.realpath(top)})}  # folder -> the real folders on its path
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        rel_dir = Path(os.path.relpath(dirpath, top)).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        path_so_far = above.pop(dirpath)
+        kept = []
+        for name in sorted(dirnames):
+            if skip is not None and skip(prefix + name):
+                continue
+            child = os.path.join(dirpath, name)
+            real = os.path.realpath(child)
+            if real in path_so_far:
+                raise UserError(f"{root}: {prefix + name} links back to {real}, a folder on its own path")
+            above[child] = path_so_far | {real}
+            kept.append(name)
+        dirnames[:] = kept
+        yield from (prefix + name for name in filenames)
+
+
+def fingerprint(path: str | Path, blocks: int = 16, block_size: int = 1 << 16) -> str:
+    """A short digest that changes when a file's (or a folder's files') content does: the sizes, and SHA-256 over
+    `blocks` blocks spread evenly over each file, first and last included (whole files up to that size).
+
+    Reads about 1 MiB of a file of any size, so a multi-GB checkpoint costs milliseconds. Retraining or
+    replacing weights changes every tensor, so any block sees it; two files that differ only between the blocks
+    would look the same, which is why this names "the same checkpoint as before", not a checksum.
+    """
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    names = sorted(walk_files(path)) if path.is_dir() else [""]
+    for name in names:
+        file = path / name if name else path
+        size = file.stat().st_size
+        digest.update(f"{name}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            if size <= blocks * block_size:
+                digest.update(handle.read())
+                continue
+            step = (size - block_size) / (blocks - 1)
+            for i in range(blocks):
+                handle.seek(round(i * step))
+                digest.update(handle.read(block_size))
+    return digest.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------ warnings

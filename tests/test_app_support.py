@@ -256,6 +256,23 @@ def test_runs_refuse_paths_outside(run_dir, tmp_path):
         sup.model_source({"model": None, "checkpoint": str(run_dir / "missing.safetensors")}, roots)
 
 
+def test_inputs_a_run_names_are_read_only_where_it_resolved_them(tmp_path):
+    """config.yaml may name its inputs relative to where `evaluate` ran; the app reads them where the run
+    resolved them (its resume record), never relative to its own working directory (which may hold other
+    files of the same names)."""
+    from eomt_ood.bravo.rundir import recorded_input
+
+    resolved = str(tmp_path / "data" / "images")
+    assert recorded_input(
+        {"images_root": "data/images", "resume": {"images_root": resolved}}, "images_root"
+    ) == (tmp_path / "data" / "images")
+    assert recorded_input({"images_root": resolved}, "images_root") == tmp_path / "data" / "images"
+    assert recorded_input({"images_root": "data/images"}, "images_root") is None
+    assert recorded_input({"gt": None, "resume": {"gt": None}}, "gt") is None
+    with pytest.raises(UserError, match="relative to a folder it did not record"):
+        sup.model_source({"model": None, "checkpoint": "weights/model.safetensors"}, [tmp_path])
+
+
 def test_checkpoints_from_allowed_folders_only(run_dir, tmp_path):
     allowed = tmp_path / "allowed"
     (allowed / "deep").mkdir(parents=True)

@@ -5,6 +5,7 @@ import math
 import os
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,8 +178,9 @@ def test_bad_options_are_user_errors(bravo_set, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="--device: cuda requested but no CUDA device is available"):
             evaluate_bravo(_config(bravo_set, tmp_path / "d", device="cuda"), progress=False)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no BRAVO input images"):
-        evaluate_bravo(_config(bravo_set, tmp_path / "x", images_root=tmp_path), progress=False)
+        evaluate_bravo(_config(bravo_set, tmp_path / "x", images_root=tmp_path / "empty"), progress=False)
 
 
 def test_unreadable_image_fails_the_run_unless_skipped(bravo_set, tmp_path):
@@ -261,6 +263,38 @@ def test_resuming_with_other_settings_is_refused(bravo_set, tmp_path):
     evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("msp",)), progress=False)
     with pytest.raises(UserError, match=r"holds a run made with confidences = \['msp'\], not \['rba'\]"):
         evaluate_bravo(_config(bravo_set, run, gt=None, confidences=("rba",)), progress=False)
+
+
+def test_resuming_refuses_what_the_finished_images_depend_on(bravo_set, tmp_path, monkeypatch):
+    """The records hold statistics counted on the ground truth and maps of the weights' content: another --gt
+    (or adding one), or weights replaced in place under the same path, are refused; the same model named or
+    left to the checkpoint, the same precision spelled "fp32" or "auto" on the CPU, and a relative path to the
+    same folder, resume."""
+    data, checkpoint = bravo_set
+    weights = tmp_path / "model.safetensors"
+    shutil.copyfile(checkpoint, weights)
+    run = tmp_path / "run"
+    evaluate_bravo(_config(bravo_set, run, gt=None, checkpoint=weights, confidences=("msp",)), progress=False)
+    with pytest.raises(UserError, match=r"holds a run made with gt = None, not '.*gt'"):
+        evaluate_bravo(_config(bravo_set, run, checkpoint=weights, confidences=("msp",)), progress=False)
+    monkeypatch.chdir(data)
+    same = _config(
+        bravo_set,
+        run,
+        gt=None,
+        checkpoint=weights,
+        confidences=("msp",),
+        model="eomt_test",
+        precision="fp32",
+        images_root=Path("images"),
+    )
+    assert evaluate_bravo(same, progress=False)["meta"]["inference"]["skipped"] == 9
+    torch.manual_seed(1)
+    save_checkpoint(create_model("eomt_test"), weights)  # retrained, saved over the same file
+    with pytest.raises(UserError, match=r"other weights in .*model\.safetensors \(the file changed since\)"):
+        evaluate_bravo(
+            _config(bravo_set, run, gt=None, checkpoint=weights, confidences=("msp",)), progress=False
+        )
 
 
 def test_a_finished_image_whose_file_went_missing_is_redone(bravo_set, tmp_path):

@@ -383,6 +383,28 @@ def test_output_folder_inside_the_input_is_not_read_back(tmp_path):
     assert (report.written, again.skipped, again.written, again.failed) == (1, 1, 0, [])
 
 
+def test_images_in_linked_folders_are_found_and_link_loops_refused(tmp_path):
+    """A BRAVO root is often put together from links to where each subset lives: linked folders are listed as
+    their own files are; a link back to a folder on its own path is one error naming it."""
+    from eomt_ood.data.images import find_images
+
+    make_tree(tmp_path / "store", {"bravo_synobjs/cat/1.png": (8, 8), "bravo_SMIYC/a.jpg": (8, 8)})
+    (tmp_path / "root").mkdir()
+    for subset in ("bravo_synobjs", "bravo_SMIYC"):
+        (tmp_path / "root" / subset).symlink_to(tmp_path / "store" / subset, target_is_directory=True)
+    assert (
+        find_images(tmp_path / "root")
+        == find_images(tmp_path / "store")
+        == [
+            "bravo_SMIYC/a.jpg",
+            "bravo_synobjs/cat/1.png",
+        ]
+    )
+    (tmp_path / "store" / "bravo_synobjs" / "cat" / "again").symlink_to(tmp_path / "root")
+    with pytest.raises(UserError, match="bravo_synobjs/cat/again links back to"):
+        find_images(tmp_path / "root")
+
+
 def test_bad_arguments_are_user_errors(tmp_path):
     model = StandIn()
     with pytest.raises(UserError, match="--input: .*missing: folder not found"):
@@ -438,8 +460,23 @@ def test_cli_predict_resumes_only_into_a_folder_made_with_the_same_settings(tmp_
     # Another score into the same folder: refused before any work; the old maps are not taken for finished.
     assert run_cli(monkeypatch, *common, "--confidence", "msp") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "confidence 'rba', not 'msp'" in err[0] and PREDICT_SETTINGS in err[0]
+    assert len(err) == 1 and "confidences = ['rba'], not ['msp']" in err[0] and PREDICT_SETTINGS in err[0]
     assert (tmp_path / "out" / "a_conf.png").read_bytes() == before
+    # The same relative --input from another folder is other images: refused too.
+    (tmp_path / "elsewhere").mkdir()
+    make_tree(tmp_path / "elsewhere" / "in", {"a.png": (40, 90)})
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    relative = [
+        "--model",
+        "eomt_test",
+        "--random-weights",
+        "--input",
+        "in",
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    assert run_cli(monkeypatch, *relative, "--confidence", "rba") == 2
+    assert "input = " in capsys.readouterr().err
     # The record is predict's own file: scoring the folder does not count it as a stray submission file.
     names = [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert PREDICT_SETTINGS in names and unmatched_submission_files(names, []) == ["a_conf.png", "a_pred.png"]
@@ -550,5 +587,5 @@ def test_quantise_tensor_equals_the_numpy_quantiser_at_every_edge():
     for where in (0, 5000, values.size - 1):  # NaN in the vectorised body and in the tail
         broken = values.copy()
         broken[where] = np.nan
-        with pytest.raises(ValueError, match="NaN"):
+        with pytest.raises(UserError, match="holds NaN"):
             quantise_tensor(torch.from_numpy(broken))

@@ -27,6 +27,7 @@ import numpy as np
 
 from eomt_ood.data.png import decode_png, png_header
 from eomt_ood.errors import UserError
+from eomt_ood.io import walk_files
 
 # Official subset order: the order of the keys in the results file (docs/metrics.md §6).
 SUBSETS = (
@@ -176,23 +177,8 @@ class Tree:
 
     def _list_folder(self) -> None:
         root = str(self.path)
-        # Linked folders are followed (a subset folder may be a link to where the data lives); one that leads
-        # back to a folder on its own path would list forever, so it is refused.
-        above = {root: frozenset({os.path.realpath(root)})}  # folder -> the real folders on its path
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, root)
-            path_so_far = above.pop(dirpath)
-            for name in dirnames:
-                child = os.path.join(dirpath, name)
-                real = os.path.realpath(child)
-                if real in path_so_far:
-                    link = name if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{name}"
-                    raise UserError(f"{self.path}: {link} links back to {real}, a folder on its own path")
-                above[child] = path_so_far | {real}
-            for fname in filenames:
-                rel = fname if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{fname}"
-                self._refs[rel] = MemberRef(root, rel)
+        for rel in walk_files(root):
+            self._refs[rel] = MemberRef(root, rel)
 
     def _list_tar(self) -> None:
         with open(self.path, "rb") as f:

@@ -26,15 +26,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eomt_ood.bravo.submission import raw_names
-from eomt_ood.config import changed_setting
+from eomt_ood.config import changed_setting, describe_change
 from eomt_ood.errors import UserError
-from eomt_ood.io import write_text_atomic
+from eomt_ood.io import fingerprint, write_text_atomic
 
 META = "meta"
 FLAT = ""
@@ -232,13 +232,59 @@ def model_record(meta: Mapping[str, Any], config: Mapping[str, Any] | None = Non
     recorded = meta.get("model_config")
     if isinstance(recorded, Mapping) and recorded.get("name"):
         return {"name": recorded["name"], "kwargs": dict(recorded.get("kwargs") or {})}
-    checkpoint = meta.get("checkpoint") or config.get("checkpoint")
+    checkpoint = meta.get("checkpoint") or recorded_input(config, "checkpoint")
     if checkpoint:
         found = checkpoint_model_record(checkpoint)
         if found is not None:
             return found
     name = meta.get("model") or config.get("model")
     return {"name": name, "kwargs": {}} if name else None
+
+
+RESUME_IDENTITY = "resume"
+"""The config.yaml key of `maps_identity` (what a run's finished images depend on)."""
+
+
+def maps_identity(
+    model: str | None,
+    checkpoint: str | Path | None,
+    precision: str,
+    token_merging: str,
+    confidences: Sequence[str],
+    **inputs: str | Path | None,
+) -> dict[str, Any]:
+    """What a folder's maps depend on, as `predict` and `evaluate` record it to refuse resuming with other values.
+
+    model: the registered name given, else the one the checkpoint records (the same model named or not);
+    checkpoint: its absolute path and `eomt_ood.io.fingerprint` (a file replaced in place is another model);
+    precision: the resolved one ("fp32", "bf16", "fp16"; "auto" differs between devices); inputs: named input
+    paths, made absolute (the same relative path from another folder is other data). Plain JSON/YAML values.
+    """
+    if model is None and checkpoint is not None:
+        model = (checkpoint_model_record(checkpoint) or {}).get("name")
+    identity: dict[str, Any] = {
+        "model": model,
+        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
+        "checkpoint_fingerprint": fingerprint(checkpoint) if checkpoint is not None else None,
+        "precision": precision,
+        "token_merging": token_merging,
+        "confidences": list(confidences),
+    }
+    for name, path in inputs.items():
+        identity[name] = str(Path(path).resolve()) if path is not None else None
+    return identity
+
+
+def recorded_input(config: Mapping[str, Any], key: str) -> Path | None:
+    """An input a run's config.yaml names (`images_root`, `gt`, `samples`, `checkpoint`) as an absolute path:
+    the one the run resolved when it started (`RESUME_IDENTITY`), else the recorded path if it is absolute. A
+    relative path without that record is None: it was relative to a working directory no file recorded, and
+    taken from the reader's own it could name other data."""
+    identity = config.get(RESUME_IDENTITY)
+    value = identity.get(key) if isinstance(identity, Mapping) and key in identity else config.get(key)
+    if not value or not isinstance(value, str) or not Path(value).is_absolute():
+        return None
+    return Path(value)
 
 
 def checkpoint_model_record(checkpoint: str | Path) -> dict[str, Any] | None:
@@ -344,16 +390,22 @@ class RunDir:
 
         write_text_atomic(self.config_file, yaml.safe_dump(dict(config), sort_keys=False))
 
-    def check_resumable(self, config: Mapping[str, Any], keys: tuple[str, ...]) -> None:
-        """Refuse to resume into a folder whose finished images were made with other values of `keys`."""
+    def check_resumable(self, identity: Mapping[str, Any]) -> None:
+        """Refuse to resume into a folder whose finished images were made otherwise: `identity` (`maps_identity`
+        of this run) against the one config.yaml recorded under `RESUME_IDENTITY`."""
         if not self.records.is_dir() or not any(self.records.iterdir()):
             return
-        before = self.read_config()
-        key = changed_setting(before, config, keys)
+        before = self.read_config().get(RESUME_IDENTITY)
+        if not isinstance(before, Mapping):
+            raise UserError(
+                f"{self.path}: holds images of a run that did not record how they were made (an earlier "
+                "version of eomt-ood); resuming could mix two runs, so choose another --out or delete it"
+            )
+        key = changed_setting(before, identity)
         if key is not None:
             raise UserError(
-                f"{self.path}: holds a run made with {key} = {before.get(key)!r}, not {config.get(key)!r}; "
-                "resuming would mix the two, so choose another --out or delete it"
+                f"{self.path}: holds a run made with {describe_change(key, before, identity)}; resuming would "
+                "mix the two, so choose another --out or delete it"
             )
 
     # --- results.json ---------------------------------------------------------------------------------------

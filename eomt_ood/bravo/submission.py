@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eomt_ood.bravo.layout import PREDICT_SETTINGS
-from eomt_ood.config import changed_setting
+from eomt_ood.config import changed_setting, describe_change
 from eomt_ood.data.images import IMAGE_SUFFIXES, find_images, image_size, read_image
 from eomt_ood.data.png import png_header, write_png
 from eomt_ood.errors import UserError
@@ -116,13 +116,20 @@ def input_images(input_dir: str | Path, output_dir: str | Path) -> list[str]:
     return images
 
 
-def check_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> None:
-    """Before any work: an output folder whose maps were made with other settings (model, checkpoint, score,
-    layout, precision, token merging; recorded in `PREDICT_SETTINGS`) is refused, so that its maps are never
-    taken for finished ones of this run. A folder without the record passes."""
+def check_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> bool:
+    """Before any work: an output folder whose maps were made with other settings (`rundir.maps_identity`:
+    model, weights, score, precision, token merging, input folder; and the layout; recorded in
+    `PREDICT_SETTINGS`) is refused, so that its maps are never taken for finished ones of this run; so is a
+    folder holding maps without that record (nothing says how they were made). True when the record exists."""
     path = Path(output_dir) / PREDICT_SETTINGS
     if not path.is_file():
-        return
+        stray = next(Path(output_dir).rglob("*_pred.png"), None) if Path(output_dir).is_dir() else None
+        if stray is not None:
+            raise UserError(
+                f"--output: {output_dir} holds maps ({stray.relative_to(output_dir)}) without the "
+                f"{PREDICT_SETTINGS} record of how predict made them; choose an empty folder"
+            )
+        return False
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -133,10 +140,11 @@ def check_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> 
         raise UserError(f"{path}: not a record of an earlier predict; remove it or choose another --output")
     key = changed_setting(recorded, settings)
     if key is not None:
+        said = describe_change(key, recorded, settings)
         raise UserError(
-            f"--output: {output_dir} holds maps made with {key} {recorded.get(key)!r}, not {settings[key]!r} "
-            f"(recorded in {path}); choose another --output"
+            f"--output: {output_dir} holds maps made with {said} (recorded in {path}); choose another --output"
         )
+    return True
 
 
 def record_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> None:

@@ -11,17 +11,29 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eomt_ood.errors import UserError
 from eomt_ood.metrics.histogram import NUM_LEVELS
 
 if TYPE_CHECKING:
     import torch
 
 
+class NonFiniteConfidence(UserError):
+    """A confidence map holds NaN: the scores of a model whose outputs were not finite."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the confidence map holds NaN: the model's outputs are not finite (NaN weights, or an overflow at "
+            "--precision fp16?)"
+        )
+
+
 def quantise_confidence(confidence: np.ndarray) -> np.ndarray:
-    """(...) confidences in [0, 1] -> uint16 levels; values outside [0, 1] are clipped, NaN is a programmer error."""
+    """(...) confidences in [0, 1] -> uint16 levels; values outside [0, 1] are clipped, NaN is a
+    `NonFiniteConfidence`."""
     confidence = np.asarray(confidence, dtype=np.float64)
     if np.isnan(confidence).any():
-        raise ValueError("confidence map contains NaN")
+        raise NonFiniteConfidence()
     levels = np.floor(np.clip(confidence, 0.0, 1.0) * NUM_LEVELS)
     return np.minimum(levels, NUM_LEVELS - 1).astype(np.uint16)
 
@@ -34,7 +46,7 @@ def quantise_tensor(confidence: torch.Tensor, out: torch.Tensor | None = None) -
     import torch
 
     if confidence.numel() and torch.isnan(confidence.max()):  # max propagates NaN: one pass, no mask
-        raise ValueError("confidence map contains NaN")
+        raise NonFiniteConfidence()
     # clamp(p * 2^16, 0, 65535) then truncation equals min(floor(clamp(p, 0, 1) * 2^16), 65535): the product is
     # exact, and converting a float in [0, 65535] to an integer truncates, which is the floor there.
     scaled = confidence.float().mul(NUM_LEVELS).clamp_(0, NUM_LEVELS - 1)

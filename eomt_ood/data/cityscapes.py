@@ -21,6 +21,7 @@ offset between workers and corrupts reads), and they are dropped when the datase
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ import torch
 from eomt_ood.data.labels import IGNORE, LABEL_TO_TRAIN, NUM_CLASSES
 from eomt_ood.data.png import decode_png
 from eomt_ood.errors import UserError
+from eomt_ood.io import walk_files
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
@@ -99,8 +101,16 @@ class CityscapesSemantic(torch.utils.data.Dataset):
         image_dir = self.root / "leftImg8bit" / self.split
         label_dir = self.root / "gtFine" / self.split
         if image_dir.is_dir() and label_dir.is_dir():
-            images = sorted(p.relative_to(self.root).as_posix() for p in image_dir.rglob(f"*{IMAGE_SUFFIX}"))
-            labels = {p.relative_to(self.root).as_posix() for p in label_dir.rglob("*_gtFine_label*Ids.png")}
+            images = sorted(
+                f"leftImg8bit/{self.split}/{rel}"
+                for rel in walk_files(image_dir)
+                if rel.endswith(IMAGE_SUFFIX)
+            )
+            labels = {
+                f"gtFine/{self.split}/{rel}"
+                for rel in walk_files(label_dir)
+                if fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], "*_gtFine_label*Ids.png")
+            }
             return False, _pair(images, labels, str(self.root), self.split)
         if (self.root / IMAGES_ZIP).is_file() and (self.root / LABELS_ZIP).is_file():
             images = sorted(

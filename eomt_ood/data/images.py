@@ -11,12 +11,14 @@ import numpy as np
 from PIL import Image
 
 from eomt_ood.errors import UserError
+from eomt_ood.io import walk_files
 
 IMAGE_SUFFIXES = (".png", ".jpg")
 
 
 def find_images(root: str | Path, exclude: str | Path | None = None) -> list[str]:
-    """Sorted relative POSIX paths of every `.png` / `.jpg` file (any case) under `root`, recursively.
+    """Sorted relative POSIX paths of every `.png` / `.jpg` file (any case) under `root`, recursively, linked
+    folders included (`eomt_ood.io.walk_files`).
 
     Hidden files and folders (names starting with ".") are skipped; so is everything under `exclude` (e.g. an
     output folder placed inside the input folder, whose `_pred.png` files must not become inputs). A missing
@@ -26,15 +28,21 @@ def find_images(root: str | Path, exclude: str | Path | None = None) -> list[str
     if not root.is_dir():
         raise UserError(f"{root}: input folder not found")
     excluded = Path(exclude).resolve() if exclude is not None else None
+
+    def skip(rel: str) -> bool:
+        return rel.rsplit("/", 1)[-1].startswith(".") or (
+            excluded is not None and (root / rel).resolve().is_relative_to(excluded)
+        )
+
     found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in IMAGE_SUFFIXES:
+    for rel in walk_files(root, skip):
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        if excluded is not None and path.resolve().is_relative_to(excluded):
-            continue
-        if path.is_file():
-            found.append(rel.as_posix())
+        path = root / rel
+        if (excluded is not None and path.resolve().is_relative_to(excluded)) or not path.is_file():
+            continue  # a file linked from the excluded folder, or a link to nothing
+        found.append(rel)
     return sorted(found)
 
 

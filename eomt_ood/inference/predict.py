@@ -75,6 +75,11 @@ def parse_precision(name: str, device: str | torch.device | None = None) -> torc
     return PRECISIONS[name]
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The name of a resolved precision (`parse_precision`'s result): "fp32", "bf16" or "fp16"."""
+    return next(name for name, value in PRECISIONS.items() if value == dtype)
+
+
 def parse_device(name: str) -> torch.device:
     """A torch device from its name; an unknown or unavailable one is a `UserError`."""
     try:

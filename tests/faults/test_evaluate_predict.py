@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,11 +43,34 @@ def _only(w, keep: str) -> None:
 
 
 def _point_run_at_case(w) -> None:
-    """The copied template run's config names the case's own images, as if it had been made from them."""
+    """The copied template run's config names the case's own inputs (copies of the template's), as if it had
+    been made from them."""
     path = w["run"] / "config.yaml"
     config = yaml.safe_load(path.read_text())
-    config.update(images_root=str(w["images"]), checkpoint=str(w["ckpt"]))
+    inputs = {"images_root": str(w["images"]), "gt": str(w["gt"]), "checkpoint": str(w["ckpt"])}
+    config.update(inputs)
+    config["resume"].update({key: str(Path(value).resolve()) for key, value in inputs.items()})
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _retrain(checkpoint) -> None:
+    """Other weights of the same architecture saved over `checkpoint` (a model retrained in place)."""
+    from eomt_ood.models import create_model, save_checkpoint
+
+    torch.manual_seed(7)
+    save_checkpoint(create_model("eomt_test"), checkpoint)
+
+
+def _nan_weights(checkpoint, out) -> None:
+    """`checkpoint` with every float tensor NaN (a diverged training), metadata kept."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(checkpoint), "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata()
+    nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(nan, str(out), metadata=metadata)
 
 
 def _hold_lock(w):
@@ -164,6 +188,9 @@ EVALUATE_CASES = [
     Case("out-is-the-root", evaluate("--out", "{images}"), ["--out"]),
     Case("out-is-the-gt", evaluate("--out", "{gt}"), ["--out"]),
     Case("out-holds-the-root", evaluate("--out", "{tmp}/data", "--root", "{images}"), ["--out"]),
+    # Inside an input folder, a run's PNGs would be listed as images (or GT files) by the next run.
+    Case("out-inside-the-root", evaluate("--out", "{images}/run"), ["--out", "inside"]),
+    Case("out-inside-the-gt", evaluate("--out", "{gt}/run"), ["--out", "inside"]),
     Case("out-under-a-file", evaluate("--out", "{file}/run"), ["--out"]),
     Case("out-read-only", evaluate("--out", "{readonly}/run"), ["--out"], needs_permissions=True),
     Case(
@@ -224,6 +251,21 @@ EVALUATE_CASES = [
         _point_run_at_case,
         untouched_steps=MODEL_LOAD,
     ),
+    # The records hold statistics counted on the GT and maps of the weights' content, whatever the paths say.
+    Case(
+        "resume-with-other-gt",
+        evaluate("--out", "{run}", "--gt", "{tmp}/gt2", "--confidence", "msp,rba"),
+        ["{run}", "gt = "],
+        lambda w: (_point_run_at_case(w), shutil.copytree(w["gt"], w.root / "gt2")),
+        untouched_steps=MODEL_LOAD,
+    ),
+    Case(
+        "resume-after-the-weights-changed",
+        evaluate("--out", "{run}", "--confidence", "msp,rba"),
+        ["{run}", "other weights"],
+        lambda w: (_point_run_at_case(w), _retrain(w["ckpt"])),
+        untouched_steps=MODEL_LOAD,
+    ),
     Case(
         "resume-with-unreadable-config",
         evaluate("--out", "{run}"),
@@ -232,6 +274,14 @@ EVALUATE_CASES = [
         untouched_steps=MODEL_LOAD,
     ),
     Case("out-in-use-by-another-run", EVALUATE, ["{out}", "pid"], _hold_lock, untouched_steps=MODEL_LOAD),
+    Case(
+        "weights-give-nan",
+        evaluate("--checkpoint", "{tmp}/nan.safetensors"),
+        ["nan.safetensors", "NaN"],
+        lambda w: _nan_weights(w["ckpt"], w.root / "nan.safetensors"),
+        keeps=KEPT,
+    ),
+    Case("devices-two-cuda-without-cuda", [*EVALUATE, "--devices", "2", "--device", "cuda"], ["--device"]),
     Case(
         "random-weights-opt-in",
         [
@@ -300,6 +350,14 @@ PREDICT_CASES = [
         lambda w: w["images"],
         untouched_steps=WEIGHTS,
     ),
+    Case("output-inside-the-input", predict("--output", "{images}/pred"), ["--output", "inside"]),
+    Case(
+        "output-holds-maps-without-a-record",
+        predict("--output", "{tmp}/old"),
+        ["--output", "without"],
+        lambda w: shutil.copytree(w["run"] / "submission", w.root / "old"),
+        untouched_steps=WEIGHTS,
+    ),
     Case("output-is-a-file", predict("--output", "{file}"), ["--output", "{file}"], untouched_steps=WEIGHTS),
     Case("output-under-a-file", predict("--output", "{file}/pred"), ["--output"], untouched_steps=WEIGHTS),
     Case("output-read-only", predict("--output", "{readonly}/pred"), ["--output"], needs_permissions=True),
@@ -318,6 +376,20 @@ PREDICT_CASES = [
         lambda w: bad.truncate(w["images"] / CAT_IMAGE),
         warnings=1,
         keeps=("out/*",),
+    ),
+    # Every image failed: no map, so no record of how maps were made is left behind either.
+    Case(
+        "every-image-unreadable",
+        PREDICT,
+        ["--input"],
+        lambda w: (_only(w, CAT_IMAGE), bad.truncate(w["images"] / CAT_IMAGE)),
+        warnings=1,
+    ),
+    Case(
+        "weights-give-nan",
+        predict("--checkpoint", "{tmp}/nan.safetensors"),
+        ["nan.safetensors", "NaN"],
+        lambda w: (_only(w, CAT_IMAGE), _nan_weights(w["ckpt"], w.root / "nan.safetensors")),
     ),
     Case("model-unknown", predict("--model", "nope"), ["nope"]),
     Case("checkpoint-missing", predict("--checkpoint", "{missing}"), ["{missing}"]),
@@ -378,7 +450,7 @@ PREDICT_CASES = [
     ),
 ]
 
-_CUDA_ROWS = {"device-cuda-without-cuda"}
+_CUDA_ROWS = {"device-cuda-without-cuda", "devices-two-cuda-without-cuda"}
 
 
 def _params(cases):
