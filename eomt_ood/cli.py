@@ -198,7 +198,13 @@ def make_data_command(
     seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same bytes."),
     size: str = typer.Option("256x512", "--size", help="HEIGHTxWIDTH of every image."),
     splits: str = typer.Option("train,val", "--splits", help="Comma-separated splits (train, val, test)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=1.0, help="Held-out share."),
+    val_fraction: float = typer.Option(
+        0.2,
+        "--val-fraction",
+        min=0.0,
+        max=1.0,
+        help="Share of each split but train (at least 1 image each); without train, the splits share equally.",
+    ),
     color: bool = typer.Option(False, "--color", help="Also write _gtFine_color.png label visualisations."),
     simple: bool = typer.Option(False, "--simple", help="Six classes, large objects (for tiny test models)."),
 ) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +65,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.max_steps=100")
         key, raw = item.split("=", 1)
+        if not all(part.strip() for part in key.split(".")):
+            raise UserError(
+                f"--set {item!r}: the key has an empty part; expected KEY=VALUE, e.g. trainer.max_steps=100"
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
@@ -108,11 +112,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Build the frozen dataclass `cls` from an optional YAML file and `KEY=VALUE` overrides."""
+    """Build the frozen dataclass `cls` from an optional YAML file and `KEY=VALUE` overrides; an error in a value
+    an override set names that `--set KEY`, one in the file names the file and the key."""
     data = read_yaml(path) if path is not None else {}
-    data = merge(data, parse_overrides(overrides))
+    extra = parse_overrides(overrides)
+    data = merge(data, extra)
     source = str(path) if path is not None else "config"
-    return from_dict(cls, data, where=source)
+    return from_dict(cls, data, where=source, overridden=frozenset(_dotted_keys(extra)))
+
+
+def _dotted_keys(nested: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """The dotted keys of the values in `nested` ("optim.lr"; a mapping value gives its own keys)."""
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            yield from _dotted_keys(value, prefix + key + ".")
+        else:
+            yield prefix + key
 
 
 def at_least(minimum: int, default: Any) -> Any:
@@ -120,30 +135,64 @@ def at_least(minimum: int, default: Any) -> Any:
     return dataclasses.field(default=default, metadata={"min": minimum})
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Instantiate dataclass `cls` from nested plain data, converting and checking every field (types, and the
-    lower bounds of fields declared with `at_least`)."""
+def must(default: Any, test: Callable[[Any], bool], wanted: str) -> Any:
+    """A dataclass field whose value (when not None) must pass `test`; `from_dict` checks it and otherwise says
+    it "must be `wanted`" (e.g. `must(1e-4, lambda x: x > 0, "positive")`)."""
+    return dataclasses.field(default=default, metadata={"test": (test, wanted)})
+
+
+def from_dict(
+    cls: type[T],
+    data: dict[str, Any],
+    where: str = "config",
+    overridden: frozenset[str] = frozenset(),
+    prefix: str = "",
+) -> T:
+    """Instantiate dataclass `cls` from nested plain data, converting and checking every field (types, the
+    lower bounds of fields declared with `at_least`, the tests of fields declared with `must`).
+
+    overridden: dotted keys ("optim.lr") set by `--set`, whose errors name `--set KEY` rather than `where`
+    (the file); prefix: the dotted key of `cls` within the top level ("optim.")."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+
+    def set_by_override(name: str) -> bool:
+        """The value of `name` came from `--set`: a value, or (for a mapping that is not a section) any of it."""
+        dotted = prefix + name
+        if dotted in overridden:
+            return True
+        section = name in hints and dataclasses.is_dataclass(hints[name])
+        return not section and any(key.startswith(dotted + ".") for key in overridden)
+
+    def where_of(name: str) -> str:
+        return f"--set {prefix}{name}" if set_by_override(name) else f"{where}:{name}"
+
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
+        given = where_of(unknown[0]) if set_by_override(unknown[0]) else where
+        raise UserError(f"{given}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _convert(hints[name], value, f"{where}:{name}")
+        at = where_of(name)
+        kwargs[name] = _convert(hints[name], value, at, overridden, f"{prefix}{name}.")
         minimum = fields[name].metadata.get("min")
         if minimum is not None and isinstance(kwargs[name], int | float) and kwargs[name] < minimum:
-            raise UserError(f"{where}:{name}: must be at least {minimum}, got {kwargs[name]!r}")
+            raise UserError(f"{at}: must be at least {minimum}, got {kwargs[name]!r}")
+        test = fields[name].metadata.get("test")
+        if test is not None and kwargs[name] is not None and not test[0](kwargs[name]):
+            raise UserError(f"{at}: must be {test[1]}, got {kwargs[name]!r}")
     return cls(**kwargs)
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
+def _convert(
+    tp: Any, value: Any, where: str, overridden: frozenset[str] = frozenset(), prefix: str = ""
+) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)  # type: ignore[arg-type]
+        return from_dict(tp, value, where, overridden, prefix)  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

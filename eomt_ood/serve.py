@@ -82,7 +82,9 @@ def check_allowed(allow: Sequence[Path]) -> list[Path]:
     """The `--allow` folders resolved; one that is not a folder is a `UserError`."""
     for folder in allow:
         if not Path(folder).is_dir():
-            raise UserError(f"--allow {folder}: folder not found")
+            raise UserError(
+                f"--allow {folder}: " + ("not a folder" if Path(folder).exists() else "folder not found")
+            )
     return [Path(folder).resolve() for folder in allow]
 
 

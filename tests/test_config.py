@@ -31,15 +31,30 @@ def test_yaml_and_overrides(tmp_path):
 
 
 def test_unknown_key_lists_valid_ones(tmp_path):
-    with pytest.raises(UserError, match=r"config:inner: unknown key\(s\) lrr; valid keys are lr, steps"):
+    with pytest.raises(UserError, match=r"--set inner.lrr: unknown key\(s\) lrr; valid keys are lr, steps"):
         load_config(Outer, None, ["inner.lrr=1"])
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  lrr: 1\n")
+    with pytest.raises(UserError, match=r"c.yaml:inner: unknown key\(s\) lrr; valid keys are lr, steps"):
+        load_config(Outer, path)
 
 
-def test_wrong_type_is_a_user_error():
-    with pytest.raises(UserError, match="inner:steps: expected an integer"):
-        load_config(Outer, None, ["inner.steps=abc"])
+def test_wrong_type_is_a_user_error(tmp_path):
+    """An error names where the value came from: `--set KEY` for an override (the file is fine), the file and
+    the key for a value in the file."""
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  steps: 3\n")
+    with pytest.raises(UserError, match="^--set inner.steps: expected an integer, got 'abc'"):
+        load_config(Outer, path, ["inner.steps=abc"])
+    with pytest.raises(UserError, match="^--set inner.steps: expected an integer, got ''"):
+        load_config(Outer, path, ["inner.steps="])
+    path.write_text("inner:\n  steps: abc\n")
+    with pytest.raises(UserError, match="c.yaml:inner:steps: expected an integer"):
+        load_config(Outer, path, ["inner.lr=0.5"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         parse_overrides(["oops"])
+    with pytest.raises(UserError, match="empty part"):
+        parse_overrides(["=1"])
 
 
 def test_missing_file(tmp_path):

@@ -153,7 +153,7 @@ def test_cli_make_data_user_errors(tmp_path, monkeypatch, capsys):
     code, _, err = run_make_data(monkeypatch, capsys, *base, "--splits", "train,holdout")
     assert code == 2 and "--splits" in err
     code, _, err = run_make_data(monkeypatch, capsys, *base, "--size", "8x8")
-    assert code == 2 and "at least 16" in err
+    assert code == 2 and "16 to 16384" in err
 
 
 def test_simple_scenes_have_six_classes_and_large_objects(tmp_path, monkeypatch, capsys):

@@ -507,11 +507,15 @@ def image_stem(city: str, index: int) -> str:
 
 
 def split_counts(num_images: int, splits: tuple[str, ...], val_fraction: float) -> dict[str, int]:
-    """How many of `num_images` go to each split: `val_fraction` of them to "val" (at least 1), the rest first."""
+    """How many of `num_images` go to each split: with "train", `val_fraction` of them to each other split (at
+    least 1 each) and the rest to "train"; without it, an even share to each (the first ones get the rest)."""
     if num_images < len(splits):
         raise UserError(f"--num-images: {num_images} is fewer than the number of splits ({len(splits)})")
     if len(splits) == 1:
         return {splits[0]: num_images}
+    if "train" not in splits:
+        share, rest = divmod(num_images, len(splits))
+        return {s: share + (i < rest) for i, s in enumerate(splits)}
     held_out = [s for s in splits if s != "train"]
     per_held = max(1, round(num_images * val_fraction / len(held_out)))
     counts = {s: per_held for s in held_out}
@@ -543,14 +547,17 @@ def write_dataset(
     """
     out = Path(out)
     check_output(out, "--out", folder=True)
+    if out.is_dir() and any(out.iterdir()):
+        # Another set's images would stay beside these (other counts, sizes or seeds) and be trained on.
+        raise UserError(f"--out: {out} is not empty; choose a new or empty folder")
     unknown = [s for s in splits if s not in SPLIT_CITIES]
     if unknown or not splits or len(set(splits)) != len(splits):
         raise UserError(
             f"--splits: {','.join(splits)}: expected distinct names from {', '.join(SPLIT_CITIES)}"
         )
     height, width = size
-    if height < 16 or width < 16:
-        raise UserError(f"--size: {height}x{width}: both sides must be at least 16 pixels")
+    if not (16 <= height <= MAX_SIDE and 16 <= width <= MAX_SIDE):
+        raise UserError(f"--size: {height}x{width}: both sides must be 16 to {MAX_SIDE} pixels")
     counts = split_counts(num_images, tuple(splits), val_fraction)
     split_numbers = {name: i for i, name in enumerate(SPLIT_CITIES)}
     for split, count in counts.items():
@@ -569,9 +576,12 @@ def write_dataset(
     return counts
 
 
+MAX_SIDE = 16384  # pixels a side: 8 times the long side of a Cityscapes frame (1024 x 2048)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """`"256x512"` -> (256, 512) (height, width); anything else is a `UserError` naming --size."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    parts = [p.strip() for p in text.lower().split("x")]
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         raise UserError(f"--size: {text!r}: expected HEIGHTxWIDTH, e.g. 256x512")
     return int(parts[0]), int(parts[1])

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from eomt_ood.config import at_least
+from eomt_ood.config import at_least, must
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+def _fraction(x: float) -> bool:
+    return 0 <= x <= 1
 
 
 @dataclass(frozen=True)
@@ -42,11 +50,13 @@ class DataConfig:
     batch_size: int = at_least(1, 4)
     num_workers: int = at_least(0, 4)
     augmentation: Literal["eomt", "mask2former"] = "eomt"
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    scale_range: tuple[float, float] = must(
+        (0.5, 2.0), lambda r: 0 < r[0] <= r[1], "[low, high] with 0 < low <= high"
+    )
     short_sides: tuple[int, ...] = ()
-    max_long_side: int = 4096
+    max_long_side: int = at_least(1, 4096)
     crop_size: tuple[int, int] | None = None
-    single_category_max_area: float = 1.0
+    single_category_max_area: float = must(1.0, lambda x: 0 < x <= 1, "in (0, 1]")
     color_jitter: bool = True
     val_max_images: int | None = at_least(1, None)
     val_micro_batch: int = at_least(1, 4)
@@ -57,12 +67,12 @@ class LossConfig:
     """Mask2Former loss (docs/training.md §4): point counts, importance sampling, weights (also the matching costs)."""
 
     num_points: int = at_least(1, 12544)
-    oversample_ratio: float = 3.0
-    importance_sample_ratio: float = 0.75
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    class_weight: float = 2.0
-    no_object_weight: float = 0.1
+    oversample_ratio: float = at_least(1, 3.0)  # candidates per sampled point (Mask2Former: 3)
+    importance_sample_ratio: float = must(0.75, _fraction, "in [0, 1]")
+    mask_weight: float = at_least(0, 5.0)
+    dice_weight: float = at_least(0, 5.0)
+    class_weight: float = at_least(0, 2.0)
+    no_object_weight: float = at_least(0, 0.1)
 
 
 @dataclass(frozen=True)
@@ -76,15 +86,17 @@ class OptimConfig:
     grad_clip: the global L2 norm of all gradients is clipped to this (0 = off).
     """
 
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    llrd: float = 0.8
-    backbone_lr_multiplier: float = 1.0
-    weight_decay_norm: float | None = None
-    weight_decay_embed: float | None = None
-    grad_clip: float = 0.01
+    lr: float = must(1e-4, _positive, "positive")
+    weight_decay: float = at_least(0, 0.05)
+    betas: tuple[float, float] = must(
+        (0.9, 0.999), lambda b: all(0 <= x < 1 for x in b), "two numbers in [0, 1)"
+    )
+    eps: float = must(1e-8, _positive, "positive")
+    llrd: float = must(0.8, lambda x: 0 < x <= 1, "in (0, 1]")
+    backbone_lr_multiplier: float = at_least(0, 1.0)
+    weight_decay_norm: float | None = at_least(0, None)
+    weight_decay_embed: float | None = at_least(0, None)
+    grad_clip: float = at_least(0, 0.01)
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,7 @@ class ScheduleConfig:
 
     head_warmup_steps: int = at_least(0, 500)
     backbone_warmup_steps: int = at_least(0, 1000)
-    poly_power: float = 0.9
+    poly_power: float = at_least(0, 0.9)
     mask_annealing: bool = True
 
 
@@ -122,7 +134,7 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     accumulate_grad_batches: int = at_least(1, 1)
     seed: int = 0
-    float32_matmul_precision: str = "medium"
+    float32_matmul_precision: Literal["highest", "high", "medium"] = "medium"
     compile: bool | None = None
     log_every_n_steps: int = at_least(1, 50)
     val_every_n_epochs: int = at_least(0, 1)
@@ -155,3 +167,10 @@ def check_paths(config: TrainConfig, out_dir: str | Path, resume: str | Path | N
     if resume is not None and str(resume) != "auto" and not Path(resume).is_file():
         kind = "a folder, not a checkpoint file" if Path(resume).is_dir() else "checkpoint not found"
         raise UserError(f"--resume {resume}: {kind}")
+    earlier = sorted((Path(out_dir) / "checkpoints").glob("step=*.ckpt"))
+    if resume is None and earlier:
+        # A fresh start would write its own checkpoints among these and remove them as superseded.
+        raise UserError(
+            f"--out: {out_dir} holds a training run ({earlier[-1].relative_to(out_dir)}); continue it with "
+            "--resume auto, or choose another --out"
+        )

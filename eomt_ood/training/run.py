@@ -258,6 +258,59 @@ def read_resume(path: Path) -> dict[str, Any]:
     return state
 
 
+# What may differ between a run and its resume: where things are and how the run is carried out, not what it
+# computes (a changed recipe would train one model with two recipes, and the run's config.yaml would describe
+# neither). The devices may change (a lost node), at the cost of the exact data order.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "model.pretrained_backbone",  # only the start of the run reads these two
+        "model.checkpoint",
+        "data.root",
+        "data.num_workers",
+        "data.val_max_images",
+        "data.val_micro_batch",
+        "trainer.accelerator",
+        "trainer.devices",
+        "trainer.num_nodes",
+        "trainer.strategy",
+        "trainer.compile",
+        "trainer.log_every_n_steps",
+        "trainer.val_every_n_epochs",
+        "trainer.checkpoint_every_n_steps",
+        "trainer.keep_checkpoints",
+        "trainer.progress_bar",
+    }
+)
+
+
+def check_resume_recipe(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """A `UserError` when the recipe differs from the one the checkpoint was trained with, in any key outside
+    `RESUME_MAY_CHANGE` (a checkpoint without a recorded recipe passes: its weights are still checked)."""
+    recorded = state.get("eomt_ood_config")
+    if not isinstance(recorded, dict):
+        return
+    before, now = _flat(recorded), _flat(to_dict(config))
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    changed = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more key(s))" if len(changed) > 1 else ""
+        raise UserError(
+            f"--resume {path}: trained with {key} = {before.get(key)!r}, this config has {now.get(key)!r}{more}; "
+            "resume with the recorded recipe (checkpoints/config.yaml) or start a new --out"
+        )
+
+
+def _flat(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and key != "overrides":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def check_resume_fits(state: dict[str, Any], module: L.LightningModule, path: Path) -> None:
     """A `UserError` unless the checkpoint's weights are the module's (same names and shapes)."""
     expected = module.state_dict()
@@ -271,16 +324,26 @@ def check_resume_fits(state: dict[str, Any], module: L.LightningModule, path: Pa
         )
 
 
-def check_config(config: TrainConfig, out_dir: Path) -> None:
+def check_config(config: TrainConfig, out_dir: Path, resume: str | Path | None = None) -> None:
     """What `train` checks before it builds anything: the output folder, the model name and files, the data, the
     devices. Each problem is a `UserError` naming its config key or option."""
     from eomt_ood.data.cityscapes import CityscapesSemantic
-    from eomt_ood.models import list_models
+    from eomt_ood.data.labels import NUM_CLASSES
+    from eomt_ood.models import create_model, list_models
 
     m, d = config.model, config.data
-    check_paths(config, out_dir)
+    check_paths(config, out_dir, resume)
     if m.name not in list_models():
         raise UserError(f"model.name: unknown name {m.name!r}; available: {', '.join(list_models())}")
+    try:  # the architecture with its overrides, as a skeleton without memory (a second or less)
+        with torch.device("meta"):
+            skeleton = create_model(m.name, **m.overrides)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"model.overrides: {m.name} cannot be built with {m.overrides}: {exc}") from None
+    if int(skeleton.num_classes) != NUM_CLASSES:
+        raise UserError(
+            f"model.overrides: num_classes = {skeleton.num_classes}; the Cityscapes labels train {NUM_CLASSES}"
+        )
     world = check_devices(config.trainer)
     # The file listing only (labels are read when training starts): is there a split, is the batch not too big.
     images = len(CityscapesSemantic(d.root, d.train_split, check_labels=False))
@@ -485,7 +548,7 @@ def train(
     when there is none) or None. `callbacks` are extra Lightning callbacks (tests use one to stop early).
     """
     out_dir = Path(out_dir)
-    check_config(config, out_dir)
+    check_config(config, out_dir, resume)
     ckpt_path = resolve_resume(resume, out_dir)
     resume_state = read_resume(ckpt_path) if ckpt_path is not None else None
     trainer, folder = _checked_trainer(config, out_dir, callbacks)
@@ -506,6 +569,7 @@ def train(
     )
     if resume_state is not None:
         assert ckpt_path is not None
+        check_resume_recipe(resume_state, config, ckpt_path)
         check_resume_fits(resume_state, module, ckpt_path)
         del resume_state
     data = CityscapesData(config, img_size=int(model.img_size))
@@ -516,7 +580,14 @@ def train(
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # Checkpoints hold only tensors and plain data, so they load without unpickling objects.
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:
+            # Lightning answers Ctrl-C with a graceful shutdown and exit status 1; the command's own Ctrl-C
+            # handling (exit 130, what was kept and how to go on) should have it.
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
 
     final = folder / f"step={trainer.global_step:07d}.ckpt"
     if not final.exists():

@@ -266,6 +266,10 @@ def _made(world, out, err):
     assert len(images) == 2 and out.startswith("1 train, 1 val")
 
 
+def _shared(world, out, err):
+    assert out.startswith("3 val, 2 test"), out
+
+
 MAKE_DATA_CASES = [
     Case("kind-unknown", ["make-data", "coco", "--out", "{out}", "--num-images", "2"], ["coco"]),
     Case("num-images-zero", make_data("--num-images", "0"), ["--num-images"]),
@@ -278,6 +282,14 @@ MAKE_DATA_CASES = [
     Case("out-under-a-file", make_data("--out", "{file}/data"), ["--out"]),
     Case("out-read-only", make_data("--out", "{readonly}/data"), ["--out"], needs_permissions=True),
     Case("seed-negative", make_data("--seed", "-1"), ["--seed"]),
+    Case("size-too-large", make_data("--size", "100000x100000"), ["--size", "16384"]),
+    Case("size-not-ascii-digits", make_data("--size", "²x64"), ["--size"]),
+    Case(
+        "out-not-empty",
+        make_data("--out", "{tmp}/made"),
+        ["--out", "not empty"],
+        lambda w: bad.text(w.root / "made" / "leftImg8bit" / "old.png"),
+    ),
     # A folder the file system refuses only when written (no check before the work can know): one line, exit 1.
     Case(
         "out-refused-by-the-file-system",
@@ -286,6 +298,13 @@ MAKE_DATA_CASES = [
         code=1,
     ),
     Case("ok", MAKE_DATA, code=0, keeps=("out/*",), check=_made),
+    Case(
+        "ok-splits-without-train-share-the-images",
+        make_data("--splits", "val,test", "--num-images", "5"),
+        code=0,
+        keeps=("out/*",),
+        check=_shared,
+    ),
 ]
 
 MAKE_FIXTURE_CASES = [

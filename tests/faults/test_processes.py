@@ -166,6 +166,50 @@ def test_interrupted_evaluate_resumes_to_the_uninterrupted_run(how, templates, t
     assert_same_run(out, templates / "run")
 
 
+@pytest.mark.slow  # a tiny training run, interrupted after its first checkpoint: ~20 s
+def test_ctrl_c_in_train_exits_130_and_says_what_was_kept(templates, tmp_path):
+    """Lightning answers Ctrl-C with a graceful shutdown and exit status 1; the command must still end as every
+    command does on Ctrl-C: status 130 and one line on what was kept and how to go on."""
+    out = tmp_path / "train"
+    sets = ["data.batch_size=2", "trainer.max_steps=500", "trainer.val_every_n_epochs=0",
+            "trainer.checkpoint_every_n_steps=1", "trainer.progress_bar=false",
+            f"data.root={templates / 'scenes'}"]  # fmt: skip
+    argv = _cli(
+        "train", "--config", "eomt_test_synthetic", *(a for s in sets for a in ("--set", s)), "--out", out
+    )
+    process = subprocess.Popen(
+        argv,
+        env=ENV,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal (see above)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not any((out / "checkpoints").glob("step=*.ckpt")):
+            assert process.poll() is None, f"train ended before the signal: {process.communicate()}"
+            assert time.monotonic() < deadline, "train wrote no checkpoint"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+        alive = wait_gone(group=process.pid)
+        described = describe(alive)
+    finally:
+        _stop_group(process)
+    _, stderr = process.communicate()
+    assert not alive, f"left running after Ctrl-C: {described}"
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert (
+        last
+        == "interrupted: the last checkpoint is kept; run the same command with --resume auto to continue"
+    )
+    assert any((out / "checkpoints").glob("step=*.ckpt"))
+
+
 def _stop_group(process: subprocess.Popen) -> None:
     """Kill whatever of the process group is left (a failed test must not leave processes behind)."""
     if process.poll() is None or live_processes(group=process.pid):

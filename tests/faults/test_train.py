@@ -40,7 +40,71 @@ def _checkpoint_of_other_model(w):
     )
 
 
+def _checkpoint_of_other_recipe(w):
+    """A Lightning checkpoint whose recorded recipe has another learning rate than the case's config."""
+    from eomt_ood.config import load_config, to_dict
+    from eomt_ood.training.config import TrainConfig
+
+    recipe = to_dict(load_config(TrainConfig, w["config"]))
+    recipe["optim"]["lr"] = 0.5
+    torch.save(
+        {"state_dict": {}, "global_step": 3, "epoch": 0, "loops": {}, "eomt_ood_config": recipe},
+        w.root / "step=0000003.ckpt",
+    )
+
+
+def _earlier_run(w):
+    """The case's --out already holds a training run's checkpoint."""
+    folder = w.root / "out" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "step=0000002.ckpt").write_bytes(b"a checkpoint")
+
+
+# Values of the right type that no training can use: each named as the --set that gave it.
+RANGES = [
+    ("optim.lr=-1", "positive"),
+    ("optim.eps=0", "positive"),
+    ("optim.weight_decay=-1", "at least 0"),
+    ("optim.betas=[2, 3]", "[0, 1)"),
+    ("optim.grad_clip=-1", "at least 0"),
+    ("schedule.poly_power=-1", "at least 0"),
+    ("data.scale_range=[3, 1]", "low <= high"),
+    ("loss.oversample_ratio=0", "at least 1"),
+    ("loss.importance_sample_ratio=2", "[0, 1]"),
+    ("trainer.float32_matmul_precision=ultra", "ultra"),
+    ("trainer.max_steps=", "integer"),
+]
+
 CASES = [
+    *(
+        Case(
+            f"set-{setting.split('=')[0].replace('.', '-')}-out-of-range",
+            [*TRAIN, "--set", setting],
+            [f"--set {setting.split('=')[0]}", why],
+            untouched_steps=BUILD,
+        )
+        for setting, why in RANGES
+    ),
+    Case("set-empty-key", [*TRAIN, "--set", "=1"], ["--set", "empty"], untouched_steps=BUILD),
+    Case(
+        "model-override-unknown",
+        [*TRAIN, "--set", "model.overrides.foo=1"],
+        ["model.overrides", "foo"],
+        untouched_steps=BUILD,
+    ),
+    Case(
+        "model-override-bad-value",
+        [*TRAIN, "--set", "model.overrides.num_classes=0"],
+        ["model.overrides", "num_classes"],
+        untouched_steps=BUILD,
+    ),
+    Case("out-holds-a-run", TRAIN, ["--out", "--resume auto"], _earlier_run, untouched_steps=BUILD),
+    Case(
+        "resume-with-another-recipe",
+        [*TRAIN, "--resume", "{tmp}/step=0000003.ckpt"],
+        ["--resume", "optim.lr"],
+        _checkpoint_of_other_recipe,
+    ),
     Case(
         "config-missing",
         ["train", "--config", "{missing}", "--out", "{out}"],
