@@ -109,43 +109,22 @@ def test_interrupted_evaluate_resumes_to_the_uninterrupted_run(how, templates, t
     # at most half-way: images already in flight when the signal lands are still finished and kept
     stop_at = random.Random(seed).randint(1, total // 2)
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        _cli(*_evaluate_args(templates, out, workers=2)),
-        env=ENV,
-        start_new_session=True,
-        # as in a terminal: a job started in the background of a script (CI) inherits SIGINT ignored, and then
-        # Python installs no KeyboardInterrupt handler
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     where = f"(seed {seed}: stop after {stop_at} of {total} images)"
-    try:
-        deadline = time.monotonic() + 300
-        while _records(out) < stop_at:
-            assert process.poll() is None, (
-                f"evaluate ended before the signal {where}: {process.communicate()}"
-            )
-            assert time.monotonic() < deadline, f"evaluate made no progress {where}"
-            time.sleep(0.002)
-        if how == "SIGKILL":
-            os.kill(process.pid, signal.SIGKILL)
-        else:
-            os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=120)
-        alive = wait_gone(group=process.pid)
-        described = describe(alive)
-    finally:
-        _stop_group(process)
-    _, stderr = process.communicate()
-    assert not alive, f"left running after {how} {where}: {described}"
+    returncode, stderr, alive = _signal_when(
+        _cli(*_evaluate_args(templates, out, workers=2)),
+        lambda: _records(out) >= stop_at,
+        signal.SIGKILL if how == "SIGKILL" else signal.SIGINT,
+        group=how == "SIGINT",
+        where=where,
+        poll=0.002,
+    )
+    assert not alive, f"left running after {how} {where}: {alive}"
     done = _records(out)
     assert done < total, f"the run finished before the signal took effect {where}"
     if how == "SIGKILL":
-        assert process.returncode == -signal.SIGKILL
+        assert returncode == -signal.SIGKILL
     else:
-        assert process.returncode == 130, stderr
+        assert returncode == 130, stderr
         assert "Traceback" not in stderr
         lines = [line.split("\r")[-1] for line in stderr.strip().splitlines()]
         assert lines[-1] == "interrupted: finished images are kept; run the same command again to resume", (
@@ -177,30 +156,15 @@ def test_ctrl_c_in_train_exits_130_and_says_what_was_kept(templates, tmp_path):
     argv = _cli(
         "train", "--config", "eomt_test_synthetic", *(a for s in sets for a in ("--set", s)), "--out", out
     )
-    process = subprocess.Popen(
+    returncode, stderr, alive = _signal_when(
         argv,
-        env=ENV,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal (see above)
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        lambda: any((out / "checkpoints").glob("step=*.ckpt")),
+        signal.SIGINT,
+        group=True,
+        where="(train)",
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not any((out / "checkpoints").glob("step=*.ckpt")):
-            assert process.poll() is None, f"train ended before the signal: {process.communicate()}"
-            assert time.monotonic() < deadline, "train wrote no checkpoint"
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=120)
-        alive = wait_gone(group=process.pid)
-        described = describe(alive)
-    finally:
-        _stop_group(process)
-    _, stderr = process.communicate()
-    assert not alive, f"left running after Ctrl-C: {described}"
-    assert process.returncode == 130, stderr
+    assert not alive, f"left running after Ctrl-C: {alive}"
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert (
@@ -208,6 +172,41 @@ def test_ctrl_c_in_train_exits_130_and_says_what_was_kept(templates, tmp_path):
         == "interrupted: the last checkpoint is kept; run the same command with --resume auto to continue"
     )
     assert any((out / "checkpoints").glob("step=*.ckpt"))
+
+
+def _signal_when(
+    argv: list[str], ready, signum: int, group: bool, where: str, poll: float = 0.05
+) -> tuple[int, str, str]:
+    """Start `argv` in a session of its own, with SIGINT handled as in a terminal (a job started in the
+    background of a script, as CI does, inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+    handler); once `ready()` holds, send `signum` to its process group (`group`, as Ctrl-C in a terminal does)
+    or to the process alone. Returns (exit status, stderr, the processes of the group still alive afterwards,
+    described; "" when none)."""
+    process = subprocess.Popen(
+        argv,
+        env=ENV,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            assert process.poll() is None, f"ended before the signal {where}: {process.communicate()}"
+            assert time.monotonic() < deadline, f"made no progress {where}"
+            time.sleep(poll)
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            os.kill(process.pid, signum)
+        process.wait(timeout=120)
+        alive = describe(wait_gone(group=process.pid))
+    finally:
+        _stop_group(process)
+    _, stderr = process.communicate()
+    return process.returncode, stderr, alive
 
 
 def _stop_group(process: subprocess.Popen) -> None:
