@@ -290,10 +290,9 @@ def predict_command(
     except NonFiniteConfidence as exc:  # the weights' fault, not an image's: name them
         raise UserError(f"{checkpoint or model}: {exc}") from None
     finally:
+        # No map was written (every image failed, or an early stop): leave the folder as it was.
         if not recorded and not any(output_dir.rglob("*_pred.png")):
-            (output_dir / PREDICT_SETTINGS).unlink(
-                missing_ok=True
-            )  # no map was written: the folder is as before
+            (output_dir / PREDICT_SETTINGS).unlink(missing_ok=True)
     done = f"{report.written} written, {report.skipped} already complete, {len(report.failed)} failed"
     print(f"{done} -> {output_dir}")
     if report.failed:

@@ -85,8 +85,9 @@ def check_output(
     Refused: a file path that is an existing folder (or a folder path that is an existing file); a path whose
     nearest existing parent is not a writable folder; a path that is one of `inputs`; a file path that is an
     existing file inside an input folder; a folder path that holds an input (commands that search their input
-    leave their output folder out of it, so the input would vanish) or lies inside an input folder (the outputs would be listed as inputs by a later run, e.g.
-    a second `predict` into another folder). No command writes over its input.
+    leave their output folder out of it, so the input would vanish) or lies inside an input folder (a later run
+    would list the outputs as inputs, e.g. a second `predict` into another folder). No command writes over its
+    input.
     """
     path = Path(path)
     resolved = path.resolve()
@@ -144,7 +145,7 @@ def walk_files(root: str | Path, skip: Callable[[str], bool] | None = None) -> I
             above[child] = path_so_far | {real}
             kept.append(name)
         dirnames[:] = kept
-        yield from (prefix + name for name in filenames)
+        yield from (prefix + name for name in sorted(filenames))
 
 
 def fingerprint(path: str | Path, blocks: int = 16, block_size: int = 1 << 16) -> str:
