@@ -261,7 +261,7 @@ def predict_command(
     if checkpoint is not None and not checkpoint.exists():
         raise UserError(f"--checkpoint: {checkpoint}: file not found")
 
-    from eomt_ood.bravo.rundir import maps_identity
+    from eomt_ood.bravo.rundir import compared_keys, maps_identity
     from eomt_ood.bravo.submission import predict_folder, record_predict_settings
     from eomt_ood.confidence import get_confidence
     from eomt_ood.confidence.levels import NonFiniteConfidence
@@ -278,7 +278,7 @@ def predict_command(
         model, checkpoint, precision_name(dtype), token_merging, [confidence], input=input_dir
     )
     settings["layout"] = layout
-    recorded = check_predict_settings(output_dir, settings)
+    recorded = check_predict_settings(output_dir, settings, compared_keys(settings))
     net = build_model(model, checkpoint)
     if merging is not None:
         enable_token_merging(net, merging)

@@ -268,8 +268,8 @@ def test_resuming_with_other_settings_is_refused(bravo_set, tmp_path):
 def test_resuming_refuses_what_the_finished_images_depend_on(bravo_set, tmp_path, monkeypatch):
     """The records hold statistics counted on the ground truth and maps of the weights' content: another --gt
     (or adding one), or weights replaced in place under the same path, are refused; the same model named or
-    left to the checkpoint, the same precision spelled "fp32" or "auto" on the CPU, and a relative path to the
-    same folder, resume."""
+    left to the checkpoint, the same precision spelled "fp32" or "auto" on the CPU, a relative path to the same
+    folder, and the same weights at another path, resume."""
     data, checkpoint = bravo_set
     weights = tmp_path / "model.safetensors"
     shutil.copyfile(checkpoint, weights)
@@ -289,6 +289,10 @@ def test_resuming_refuses_what_the_finished_images_depend_on(bravo_set, tmp_path
         images_root=Path("images"),
     )
     assert evaluate_bravo(same, progress=False)["meta"]["inference"]["skipped"] == 9
+    moved = tmp_path / "elsewhere" / "weights.safetensors"  # the same weights at another path
+    moved.parent.mkdir()
+    shutil.copyfile(weights, moved)
+    assert evaluate_bravo(replace(same, checkpoint=moved), progress=False)["meta"]["inference"]["skipped"] == 9
     torch.manual_seed(1)
     save_checkpoint(create_model("eomt_test"), weights)  # retrained, saved over the same file
     with pytest.raises(UserError, match=r"other weights in .*model\.safetensors \(the file changed since\)"):

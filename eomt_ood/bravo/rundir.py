@@ -275,6 +275,13 @@ def maps_identity(
     return identity
 
 
+def compared_keys(identity: Mapping[str, Any]) -> list[str]:
+    """The keys of a `maps_identity` a resume must match: all but the checkpoint's path, which is recorded for
+    readers (`recorded_input`) while its fingerprint says whether the weights are the same (a checkpoint moved,
+    or a package reinstalled elsewhere, holds the same weights)."""
+    return [key for key in identity if key != "checkpoint"]
+
+
 def recorded_input(config: Mapping[str, Any], key: str) -> Path | None:
     """An input a run's config.yaml names (`images_root`, `gt`, `samples`, `checkpoint`) as an absolute path:
     the one the run resolved when it started (`RESUME_IDENTITY`), else the recorded path if it is absolute. A
@@ -401,7 +408,7 @@ class RunDir:
                 f"{self.path}: holds images of a run that did not record how they were made (an earlier "
                 "version of eomt-ood); resuming could mix two runs, so choose another --out or delete it"
             )
-        key = changed_setting(before, identity)
+        key = changed_setting(before, identity, compared_keys(identity))
         if key is not None:
             raise UserError(
                 f"{self.path}: holds a run made with {describe_change(key, before, identity)}; resuming would "

@@ -116,11 +116,14 @@ def input_images(input_dir: str | Path, output_dir: str | Path) -> list[str]:
     return images
 
 
-def check_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> bool:
+def check_predict_settings(
+    output_dir: str | Path, settings: dict[str, Any], keys: list[str] | None = None
+) -> bool:
     """Before any work: an output folder whose maps were made with other settings (`rundir.maps_identity`:
     model, weights, score, precision, token merging, input folder; and the layout; recorded in
     `PREDICT_SETTINGS`) is refused, so that its maps are never taken for finished ones of this run; so is a
-    folder holding maps without that record (nothing says how they were made). True when the record exists."""
+    folder holding maps without that record (nothing says how they were made). keys: the settings compared
+    (default: all; `rundir.compared_keys`). True when the record exists."""
     path = Path(output_dir) / PREDICT_SETTINGS
     if not path.is_file():
         stray = next(Path(output_dir).rglob("*_pred.png"), None) if Path(output_dir).is_dir() else None
@@ -138,7 +141,7 @@ def check_predict_settings(output_dir: str | Path, settings: dict[str, Any]) -> 
         ) from None
     if not isinstance(recorded, dict):
         raise UserError(f"{path}: not a record of an earlier predict; remove it or choose another --output")
-    key = changed_setting(recorded, settings)
+    key = changed_setting(recorded, settings, keys)
     if key is not None:
         said = describe_change(key, recorded, settings)
         raise UserError(
