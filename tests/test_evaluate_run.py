@@ -292,7 +292,9 @@ def test_resuming_refuses_what_the_finished_images_depend_on(bravo_set, tmp_path
     moved = tmp_path / "elsewhere" / "weights.safetensors"  # the same weights at another path
     moved.parent.mkdir()
     shutil.copyfile(weights, moved)
-    assert evaluate_bravo(replace(same, checkpoint=moved), progress=False)["meta"]["inference"]["skipped"] == 9
+    assert (
+        evaluate_bravo(replace(same, checkpoint=moved), progress=False)["meta"]["inference"]["skipped"] == 9
+    )
     torch.manual_seed(1)
     save_checkpoint(create_model("eomt_test"), weights)  # retrained, saved over the same file
     with pytest.raises(UserError, match=r"other weights in .*model\.safetensors \(the file changed since\)"):
