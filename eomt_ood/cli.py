@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from eomt_ood.errors import UserError
+from eomt_ood.errors import Terminated, UserError
 
 app = typer.Typer(
     name="eomt-ood",
@@ -508,7 +508,8 @@ def app_command(
     raise typer.Exit(serve_explorer(runs, port=port, host=host, allow=allowed))
 
 
-# What an interrupted command keeps and how to go on (Ctrl-C); other commands write nothing until they finish.
+# What an interrupted command keeps and how to go on (Ctrl-C, or SIGTERM where the command handles it: train);
+# other commands write nothing until they finish.
 _RESUME_HINTS = {
     "evaluate": "finished images are kept; run the same command again to resume",
     "predict": "finished images are kept; run the same command again to resume",
@@ -520,8 +521,8 @@ def main() -> None:
     """Console-script entry point: every failure is one line on stderr and a non-zero exit code.
 
     A `UserError` exits 2, a usage error (unknown option, bad value, missing argument) exits 2 with click's
-    message on one line, Ctrl-C exits 130 with what was kept. The click command is run here rather than through
-    typer's runner, which would turn Ctrl-C into a silent exit code.
+    message on one line, Ctrl-C exits 130 with what was kept (a `Terminated` command, 143). The click command is
+    run here rather than through typer's runner, which would turn Ctrl-C into a silent exit code.
     """
     command = typer.main.get_command(app)
     ctx = None
@@ -540,10 +541,11 @@ def main() -> None:
         # What the checks before the work cannot foresee: a write refused by the file system (a full disk, a
         # path under /proc), a file that vanished meanwhile. One line naming the file, exit 1.
         _fail(f"{exc.filename}: {exc.strerror or exc}" if exc.filename is not None else str(exc), 1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         name = getattr(ctx, "invoked_subcommand", None)
         hint = _RESUME_HINTS.get(name or "")
-        _fail(f"interrupted{': ' + hint if hint else ''}", 130, prefix="")
+        said, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        _fail(f"{said}{': ' + hint if hint else ''}", code, prefix="")
     except Exception as exc:
         # click (vendored by typer) signals exits and usage errors with exceptions that carry an exit code.
         code = getattr(exc, "exit_code", None)

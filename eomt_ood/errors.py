@@ -15,3 +15,8 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class Terminated(Exception):
+    """The command was asked to stop (SIGTERM, as a cluster scheduler sends before a job's time is up) and
+    stopped cleanly; the CLI says what was kept and exits 143 (128 + SIGTERM), as a process killed by it would."""

@@ -19,9 +19,12 @@ checkpoint and resumed therefore ends with the same weights as an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
 import re
+import signal
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,7 +37,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from eomt_ood.config import to_dict
-from eomt_ood.errors import UserError
+from eomt_ood.errors import Terminated, UserError
 from eomt_ood.training.config import DataConfig, TrainConfig, check_paths
 from eomt_ood.training.module import EoMTTrainingModule, step_seed
 
@@ -281,6 +284,72 @@ RESUME_MAY_CHANGE = frozenset(
         "trainer.progress_bar",
     }
 )
+
+
+class _StopWhenAsked(L.Callback):
+    """Turns a Ctrl-C that `_noting_stops` noted into KeyboardInterrupt after the current batch, at a point where
+    Lightning's graceful shutdown can take over."""
+
+    def __init__(self, noted: list[int]):
+        self.noted = noted
+
+    def _check(self) -> None:
+        if signal.SIGINT in self.noted:
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        self._check()
+
+    def on_validation_batch_end(self, *_: Any) -> None:
+        self._check()
+
+
+@contextlib.contextmanager
+def _noting_stops(noted: list[int]) -> Iterator[None]:
+    """For the span of Lightning's fit, appends the signals that ask the run to stop to `noted`.
+
+    The first Ctrl-C is only noted, and `_StopWhenAsked` raises it after the batch (a second one raises at once):
+    raised where the signal lands, it can fall into a fork hook or a `__del__`, which print it as a traceback and
+    drop it, and training goes on. SIGTERM still reaches Lightning's own handler, which stops at the next batch
+    (before that handler is installed, SIGTERM raises `Terminated`), and turns off torch's SIGCHLD check of the
+    data workers: the same signal to the process group kills them, and the check would raise over the stop. A
+    data worker forked meanwhile inherits these handlers and leaves Ctrl-C to the main process, which shuts the
+    workers down, and dies of SIGTERM as by default. Handlers other than Python's defaults are left alone."""
+    main = os.getpid()
+
+    def ignore_workers(*_: Any) -> None:
+        """SIGCHLD handled by doing nothing (not SIG_DFL: a SIGCHLD already pending for the old Python handler
+        would then raise "signal ignored due to race condition" wherever the main thread is)."""
+
+    def on_int(signum: int, frame: Any) -> None:
+        if os.getpid() != main:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        if signum in noted:
+            signal.default_int_handler(signum, frame)
+        noted.append(signum)
+
+    def on_term(signum: int, frame: Any) -> None:
+        if os.getpid() != main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        noted.append(signum)
+        signal.signal(signal.SIGCHLD, ignore_workers)
+        # Lightning's handlers, once installed, call this one; before that, this is the whole answer.
+        if signal.getsignal(signal.SIGTERM) is on_term:
+            raise Terminated
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if previous[signal.SIGINT] is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_int)
+    if previous[signal.SIGTERM] == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def check_resume_recipe(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
@@ -551,7 +620,8 @@ def train(
     check_config(config, out_dir, resume)
     ckpt_path = resolve_resume(resume, out_dir)
     resume_state = read_resume(ckpt_path) if ckpt_path is not None else None
-    trainer, folder = _checked_trainer(config, out_dir, callbacks)
+    stops: list[int] = []  # the signals asking the run to stop (`_noting_stops`)
+    trainer, folder = _checked_trainer(config, out_dir, [*callbacks, _StopWhenAsked(stops)])
     t = config.trainer
     if t.float32_matmul_precision:
         torch.set_float32_matmul_precision(t.float32_matmul_precision)
@@ -580,14 +650,19 @@ def train(
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # Checkpoints hold only tensors and plain data, so they load without unpickling objects.
-        try:
-            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-        except SystemExit:
-            # Lightning answers Ctrl-C with a graceful shutdown and exit status 1; the command's own Ctrl-C
-            # handling (exit 130, what was kept and how to go on) should have it.
-            if trainer.interrupted:
-                raise KeyboardInterrupt from None
-            raise
+        with _noting_stops(stops):
+            try:
+                trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+            except BaseException:
+                # A stop asked for from outside ends as the command's own Ctrl-C (exit 130) or SIGTERM (143)
+                # handling, saying what was kept, whatever surfaced here: Lightning answers Ctrl-C with a graceful
+                # shutdown and exit status 1, and SIGTERM by stopping at the next batch; and the data workers,
+                # signalled with the same process group, may die first, so that the loader raises instead.
+                if trainer.received_sigterm or signal.SIGTERM in stops:
+                    raise Terminated from None
+                if signal.SIGINT in stops:
+                    raise KeyboardInterrupt from None
+                raise
 
     final = folder / f"step={trainer.global_step:07d}.ckpt"
     if not final.exists():

@@ -145,13 +145,18 @@ def test_interrupted_evaluate_resumes_to_the_uninterrupted_run(how, templates, t
     assert_same_run(out, templates / "run")
 
 
-@pytest.mark.slow  # a tiny training run, interrupted after its first checkpoint: ~20 s
-def test_ctrl_c_in_train_exits_130_and_says_what_was_kept(templates, tmp_path):
-    """Lightning answers Ctrl-C with a graceful shutdown and exit status 1; the command must still end as every
-    command does on Ctrl-C: status 130 and one line on what was kept and how to go on."""
+@pytest.mark.slow  # a tiny training run, stopped after its first checkpoint: ~20 s each
+@pytest.mark.parametrize(
+    ("how", "code", "said"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
+def test_stopped_train_says_what_was_kept(how, code, said, templates, tmp_path):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM to the process group, data workers included: Lightning answers
+    the first with a graceful shutdown and exit status 1, and the second by stopping at the next batch, unless
+    the workers died first and the loader raised. The command ends with 130 or 143 and one line on what was
+    kept and how to go on."""
     out = tmp_path / "train"
     sets = ["data.batch_size=2", "trainer.max_steps=500", "trainer.val_every_n_epochs=0",
-            "trainer.checkpoint_every_n_steps=1", "trainer.progress_bar=false",
+            "trainer.checkpoint_every_n_steps=1", "trainer.progress_bar=false", "data.num_workers=2",
             f"data.root={templates / 'scenes'}"]  # fmt: skip
     argv = _cli(
         "train", "--config", "eomt_test_synthetic", *(a for s in sets for a in ("--set", s)), "--out", out
@@ -159,18 +164,15 @@ def test_ctrl_c_in_train_exits_130_and_says_what_was_kept(templates, tmp_path):
     returncode, stderr, alive = _signal_when(
         argv,
         lambda: any((out / "checkpoints").glob("step=*.ckpt")),
-        signal.SIGINT,
+        getattr(signal, how),
         group=True,
-        where="(train)",
+        where=how,
     )
-    assert not alive, f"left running after Ctrl-C: {alive}"
-    assert returncode == 130, stderr
+    assert not alive, f"left running after {how}: {alive}"
+    assert returncode == code, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    assert (
-        last
-        == "interrupted: the last checkpoint is kept; run the same command with --resume auto to continue"
-    )
+    assert last == f"{said}: the last checkpoint is kept; run the same command with --resume auto to continue"
     assert any((out / "checkpoints").glob("step=*.ckpt"))
 
 
