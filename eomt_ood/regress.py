@@ -95,8 +95,8 @@ def compare(
         raise UserError(f"--tolerance: must be a non-negative number, got {tolerance}")
     if not patterns:
         raise UserError("--keys: give at least one pattern")
-    base_blocks = {k: scalar_metrics(v) for k, v in metric_blocks(baseline, "baseline").items()}
-    curr_blocks = {k: scalar_metrics(v) for k, v in metric_blocks(results, "results").items()}
+    raw_blocks = (metric_blocks(baseline, "baseline"), metric_blocks(results, "results"))
+    base_blocks, curr_blocks = ({k: scalar_metrics(v) for k, v in raw.items()} for raw in raw_blocks)
     base_flat, curr_flat = set(base_blocks) == {FLAT}, set(curr_blocks) == {FLAT}
     if base_flat != curr_flat:
         kinds = {True: "flat metrics", False: "per-score blocks"}
@@ -113,8 +113,8 @@ def compare(
 
     # A watched value that is not a number would drop out of the comparison (and a gate on it would pass);
     # lists (`iou_valid`) are not gated and may match a wide pattern.
-    for where, raw in zip(names, (baseline, results), strict=True):
-        for block, metrics in metric_blocks(raw, where).items():
+    for where, raw in zip(names, raw_blocks, strict=True):
+        for block, metrics in raw.items():
             for key, value in metrics.items():
                 if watched(key) and not isinstance(value, list) and key not in scalar_metrics({key: value}):
                     name = f"{block}/{key}" if block != FLAT else key
