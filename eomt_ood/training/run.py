@@ -25,6 +25,7 @@ import os
 import random
 import re
 import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -304,6 +305,58 @@ class _StopWhenAsked(L.Callback):
         self._check()
 
 
+class _ForkGuard:
+    """What a process forked during `_noting_stops` (a data worker) does with the stop signals.
+
+    Python's fork hooks run in the new child before its own code: logging's among them. A signal to the process
+    group arriving then would run the parent's Python handlers (Lightning's SIGTERM notifier among them) inside
+    those hooks, which print whatever goes wrong there as a traceback. So the signals the run took over are
+    blocked in the forking thread across `os.fork`: in the parent they stay pending and are handled once the fork
+    returns; the child, in its own fork hook (registered after logging's), leaves Ctrl-C to the main process (a
+    Python handler that does nothing, so that an exec resets it) and takes SIGTERM's default, death, before it
+    unblocks them. Registered once per process (fork hooks cannot be removed); `signals` is empty outside
+    `_noting_stops`."""
+
+    signals: frozenset[int] = frozenset()
+    _registered = False
+    _masks = threading.local()
+
+    @classmethod
+    def watch(cls, signals: frozenset[int]) -> None:
+        cls.signals = signals
+        if signals and not cls._registered:
+            os.register_at_fork(
+                before=cls._before, after_in_parent=cls._after_parent, after_in_child=cls._child
+            )
+            cls._registered = True
+
+    @classmethod
+    def _before(cls) -> None:
+        cls._masks.held = cls.signals
+        if cls.signals:
+            cls._masks.previous = signal.pthread_sigmask(signal.SIG_BLOCK, cls.signals)
+
+    @classmethod
+    def _after_parent(cls) -> None:
+        if getattr(cls._masks, "held", None):
+            signal.pthread_sigmask(signal.SIG_SETMASK, cls._masks.previous)
+
+    @classmethod
+    def _child(cls) -> None:
+        held, cls.signals = getattr(cls._masks, "held", None), frozenset()
+        if not held:
+            return
+        if signal.SIGINT in held:
+            signal.signal(signal.SIGINT, _leave_to_main)
+        if signal.SIGTERM in held:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, cls._masks.previous)
+
+
+def _leave_to_main(*_: Any) -> None:
+    """A data worker's Ctrl-C: the main process shuts the workers down."""
+
+
 @contextlib.contextmanager
 def _noting_stops(noted: list[int]) -> Iterator[None]:
     """For the span of Lightning's fit, appends the signals that ask the run to stop to `noted`.
@@ -312,28 +365,20 @@ def _noting_stops(noted: list[int]) -> Iterator[None]:
     raised where the signal lands, it can fall into a fork hook or a `__del__`, which print it as a traceback and
     drop it, and training goes on. SIGTERM still reaches Lightning's own handler, which stops at the next batch
     (before that handler is installed, SIGTERM raises `Terminated`), and turns off torch's SIGCHLD check of the
-    data workers: the same signal to the process group kills them, and the check would raise over the stop. A
-    data worker forked meanwhile inherits these handlers and leaves Ctrl-C to the main process, which shuts the
-    workers down, and dies of SIGTERM as by default. Handlers other than Python's defaults are left alone."""
-    main = os.getpid()
+    data workers: the same signal to the process group kills them, and the check would raise over the stop. Data
+    workers forked meanwhile leave Ctrl-C to the main process and die of SIGTERM as by default (`_ForkGuard`).
+    Handlers other than Python's defaults are left alone."""
 
     def ignore_workers(*_: Any) -> None:
         """SIGCHLD handled by doing nothing (not SIG_DFL: a SIGCHLD already pending for the old Python handler
         would then raise "signal ignored due to race condition" wherever the main thread is)."""
 
     def on_int(signum: int, frame: Any) -> None:
-        if os.getpid() != main:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            return
         if signum in noted:
             signal.default_int_handler(signum, frame)
         noted.append(signum)
 
     def on_term(signum: int, frame: Any) -> None:
-        if os.getpid() != main:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
         noted.append(signum)
         signal.signal(signal.SIGCHLD, ignore_workers)
         # Lightning's handlers, once installed, call this one; before that, this is the whole answer.
@@ -341,13 +386,18 @@ def _noting_stops(noted: list[int]) -> Iterator[None]:
             raise Terminated
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    taken = set()
     if previous[signal.SIGINT] is signal.default_int_handler:
         signal.signal(signal.SIGINT, on_int)
+        taken.add(signal.SIGINT)
     if previous[signal.SIGTERM] == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, on_term)
+        taken.add(signal.SIGTERM)
+    _ForkGuard.watch(frozenset(taken))
     try:
         yield
     finally:
+        _ForkGuard.watch(frozenset())
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -1,0 +1,104 @@
+"""How `train` treats the processes it forks (its data workers) while it watches for Ctrl-C and SIGTERM: the
+signals reach a worker only once its fork hooks have run, and then Ctrl-C is left to the main process and SIGTERM
+kills it as by default. (The whole command under both signals is in tests/faults/test_processes.py.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+import pytest
+
+from eomt_ood.training import run
+
+STOPS = {signal.SIGINT, signal.SIGTERM}
+
+# Set by a test: the signal the next forked child sends itself from a fork hook, as a signal to the process group
+# arriving while Python's fork hooks run would. Registered when this module is imported, before `train` first
+# registers its own hooks (it does so when a run starts), so it runs in the child before them.
+_IN_HOOK: dict[str, int] = {}
+
+
+def _signal_from_hook() -> None:
+    if "signum" in _IN_HOOK:
+        blocked = STOPS <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        os.write(_IN_HOOK["pipe"], b"blocked" if blocked else b"open")
+        os.kill(os.getpid(), _IN_HOOK["signum"])
+
+
+os.register_at_fork(after_in_child=_signal_from_hook)
+
+
+@contextlib.contextmanager
+def _python_defaults():
+    """The test process with Python's own handlers for both signals, as `train` starts in a terminal."""
+    before = {sig: signal.getsignal(sig) for sig in STOPS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _fork(child) -> int:
+    """Fork; the child runs `child()` and exits 0 (3 on an exception). Returns the child's wait status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child()
+        except BaseException:
+            os._exit(3)
+        os._exit(0)
+    return os.waitpid(pid, 0)[1]
+
+
+def test_worker_leaves_ctrl_c_to_the_main_process_and_dies_of_sigterm():
+    def child():
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert not STOPS & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        os.kill(os.getpid(), signal.SIGINT)  # nothing happens
+        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(4)  # not reached
+
+    noted: list[int] = []
+    with _python_defaults(), run._noting_stops(noted):
+        status = _fork(child)
+        assert not STOPS & signal.pthread_sigmask(signal.SIG_BLOCK, []), "the parent's mask is restored"
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+    assert noted == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_arriving_during_the_fork_hooks_waits_for_them(signum, capfd):
+    """A handler of the parent (here one that fails, as any can inside a fork hook, where Python prints the
+    failure as a traceback and goes on) must not run in a child that is still in its fork hooks."""
+
+    def failing(*_):
+        raise RuntimeError("parent's handler ran in the child")
+
+    read, write = os.pipe()
+    noted: list[int] = []
+    try:
+        with _python_defaults(), run._noting_stops(noted):
+            ours = signal.getsignal(signum)
+            signal.signal(signum, lambda s, f: failing() if os.getpid() != parent else ours(s, f))
+            parent = os.getpid()
+            _IN_HOOK.update(signum=signum, pipe=write)
+            try:
+                status = _fork(lambda: None)
+            finally:
+                _IN_HOOK.clear()
+        seen = os.read(read, 64)
+    finally:
+        os.close(read)
+        os.close(write)
+    assert seen == b"blocked"
+    if signum == signal.SIGTERM:
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+    else:
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert "parent's handler" not in capfd.readouterr().err
+    assert noted == []
