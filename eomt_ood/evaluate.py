@@ -605,12 +605,12 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
         if ranks.rank == 0:
             stack.enter_context(run.lock("eomt-ood evaluate"))
             run.check_resumable(identity)
-        timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0}
+        # start-up: to the model being ready for the first image; none when this call predicts nothing
+        timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0, "startup_seconds": None, **runtime}
         model = None
         if todo:  # loaded before anything is written: bad weights leave the folder as it was
             model = _load_model(config, ranks.device(config), runtime["compiled"])
             timing["startup_seconds"] = time.perf_counter() - start
-            timing.update(runtime)
         if ranks.rank == 0:
             run.write_config(settings)
             remove_stale_temporaries(run.path, recursive=True)  # what writers killed mid-file left

@@ -83,11 +83,12 @@ def check_output(
     """Before any work: a `UserError` unless `path` can be written as a file (or a folder when `folder`).
 
     Refused: a file path that is an existing folder (or a folder path that is an existing file); a path whose
-    nearest existing parent is not a writable folder; a path that is one of `inputs`; a file path that is an
-    existing file inside an input folder; a folder path that holds an input (commands that search their input
-    leave their output folder out of it, so the input would vanish) or lies inside an input folder (a later run
-    would list the outputs as inputs, e.g. a second `predict` into another folder). No command writes over its
-    input.
+    nearest existing parent is not a writable folder; a path that is one of `inputs`; a folder path that holds
+    an input (commands that search their input leave their output folder out of it, so the input would
+    vanish); a file or folder path inside an input folder (it could overwrite an input, and a later run would
+    list the outputs as inputs or stray files: a second `predict` into another folder, a `score` of the same
+    ground truth). Input folders are the trees a command searches; commands that read runs by name pass the
+    files they read. No command writes over its input.
     """
     path = Path(path)
     resolved = path.resolve()
@@ -100,16 +101,13 @@ def check_output(
         source = Path(given).resolve()
         if resolved == source:
             raise UserError(f"{option}: {path} is also an input of this command; choose another path")
-        if not folder and resolved.is_file() and source in resolved.parents:
-            raise UserError(
-                f"{option}: {path} would overwrite a file of the input {given}; choose another path"
-            )
         if folder and resolved in source.parents:
             raise UserError(f"{option}: {path} holds the input {given}; choose a folder outside it")
-        if folder and source.is_dir() and source in resolved.parents:
+        if source.is_dir() and source in resolved.parents:
+            what = "its files" if folder else "it"
             raise UserError(
-                f"{option}: {path} lies inside the input folder {given}, where its files would become inputs "
-                "of later runs; choose a folder outside it"
+                f"{option}: {path} lies inside the input folder {given}, where {what} would become inputs "
+                f"of later runs; choose a {'folder' if folder else 'path'} outside it"
             )
     parent = resolved.parent if not resolved.exists() else resolved if folder else resolved.parent
     while not parent.exists():

@@ -288,7 +288,11 @@ def test_resuming_refuses_what_the_finished_images_depend_on(bravo_set, tmp_path
         precision="fp32",
         images_root=Path("images"),
     )
-    assert evaluate_bravo(same, progress=False)["meta"]["inference"]["skipped"] == 9
+    inference = evaluate_bravo(same, progress=False)["meta"]["inference"]
+    assert inference["skipped"] == 9 and inference["predicted"] == 0
+    # Nothing predicted in this call: no start-up to report, and still what the forward runs as.
+    assert inference["startup_seconds"] is None
+    assert (inference["device"], inference["precision_used"], inference["compiled"]) == ("cpu", "fp32", False)
     moved = tmp_path / "elsewhere" / "weights.safetensors"  # the same weights at another path
     moved.parent.mkdir()
     shutil.copyfile(weights, moved)

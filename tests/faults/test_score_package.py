@@ -127,6 +127,9 @@ SCORE_CASES = [
     Case("out-is-the-gt-tar", score("--gt", "{tmp}/gt.tar", "--out", "{tmp}/gt.tar"), ["--out"], _gt_tar),
     Case("out-is-the-samples", score("--samples", "{samples}", "--out", "{samples}"), ["--out"]),
     Case("out-over-a-submission-file", score("--out", "{sub}/" + PRED), ["--out"], untouched_steps=SCORING),
+    # A new file inside a searched input would be a stray file (or a GT file) of the next score.
+    Case("out-inside-the-gt", score("--out", "{gt}/r.json"), ["--out", "inside"], untouched_steps=SCORING),
+    Case("out-inside-the-submission", score("--out", "{sub}/r.json"), ["--out", "inside"]),
     Case("workers-negative", score("--workers", "-1"), ["--workers"]),
     Case("unknown-option", [*SCORE, "--bogus", "1"], ["--bogus"]),
     Case("gt-option-missing", ["score", *SCORE[3:]], ["--gt"]),
@@ -202,6 +205,7 @@ PACKAGE_CASES = [
     Case(
         "out-over-a-submission-file", package("--out", "{sub}/" + CONF), ["--out"], untouched_steps=ENCODING
     ),
+    Case("out-inside-the-submission", package("--out", "{sub}/up.tar"), ["--out", "inside"]),
     Case("workers-negative", package("--workers", "-1"), ["--workers"]),
     Case("ok", PACKAGE, code=0, keeps=("out/up.tar",), check=_package_ok),
 ]
