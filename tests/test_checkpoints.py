@@ -83,6 +83,7 @@ def test_official_large_layout_maps_onto_registered_model():
     )
     assert round(backbone / 1e6, 2) == 307.35 and round(heads / 1e6, 2) == 11.68
     assert infer_config(official) == {
+        "learned_pos_embed": True,
         "embed_dim": 1024,
         "depth": 24,
         "reg_tokens": 4,
@@ -318,3 +319,130 @@ def test_checkpoints_module_does_not_import_the_registry():
         if any(name.startswith("eomt_ood.models.registry") for name in names):
             found.append(owner.get(node, "<module>"))
     assert found == [], found
+
+
+# ---- what a file records, and files that break a loader's assumptions -------------------------------------
+
+
+def test_a_file_recording_another_model_is_refused(tmp_path):
+    """Attention heads show in no tensor shape: a file saved with 4 heads fits `eomt_test` (2 heads) tensor for
+    tensor and would run with the wrong heads. The file records what it holds, so naming another build is an
+    error; leaving the name out builds what it records, and kwargs only the caller sets are its own choice."""
+    path = save_checkpoint(create_model("eomt_test", num_heads=4), tmp_path / "h4.safetensors")
+    with pytest.raises(
+        UserError, match=r"h4\.safetensors: holds eomt_test with num_heads=4, but the model built"
+    ):
+        create_model("eomt_test", checkpoint=path)
+    with pytest.raises(
+        UserError, match=r"holds eomt_test, but the model built for it is eomt_small_patch16_512"
+    ):
+        create_model("eomt_small_patch16_512", checkpoint=path)
+    assert int(load_model(path).backbone.blocks[0].attn.num_heads) == 4
+    chosen = create_model("eomt_test", checkpoint=path, num_heads=4, masked_attn_enabled=False)
+    assert int(chosen.backbone.blocks[0].attn.num_heads) == 4 and not chosen.masked_attn_enabled
+    # A dropout rate it was trained with changes nothing in eval mode: the default build takes the file.
+    trained = save_checkpoint(create_model("eomt_test", drop_path_rate=0.2), tmp_path / "dp.safetensors")
+    create_model("eomt_test", checkpoint=trained)
+
+
+def test_a_baseline_file_recording_whole_image_inference_is_refused_without_it(tmp_path):
+    """`whole_image_inference` changes how the Swin baseline predicts, and no tensor shows it."""
+    path = save_checkpoint(
+        create_model("m2f_swin_test", whole_image_inference=True), tmp_path / "w.safetensors"
+    )
+    with pytest.raises(
+        UserError, match=r"w\.safetensors: holds m2f_swin_test with whole_image_inference=True"
+    ):
+        create_model("m2f_swin_test", checkpoint=path)
+    assert load_model(path).whole_image_inference
+
+
+def test_a_training_checkpoint_records_its_model(tmp_path):
+    """A Lightning checkpoint of `eomt-ood train` holds the recipe: a model with overrides that match no
+    registered size by shape alone loads from it, as from the exported safetensors file."""
+    torch.manual_seed(0)
+    model = create_model("eomt_test", num_queries=7, num_heads=4)
+    path = tmp_path / "step=0000002.ckpt"
+    recipe = {"model": {"name": "eomt_test", "overrides": {"num_queries": 7, "num_heads": 4}}, "data": {}}
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "eomt_ood_config": recipe, "global_step": 2}, path)
+    loaded = load_model(path)
+    assert int(loaded.num_queries) == 7 and int(loaded.backbone.blocks[0].attn.num_heads) == 4
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(UserError, match="holds eomt_test with num_heads=4, num_queries=7"):
+        create_model("eomt_test", checkpoint=path)
+
+
+def _metadata_file(path, metadata):
+    save_file(dict(create_model("eomt_test").state_dict()), str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "said"),
+    [
+        ("record-without-config", lambda p: _metadata_file(p, {"format": "eomt_ood"}), "unreadable eomt_ood model"),
+        ("record-not-json", lambda p: _metadata_file(p, {"format": "eomt_ood", "config": "{"}), "unreadable"),
+        ("record-a-list", lambda p: _metadata_file(p, {"format": "eomt_ood", "config": "[1]"}), "unreadable"),
+        (
+            "record-unknown-kwarg",
+            lambda p: _metadata_file(p, {"format": "eomt_ood", "config": '{"name": "eomt_test", "kwargs": {"bogus": 1}}'}),
+            "(does not fit the model .*|holds eomt_test with )bogus",
+        ),
+        (
+            "record-unknown-model",
+            lambda p: _metadata_file(p, {"format": "eomt_ood", "config": '{"name": "eomt_future", "kwargs": {}}'}),
+            "(records the model 'eomt_future'|holds eomt_future, but)",
+        ),
+        (
+            "cls-token-of-rank-0",
+            lambda p: save_file({**create_model("eomt_test").state_dict(), "backbone.cls_token": torch.zeros(())}, str(p)),
+            r"unexpected rank: backbone\.cls_token \(\)",
+        ),
+        (
+            "pos-embed-of-rank-1",
+            lambda p: save_file({**create_model("eomt_test").state_dict(), "backbone.pos_embed": torch.zeros(5)}, str(p)),
+            r"unexpected rank: backbone\.pos_embed \(5,\)",
+        ),
+        ("integer-keys", lambda p: torch.save({0: torch.zeros(1)}, p), "the int key '0'"),
+        (
+            "integer-weights",
+            lambda p: save_file({k: v.to(torch.int32) for k, v in create_model("eomt_test").state_dict().items()}, str(p)),
+            "holds torch.int32 values, the model expects floating point",
+        ),
+    ],
+)  # fmt: skip
+def test_files_that_break_a_loader_are_one_error_naming_the_file(name, make, said, tmp_path):
+    """Each once with the architecture from the file and once named (before: KeyError, JSONDecodeError,
+    TypeError, IndexError or AttributeError tracebacks; integer weights loaded, cast, without a word)."""
+    path = tmp_path / f"{name}.{'pt' if name == 'integer-keys' else 'safetensors'}"
+    make(path)
+    for load in (load_model, lambda p: create_model("eomt_test", checkpoint=p)):
+        if load is load_model and name == "integer-weights":
+            continue  # integer weights match no registered size by shape: the load stops before them
+        with pytest.raises(UserError, match=f"{name}\\.(pt|safetensors): .*{said}"):
+            load(path)
+
+
+def test_dinov2_weights_for_a_dinov3_model_name_the_position_embedding(tmp_path):
+    """Before: "checkpoint has 64 image size, model has 0" (no learned table read as size 0)."""
+    path = tmp_path / "v2.safetensors"
+    save_file(dict(create_model("eomt_test").state_dict()), str(path))  # no record: the shapes decide
+    with pytest.raises(
+        UserError, match=r"a learned position embedding .*: checkpoint yes, model no"
+    ) as error:
+        create_model("eomt_dinov3_test", checkpoint=path)
+    assert "image size" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["m2f_swin_test", "m2f_vit_adapter_test"])
+def test_baseline_weights_of_another_class_count_name_the_tensor(name, tmp_path):
+    """A weights file without our record (a Hugging Face save): before, a RuntimeError traceback (Swin) or a
+    message that stopped at "Error(s) in loading state_dict for ..." (ViT-Adapter)."""
+    path = tmp_path / "c5.safetensors"
+    save_file(dict(create_model(name, num_classes=5).state_dict()), str(path))
+    with pytest.raises(
+        UserError,
+        match=r"c5\.safetensors: (head\.)?class_predictor\.(weight|bias) has shape \(6,( \d+)?\), \w+ expects \(20,",
+    ):
+        create_model(name, checkpoint=path)

@@ -244,7 +244,9 @@ def test_pretrained_backbone_of_wrong_size_is_a_user_error(tmp_path):
     )
     path = tmp_path / "wrong.pth"
     torch.save(wrong.state_dict(), path)
-    with pytest.raises(UserError, match="does not fit backbone"):
+    with pytest.raises(
+        UserError, match=r"wrong\.pth: cls_token has shape \(1, 1, 48\), backbone \S+ expects \(1, 1, 32\)"
+    ):
         create_model("eomt_test", pretrained_backbone=path)
 
 

@@ -17,9 +17,11 @@ knows file formats and key layouts but not the registry: building a model from a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +67,9 @@ def read_state_dict(path: str | Path, missing_hint: str = "") -> tuple[dict[str,
 
     Reads .safetensors (with its metadata), .bin / .pt / .pth / .ckpt through `torch.load(weights_only=True)`,
     and sharded Hugging Face saves through their index. Lightning `{"state_dict": ...}` and `{"model": ...}`
-    wrappers (Lightning .ckpt, Meta's DeiT/DINO release files) are unwrapped. Metadata is empty unless the
-    file is safetensors. Every failure is a UserError naming the file: not found, unreadable, pickled Python
+    wrappers (Lightning .ckpt, Meta's DeiT/DINO release files) are unwrapped. Metadata is the safetensors
+    header's; a Lightning checkpoint of `eomt-ood train` gives the same record of the model as our safetensors
+    files (`recorded_model`); other files have none. Every failure is a UserError naming the file: not found, unreadable, pickled Python
     objects refused, not a dict of tensors.
     """
     path = resolve_weights_file(path, missing_hint)
@@ -74,7 +77,7 @@ def read_state_dict(path: str | Path, missing_hint: str = "") -> tuple[dict[str,
         return _read_shards(path), {}
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    return _read_torch(path), {}
+    return _read_torch(path)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -110,16 +113,32 @@ def load_weights_only(path: str | Path, mmap: bool = False) -> Any:
         ) from exc
 
 
-def _read_torch(path: Path) -> dict[str, Tensor]:
+def _read_torch(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     obj = load_weights_only(path)
+    metadata: dict[str, str] = {}
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):  # Lightning .ckpt; Meta release files
             if isinstance(obj.get(wrapper), dict) and not all(isinstance(v, Tensor) for v in obj.values()):
+                metadata = _training_record(obj.get("eomt_ood_config"))
                 obj = obj[wrapper]
                 break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not _is_state_dict(obj):
         raise UserError(f"{path}: expected a dict of tensors (a state dict), found {_describe(obj)}")
-    return obj
+    return obj, metadata
+
+
+def _training_record(config: Any) -> dict[str, str]:
+    """Our metadata for the model a training checkpoint records (`eomt_ood_config`, the resolved recipe), or {}
+    for other files. The module's weights sit under `model.`, which the key filters strip."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        return {}
+    record = {"name": model["name"], "kwargs": model.get("overrides") or {}}
+    return {"format": FORMAT_TAG, "name": model["name"], "config": json.dumps(record, sort_keys=True)}
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
 
 
 def _read_shards(index: Path) -> dict[str, Tensor]:
@@ -131,7 +150,7 @@ def _read_shards(index: Path) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}
     for name in shards:
         shard = resolve_weights_file(index.parent / name)
-        state |= _read_safetensors(shard)[0] if shard.suffix == ".safetensors" else _read_torch(shard)
+        state |= (_read_safetensors(shard) if shard.suffix == ".safetensors" else _read_torch(shard))[0]
     return state
 
 
@@ -165,9 +184,67 @@ def _first_line(exc: BaseException) -> str:
 
 def _describe(obj: Any) -> str:
     if isinstance(obj, dict):
-        odd = next(k for k, v in obj.items() if not isinstance(v, Tensor))
+        odd = next(k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, Tensor)))
+        if not isinstance(odd, str):
+            return f"a dict with the {type(odd).__name__} key {str(odd)[:60]!r} (state dict keys are names)"
         return f"a dict whose entry {str(odd)[:60]!r} is a {type(obj[odd]).__name__}"
     return f"a {type(obj).__name__}"
+
+
+def recorded_model(metadata: dict[str, str], path: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """The registered name and construction kwargs a file records (`registry.save_checkpoint`, or a training
+    checkpoint's recipe), None when it records none; a record that cannot be read is a UserError naming the
+    file (a file written by another program under our tag, or edited)."""
+    if metadata.get("format") != FORMAT_TAG:
+        return None
+    try:
+        config = json.loads(metadata["config"])
+        name, kwargs = config["name"], config["kwargs"]
+        if not isinstance(name, str) or not isinstance(kwargs, dict):
+            raise TypeError("name must be a string and kwargs a mapping")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable eomt_ood model record ({_first_line(exc)})") from None
+    return name, dict(kwargs)
+
+
+@contextlib.contextmanager
+def fitting(path: str | Path) -> Iterator[None]:
+    """Any failure while a weights file is converted and fitted to a model becomes one UserError naming the file.
+
+    The filters and loaders below check what they expect and say so (`CheckpointMismatch`); a file edited or
+    written by another program can still break an assumption of a key layout or a tensor's rank (a KeyError, an
+    IndexError, a torch RuntimeError), which is the file's problem too, not a crash."""
+    try:
+        yield
+    except UserError:
+        raise
+    except CheckpointMismatch as exc:
+        raise UserError(f"{path}: {exc}") from exc
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise UserError(f"{path}: does not fit the model ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def load_strict(module: nn.Module, state_dict: dict[str, Tensor], what: str = "the model") -> None:
+    """`module.load_state_dict(state_dict, strict=True)` with every refusal as one CheckpointMismatch line:
+    missing and unexpected keys, the first tensor of another shape, or integer values for a float tensor (the
+    copy would cast them silently)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        parts = [f"{kind} {keys[:3]}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
+                 for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]  # fmt: skip
+        raise CheckpointMismatch(f"keys do not fit {what}: {', '.join(parts)}")
+    for key, value in state_dict.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointMismatch(
+                f"{key} has shape {tuple(value.shape)}, {what} expects {tuple(expected[key].shape)}"
+            )
+        if expected[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointMismatch(
+                f"{key} holds {value.dtype} values, {what} expects floating point weights"
+            )
+    module.load_state_dict(state_dict, strict=True)
 
 
 # ------------------------------------------------------------------------------------- format normalisation
@@ -393,7 +470,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
 def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
     """Architecture read from tensor shapes (docs/models.md §5 step 5); accepts any supported format.
 
-    Returns embed_dim D, depth L, reg_tokens R, separate_qkv (EVA-02), patch_size p, grid_size G, img_size S = G p, num_queries Q,
+    Returns learned_pos_embed (False for DINOv3's rotary embedding), embed_dim D, depth L, reg_tokens R, separate_qkv (EVA-02), patch_size p, grid_size G, img_size S = G p, num_queries Q,
     num_classes C, num_blocks L2 (None when the file has no attn_mask_probs), mlp_hidden, swiglu.
     Attention heads do not show in any shape and are not inferred.
     """
@@ -402,16 +479,32 @@ def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
     missing = [k for k in needed if k not in sd]
     if missing:
         raise CheckpointMismatch(f"not a complete EoMT checkpoint: missing {', '.join(missing)}")
+    ranks = {
+        "backbone.cls_token": 3,
+        "backbone.patch_embed.proj.weight": 4,
+        "q.weight": 2,
+        "class_head.weight": 2,
+    }
+    ranks |= {"backbone.pos_embed": 3, "backbone.reg_token": 3, "attn_mask_probs": 1}
+    odd = [f"{k} {tuple(sd[k].shape)}" for k, rank in ranks.items() if k in sd and sd[k].dim() != rank]
+    if odd:
+        raise CheckpointMismatch(f"not an EoMT checkpoint: tensors of an unexpected rank: {', '.join(odd)}")
     block_ids = [int(m[1]) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))]
     patch = int(sd["backbone.patch_embed.proj.weight"].shape[-1])
     pos = sd.get("backbone.pos_embed")
-    num_pos = int(pos.shape[1]) if pos is not None else 0
+    if pos is None:  # rotary position embedding (DINOv3): no learned table, no image size in the weights
+        num_pos = -1
+    else:
+        num_pos = int(pos.shape[1])
     reg_tokens = int(sd["backbone.reg_token"].shape[1]) if "backbone.reg_token" in sd else 0
-    if math.isqrt(num_pos) ** 2 != num_pos:  # pos-embed that also covers CLS + registers (EVA-02)
+    if (
+        num_pos >= 0 and math.isqrt(num_pos) ** 2 != num_pos
+    ):  # pos-embed that also covers CLS + registers (EVA-02)
         num_pos -= 1 + reg_tokens
     grid = math.isqrt(max(num_pos, 0))
     fc1, fc2 = sd.get("backbone.blocks.0.mlp.fc1.weight"), sd.get("backbone.blocks.0.mlp.fc2.weight")
     return {
+        "learned_pos_embed": pos is not None,
         "embed_dim": int(sd["backbone.cls_token"].shape[-1]),
         "depth": max(block_ids) + 1 if block_ids else 0,
         "reg_tokens": reg_tokens,
@@ -428,6 +521,7 @@ def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
 
 
 _LABELS = {
+    "learned_pos_embed": "a learned position embedding (DINOv2, DeiT III, EVA-02; DINOv3 uses RoPE)",
     "depth": "blocks",
     "embed_dim": "embed dim",
     "separate_qkv": "separate q/k/v projections (EVA-02)",
@@ -459,7 +553,11 @@ def suggest_model_name(config: dict) -> str | None:
 
 def describe_mismatch(checkpoint: dict, model: dict) -> str | None:
     """One line naming every architecture difference, or None when the shapes agree."""
-    diffs = [k for k in _LABELS if checkpoint.get(k) is not None and checkpoint.get(k) != model.get(k)]
+    diffs = [
+        k
+        for k in _LABELS
+        if checkpoint.get(k) is not None and model.get(k) is not None and checkpoint[k] != model[k]
+    ]
     if not diffs:
         return None
     parts = []
@@ -492,10 +590,7 @@ def load_state_dict_into(
     """
     own_filter = getattr(model, "checkpoint_filter_fn", None)
     if callable(own_filter):  # other families (the Mask2Former baselines) bring their own key filter
-        try:
-            model.load_state_dict(own_filter(state_dict), strict=True)
-        except RuntimeError as exc:
-            raise CheckpointMismatch(str(exc).splitlines()[0][:300]) from exc
+        load_strict(model, own_filter(state_dict), type(model).__name__)
         return
     filtered = checkpoint_filter_fn(state_dict, model)
     expected = model.state_dict()
@@ -504,36 +599,64 @@ def load_state_dict_into(
     mismatch = describe_mismatch(infer_config(filtered), infer_config(expected))
     if mismatch:
         raise CheckpointMismatch(mismatch)
-    missing = sorted(set(expected) - set(filtered))
-    unexpected = sorted(set(filtered) - set(expected))
-    if missing or unexpected:
-        raise CheckpointMismatch(f"keys do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    wrong = [k for k, v in filtered.items() if v.shape != expected[k].shape]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointMismatch(
-            f"{k} has shape {tuple(filtered[k].shape)}, model expects {tuple(expected[k].shape)}"
-        )
-    model.load_state_dict(filtered, strict=True)
+    load_strict(model, filtered)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, load_class_head: bool = True) -> None:
+def load_checkpoint(
+    model: nn.Module, path: str | Path, load_class_head: bool = True, built: tuple[str, dict] | None = None
+) -> None:
     """Load an official / Lightning / Hugging Face / own EoMT file into `model` in place, strictly.
 
     A file for another architecture or size is a UserError that names what differs, e.g.
     "checkpoint has 24 blocks, model has 12; embed dim 1024 vs 384". load_class_head=False keeps the
-    model's own class head (fine-tuning on other classes). Models with a `load_pretrained(path)` method
-    (e.g. Mask2Former baselines reading Hugging Face folders) load themselves.
+    model's own class head (fine-tuning on other classes). Models of other families bring their key filter
+    (`model.checkpoint_filter_fn`) and may check a Hugging Face config.json beside the weights
+    (`model.check_hf_config`, the Mask2Former baselines).
+
+    built: the registered name and the kwargs the caller gave to build `model`; a file that records another
+    model (`recorded_model`) is refused, also where no tensor shape shows the difference (attention heads,
+    whole-image inference): see `check_record`.
     """
-    load_pretrained: Any = getattr(model, "load_pretrained", None)
-    if callable(load_pretrained):
-        load_pretrained(path)
-        return
-    state_dict, _ = read_state_dict(path)
-    try:
+    weights = resolve_weights_file(path)
+    state_dict, metadata = read_state_dict(weights)
+    if built is not None:
+        check_record(recorded_model(metadata, path), built, path)
+    check_config: Any = getattr(model, "check_hf_config", None)
+    if callable(check_config) and (weights.parent / "config.json").is_file():
+        with fitting(weights.parent / "config.json"):
+            check_config(weights.parent / "config.json")
+    with fitting(path):
         load_state_dict_into(model, state_dict, load_class_head=load_class_head)
-    except CheckpointMismatch as exc:
-        raise UserError(f"{path}: {exc}") from exc
+
+
+# Construction kwargs that change training only (dropout rates), not what a model computes in eval mode: a file
+# trained with them fits a build without them.
+TRAINING_ONLY_KWARGS = frozenset(
+    {"drop_path_rate", "drop_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "patch_drop_rate"}
+)
+
+
+def check_record(recorded: tuple[str, dict] | None, built: tuple[str, dict], path: str | Path) -> None:
+    """A UserError when a file records another model than the one built for it: another name, or a kwarg the
+    file was saved with that the build leaves out or sets otherwise (`TRAINING_ONLY_KWARGS` aside). Kwargs only
+    the build sets are its choice (e.g. a drop-path rate to fine-tune with, masked attention switched off)."""
+    if recorded is None:
+        return
+    (name, kwargs), (built_name, built_kwargs) = recorded, built
+    differ = [
+        k
+        for k in sorted(kwargs)
+        if k not in TRAINING_ONLY_KWARGS and (k not in built_kwargs or built_kwargs[k] != kwargs[k])
+    ]
+    if name == built_name and not differ:
+        return
+    saved = ", ".join(f"{k}={kwargs[k]!r}" for k in differ) if name == built_name else ""
+    what = f"{name} with {saved}" if saved else name
+    given = ", ".join(f"{k}={built_kwargs[k]!r}" for k in differ if k in built_kwargs)
+    raise UserError(
+        f"{path}: holds {what}, but the model built for it is {built_name}{' with ' + given if given else ''}"
+        " (the file records its model: leave out --model to build that one)"
+    )
 
 
 # ---------------------------------------------------------------------------------------- Hugging Face configs

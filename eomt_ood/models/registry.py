@@ -24,12 +24,13 @@ from eomt_ood.models.catalog import MODELS as _MODELS
 from eomt_ood.models.catalog import register_model
 from eomt_ood.models.checkpoints import (
     FORMAT_TAG,
-    CheckpointMismatch,
+    fitting,
     hf_config_to_kwargs,
     infer_config,
     load_checkpoint,
     load_state_dict_into,
     read_state_dict,
+    recorded_model,
     resolve_weights_file,
     suggest_model_name,
 )
@@ -67,7 +68,7 @@ def create_model(name: str, checkpoint: str | Path | None = None, **overrides) -
     else:  # e.g. a transformers model whose `config` is its own PretrainedConfig
         setattr(model, "registry_config", recorded)  # noqa: B010
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, checkpoint, built=(recorded["name"], recorded["kwargs"]))
     return model
 
 
@@ -110,16 +111,15 @@ def load_model(path: str | Path, **overrides) -> nn.Module:
     path = resolve_weights_file(path)
     state_dict, metadata = read_state_dict(path)
     hf_config_path = path.parent / "config.json"
-    if metadata.get("format") == FORMAT_TAG:
-        config = json.loads(metadata["config"])
-        name, kwargs = config["name"], dict(config["kwargs"])
+    recorded = recorded_model(metadata, path)
+    if recorded is not None:
+        name, kwargs = recorded
     elif hf_config_path.is_file() and _is_eomt_hf_config(hf_config_path):
-        name, kwargs = hf_config_to_kwargs(json.loads(hf_config_path.read_text()))
+        with fitting(hf_config_path):
+            name, kwargs = hf_config_to_kwargs(json.loads(hf_config_path.read_text()))
     else:
-        try:
+        with fitting(path):
             inferred = infer_config(state_dict)
-        except CheckpointMismatch as exc:
-            raise UserError(f"{path}: {exc}") from exc
         name = suggest_model_name(inferred)
         if name is None:
             raise UserError(
@@ -129,11 +129,14 @@ def load_model(path: str | Path, **overrides) -> nn.Module:
         kwargs = {k: inferred[k] for k in ("img_size", "num_queries", "num_classes")}
         if inferred["num_blocks"] is not None:
             kwargs["num_blocks"] = inferred["num_blocks"]
-    model = create_model(name, **{**kwargs, **overrides})
-    try:
+    if name not in _MODELS:
+        _register_baselines()
+    if name not in _MODELS:
+        raise UserError(f"{path}: records the model {name!r}, which this version does not know")
+    with fitting(path):  # recorded kwargs from another version of the package may not build
+        model = create_model(name, **{**kwargs, **overrides})
+    with fitting(path):
         load_state_dict_into(model, state_dict)
-    except CheckpointMismatch as exc:
-        raise UserError(f"{path}: {exc}") from exc
     return model
 
 

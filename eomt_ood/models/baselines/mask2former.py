@@ -43,7 +43,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from eomt_ood.errors import UserError
 from eomt_ood.models.catalog import register_model
-from eomt_ood.models.checkpoints import read_state_dict, resolve_weights_file
+from eomt_ood.models.checkpoints import load_checkpoint
 from eomt_ood.models.eomt import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -211,9 +211,9 @@ class Mask2FormerSwin(nn.Module):
             all_layers=self.training,
         )
 
-    def load_pretrained(self, path: str | Path) -> None:
-        """Load a Hugging Face folder / weight file or a file saved by `save_checkpoint` (see `load_hf_checkpoint`)."""
-        load_hf_checkpoint(self, path)
+    def check_hf_config(self, config_path: Path) -> None:
+        """`load_checkpoint` calls this for a config.json beside the weights (see `check_hf_config`)."""
+        check_hf_config(config_path, self)
 
     def checkpoint_filter_fn(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Any supported state dict (Hugging Face or ours) -> our keys (see module-level `checkpoint_filter_fn`)."""
@@ -257,19 +257,11 @@ def load_hf_checkpoint(model: Mask2FormerSwin, path: str | Path) -> None:
     """Load a Hugging Face Mask2Former checkpoint strictly into `model`.
 
     path: a folder with config.json and model.safetensors or pytorch_model.bin (the layout of
-    facebook/mask2former-swin-large-cityscapes-semantic), or one of those weight files. A config.json next to
-    the weights is checked against the model first.
+    facebook/mask2former-swin-large-cityscapes-semantic), or one of those weight files, or a file saved by
+    `save_checkpoint`. A config.json next to the weights is checked against the model first. This is
+    `checkpoints.load_checkpoint`, which every model's weights go through.
     """
-    weights = resolve_weights_file(path)
-    if (weights.parent / "config.json").is_file():
-        check_hf_config(weights.parent / "config.json", model)
-    state = checkpoint_filter_fn(read_state_dict(weights)[0], model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{weights}: does not fit {type(model).__name__}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
-        )
+    load_checkpoint(model, path)
 
 
 # ---- registered architectures -------------------------------------------------------------------------------

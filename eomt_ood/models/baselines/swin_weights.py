@@ -26,7 +26,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from eomt_ood.errors import UserError
-from eomt_ood.models.checkpoints import read_state_dict, resolve_weights_file
+from eomt_ood.models.checkpoints import CheckpointMismatch, fitting, read_state_dict, resolve_weights_file
 
 # Keys a classification checkpoint carries that the backbone has no place for.
 _DROPPED = re.compile(
@@ -91,7 +91,7 @@ def swin_backbone_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         return _from_hugging_face(state)
     if any(k.startswith("patch_embed.") for k in state):
         return _from_timm(state)
-    raise UserError(
+    raise CheckpointMismatch(
         "not a Swin checkpoint (no patch_embed.* or embeddings.* keys); expected timm, original or Hugging Face Swin"
     )
 
@@ -126,10 +126,9 @@ def load_swin_backbone(encoder: nn.Module, path: str | Path) -> None:
     weights = resolve_weights_file(path, missing_hint=hint)
     if Path(path).is_dir():
         _check_hf_config(Path(path), encoder)
-    try:
-        converted = swin_backbone_state_dict(read_state_dict(weights)[0])
-    except UserError as exc:
-        raise UserError(f"{weights}: {exc}") from None
+    state = read_state_dict(weights)[0]  # its errors name the file
+    with fitting(weights):
+        converted = swin_backbone_state_dict(state)
     expected = encoder.state_dict()
     own = {k: v for k, v in expected.items() if _OWN_KEYS.search(k) and k not in converted}
     missing = sorted(set(expected) - set(converted) - set(own))
