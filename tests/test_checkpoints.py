@@ -12,6 +12,7 @@ from eomt_ood.errors import UserError
 from eomt_ood.models import create_model
 from eomt_ood.models.checkpoints import (
     checkpoint_filter_fn,
+    describe_mismatch,
     infer_config,
     load_checkpoint,
     read_state_dict,
@@ -446,3 +447,16 @@ def test_baseline_weights_of_another_class_count_name_the_tensor(name, tmp_path)
         match=r"c5\.safetensors: (head\.)?class_predictor\.(weight|bias) has shape \(6,( \d+)?\), \w+ expects \(20,",
     ):
         create_model(name, checkpoint=path)
+
+
+def test_the_suggested_name_says_an_image_size_no_registered_name_has():
+    """The official 640 px files (ADE20K, COCO) suggest the 1024 name, which needs img_size=640 to fit."""
+    large = dict(learned_pos_embed=True, embed_dim=1024, depth=24, reg_tokens=4, separate_qkv=False, patch_size=16,
+                 num_blocks=4, mlp_hidden=4096, swiglu=False)  # fmt: skip
+    file = {**large, "grid_size": 40, "img_size": 640, "num_queries": 200, "num_classes": 133}
+    model = {**large, "grid_size": 64, "img_size": 1024, "num_queries": 100, "num_classes": 19}
+    line = describe_mismatch(file, model)
+    assert line is not None and line.startswith("checkpoint has 640 image size, model has 1024")
+    assert "looks like eomt_large_patch16_1024 with img_size=640, num_queries=200, num_classes=133" in line
+    at_1024 = describe_mismatch({**file, "grid_size": 64, "img_size": 1024}, model)
+    assert at_1024 is not None and "with num_queries=200, num_classes=133" in at_1024

@@ -572,8 +572,10 @@ def describe_mismatch(checkpoint: dict, model: dict) -> str | None:
     line = "; ".join(parts)
     suggestion = suggest_model_name(checkpoint)
     if suggestion:
+        size = checkpoint.get("img_size")
+        other_size = f"img_size={size}, " if size is not None and not suggestion.endswith(f"_{size}") else ""
         line += (
-            f" (the file looks like {suggestion} with num_queries={checkpoint['num_queries']},"
+            f" (the file looks like {suggestion} with {other_size}num_queries={checkpoint['num_queries']},"
             f" num_classes={checkpoint['num_classes']})"
         )
     return line
