@@ -326,10 +326,26 @@ def _load_model(config: EvaluateConfig, device: Any, compile_model: bool) -> Any
     if config.model is None and config.checkpoint is None:
         raise UserError("--model or --checkpoint is needed (or neither, for the bundled demo)")
     model = build_model(config.model, config.checkpoint)
+    _check_bravo_classes(model, config)
     merging = parse_token_merging(config.token_merging)
     if merging is not None:
         enable_token_merging(model, merging)
     return prepare_model(model, device, compile_model)
+
+
+def _check_bravo_classes(model: Any, config: EvaluateConfig) -> None:
+    """A `UserError` naming the weights (or --model) unless the model predicts the 19 Cityscapes train ids BRAVO
+    scores: with fewer, every table came out without a word (a 5-class model scored as classes 0..4); with more,
+    the run failed after inference, blaming the first prediction PNG. Every registered model has `num_classes`."""
+    from eomt_ood.bravo.layout import NUM_CLASSES
+
+    classes = getattr(model, "num_classes", None)
+    if classes is not None and int(classes) != NUM_CLASSES:
+        source = config.checkpoint if config.checkpoint is not None else f"--model {config.model}"
+        raise UserError(
+            f"{source}: the model predicts {int(classes)} classes; BRAVO scores the {NUM_CLASSES} Cityscapes "
+            "train ids"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ ranks

@@ -24,7 +24,7 @@ def _fraction(x: float) -> bool:
 class ModelConfig:
     """name: a registered model; overrides: its keyword overrides (e.g. num_classes, depth for tiny models);
     pretrained_backbone: local backbone weights, a file or a Hugging Face DINOv2 folder (null = random init);
-    checkpoint: start from EoMT weights instead (fine-tuning)."""
+    checkpoint: start from EoMT weights instead (fine-tuning), a file or a Hugging Face folder."""
 
     name: str = "eomt_large_patch16_1024"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -160,7 +160,8 @@ def check_paths(config: TrainConfig, out_dir: str | Path, resume: str | Path | N
     from eomt_ood.io import check_output
 
     check_output(out_dir, "--out", [config.data.root], folder=True)
-    if config.model.checkpoint is not None and not Path(config.model.checkpoint).is_file():
+    # A weights file or a Hugging Face folder; what a folder holds is checked with the model code (`check_config`).
+    if config.model.checkpoint is not None and not Path(config.model.checkpoint).exists():
         raise UserError(f"model.checkpoint: {config.model.checkpoint} not found")
     if not Path(config.data.root).exists():
         raise UserError(f"data.root: {config.data.root}: folder not found")

@@ -259,7 +259,71 @@ def read_resume(path: Path) -> dict[str, Any]:
         raise UserError(
             f"--resume {path}: not a Lightning training checkpoint (no state_dict and global_step); {hint}"
         )
+    problem = _training_state_problem(state)
+    if problem is not None:
+        raise UserError(f"--resume {path}: not a training checkpoint ({problem}); {hint}")
     return state
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _loop_step(fit_loop: dict[str, Any]) -> Any:
+    """The optimizer steps the checkpoint's fit loop had taken (what Lightning restores `global_step` from),
+    None where the loop holds no such count under the name Lightning 2 gives it (a later version may rename it:
+    then nothing is compared)."""
+    try:
+        progress = fit_loop["epoch_loop.automatic_optimization.optim_progress"]
+        return progress["optimizer"]["step"]["total"]["completed"]
+    except (KeyError, TypeError):
+        return None
+
+
+def _training_state_problem(state: dict[str, Any]) -> str | None:
+    """What a Lightning checkpoint lacks for `trainer.fit(ckpt_path=...)` to resume our training exactly, or None.
+
+    Lightning raises KeyError / AttributeError deep inside the restore for most of these, and restores nothing
+    (silently) for others: without loop progress the run starts again at step 0 with the restored weights, and
+    empty optimizer or scheduler lists restore no Adam moments or learning-rate schedule.
+    """
+    weights = state["state_dict"]
+    odd = next((k for k, v in weights.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        return f"state_dict entry {odd!r} is not a tensor but {type(weights[odd]).__name__}"
+    if not _is_count(state["global_step"]) or not _is_count(state.get("epoch")):
+        return "global_step and epoch are not step and epoch counts"
+    if "optimizer_states" not in state:
+        return "no optimizer state: saved with weights only?"
+    optimizers = state["optimizer_states"]
+    if (
+        not isinstance(optimizers, list)
+        or len(optimizers) != 1
+        or not isinstance(optimizers[0], dict)
+        or not isinstance(optimizers[0].get("state"), dict)
+        or not isinstance(optimizers[0].get("param_groups"), list)
+        or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in optimizers[0]["param_groups"]
+        )
+    ):
+        return "optimizer_states is not one optimizer's state and param_groups"
+    schedulers = state.get("lr_schedulers")
+    if schedulers is None:
+        return "no learning-rate scheduler state: saved with weights only?"
+    if (
+        not isinstance(schedulers, list)
+        or len(schedulers) != 1
+        or not isinstance(schedulers[0], dict)
+        or not isinstance(schedulers[0].get("lr_lambdas"), list)
+    ):
+        return "lr_schedulers is not one LambdaLR scheduler's state"
+    loops = state.get("loops")
+    if not isinstance(loops, dict) or not isinstance(loops.get("fit_loop"), dict) or not loops["fit_loop"]:
+        return "no loop progress: no step to continue from"
+    step = _loop_step(loops["fit_loop"])
+    if step is not None and step != state["global_step"]:
+        return f"its loop progress is at step {step}, its global_step is {state['global_step']}"
+    return None
 
 
 # What may differ between a run and its resume: where things are and how the run is carried out, not what it
@@ -441,6 +505,18 @@ def check_resume_fits(state: dict[str, Any], module: L.LightningModule, path: Pa
             f"--resume {path}: a checkpoint of another model ({len(wrong)} of its weights unknown or of another "
             f"shape, {len(missing)} missing, e.g. {(wrong or missing)[0]}); resume with the config that made it"
         )
+    # The optimizer has one group per trainable tensor (`optim.param_groups`); torch refuses other counts with a
+    # ValueError, and LambdaLR pairs its lambdas with the groups.
+    from eomt_ood.training.optim import param_groups
+
+    groups = len(param_groups(module.model, module.optim_config))
+    saved = state["optimizer_states"][0]["param_groups"]
+    lambdas = state["lr_schedulers"][0]["lr_lambdas"]
+    if len(saved) != groups or any(len(g["params"]) != 1 for g in saved) or len(lambdas) != groups:
+        raise UserError(
+            f"--resume {path}: its optimizer state has {len(saved)} parameter group(s) and its scheduler "
+            f"{len(lambdas)}, this model trains {groups} (one per tensor); resume with the config that made it"
+        )
 
 
 def check_config(config: TrainConfig, out_dir: Path, resume: str | Path | None = None) -> None:
@@ -449,9 +525,19 @@ def check_config(config: TrainConfig, out_dir: Path, resume: str | Path | None =
     from eomt_ood.data.cityscapes import CityscapesSemantic
     from eomt_ood.data.labels import NUM_CLASSES
     from eomt_ood.models import create_model, list_models
+    from eomt_ood.models.checkpoints import resolve_weights_file
 
     m, d = config.model, config.data
     check_paths(config, out_dir, resume)
+    for key, weights in (
+        ("model.checkpoint", m.checkpoint),
+        ("model.pretrained_backbone", m.pretrained_backbone),
+    ):
+        if weights is not None and Path(weights).is_dir():  # a Hugging Face folder: does it hold weights?
+            try:
+                resolve_weights_file(weights)
+            except UserError as exc:
+                raise UserError(f"{key}: {exc}") from None
     if m.name not in list_models():
         raise UserError(f"model.name: unknown name {m.name!r}; available: {', '.join(list_models())}")
     try:  # the architecture with its overrides, as a skeleton without memory (a second or less)
@@ -536,7 +622,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
             except UserError as exc:
                 raise UserError(f"model.pretrained_backbone: {exc}") from None
         overrides["pretrained_backbone"] = m.pretrained_backbone
-    if m.checkpoint is not None and not Path(m.checkpoint).is_file():
+    if m.checkpoint is not None and not Path(m.checkpoint).exists():  # a file, or a Hugging Face folder
         raise UserError(f"model.checkpoint: {m.checkpoint} not found")
     return create_model(m.name, checkpoint=m.checkpoint, **overrides)
 

@@ -6,7 +6,10 @@ weights, a finished run of it over those images (two scores), four synthetic str
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import logging
 import os
 import pickle
 import shutil
@@ -69,6 +72,32 @@ def templates(tmp_path_factory) -> Path:
     evaluate_bravo(config, progress=False)
     write_dataset(root / "scenes", 4, seed=0, size=(32, 64), simple=True)
     return root
+
+
+@functools.cache
+def _trained(templates: Path) -> Path:
+    """A real Lightning training checkpoint (2 steps of `eomt_test_synthetic` on the scenes, with the recipe of
+    the case's train.yaml), made on first use and kept among the templates."""
+    from eomt_ood.config import load_config
+    from eomt_ood.training.config import TrainConfig
+    from eomt_ood.training.run import find_last_checkpoint, train
+
+    out = templates / "trained"
+    if find_last_checkpoint(out) is None:
+        world = World(templates / "trained-config", {"scenes": lambda w: templates / "scenes"})
+        world.root.mkdir(exist_ok=True)
+        config = load_config(TrainConfig, _train_yaml(world))
+        # Quiet: a case's setup makes it, and what it prints would be read as the command's stderr.
+        # (Lightning logs through a handler bound to the stream of when it was imported, so logging is off too.)
+        logging.disable(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                train(config, out_dir=out)
+        finally:
+            logging.disable(logging.NOTSET)
+    checkpoint = find_last_checkpoint(out)
+    assert checkpoint is not None
+    return checkpoint
 
 
 def _copy(source: Path, target: Path) -> Path:
@@ -171,6 +200,7 @@ def world(templates, tmp_path) -> World:
         "baseline": lambda w: _copy(t / "run" / "results.json", w.root / "baseline.json"),
         "sub": lambda w: _copy(t / "run" / "submission", w.root / "sub"),
         "scenes": lambda w: _copy(t / "scenes", w.root / "scenes"),
+        "trained": lambda w: _copy(_trained(t), w.root / "trained" / "step=0000002.ckpt"),
         "config": _train_yaml,
         "evil": _evil_legacy,
         "evil_zip": _evil_zip,

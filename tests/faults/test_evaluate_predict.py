@@ -23,6 +23,7 @@ NO_CUDA = "needs a machine without CUDA"
 EVALUATE = ["evaluate", "--root", "{images}", "--gt", "{gt}", "--checkpoint", "{ckpt}", "--out", "{out}",
             "--workers", "0", "--confidence", "msp"]  # fmt: skip
 MODEL_LOAD = ("eomt_ood.evaluate._load_model",)
+INFERENCE = ("eomt_ood.inference.predict.stream_levels",)
 KEPT = ("out/*",)  # what a run that failed at an image keeps: the finished images, its config, its lock
 
 
@@ -71,6 +72,18 @@ def _nan_weights(checkpoint, out) -> None:
         metadata = handle.metadata()
     nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(nan, str(out), metadata=metadata)
+
+
+def _other_classes(name: str, classes: int):
+    """Setup: weights of `name` built for `classes` classes (an ADE20K or toy model), as {tmp}/classes.safetensors."""
+
+    def setup(w):
+        from eomt_ood.models import create_model, save_checkpoint
+
+        torch.manual_seed(0)
+        save_checkpoint(create_model(name, num_classes=classes), w.root / "classes.safetensors")
+
+    return setup
 
 
 def _hold_lock(w):
@@ -144,6 +157,18 @@ EVALUATE_CASES = [
         ["{other_ckpt}"],
     ),
     Case("checkpoint-folder-without-weights", evaluate("--checkpoint", "{folder}"), ["{folder}"]),
+    # BRAVO scores the 19 Cityscapes train ids: 5 classes gave full tables (exit 0), 150 failed after inference
+    # naming a prediction PNG. Refused when the model is loaded, before anything is written or predicted.
+    *(
+        Case(
+            f"checkpoint-of-{classes}-classes-{name}",
+            evaluate("--checkpoint", "{tmp}/classes.safetensors"),
+            ["classes.safetensors", f"predicts {classes} classes", "19"],
+            _other_classes(name, classes),
+            untouched_steps=INFERENCE,
+        )
+        for name, classes in [("eomt_test", 5), ("eomt_test", 150), ("m2f_swin_test", 5)]
+    ),
     Case("model-unknown", [*EVALUATE, "--model", "nope"], ["nope"]),
     Case(
         "random-weights-without-opt-in",
