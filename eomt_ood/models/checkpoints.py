@@ -69,8 +69,8 @@ def read_state_dict(path: str | Path, missing_hint: str = "") -> tuple[dict[str,
     and sharded Hugging Face saves through their index. Lightning `{"state_dict": ...}` and `{"model": ...}`
     wrappers (Lightning .ckpt, Meta's DeiT/DINO release files) are unwrapped. Metadata is the safetensors
     header's; a Lightning checkpoint of `eomt-ood train` gives the same record of the model as our safetensors
-    files (`recorded_model`); other files have none. Every failure is a UserError naming the file: not found, unreadable, pickled Python
-    objects refused, not a dict of tensors.
+    files (`recorded_model`); other files have none. Every failure is a UserError naming the file: not found,
+    unreadable, pickled Python objects refused, not a dict of tensors.
     """
     path = resolve_weights_file(path, missing_hint)
     if path.name in SHARD_INDEXES:
@@ -470,8 +470,9 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
 def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
     """Architecture read from tensor shapes (docs/models.md §5 step 5); accepts any supported format.
 
-    Returns learned_pos_embed (False for DINOv3's rotary embedding), embed_dim D, depth L, reg_tokens R, separate_qkv (EVA-02), patch_size p, grid_size G, img_size S = G p, num_queries Q,
-    num_classes C, num_blocks L2 (None when the file has no attn_mask_probs), mlp_hidden, swiglu.
+    Returns learned_pos_embed (False for DINOv3's rotary embedding), embed_dim D, depth L, reg_tokens R,
+    separate_qkv (EVA-02), patch_size p, grid_size G, img_size S = G p (None without a learned table),
+    num_queries Q, num_classes C, num_blocks L2 (None when the file has no attn_mask_probs), mlp_hidden, swiglu.
     Attention heads do not show in any shape and are not inferred.
     """
     sd = to_eomt_keys(state_dict)
@@ -479,28 +480,20 @@ def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int | bool | None]:
     missing = [k for k in needed if k not in sd]
     if missing:
         raise CheckpointMismatch(f"not a complete EoMT checkpoint: missing {', '.join(missing)}")
-    ranks = {
-        "backbone.cls_token": 3,
-        "backbone.patch_embed.proj.weight": 4,
-        "q.weight": 2,
-        "class_head.weight": 2,
-    }
-    ranks |= {"backbone.pos_embed": 3, "backbone.reg_token": 3, "attn_mask_probs": 1}
+    ranks = {"backbone.cls_token": 3, "backbone.patch_embed.proj.weight": 4, "q.weight": 2, "class_head.weight": 2,
+             "backbone.pos_embed": 3, "backbone.reg_token": 3, "attn_mask_probs": 1}  # fmt: skip
     odd = [f"{k} {tuple(sd[k].shape)}" for k, rank in ranks.items() if k in sd and sd[k].dim() != rank]
     if odd:
         raise CheckpointMismatch(f"not an EoMT checkpoint: tensors of an unexpected rank: {', '.join(odd)}")
     block_ids = [int(m[1]) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))]
     patch = int(sd["backbone.patch_embed.proj.weight"].shape[-1])
-    pos = sd.get("backbone.pos_embed")
-    if pos is None:  # rotary position embedding (DINOv3): no learned table, no image size in the weights
-        num_pos = -1
-    else:
-        num_pos = int(pos.shape[1])
     reg_tokens = int(sd["backbone.reg_token"].shape[1]) if "backbone.reg_token" in sd else 0
-    if (
-        num_pos >= 0 and math.isqrt(num_pos) ** 2 != num_pos
-    ):  # pos-embed that also covers CLS + registers (EVA-02)
-        num_pos -= 1 + reg_tokens
+    pos = sd.get("backbone.pos_embed")
+    num_pos = -1  # rotary position embedding (DINOv3): no learned table, no image size in the weights
+    if pos is not None:
+        num_pos = int(pos.shape[1])
+        if math.isqrt(num_pos) ** 2 != num_pos:  # pos-embed that also covers CLS + registers (EVA-02)
+            num_pos -= 1 + reg_tokens
     grid = math.isqrt(max(num_pos, 0))
     fc1, fc2 = sd.get("backbone.blocks.0.mlp.fc1.weight"), sd.get("backbone.blocks.0.mlp.fc2.weight")
     return {
