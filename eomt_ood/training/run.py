@@ -597,13 +597,24 @@ def write_config(config: TrainConfig, path: Path) -> None:
 
 
 class ConfigAndStepCheckpoint(L.Callback):
-    """Stores the resolved config in every checkpoint and keeps `checkpoints/config.yaml` next to them."""
+    """Stores the resolved config in every checkpoint and keeps `checkpoints/config.yaml` next to them; refuses to
+    save weights that are not finite (a diverged run stops at its next checkpoint instead of training on, and
+    exporting, NaN weights with exit 0)."""
 
     def __init__(self, config: TrainConfig, folder: Path):
         self.config = config
         self.folder = folder
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        weights = checkpoint["state_dict"]
+        bad = next(
+            (k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None
+        )
+        if bad is not None:
+            raise UserError(
+                f"training diverged: {bad} holds NaN or inf at step {trainer.global_step}, so this step was not "
+                "saved (the checkpoints before it are kept); lower optim.lr, or check the starting weights"
+            )
         checkpoint["eomt_ood_config"] = to_dict(self.config)
         if trainer.is_global_zero:
             write_config(self.config, self.folder / "config.yaml")

@@ -424,3 +424,25 @@ def test_model_checkpoint_may_be_a_hf_folder(world, monkeypatch, capsys):
     assert escaped is None and code == 0, f"exit {code}\n{escaped or ''}{err[-2000:]}"
     assert out.startswith("trained -> ") and (world.root / "out" / "model.safetensors").is_file()
     assert Path(folder) in [Path(c) for c in loaded if c is not None], loaded
+
+
+def test_a_diverged_run_stops_at_its_next_checkpoint(world, monkeypatch, capsys):
+    """Starting weights that are NaN (the same as a run that diverged): every step trained on NaN and the run
+    exported NaN weights, exit 0. The first checkpoint save refuses them, and nothing is written for that step."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    nan = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in load_file(world["ckpt"]).items()
+    }
+    with safe_open(world["ckpt"], "pt") as f:
+        metadata = f.metadata()
+    save_file(nan, str(world.root / "nan.safetensors"), metadata=metadata)
+    monkeypatch.chdir(world.root)
+    argv = [world.fmt(a) for a in [*TRAIN, "--set", f"model.checkpoint={world.root / 'nan.safetensors'}"]]
+    code, _, err, escaped = run_cli(argv, monkeypatch, capsys)
+    assert escaped is None and code == 2, f"exit {code}\n{escaped or ''}{err[-2000:]}"
+    assert "training diverged:" in err and "NaN or inf at step 1" in err and "Traceback" not in err
+    assert not list((world.root / "out").glob("checkpoints/step=*.ckpt"))
+    assert not (world.root / "out" / "model.safetensors").exists()
