@@ -9,8 +9,11 @@ at run time without antialiasing, timm resamples once at load time with antialia
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import (
     Dinov2Config,
     Dinov2ForImageClassification,
@@ -151,3 +154,22 @@ def test_plain_dinov2_files_load_into_a_register_free_model(tmp_path, layout):
         torch.testing.assert_close(
             ours.forward_features(x), plain.eval().forward_features(x), rtol=1e-4, atol=1e-5
         )
+
+
+def test_a_file_that_breaks_the_converter_is_one_line_naming_it(tmp_path):
+    """Key/value projections missing from block 0 (the converter's error did not name the file), and position
+    embeddings of rank 1 (an IndexError traceback)."""
+    _, folder = _hf_folder(tmp_path, registers=2)
+    weights = load_file(folder / "model.safetensors")
+    without_kv = {
+        k: v for k, v in weights.items() if not re.search(r"layer\.0\.attention\.attention\.(key|value)", k)
+    }
+    save_file(without_kv, str(tmp_path / "kv.safetensors"))
+    with pytest.raises(
+        UserError, match=r"kv\.safetensors: block 0 has only \['query'\] of the query/key/value"
+    ):
+        create_model("eomt_test", pretrained_backbone=tmp_path / "kv.safetensors")
+    flat = {**weights, "embeddings.position_embeddings": torch.zeros(5)}
+    save_file(flat, str(tmp_path / "pos.safetensors"))
+    with pytest.raises(UserError, match=r"pos\.safetensors: does not fit the model \(IndexError: "):
+        create_model("eomt_test", pretrained_backbone=tmp_path / "pos.safetensors")
