@@ -44,6 +44,13 @@ def _register_baselines() -> None:
     import eomt_ood.models.baselines  # noqa: F401
 
 
+def _is_registered(name: str) -> bool:
+    """Whether `name` is a registered model (the baselines register themselves when first needed)."""
+    if name not in _MODELS:
+        _register_baselines()
+    return name in _MODELS
+
+
 def list_models() -> list[str]:
     """Sorted names of all registered models."""
     _register_baselines()
@@ -56,9 +63,7 @@ def create_model(name: str, checkpoint: str | Path | None = None, **overrides) -
     `pretrained_backbone=<path>` loads local timm/DINOv2 backbone weights and is not recorded in the config
     (a saved checkpoint holds the weights). Unknown names are a `UserError` that lists the available ones.
     """
-    if name not in _MODELS:
-        _register_baselines()
-    if name not in _MODELS:
+    if not _is_registered(name):
         raise UserError(f"model: unknown name {name!r}; available: {', '.join(list_models())}")
     model = _MODELS[name](**overrides)
     recorded = {"name": name, "kwargs": {k: v for k, v in overrides.items() if k != "pretrained_backbone"}}
@@ -129,13 +134,10 @@ def load_model(path: str | Path, **overrides) -> nn.Module:
         kwargs = {k: inferred[k] for k in ("img_size", "num_queries", "num_classes")}
         if inferred["num_blocks"] is not None:
             kwargs["num_blocks"] = inferred["num_blocks"]
-    if name not in _MODELS:
-        _register_baselines()
-    if name not in _MODELS:
+    if not _is_registered(name):
         raise UserError(f"{path}: records the model {name!r}, which this version does not know")
     with fitting(path):  # recorded kwargs from another version of the package may not build
         model = create_model(name, **{**kwargs, **overrides})
-    with fitting(path):
         load_state_dict_into(model, state_dict)
     return model
 
