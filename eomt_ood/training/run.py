@@ -379,7 +379,9 @@ class _ForkGuard:
     returns; the child, in its own fork hook (registered after logging's), leaves Ctrl-C to the main process (a
     Python handler that does nothing, so that an exec resets it) and takes SIGTERM's default, death, before it
     unblocks them. Registered once per process (fork hooks cannot be removed); `signals` is empty outside
-    `_noting_stops`."""
+    `_noting_stops`. Not covered: the parent's own fork hooks. The mask is per thread, so a signal delivered to
+    another thread of the parent (data loading, pinning) still runs the handlers in the main thread wherever it
+    is, logging's after-fork hook included, where a failure prints a traceback (seen once in CI)."""
 
     signals: frozenset[int] = frozenset()
     _registered = False
