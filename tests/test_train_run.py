@@ -276,3 +276,22 @@ def test_cli_train_runs_tiny_config(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert "trained ->" in result.output
+
+
+def test_progress_bar_of_a_step_recipe_shows_the_step_not_a_negative_epoch_total(tmp_path):
+    """A recipe that counts steps runs Lightning with max_epochs = -1, which its bar showed as "Epoch 9/-2"."""
+    from eomt_ood.training.run import build_trainer
+
+    sets = ["trainer.progress_bar=true", "trainer.epochs=3"]
+    steps, _ = build_trainer(synthetic_config(tmp_path, *sets, "trainer.max_steps=7"), tmp_path / "steps")
+    bar = steps.progress_bar_callback
+    if hasattr(bar, "_get_train_description"):  # the rich bar (Lightning's default where rich is installed)
+        assert bar._get_train_description(9).strip() == "Epoch 9"
+    assert bar.get_metrics(steps, None)["step"] == "0/7"
+    epochs, _ = build_trainer(
+        synthetic_config(tmp_path, *sets, "trainer.max_steps=null"), tmp_path / "epochs"
+    )
+    epochs.progress_bar_callback.setup(epochs, None, "fit")  # as Lightning does when fitting
+    assert "step" not in epochs.progress_bar_callback.get_metrics(epochs, None)
+    if hasattr(epochs.progress_bar_callback, "_get_train_description"):
+        assert epochs.progress_bar_callback._get_train_description(1).strip() == "Epoch 1/2"

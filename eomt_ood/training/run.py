@@ -351,6 +351,30 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
+def _step_progress_bar() -> L.Callback:
+    """Lightning's default progress bar for a recipe that counts steps (`trainer.max_steps`).
+
+    Lightning then runs with max_epochs = -1, which its rich bar shows as "Epoch 9/-2"; this one shows the epoch
+    alone and, beside the bar's other figures, "step 1234/2000".
+    """
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    base: type = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
+
+    class StepProgressBar(base):  # type: ignore[misc, valid-type]
+        def _get_train_description(self, current_epoch: int) -> str:  # the rich bar's
+            return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+
+        def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+            return {
+                "step": f"{trainer.global_step}/{trainer.max_steps}",
+                **super().get_metrics(trainer, pl_module),
+            }
+
+    return StepProgressBar()
+
+
 class _StopWhenAsked(L.Callback):
     """Turns a Ctrl-C that `_noting_stops` noted into KeyboardInterrupt after the current batch, at a point where
     Lightning's graceful shutdown can take over."""
@@ -709,6 +733,7 @@ def build_trainer(
         callbacks=[
             *checkpointing,
             ConfigAndStepCheckpoint(config, folder),
+            *([_step_progress_bar()] if t.progress_bar and t.max_steps is not None else []),
             *callbacks,
         ],
     )
