@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 
 import pytest
 
@@ -28,6 +29,24 @@ def _signal_from_hook() -> None:
 
 
 os.register_at_fork(after_in_child=_signal_from_hook)
+
+# Set by a test: what the parent does from a fork hook that runs inside `train`'s (before hooks run in the reverse
+# order of registration), as a SIGTERM to the process group arriving during a fork would look to it.
+_IN_PARENT_HOOK: dict[str, object] = {}
+
+
+def _stop_from_parent_hook() -> None:
+    if "worker" in _IN_PARENT_HOOK:
+        worker = _IN_PARENT_HOOK.pop("worker")
+        assert isinstance(worker, int)
+        # The group's SIGTERM reaches the parent (the forking thread blocks it) and kills a data worker forked
+        # before, whose SIGCHLD then comes to the forking thread unless it is blocked too.
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(worker, signal.SIGTERM)
+        os.waitid(os.P_PID, worker, os.WEXITED | os.WNOWAIT)
+
+
+os.register_at_fork(before=_stop_from_parent_hook)
 
 
 @contextlib.contextmanager
@@ -102,3 +121,38 @@ def test_stop_arriving_during_the_fork_hooks_waits_for_them(signum, capfd):
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     assert "parent's handler" not in capfd.readouterr().err
     assert noted == []
+
+
+def test_worker_killed_during_a_fork_waits_for_the_sigterm_that_killed_it(monkeypatch):
+    """torch's data-loader SIGCHLD check raises when a worker dies of a signal, and `_noting_stops` turns it off
+    when SIGTERM is handled. A worker killed by the group's SIGTERM while the parent forks must not have its
+    SIGCHLD handled before that SIGTERM, inside the parent's fork hooks (which print the failure as a traceback)."""
+
+    def data_loader_check(*_):
+        raise RuntimeError("DataLoader worker exited unexpectedly")
+
+    worker = os.fork()
+    if worker == 0:
+        signal.pause()
+        os._exit(0)
+    lightning: list[int] = []
+    noted: list[int] = []
+    ignored: list[BaseException | None] = []  # what Python would print as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: ignored.append(unraisable.exc_value))
+    before = signal.signal(signal.SIGCHLD, data_loader_check)
+    try:
+        with _python_defaults(), run._noting_stops(noted):
+            ours = signal.getsignal(signal.SIGTERM)
+            # Lightning's handler, once installed, calls the one it found (which then only notes the signal).
+            signal.signal(signal.SIGTERM, lambda s, f: (lightning.append(s), ours(s, f)))
+            _IN_PARENT_HOOK["worker"] = worker
+            try:
+                status = _fork(lambda: None)
+            finally:
+                _IN_PARENT_HOOK.clear()
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+        os.waitpid(worker, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert not ignored
+    assert noted == lightning == [signal.SIGTERM]

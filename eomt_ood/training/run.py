@@ -403,9 +403,14 @@ class _ForkGuard:
     returns; the child, in its own fork hook (registered after logging's), leaves Ctrl-C to the main process (a
     Python handler that does nothing, so that an exec resets it) and takes SIGTERM's default, death, before it
     unblocks them. Registered once per process (fork hooks cannot be removed); `signals` is empty outside
-    `_noting_stops`. Not covered: the parent's own fork hooks. The mask is per thread, so a signal delivered to
-    another thread of the parent (data loading, pinning) still runs the handlers in the main thread wherever it
-    is, logging's after-fork hook included, where a failure prints a traceback (seen once in CI)."""
+    `_noting_stops`.
+
+    In the parent, SIGCHLD is held with SIGTERM. While the forking thread blocks SIGTERM, a SIGTERM to the group
+    goes to another thread, which may run later than the worker it killed: the worker's SIGCHLD, taken by the
+    forking thread, would then run torch's data-loader check (which raises, as a worker died of a signal) before
+    `_noting_stops` had turned it off, inside the fork hooks, where the failure prints a traceback (seen in CI).
+    Held together, SIGTERM is handled first: signals pending together are delivered, and Python handles them,
+    lowest number first."""
 
     signals: frozenset[int] = frozenset()
     _registered = False
@@ -424,7 +429,8 @@ class _ForkGuard:
     def _before(cls) -> None:
         cls._masks.held = cls.signals
         if cls.signals:
-            cls._masks.previous = signal.pthread_sigmask(signal.SIG_BLOCK, cls.signals)
+            held = cls.signals | {signal.SIGCHLD} if signal.SIGTERM in cls.signals else cls.signals
+            cls._masks.previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
 
     @classmethod
     def _after_parent(cls) -> None:
