@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -278,9 +279,12 @@ def test_cli_train_runs_tiny_config(tmp_path):
     assert "trained ->" in result.output
 
 
-def test_progress_bar_of_a_step_recipe_shows_the_step_not_a_negative_epoch_total(tmp_path):
+def test_progress_bar_of_a_step_recipe_shows_the_step_not_a_negative_epoch_total(tmp_path, monkeypatch):
     """A recipe that counts steps runs Lightning with max_epochs = -1, which its bar showed as "Epoch 9/-2"."""
+    from eomt_ood.training import run
     from eomt_ood.training.run import build_trainer
+
+    monkeypatch.setattr(run, "_on_terminal", lambda: True)
 
     sets = ["trainer.progress_bar=true", "trainer.epochs=3"]
     steps, _ = build_trainer(synthetic_config(tmp_path, *sets, "trainer.max_steps=7"), tmp_path / "steps")
@@ -295,3 +299,20 @@ def test_progress_bar_of_a_step_recipe_shows_the_step_not_a_negative_epoch_total
     assert "step" not in epochs.progress_bar_callback.get_metrics(epochs, None)
     if hasattr(epochs.progress_bar_callback, "_get_train_description"):
         assert epochs.progress_bar_callback._get_train_description(1).strip() == "Epoch 1/2"
+
+
+def test_progress_away_from_a_terminal_is_lines(tmp_path, capsys):
+    """Lightning's bar draws nothing until the run ends when its output is not a terminal (a cluster job's log);
+    there `train` prints a line every log_every_n_steps steps, and one per validation."""
+    root = write_scenes(tmp_path / "data", 4)
+    sets = ["trainer.progress_bar=true", "trainer.max_steps=4", "trainer.log_every_n_steps=2"]
+    train(synthetic_config(root, *sets, "trainer.val_every_n_epochs=2"), out_dir=tmp_path / "run")
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith(("step ", "validation "))]
+    assert [line.split(" · ")[0] for line in lines if line.startswith("step")] == ["step 2/4", "step 4/4"], (
+        lines
+    )
+    pattern = r"step \d/4 · epoch \d · loss \d+\.\d{4} · [\d.e+-]+ s/step · \d+:\d\d:\d\d left"
+    assert all(re.fullmatch(pattern, line) for line in lines if line.startswith("step")), lines
+    assert re.fullmatch(r"validation at step 2: mIoU 0\.\d{4}", lines[1]), lines
+    assert "━" not in captured.out + captured.err  # no bar drawn at the end

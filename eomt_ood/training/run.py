@@ -20,12 +20,15 @@ checkpoint and resumed therefore ends with the same weights as an uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import random
 import re
 import signal
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -39,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from eomt_ood.config import to_dict
 from eomt_ood.errors import Terminated, UserError
-from eomt_ood.training.config import DataConfig, TrainConfig, check_paths
+from eomt_ood.training.config import DataConfig, TrainConfig, TrainerConfig, check_paths
 from eomt_ood.training.module import EoMTTrainingModule, step_seed
 
 CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
@@ -349,6 +352,59 @@ RESUME_MAY_CHANGE = frozenset(
         "trainer.progress_bar",
     }
 )
+
+
+class _ProgressLines(L.Callback):
+    """Progress as plain lines on stderr, for a run whose output is not a terminal (a cluster job's log file),
+    where Lightning's bar shows nothing until the run ends: every `every` optimizer steps, the step out of the
+    run's total, the epoch, the loss, the pace and the time left; and the mIoU of each validation."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.last: tuple[int, float] | None = None  # (step, time) of the previous line
+
+    def on_train_start(self, trainer: L.Trainer, *_: Any) -> None:
+        self.last = (trainer.global_step, time.perf_counter())
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        step = trainer.global_step
+        if self.last is None or step == self.last[0] or step % self.every or not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        pace = (now - self.last[1]) / (step - self.last[0])
+        self.last = (step, now)
+        total = int(trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches)
+        loss = trainer.callback_metrics.get("train/loss")
+        parts = [f"step {step}/{total}", f"epoch {trainer.current_epoch}"]
+        if loss is not None:
+            parts.append(f"loss {float(loss):.4f}")
+        left = datetime.timedelta(seconds=round(pace * max(total - step, 0)))
+        parts += [f"{pace:.3g} s/step", f"{left} left"]
+        print(" · ".join(parts), file=sys.stderr, flush=True)
+
+    def on_validation_end(self, trainer: L.Trainer, *_: Any) -> None:
+        miou = trainer.callback_metrics.get("val/miou")
+        if not trainer.sanity_checking and trainer.is_global_zero and miou is not None:
+            print(
+                f"validation at step {trainer.global_step}: mIoU {float(miou):.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _progress(t: TrainerConfig) -> tuple[bool, list[L.Callback]]:
+    """How `train` shows its progress (`trainer.progress_bar`), as (Lightning's bar on, callbacks): Lightning's bar
+    on a terminal (for a recipe that counts steps, `_step_progress_bar`), plain lines otherwise
+    (`_ProgressLines`), or nothing."""
+    if not t.progress_bar:
+        return False, []
+    if not _on_terminal():
+        return False, [_ProgressLines(t.log_every_n_steps)]
+    return True, [_step_progress_bar()] if t.max_steps is not None else []
+
+
+def _on_terminal() -> bool:
+    return sys.stdout.isatty()  # where Lightning's bar draws
 
 
 def _step_progress_bar() -> L.Callback:
@@ -715,6 +771,7 @@ def build_trainer(
             )
         )
     loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tb")]
+    bar, progress = _progress(t)
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -731,7 +788,7 @@ def build_trainer(
         limit_val_batches=None if t.val_every_n_epochs > 0 else 0,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         use_distributed_sampler=False,  # StepSampler shards by rank itself
         default_root_dir=out_dir,
@@ -739,7 +796,7 @@ def build_trainer(
         callbacks=[
             *checkpointing,
             ConfigAndStepCheckpoint(config, folder),
-            *([_step_progress_bar()] if t.progress_bar and t.max_steps is not None else []),
+            *progress,
             *callbacks,
         ],
     )
