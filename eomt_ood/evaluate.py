@@ -405,6 +405,17 @@ class _Ranks:
         if self.fabric is not None:
             self.fabric.barrier()
 
+    def settle(self, problem: BaseException | None) -> None:
+        """Where the ranks wait for each other before any of them writes into the run folder: rank 0 has locked
+        and checked it by then (a rank writing earlier made rank 0 find "images of a run that did not record how
+        they were made" and refuse its own run), and every rank knows whether any of them failed to get there.
+        Raises `problem` here; a rank whose own setup went well ends quietly when another's failed (that rank
+        says what)."""
+        if self.fabric is not None and self.sum(np.array([problem is not None]))[0] and problem is None:
+            raise SystemExit(UserError.exit_code)
+        if problem is not None:
+            raise problem
+
     def sum(self, array: np.ndarray) -> np.ndarray:
         """The element-wise sum of `array` over all ranks (int64)."""
         if self.fabric is None:
@@ -618,18 +629,23 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
         runtime = _runtime_record(config, ranks.device(config))
         identity = _identity(config, runtime["precision_used"])
         settings = {**to_dict(config), RESUME_IDENTITY: identity}
-        if ranks.rank == 0:
-            stack.enter_context(run.lock("eomt-ood evaluate"))
-            run.check_resumable(identity)
         # start-up: to the model being ready for the first image; none when this call predicts nothing
         timing: dict[str, Any] = {"failed": [], "model_seconds": 0.0, "startup_seconds": None, **runtime}
         model = None
-        if todo:  # loaded before anything is written: bad weights leave the folder as it was
-            model = _load_model(config, ranks.device(config), runtime["compiled"])
-            timing["startup_seconds"] = time.perf_counter() - start
-        if ranks.rank == 0:
-            run.write_config(settings)
-            remove_stale_temporaries(run.path, recursive=True)  # what writers killed mid-file left
+        problem: BaseException | None = None  # this rank's failure before writing, told to the others
+        try:
+            if ranks.rank == 0:
+                stack.enter_context(run.lock("eomt-ood evaluate"))
+                run.check_resumable(identity)
+            if todo:  # loaded before anything is written: bad weights leave the folder as it was
+                model = _load_model(config, ranks.device(config), runtime["compiled"])
+                timing["startup_seconds"] = time.perf_counter() - start
+            if ranks.rank == 0:
+                run.write_config(settings)
+                remove_stale_temporaries(run.path, recursive=True)  # what writers killed mid-file left
+        except BaseException as exc:
+            problem = exc
+        ranks.settle(problem)
         if len(plan.todo) < len(plan.rels):
             say(f"resuming: {len(plan.rels) - len(plan.todo)} of {len(plan.rels)} images done")
         model_name = _model_name(model, config)

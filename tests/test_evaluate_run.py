@@ -318,15 +318,12 @@ def test_a_finished_image_whose_file_went_missing_is_redone(bravo_set, tmp_path)
     assert conf.read_bytes() == before
 
 
-@pytest.mark.slow  # two Fabric processes over gloo: ~30 s
-def test_two_processes_equal_one(bravo_set, tmp_path):
-    """`--devices 2` on the CPU (Lightning Fabric, gloo): each process predicts and scores half of the images,
-    the sums are all-reduced, and every key equals the one-process run's."""
+def _two_processes(bravo_set, out):
+    """`eomt-ood evaluate --devices 2` (msp, rba) as a command; returns the finished process."""
     import subprocess
     import sys
 
     data, checkpoint = bravo_set
-    one = evaluate_bravo(_config(bravo_set, tmp_path / "one"), progress=False)
     command = [sys.executable, "-m", "eomt_ood.cli", "evaluate", "--root", str(data / "images"), "--gt"]
     command += [
         str(data / "gt"),
@@ -337,9 +334,17 @@ def test_two_processes_equal_one(bravo_set, tmp_path):
         "--workers",
         "0",
     ]
-    command += ["--devices", "2", "--out", str(tmp_path / "two")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    command += ["--devices", "2", "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # two Fabric processes over gloo: ~30 s
+def test_two_processes_equal_one(bravo_set, tmp_path):
+    """`--devices 2` on the CPU (Lightning Fabric, gloo): each process predicts and scores half of the images,
+    the sums are all-reduced, and every key equals the one-process run's."""
+    one = evaluate_bravo(_config(bravo_set, tmp_path / "one"), progress=False)
+    done = _two_processes(bravo_set, tmp_path / "two")
+    assert done.returncode == 0, done.stderr
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     for score in ("msp", "rba"):
         _assert_same(_official(one[score]), _official(two[score]))
@@ -352,6 +357,28 @@ def test_two_processes_equal_one(bravo_set, tmp_path):
         assert a.relpaths == b.relpaths
         np.testing.assert_array_equal(a.image_statistics("rba").counts, b.image_statistics("rba").counts)
     assert two["meta"]["intervals"] == one["meta"]["intervals"]
+
+
+@pytest.mark.slow  # two Fabric processes over gloo: ~20 s
+def test_two_processes_refused_by_rank_zero_write_nothing(bravo_set, tmp_path):
+    """Rank 0 locks and checks the run folder; the other rank waits for its verdict before writing anything,
+    and ends quietly when rank 0 refuses (rank 0 says why, once)."""
+    run = tmp_path / "run"
+    evaluate_bravo(_config(bravo_set, run, confidences=("msp",)), progress=False)
+    for record in sorted((run / "records").rglob("*.npz"))[::2]:
+        record.unlink()  # images left to do for both ranks
+
+    def files():  # all but the lock, which records who last held it
+        return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    done = _two_processes(bravo_set, run)  # other scores than the run's: refused
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], done.stderr
+    assert "holds a run made with" in lines[-1]
+    assert files() == before
 
 
 def test_official_sample_equals_score_of_its_own_submission(bravo_set, tmp_path):
