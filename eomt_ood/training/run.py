@@ -721,8 +721,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
             except UserError as exc:
                 raise UserError(f"model.pretrained_backbone: {exc}") from None
         overrides["pretrained_backbone"] = m.pretrained_backbone
-    if m.checkpoint is not None and not Path(m.checkpoint).exists():  # a file, or a Hugging Face folder
-        raise UserError(f"model.checkpoint: {m.checkpoint} not found")
+    # A missing model.checkpoint was refused before anything was built (`config.check_paths`).
     return create_model(m.name, checkpoint=m.checkpoint, **overrides)
 
 

@@ -35,13 +35,16 @@ def _write(text: str):
     return setup
 
 
-def _edited_checkpoint(edit):
-    """Setup: the real training checkpoint (`trained`), changed by `edit(state)`, saved as step=0000003.ckpt."""
+def _edited_checkpoint(edit, saved_as: str = "step=0000003.ckpt"):
+    """Setup: the real training checkpoint (`trained`), changed by `edit(state)`, saved as `saved_as` (relative to
+    the case's folder)."""
 
     def setup(w):
         state = torch.load(w["trained"], weights_only=True)
         edit(state)
-        torch.save(state, w.root / "step=0000003.ckpt")
+        target = w.root / saved_as
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, target)
 
     return setup
 
@@ -70,15 +73,6 @@ def _other_model(state):
 def _other_recipe(state):
     """A training checkpoint whose recorded recipe has another learning rate than the case's config."""
     state["eomt_ood_config"]["optim"]["lr"] = 0.5
-
-
-def _weights_only_in_out(w):
-    """--out holds a run whose latest checkpoint was saved with weights only."""
-    state = torch.load(w["trained"], weights_only=True)
-    _weights_only(state)
-    folder = w.root / "out" / "checkpoints"
-    folder.mkdir(parents=True)
-    torch.save(state, folder / "step=0000002.ckpt")
 
 
 def _earlier_run(w):
@@ -347,7 +341,7 @@ CASES = [
         "resume-weights-only-into-its-own-run",
         [*TRAIN, "--resume", "auto"],
         ["--resume", "step=0000002.ckpt", "optimizer state"],
-        lambda w: _weights_only_in_out(w),
+        _edited_checkpoint(_weights_only, "out/checkpoints/step=0000002.ckpt"),  # --out's latest checkpoint
     ),
     Case(
         "out-is-a-file",
