@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from eomt_ood.errors import Terminated, UserError
+from eomt_ood.errors import LostProcess, Terminated, UserError
 
 app = typer.Typer(
     name="eomt-ood",
@@ -531,6 +531,8 @@ def main() -> None:
             command.invoke(ctx)
     except UserError as exc:
         _fail(str(exc), UserError.exit_code)
+    except LostProcess as exc:
+        _fail(str(exc), LostProcess.exit_code)
     except BrokenPipeError:
         # The reader of stdout went away (`eomt-ood evaluate --help | head`): nothing left to say to anyone.
         # stdout now points to /dev/null so that the interpreter's last flush cannot fail again; status 1, as

@@ -20,3 +20,10 @@ class UserError(Exception):
 class Terminated(Exception):
     """The command was asked to stop (SIGTERM, as a cluster scheduler sends before a job's time is up) and
     stopped cleanly; the CLI says what was kept and exits 143 (128 + SIGTERM), as a process killed by it would."""
+
+
+class LostProcess(Exception):
+    """Another process of a multi-process run ended without a word (killed, out of memory), so this one cannot
+    finish; the message is one line saying what was kept. The CLI prints it and exits 1."""
+
+    exit_code = 1

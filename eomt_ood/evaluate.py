@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from eomt_ood.bravo.rundir import RESUME_IDENTITY, RunDir, maps_identity, pack_results, write_results
-from eomt_ood.errors import UserError
+from eomt_ood.errors import LostProcess, Terminated, UserError
 from eomt_ood.io import check_output
 
 
@@ -405,25 +405,42 @@ class _Ranks:
         if self.fabric is not None:
             self.fabric.barrier()
 
-    def settle(self, problem: BaseException | None) -> None:
-        """Where the ranks wait for each other before any of them writes into the run folder: rank 0 has locked
-        and checked it by then (a rank writing earlier made rank 0 find "images of a run that did not record how
-        they were made" and refuse its own run), and every rank knows whether any of them failed to get there.
-        Raises `problem` here; a rank whose own setup went well ends quietly when another's failed (that rank
-        says what)."""
-        if self.fabric is not None and self.sum(np.array([problem is not None]))[0] and problem is None:
-            raise SystemExit(UserError.exit_code)
-        if problem is not None:
-            raise problem
+    def agree(self, problem: BaseException | None = None) -> None:
+        """A point that every rank passes in step, where each learns whether any of them failed; raises if one did.
 
-    def sum(self, array: np.ndarray) -> np.ndarray:
-        """The element-wise sum of `array` over all ranks (int64)."""
+        Rank 0 says what went wrong, once, below its own progress bar: its own failure, else the first other
+        rank's bad-input error (`UserError`, told to it here). Every other rank ends quietly with its exit status,
+        except for a failure that is not bad input (a bug), which that rank raises itself, traceback and all.
+
+        The first point is before anything is written: rank 0 has locked and checked the run folder by then (a
+        rank writing earlier made rank 0 find "images of a run that did not record how they were made" and refuse
+        its own run), and every rank has loaded its model. The others are `_Lockstep`'s, while predicting."""
+        code = 0 if problem is None else int(getattr(problem, "exit_code", 1))
+        if self.fabric is None:
+            if problem is not None:
+                raise problem
+            return
+        worst = int(self.reduce(np.array([code]), "max")[0])
+        if not worst:
+            return
+        told = self.gather([str(problem)] if isinstance(problem, UserError) else [])
+        if self.rank == 0:
+            if problem is not None:
+                raise problem
+            if told:
+                raise UserError(told[0])
+        elif problem is not None and not isinstance(problem, UserError):
+            raise problem
+        raise SystemExit(worst if problem is None else code)
+
+    def reduce(self, array: np.ndarray, op: str = "sum") -> np.ndarray:
+        """The element-wise `op` ("sum", "max") of `array` over all ranks (int64)."""
         if self.fabric is None:
             return array
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(self.fabric.device)
-        return self.fabric.all_reduce(tensor, reduce_op="sum").cpu().numpy()
+        return self._collective(lambda: self.fabric.all_reduce(tensor, reduce_op=op).cpu().numpy())
 
     def gather(self, items: list) -> list:
         """The concatenation of every rank's `items` (picklable), in rank order."""
@@ -432,12 +449,62 @@ class _Ranks:
         import torch.distributed as dist
 
         parts: list = [None] * self.world
-        dist.all_gather_object(parts, items)
+        self._collective(lambda: dist.all_gather_object(parts, items))
         return [item for part in parts for item in part]
+
+    def _collective(self, call: Any) -> Any:
+        """`call()`, a collective; a rank that ended without reaching it (killed, out of memory) is one line."""
+        try:
+            return call()
+        except RuntimeError as exc:  # gloo: "Connection closed by peer"; NCCL: its watchdog's error
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LostProcess(
+                f"evaluate: rank {self.rank} of {self.world} lost touch with the others ({said}): another "
+                "process of the run ended without a word (killed, or out of memory?); the images finished so "
+                "far are kept: run the same command again to resume"
+            ) from None
 
     def say(self, message: str) -> None:
         if self.rank == 0:
             print(message, file=sys.stderr, flush=True)
+
+
+class _Lockstep:
+    """The points where the ranks' prediction loops agree (`_Ranks.agree`): one every `every` images of the
+    longest share and one after the last image, the same number on every rank. A rank that fails while
+    predicting (an unreadable image, a full disk) tells the others at their next point, so that they stop within
+    `every` images with its exit status, instead of predicting their whole share and then failing at the final
+    sums with a traceback. A point's all-reduce is on the model's device, so on a GPU it waits for the forward
+    in flight; once every 8 images keeps that wait rare."""
+
+    def __init__(self, ranks: _Ranks, longest: int, every: int = 8):
+        self.ranks, self.every = ranks, every
+        self.due = longest // every + 1  # the last one after the loop
+        self.made = 0
+
+    def passed(self, images: int) -> None:
+        """After this rank's `images`-th image (of its share, done ones included)."""
+        if images % self.every == 0 and self.made < self.due - 1:
+            self._agree()
+
+    def finish(self) -> None:
+        while self.made < self.due:
+            self._agree()
+
+    def failed(self, problem: Exception) -> None:
+        """Tell the others at the next point, and raise `problem`. A signal reaches every rank (each stops on its
+        own), a lost rank cannot be told, and a failure raised at a point was agreed there."""
+        if self.made < self.due and not isinstance(problem, (Terminated, LostProcess)):
+            self._agree(problem)
+        raise problem
+
+    def _agree(self, problem: Exception | None = None) -> None:
+        self.made += 1
+        try:
+            self.ranks.agree(problem)
+        except BaseException:
+            self.made = self.due  # the ranks agreed on a failure (or lost one): no points are left to pass
+            raise
 
 
 # ------------------------------------------------------------------------------------------------ totals
@@ -478,11 +545,11 @@ class _Totals:
         if ranks.world == 1:
             return
         for score in self.scores:
-            self.scorers[score] = Scorer.from_state(ranks.sum(self.scorers[score].state()))
+            self.scorers[score] = Scorer.from_state(ranks.reduce(self.scorers[score].state()))
             hists = np.stack(
                 [self.level_counts[score].get(s, np.zeros(NUM_LEVELS, np.int64)) for s in SUBSETS]
             )
-            summed = ranks.sum(hists)
+            summed = ranks.reduce(hists)
             self.level_counts[score] = {s: h for s, h in zip(SUBSETS, summed, strict=True) if h.any()}
 
     def add_histograms(self, store: Any) -> None:
@@ -645,7 +712,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
                 remove_stale_temporaries(run.path, recursive=True)  # what writers killed mid-file left
         except BaseException as exc:
             problem = exc
-        ranks.settle(problem)
+        ranks.agree(problem)
         if len(plan.todo) < len(plan.rels):
             say(f"resuming: {len(plan.rels) - len(plan.todo)} of {len(plan.rels)} images done")
         model_name = _model_name(model, config)
@@ -659,10 +726,16 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             if ranks.world == 1:
                 _write_store(run, config, model_name, records, totals, True, bar, collector)
             else:
-                for _, record, new in records:
-                    if record is not None:
-                        totals.add(record)
-                    bar.update(int(new))
+                steps = _Lockstep(ranks, len(plan.rels[:: ranks.world]))
+                try:
+                    for done, (_, record, new) in enumerate(records, 1):
+                        if record is not None:
+                            totals.add(record)
+                        bar.update(int(new))
+                        steps.passed(done)
+                    steps.finish()
+                except Exception as exc:
+                    steps.failed(exc)
                 totals.reduce(ranks)
                 timing["failed"] = ranks.gather(timing["failed"])
                 todo = ranks.gather(todo)

@@ -319,7 +319,8 @@ def test_a_finished_image_whose_file_went_missing_is_redone(bravo_set, tmp_path)
 
 
 def _two_processes(bravo_set, out):
-    """`eomt-ood evaluate --devices 2` (msp, rba) as a command; returns the finished process."""
+    """`eomt-ood evaluate --devices 2` (msp, rba) as a command on `bravo_set` (data, checkpoint); returns the
+    finished process."""
     import subprocess
     import sys
 
@@ -379,6 +380,120 @@ def test_two_processes_refused_by_rank_zero_write_nothing(bravo_set, tmp_path):
     assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], done.stderr
     assert "holds a run made with" in lines[-1]
     assert files() == before
+
+
+@pytest.mark.slow  # two Fabric processes over gloo, twice: ~50 s
+def test_two_processes_stop_together_when_one_fails(bravo_set, tmp_path):
+    """A rank that fails while predicting (an unreadable image in its share) tells the other at their next
+    agreement point: the other stops within 8 images instead of predicting its whole share and then failing at
+    the final sums with gloo's traceback. One error line, the failed rank's exit status; the finished images are
+    kept, and the run resumes to the one-process result once the image is fixed."""
+    from eomt_ood.data.demo import write_demo
+
+    data = tmp_path / "data"
+    write_demo(data, seed=5, per_subset=4, size=(64, 128))  # 36 images: 18 per rank
+    rels = find_images(data / "images")
+    broken = data / "images" / rels[1]  # the second image: rank 1's first
+    good = broken.read_bytes()
+    broken.write_bytes(good[: len(good) // 3])
+    run = tmp_path / "run"
+    done = _two_processes((data, bravo_set[1]), run)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], done.stderr
+    assert str(broken) in lines[-1] and "unreadable" in lines[-1]
+    finished = {rel for rel in rels if RunDir(run).is_done(rel, ("msp", "rba"))}
+    rank0 = finished & set(rels[0::2])
+    assert 8 <= len(rank0) <= 8 + 3, sorted(rank0)  # up to the first point, and what was in flight
+
+    broken.write_bytes(good)
+    again = _two_processes((data, bravo_set[1]), run)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming: {len(finished)} of 36 images done" in again.stderr
+    one = evaluate_bravo(_config((data, bravo_set[1]), tmp_path / "one"), progress=False)
+    two = json.loads((run / "results.json").read_text())
+    for score in ("msp", "rba"):
+        _assert_same(_official(one[score]), _official(two[score]))
+
+
+class _Agreements:
+    """A stand-in for `_Ranks` that counts the agreement points a rank passes; `others` is what another rank
+    tells at them (None: nothing)."""
+
+    def __init__(self, others=None):
+        self.problems, self.others = [], others
+
+    def agree(self, problem=None):
+        self.problems.append(problem)
+        if problem is not None:
+            raise problem
+        if self.others is not None:
+            raise self.others
+
+
+@pytest.mark.parametrize("share", [0, 7, 8, 9, 16, 17])
+def test_every_rank_passes_the_same_agreement_points(share):
+    """Ranks' shares differ by at most one image, and resumed images count: every share of a run of `longest`
+    images per rank passes the same number of points, one every 8 images and one after the last."""
+    from eomt_ood.evaluate import _Lockstep
+
+    longest = 17
+    ranks = _Agreements()
+    steps = _Lockstep(ranks, longest)
+    for done in range(1, min(share, longest) + 1):
+        steps.passed(done)
+    steps.finish()
+    assert ranks.problems == [None] * (longest // 8 + 1)
+
+
+def test_a_failing_rank_agrees_once_and_a_signal_not_at_all():
+    """The failing rank's exception is told at its next point (then raised); a SIGTERM reaches every rank, a lost
+    rank cannot be told, and another rank's failure raised at a point was agreed there: those are raised without
+    a point."""
+    from eomt_ood.errors import LostProcess, Terminated
+    from eomt_ood.evaluate import _Lockstep
+
+    ranks = _Agreements()
+    steps = _Lockstep(ranks, 20)
+    steps.passed(8)
+    problem = UserError("x.png: unreadable image")
+    with pytest.raises(UserError):
+        steps.failed(problem)
+    assert ranks.problems == [None, problem]
+    for stop in (Terminated(), LostProcess("lost")):
+        ranks = _Agreements()
+        with pytest.raises(type(stop)):
+            _Lockstep(ranks, 20).failed(stop)
+        assert ranks.problems == []
+
+    told = UserError("y.png: unreadable image")  # another rank's, raised at a point: agreed there already
+    ranks = _Agreements(others=told)
+    steps = _Lockstep(ranks, 20)
+    with pytest.raises(UserError) as caught:
+        try:
+            steps.passed(8)
+        except Exception as exc:
+            steps.failed(exc)
+    assert caught.value is told and ranks.problems == [None]
+
+
+def test_a_rank_that_ended_without_a_word_is_one_line():
+    """A collective that fails because another rank is gone (gloo's "Connection closed by peer") is a
+    `LostProcess` naming the rank and what was kept, not the backend's traceback."""
+    from eomt_ood.errors import LostProcess
+    from eomt_ood.evaluate import _Ranks
+
+    ranks = _Ranks(0, 2, object())
+
+    def closed():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:547] Connection closed by peer [127.0.0.1]:4\nmore")
+
+    with pytest.raises(LostProcess) as caught:
+        ranks._collective(closed)
+    message = str(caught.value)
+    assert "rank 0 of 2" in message and "Connection closed by peer [127.0.0.1]:4" in message
+    assert "more" not in message and "run the same command again to resume" in message
 
 
 def test_official_sample_equals_score_of_its_own_submission(bravo_set, tmp_path):
