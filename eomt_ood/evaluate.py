@@ -409,8 +409,9 @@ class _Ranks:
         """A point that every rank passes in step, where each learns whether any of them failed; raises if one did.
 
         Rank 0 says what went wrong, once, below its own progress bar: its own failure, else the first other
-        rank's bad-input error (`UserError`, told to it here). Every other rank ends quietly with its exit status,
-        except for a failure that is not bad input (a bug), which that rank raises itself, traceback and all.
+        rank's one-line error (bad input, or a write the file system refused), told to it here. Every other rank
+        ends quietly with its exit status, except for a failure that is not one line (a bug), which that rank
+        raises itself, traceback and all.
 
         The first point is before anything is written: rank 0 has locked and checked the run folder by then (a
         rank writing earlier made rank 0 find "images of a run that did not record how they were made" and refuse
@@ -423,13 +424,15 @@ class _Ranks:
         worst = int(self.reduce(np.array([code]), "max")[0])
         if not worst:
             return
-        told = self.gather([str(problem)] if isinstance(problem, UserError) else [])
+        mine = _one_line(problem)
+        told = self.gather([mine] if mine is not None else [])
         if self.rank == 0:
             if problem is not None:
                 raise problem
             if told:
-                raise UserError(told[0])
-        elif problem is not None and not isinstance(problem, UserError):
+                kind, *said = told[0]
+                raise UserError(said[0]) if kind == "user" else OSError(*said)
+        elif problem is not None and mine is None:
             raise problem
         raise SystemExit(worst if problem is None else code)
 
@@ -467,6 +470,18 @@ class _Ranks:
     def say(self, message: str) -> None:
         if self.rank == 0:
             print(message, file=sys.stderr, flush=True)
+
+
+def _one_line(problem: BaseException | None) -> tuple | None:
+    """`problem` as another rank can raise it again, for the errors the CLI prints as one line (a `UserError`;
+    an `OSError`: a write the file system refused); None for the rest."""
+    if isinstance(problem, UserError):
+        return ("user", str(problem))
+    if isinstance(problem, OSError):
+        if problem.strerror is None:  # OSError("message")
+            return ("os", str(problem))
+        return ("os", problem.errno, problem.strerror, problem.filename)
+    return None
 
 
 class _Lockstep:

@@ -478,6 +478,42 @@ def test_a_failing_rank_agrees_once_and_a_signal_not_at_all():
     assert caught.value is told and ranks.problems == [None]
 
 
+def _ranks_after_a_failure(rank, others_told, monkeypatch):
+    """A `_Ranks` of a two-rank run whose collectives are stood in for: the max-reduce says a rank failed with
+    exit status 2, and the other rank told `others_told`."""
+    from eomt_ood.evaluate import _Ranks
+
+    ranks = _Ranks(rank, 2, object())
+    monkeypatch.setattr(ranks, "reduce", lambda array, op="sum": np.array([2]))
+    monkeypatch.setattr(
+        ranks, "gather", lambda items: items + others_told if rank == 0 else others_told + items
+    )
+    return ranks
+
+
+def test_rank_zero_says_another_ranks_one_line_error(monkeypatch):
+    """Rank 0 raises the first other rank's bad-input or file-system error as its own (printed once, below its
+    bar, with that error's exit status); the other rank ends quietly with its own status, unless its failure is
+    a bug, which it raises itself; a rank without a failure ends quietly with the worst status."""
+    told = [("os", 28, "No space left on device", "/run/records/a.npz")]
+    with pytest.raises(OSError) as caught:
+        _ranks_after_a_failure(0, told, monkeypatch).agree()
+    assert (caught.value.errno, caught.value.filename) == (28, "/run/records/a.npz")
+    with pytest.raises(UserError, match="b.png: unreadable"):
+        _ranks_after_a_failure(0, [("user", "b.png: unreadable image")], monkeypatch).agree()
+    with pytest.raises(OSError, match="^stale handle$"):
+        _ranks_after_a_failure(0, [("os", "stale handle")], monkeypatch).agree()
+    for problem, status in ((OSError(28, "No space left on device", "/r/a.npz"), 1), (UserError("b.png"), 2)):
+        with pytest.raises(SystemExit) as ended:
+            _ranks_after_a_failure(1, [], monkeypatch).agree(problem)
+        assert ended.value.code == status
+    with pytest.raises(ZeroDivisionError):
+        _ranks_after_a_failure(1, [], monkeypatch).agree(ZeroDivisionError("a bug"))
+    with pytest.raises(SystemExit) as ended:
+        _ranks_after_a_failure(1, [("user", "b.png")], monkeypatch).agree()
+    assert ended.value.code == 2
+
+
 def test_a_rank_that_ended_without_a_word_is_one_line():
     """A collective that fails because another rank is gone (gloo's "Connection closed by peer") is a
     `LostProcess` naming the rank and what was kept, not the backend's traceback."""
