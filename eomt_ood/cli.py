@@ -418,6 +418,7 @@ def score_command(
         workers=workers,
         bootstrap=settings,
         stats_out=stats,
+        progress=True,  # on a terminal a bar, in a log file lines (`io.progress_file`)
     )
     if stats is not None:
         results["meta"]["statistics"] = statistics_reference(stats, out)  # type: ignore[index]

@@ -37,7 +37,7 @@ import numpy as np
 
 from eomt_ood.bravo.rundir import RESUME_IDENTITY, RunDir, maps_identity, pack_results, write_results
 from eomt_ood.errors import LostProcess, Terminated, UserError
-from eomt_ood.io import check_output
+from eomt_ood.io import check_output, progress_file
 
 
 @dataclass(frozen=True)
@@ -797,7 +797,7 @@ def progress_bar(total: int, disable: bool = False) -> Any:
                 shown["initial"] = self.n if shown["rate"] is None else shown["initial"]
             return shown
 
-    return _Bar(total=total, desc="evaluate", unit="img", disable=disable, file=sys.stderr, smoothing=0)
+    return _Bar(total=total, desc="evaluate", unit="img", disable=disable, file=progress_file(), smoothing=0)
 
 
 def _identity(config: EvaluateConfig, precision_used: str) -> dict[str, Any]:

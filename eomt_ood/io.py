@@ -5,7 +5,8 @@
   would take for finished, and a failed write leaves no temporary behind.
 - `walk_files`: the files under a folder, through linked folders, refusing link loops; `fingerprint`: a cheap
   digest of a file's or folder's content (which checkpoint made a folder's maps).
-- `warn`: one line on stderr, prefixed `warning:`.
+- `warn`: one line on stderr, prefixed `warning:`; `progress_file`: where a progress bar draws (stderr, as whole
+  lines when stderr is not a terminal).
 - `ProcessMap`: a pool of worker processes fed through a bounded window (memory stays flat however many items),
   whose workers die with their parent even when the parent is killed with SIGKILL (Linux `PR_SET_PDEATHSIG`).
 """
@@ -13,10 +14,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import multiprocessing
 import os
+import re
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -183,6 +187,54 @@ def warn(message: str) -> None:
 
     tqdm.write(f"warning: {message}", file=sys.stderr)
     sys.stderr.flush()
+
+
+def progress_file(every: float = 30.0) -> Any:
+    """The stream a progress bar (tqdm) draws on: stderr on a terminal, else a `StatusLines` over stderr."""
+    return sys.stderr if sys.stderr.isatty() else StatusLines(sys.stderr, every)
+
+
+class StatusLines(io.TextIOBase):
+    """A progress bar's stream on an output that is not a terminal (a cluster job's log file).
+
+    A bar redraws its status in place: a carriage return, then the new status. Written to a file as it is, that
+    is one line of thousands of carriage returns, which `less` and `grep` cannot read and `tail` shows only at
+    its end. This stream passes on whole lines instead: a status when at least `every` seconds have passed since
+    the last one (the first at once), and the bar's last status when it ends its line. Status text only, so
+    tqdm draws its bar in ASCII here.
+    """
+
+    def __init__(self, out: Any, every: float, clock: Callable[[], float] = time.monotonic):
+        self.out, self.every, self.clock = out, every, clock
+        self.status = ""  # the text after the last carriage return or newline
+        self.shown: str | None = None  # the status last passed on, while it is the current one
+        self.at: float | None = None  # when a status was last passed on
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        for part in re.split(r"([\r\n])", text):
+            if part == "\n":
+                if self.status.strip() and self.status != self.shown:
+                    self._show()
+                self.status, self.shown = "", None
+            elif part == "\r":
+                self.status = ""
+            else:
+                self.status += part
+        due = self.at is None or self.clock() - self.at >= self.every
+        if "\r" in text and self.status.strip() and self.status != self.shown and due:
+            self._show()
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def _show(self) -> None:
+        self.out.write(self.status.rstrip() + "\n")
+        self.out.flush()
+        self.shown, self.at = self.status, self.clock()
 
 
 # ------------------------------------------------------------------------------------------------ processes

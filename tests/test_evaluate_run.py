@@ -579,6 +579,17 @@ def test_progress_rate_starts_at_the_first_image():
     bar.close()
 
 
+def test_progress_in_a_log_file_is_lines(bravo_set, tmp_path, capsys):
+    """With stderr not a terminal (captured here, as in a cluster job's log file) the bar is whole lines: its
+    start and its end, no carriage returns."""
+    evaluate_bravo(_config(bravo_set, tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    bar = [line for line in err.splitlines() if line.startswith("evaluate:")]
+    assert bar[0].startswith("evaluate:   0%|          | 0/9 [")
+    assert bar[-1].startswith("evaluate: 100%|##########| 9/9 [")
+
+
 def test_the_run_records_what_the_forward_ran_as(bravo_set, tmp_path):
     from eomt_ood.models.algm import enable_token_merging, parse_token_merging, token_merging_settings
 

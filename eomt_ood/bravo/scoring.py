@@ -15,7 +15,6 @@ doubt = 65535 - conf.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from eomt_ood.bravo.layout import (
     warn_unmatched,
 )
 from eomt_ood.errors import UserError
-from eomt_ood.io import ProcessMap, default_workers, warn
+from eomt_ood.io import ProcessMap, default_workers, progress_file, warn
 from eomt_ood.metrics.histogram import NUM_LEVELS
 
 _CM_OUTSIDE = NUM_CLASSES * NUM_CLASSES  # first count beyond the confusion matrix (void or invalid pixels)
@@ -672,10 +671,11 @@ def score_submission(
     gt, submission: folders or tars (submission may be gzip/bz2/xz) in the BRAVO layout (docs/formats.md).
     subsets: restrict to these subset names (default: every subset present in the GT). samples: the
     `bravo_SAMPLING.tar` to use the official per-image pixel sample (default: every pixel). workers: reading
-    processes (default min(cpu count, 4); 0 or 1 = inline). progress: tqdm bar on stderr (None = only on a
-    terminal). warn: receives one line per warning (unmatched files). bootstrap: an
-    `eomt_ood.bravo.intervals.Settings` (default: B = 1000, seed 0, 95%; replicates 0 = off): the per-image
-    statistics are kept in memory (sparse) and give the intervals of every key under `meta.intervals`.
+    processes (default min(cpu count, 4); 0 or 1 = inline). progress: tqdm bar on stderr, as lines when stderr
+    is not a terminal (`io.progress_file`; None = only on a terminal). warn: receives one line per warning
+    (unmatched files). bootstrap: an `eomt_ood.bravo.intervals.Settings` (default: B = 1000, seed 0, 95%;
+    replicates 0 = off): the per-image statistics are kept in memory (sparse) and give the intervals of every
+    key under `meta.intervals`.
     stats_out: also write them as a statistics file (`eomt_ood.store`), for paired tests against this run
     (`compare`, `regress`). Bad input raises `UserError`, a degenerate subset included (its metrics would be
     undefined).
@@ -728,7 +728,7 @@ def score_submission(
         # Per image: (input path, subset, cm, pixels, sparse rows); the dense histograms are dropped at once.
         kept: list[tuple[str, str, np.ndarray, tuple[int, int, int], tuple[np.ndarray, np.ndarray]]] = []
         disable = None if progress is None else not progress
-        with tqdm(total=len(tasks), unit="img", file=sys.stderr, disable=disable, desc="scoring") as bar:
+        with tqdm(total=len(tasks), unit="img", file=progress_file(), disable=disable, desc="scoring") as bar:
             # Results arrive in any order; they are summed, so the totals do not depend on it.
             for index, subset, stats in pool.map(_score_numbered, enumerate(tasks), ordered=False):
                 scorer.add(subset, stats)

@@ -8,7 +8,6 @@ For an input image `bravo_<split>/.../<name>.png|.jpg` the submission holds `<na
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -21,7 +20,7 @@ from eomt_ood.config import changed_setting, describe_change
 from eomt_ood.data.images import IMAGE_SUFFIXES, find_images, image_size, read_image
 from eomt_ood.data.png import png_header, write_png
 from eomt_ood.errors import UserError
-from eomt_ood.io import warn, write_text_atomic
+from eomt_ood.io import progress_file, warn, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -187,7 +186,7 @@ def predict_folder(
     images = input_images(input_dir, output_dir)
     model = prepare_model(model, device, compile)
     report = FolderReport()
-    bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress, file=progress_file())
 
     def decoded() -> Iterator[tuple[str, np.ndarray, int, int]]:
         for rel in images:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import struct
-import sys
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -43,7 +42,7 @@ from eomt_ood.bravo.layout import (
 )
 from eomt_ood.bravo.sampling import decode_sample_indices, open_sampling_file
 from eomt_ood.errors import UserError
-from eomt_ood.io import ProcessMap, atomic_path, check_output, default_workers
+from eomt_ood.io import ProcessMap, atomic_path, check_output, default_workers, progress_file
 
 MAGIC = b"BV23"
 VERSION = 2
@@ -178,7 +177,9 @@ def encode_task(task: EncodeTask) -> bytes:
 
 def _encode_in_order(tasks: list[EncodeTask], pool: ProcessMap, progress: bool) -> Iterator[bytes]:
     """Encoded bytes of each task, in task order (so the tar is deterministic), inline or from processes."""
-    with tqdm(total=len(tasks), desc="encoding", unit="image", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(
+        total=len(tasks), desc="encoding", unit="image", disable=not progress, file=progress_file()
+    ) as bar:
         for data in pool.map(encode_task, tasks):
             yield data
             bar.update()
@@ -251,13 +252,16 @@ def verify_upload(upload: str | Path, samples: str | Path, progress: bool = Fals
     """
     with open_sampling_file(samples) as sampling, open_tree(upload, "upload") as up:
         sample_names = [n for n in sampling.names if n.endswith(SAMPLES_SUFFIX)]
-        for sample_name in tqdm(sample_names, desc="verifying", unit="image", disable=not progress):
-            encoded_name = sample_name[: -len(SAMPLES_SUFFIX)] + ENCODED_SUFFIX
-            classes, confs = decode_encoded(up.read(encoded_name), encoded_name)
-            indices = decode_sample_indices(sampling.read(sample_name), sample_name)
-            if confs.size != indices.size or indices[-1] >= classes.size:
-                raise UserError(
-                    f"{encoded_name}: holds {confs.size} confidences of a {classes.shape[0]}x{classes.shape[1]} "
-                    f"image, the sample has {indices.size} indices up to {int(indices[-1])}"
-                )
+        with tqdm(
+            sample_names, desc="verifying", unit="image", disable=not progress, file=progress_file()
+        ) as bar:
+            for sample_name in bar:
+                encoded_name = sample_name[: -len(SAMPLES_SUFFIX)] + ENCODED_SUFFIX
+                classes, confs = decode_encoded(up.read(encoded_name), encoded_name)
+                indices = decode_sample_indices(sampling.read(sample_name), sample_name)
+                if confs.size != indices.size or indices[-1] >= classes.size:
+                    raise UserError(
+                        f"{encoded_name}: holds {confs.size} confidences of a {classes.shape[0]}x{classes.shape[1]} "
+                        f"image, the sample has {indices.size} indices up to {int(indices[-1])}"
+                    )
     return len(sample_names)
