@@ -200,8 +200,8 @@ class StatusLines(io.TextIOBase):
     A bar redraws its status in place: a carriage return, then the new status. Written to a file as it is, that
     is one line of thousands of carriage returns, which `less` and `grep` cannot read and `tail` shows only at
     its end. This stream passes on whole lines instead: a status when at least `every` seconds have passed since
-    the last one (the first at once), and the bar's last status when it ends its line. Status text only, so
-    tqdm draws its bar in ASCII here.
+    the last one (the first at once), and the bar's last status when it ends its line. The stream declares no
+    encoding, so tqdm draws its bar in ASCII, which any log viewer shows.
     """
 
     def __init__(self, out: Any, every: float, clock: Callable[[], float] = time.monotonic):
