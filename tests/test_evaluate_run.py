@@ -417,6 +417,48 @@ def test_two_processes_stop_together_when_one_fails(bravo_set, tmp_path):
         _assert_same(_official(one[score]), _official(two[score]))
 
 
+@pytest.mark.slow  # two Fabric processes over gloo: ~30 s
+def test_a_killed_rank_leaves_one_line_and_a_run_to_resume(bravo_set, tmp_path):
+    """Rank 1 killed while predicting (as the out-of-memory killer would): rank 0 finds it gone at its next
+    agreement point and says so in one line, exit 1, instead of gloo's traceback; the finished images are kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from eomt_ood.data.demo import write_demo
+
+    data = tmp_path / "data"
+    write_demo(data, seed=5, per_subset=4, size=(64, 128))  # 36 images: 18 per rank, two points and the last
+    rels = find_images(data / "images")
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "eomt_ood.cli", "evaluate", "--root", str(data / "images"), "--gt"]
+    command += [str(data / "gt"), "--checkpoint", str(bravo_set[1]), "--workers", "0", "--devices", "2"]
+    command += ["--out", str(run)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(RunDir(run).is_done(rel, ("msp",)) for rel in rels[1::2]):  # rank 1 is predicting
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.01)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        rank1 = [pid for pid in children if b"eomt_ood.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(rank1) == 1, children
+        os.kill(int(rank1[0]), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], stderr
+    assert "rank 0 of 2 lost touch with the others" in lines[-1] and "run the same command again" in lines[-1]
+    assert not (run / "results.json").exists()
+    assert any(RunDir(run).is_done(rel, ("msp",)) for rel in rels[0::2])
+
+
 class _Agreements:
     """A stand-in for `_Ranks` that counts the agreement points a rank passes; `others` is what another rank
     tells at them (None: nothing)."""
