@@ -409,9 +409,11 @@ class _Ranks:
         """A point that every rank passes in step, where each learns whether any of them failed; raises if one did.
 
         Rank 0 says what went wrong, once, below its own progress bar: its own failure, else the first other
-        rank's one-line error (bad input, or a write the file system refused), told to it here. Every other rank
-        ends quietly with its exit status, except for a failure that is not one line (a bug), which that rank
-        raises itself, traceback and all.
+        rank's one-line error (bad input, or a write the file system refused), told to it here, and it exits
+        with that error's status. Every other rank ends quietly, with status 0, except for a failure that is not
+        one line (a bug), which that rank raises itself, traceback and all. The command's status is rank 0's;
+        a child rank ending with another would make Lightning's launcher kill rank 0 (SIGKILL, checked every
+        5 s), which could cut rank 0 off before it has said anything.
 
         The first point is before anything is written: rank 0 has locked and checked the run folder by then (a
         rank writing earlier made rank 0 find "images of a run that did not record how they were made" and refuse
@@ -432,9 +434,10 @@ class _Ranks:
             if told:
                 kind, *said = told[0]
                 raise UserError(said[0]) if kind == "user" else OSError(*said)
-        elif problem is not None and mine is None:
+            raise SystemExit(worst)
+        if problem is not None and mine is None:
             raise problem
-        raise SystemExit(worst if problem is None else code)
+        raise SystemExit(0)
 
     def reduce(self, array: np.ndarray, op: str = "sum") -> np.ndarray:
         """The element-wise `op` ("sum", "max") of `array` over all ranks (int64)."""

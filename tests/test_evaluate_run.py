@@ -420,7 +420,8 @@ def test_two_processes_stop_together_when_one_fails(bravo_set, tmp_path):
 @pytest.mark.slow  # two Fabric processes over gloo: ~30 s
 def test_a_killed_rank_leaves_one_line_and_a_run_to_resume(bravo_set, tmp_path):
     """Rank 1 killed while predicting (as the out-of-memory killer would): rank 0 finds it gone at its next
-    agreement point and says so in one line, exit 1, instead of gloo's traceback; the finished images are kept."""
+    agreement point and says so in one line, exit 1, instead of gloo's traceback (or Lightning's launcher, which
+    checks its children every 5 s, kills rank 0 first and says why); the finished images are kept."""
     import signal
     import subprocess
     import sys
@@ -450,11 +451,16 @@ def test_a_killed_rank_leaves_one_line_and_a_run_to_resume(bravo_set, tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    assert process.returncode == 1, stderr
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
-    assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], stderr
-    assert "rank 0 of 2 lost touch with the others" in lines[-1] and "run the same command again" in lines[-1]
+    if process.returncode == -signal.SIGKILL:
+        # Lightning's launcher checks its children every 5 s and kills the rest when one died: it can get there
+        # before rank 0 reaches its next point, and says so.
+        assert "Forcefully terminating all other processes" in stderr, stderr
+    else:
+        assert process.returncode == 1, stderr
+        assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], stderr
+        assert "rank 0 of 2 lost touch with the others" in lines[-1] and "run the same command" in lines[-1]
     assert not (run / "results.json").exists()
     assert any(RunDir(run).is_done(rel, ("msp",)) for rel in rels[0::2])
 
@@ -535,8 +541,9 @@ def _ranks_after_a_failure(rank, others_told, monkeypatch):
 
 def test_rank_zero_says_another_ranks_one_line_error(monkeypatch):
     """Rank 0 raises the first other rank's bad-input or file-system error as its own (printed once, below its
-    bar, with that error's exit status); the other rank ends quietly with its own status, unless its failure is
-    a bug, which it raises itself; a rank without a failure ends quietly with the worst status."""
+    bar, with that error's exit status), and ends quietly with the worst status when the other rank raised a
+    bug itself; any other rank ends quietly with status 0 (a non-zero one made Lightning's launcher kill rank 0
+    before it had said anything), unless its failure is a bug."""
     told = [("os", 28, "No space left on device", "/run/records/a.npz")]
     with pytest.raises(OSError) as caught:
         _ranks_after_a_failure(0, told, monkeypatch).agree()
@@ -545,15 +552,15 @@ def test_rank_zero_says_another_ranks_one_line_error(monkeypatch):
         _ranks_after_a_failure(0, [("user", "b.png: unreadable image")], monkeypatch).agree()
     with pytest.raises(OSError, match="^stale handle$"):
         _ranks_after_a_failure(0, [("os", "stale handle")], monkeypatch).agree()
-    for problem, status in ((OSError(28, "No space left on device", "/r/a.npz"), 1), (UserError("b.png"), 2)):
+    with pytest.raises(SystemExit) as ended:
+        _ranks_after_a_failure(0, [], monkeypatch).agree()  # another rank's bug: it says what
+    assert ended.value.code == 2
+    for problem in (OSError(28, "No space left on device", "/r/a.npz"), UserError("b.png"), None):
         with pytest.raises(SystemExit) as ended:
-            _ranks_after_a_failure(1, [], monkeypatch).agree(problem)
-        assert ended.value.code == status
+            _ranks_after_a_failure(1, [] if problem else [("user", "b.png")], monkeypatch).agree(problem)
+        assert ended.value.code == 0  # the command's status is rank 0's
     with pytest.raises(ZeroDivisionError):
         _ranks_after_a_failure(1, [], monkeypatch).agree(ZeroDivisionError("a bug"))
-    with pytest.raises(SystemExit) as ended:
-        _ranks_after_a_failure(1, [("user", "b.png")], monkeypatch).agree()
-    assert ended.value.code == 2
 
 
 def test_a_rank_that_ended_without_a_word_is_one_line():
