@@ -120,6 +120,19 @@ def test_missing_pretrained_backbone_is_a_user_error(tmp_path):
         train(config, out_dir=tmp_path / "run")
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_corrupt_training_image_is_one_line_naming_it(tmp_path, workers):
+    """A corrupt image found while training: the error is the dataset's own line, also when a data worker read
+    it (torch's loader raised it again built from the worker's whole traceback)."""
+    root = write_scenes(tmp_path / "data", 4)
+    broken = root / "leftImg8bit" / "train" / "synth" / "synth_000001_000019_leftImg8bit.png"
+    broken.write_bytes(broken.read_bytes()[:200])
+    sets = ["trainer.max_steps=2", "trainer.val_every_n_epochs=0", f"data.num_workers={workers}"]
+    with pytest.raises(UserError) as caught:
+        train(synthetic_config(root, *sets), out_dir=tmp_path / "run")
+    assert str(caught.value) == f"{broken}: corrupt PNG (OSError: image file is truncated)"
+
+
 def test_resume_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
         config = synthetic_config(write_scenes(tmp_path / "data", 2), "data.batch_size=1")

@@ -838,6 +838,21 @@ def export_weights(model: torch.nn.Module, path: Path) -> None:
     save_checkpoint(model, path)
 
 
+def from_data_worker(error: UserError) -> UserError:
+    """A `UserError` raised in a data-loading worker (a corrupt image), as the worker raised it.
+
+    torch's loader raises a worker's exception again in the main process, built from "Caught UserError in
+    DataLoader worker process N. Original Traceback ...", the worker's traceback included: flattened into
+    one line by `UserError`, the error line became hundreds of characters of traceback ending in the
+    message. The message is what follows the last "eomt_ood.errors.UserError: "; any other error is returned
+    as it is."""
+    text = str(error)
+    marker = f"{UserError.__module__}.{UserError.__qualname__}: "
+    if not text.startswith(f"Caught {UserError.__qualname__} in DataLoader worker") or marker not in text:
+        return error
+    return UserError(text.rsplit(marker, 1)[1])
+
+
 # ---------------------------------------------------------------------------------------------- train
 
 
@@ -889,7 +904,7 @@ def train(
         with _noting_stops(stops):
             try:
                 trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-            except BaseException:
+            except BaseException as exc:
                 # A stop asked for from outside ends as the command's own Ctrl-C (exit 130) or SIGTERM (143)
                 # handling, saying what was kept, whatever surfaced here: Lightning answers Ctrl-C with a graceful
                 # shutdown and exit status 1, and SIGTERM by stopping at the next batch; and the data workers,
@@ -898,6 +913,8 @@ def train(
                     raise Terminated from None
                 if signal.SIGINT in stops:
                     raise KeyboardInterrupt from None
+                if isinstance(exc, UserError):
+                    raise from_data_worker(exc) from None
                 raise
 
     final = folder / f"step={trainer.global_step:07d}.ckpt"
