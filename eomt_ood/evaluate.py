@@ -491,8 +491,8 @@ class _Lockstep:
     """The points where the ranks' prediction loops agree (`_Ranks.agree`): one every `every` images of the
     longest share and one after the last image, the same number on every rank. A rank that fails while
     predicting (an unreadable image, a full disk) tells the others at their next point, so that they stop within
-    `every` images with its exit status, instead of predicting their whole share and then failing at the final
-    sums with a traceback. A point's all-reduce is on the model's device, so on a GPU it waits for the forward
+    `every` images and rank 0 says what went wrong, instead of predicting their whole share and then failing at
+    the final sums with a traceback. A point's all-reduce is on the model's device, so on a GPU it waits for the forward
     in flight; once every 8 images keeps that wait rare."""
 
     def __init__(self, ranks: _Ranks, longest: int, every: int = 8):
