@@ -133,6 +133,28 @@ def test_a_corrupt_training_image_is_one_line_naming_it(tmp_path, workers):
     assert str(caught.value) == f"{broken}: corrupt PNG (OSError: image file is truncated)"
 
 
+def test_a_run_whose_weights_turn_nan_stops_within_a_log_interval(tmp_path):
+    """Weights that turn NaN mid-run (as a diverging run's do) stop it at the next multiple of
+    `trainer.log_every_n_steps`, long before its next checkpoint, which would have refused them; the checkpoint
+    before is kept. Weights turned NaN by hand: the check must not depend on how a run diverges."""
+    import lightning as L
+
+    class Diverge(L.Callback):
+        def on_train_batch_end(self, trainer, module, *_):
+            if trainer.global_step == 5:
+                with torch.no_grad():
+                    next(module.model.parameters()).fill_(float("nan"))
+
+    root = write_scenes(tmp_path / "data", 4)
+    sets = ["trainer.max_steps=40", "trainer.val_every_n_epochs=0", "trainer.log_every_n_steps=3"]
+    sets += ["trainer.checkpoint_every_n_steps=4"]  # kept at step 4; the next (8) would have refused
+    with pytest.raises(UserError) as caught:
+        train(synthetic_config(root, *sets), out_dir=tmp_path / "run", callbacks=[Diverge()])
+    name = next(iter(dict(create_model("eomt_test").named_parameters())))
+    assert str(caught.value).startswith(f"training diverged: model.{name} holds NaN or inf at step 6, the ")
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step=*.ckpt")] == ["step=0000004.ckpt"]
+
+
 def test_resume_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
         config = synthetic_config(write_scenes(tmp_path / "data", 2), "data.batch_size=1")

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -686,26 +686,60 @@ def write_config(config: TrainConfig, path: Path) -> None:
 
 class ConfigAndStepCheckpoint(L.Callback):
     """Stores the resolved config in every checkpoint and keeps `checkpoints/config.yaml` next to them; refuses to
-    save weights that are not finite (a diverged run stops at its next checkpoint instead of training on, and
-    exporting, NaN weights with exit 0)."""
+    save weights that are not finite (a diverged run must not leave NaN weights to resume from or export)."""
 
     def __init__(self, config: TrainConfig, folder: Path):
         self.config = config
         self.folder = folder
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        weights = checkpoint["state_dict"]
-        bad = next(
-            (k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None
-        )
+        bad = not_finite(checkpoint["state_dict"].items())
         if bad is not None:
-            raise UserError(
-                f"training diverged: {bad} holds NaN or inf at step {trainer.global_step}, so this step was not "
-                "saved (the checkpoints before it are kept); lower optim.lr, or check the starting weights"
+            raise diverged(
+                bad, trainer.global_step, "so this step was not saved (the checkpoints before it are kept)"
             )
         checkpoint["eomt_ood_config"] = to_dict(self.config)
         if trainer.is_global_zero:
             write_config(self.config, self.folder / "config.yaml")
+
+
+class StopWhenDiverged(L.Callback):
+    """Stops a run whose weights hold NaN or inf, checked every `every` optimizer steps (the recipe's
+    `trainer.log_every_n_steps`), instead of training on until its next checkpoint refuses them, up to
+    `trainer.checkpoint_every_n_steps` steps later. One check reads every weight once, on its device, and waits for
+    the device once."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.checked = 0  # the step checked last
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *_: Any) -> None:
+        step = trainer.global_step
+        if step == self.checked or step % self.every:
+            return
+        self.checked = step
+        bad = not_finite(module.named_parameters())
+        if bad is not None:
+            raise diverged(bad, step, "the checkpoints before it are kept")
+
+
+def not_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor of `named` that holds NaN or inf, or None."""
+    floats = [(name, tensor) for name, tensor in named if tensor.is_floating_point()]
+    if not floats:
+        return None
+    with torch.no_grad():
+        flags = [torch.isfinite(tensor).all() for _, tensor in floats]
+        one_device = len({flag.device for flag in flags}) == 1
+        finite = torch.stack(flags if one_device else [flag.cpu() for flag in flags]).cpu()  # one wait
+    return None if bool(finite.all()) else floats[int(torch.nonzero(~finite)[0, 0])][0]
+
+
+def diverged(name: str, step: int, kept: str) -> UserError:
+    return UserError(
+        f"training diverged: {name} holds NaN or inf at step {step}, {kept}; lower optim.lr, or check the "
+        "starting weights"
+    )
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
@@ -795,6 +829,7 @@ def build_trainer(
         callbacks=[
             *checkpointing,
             ConfigAndStepCheckpoint(config, folder),
+            StopWhenDiverged(t.log_every_n_steps),
             *progress,
             *callbacks,
         ],
