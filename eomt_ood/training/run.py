@@ -693,9 +693,9 @@ class ConfigAndStepCheckpoint(L.Callback):
         self.folder = folder
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        bad = not_finite(checkpoint["state_dict"].items())
+        bad = _not_finite(checkpoint["state_dict"].items())
         if bad is not None:
-            raise diverged(
+            raise _diverged(
                 bad, trainer.global_step, "so this step was not saved (the checkpoints before it are kept)"
             )
         checkpoint["eomt_ood_config"] = to_dict(self.config)
@@ -718,12 +718,12 @@ class StopWhenDiverged(L.Callback):
         if step == self.checked or step % self.every:
             return
         self.checked = step
-        bad = not_finite(module.named_parameters())
+        bad = _not_finite(module.named_parameters())
         if bad is not None:
-            raise diverged(bad, step, "the checkpoints before it are kept")
+            raise _diverged(bad, step, "the checkpoints before it are kept")
 
 
-def not_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+def _not_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     """The name of the first floating-point tensor of `named` that holds NaN or inf, or None."""
     floats = [(name, tensor) for name, tensor in named if tensor.is_floating_point()]
     if not floats:
@@ -735,7 +735,7 @@ def not_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     return None if bool(finite.all()) else floats[int(torch.nonzero(~finite)[0, 0])][0]
 
 
-def diverged(name: str, step: int, kept: str) -> UserError:
+def _diverged(name: str, step: int, kept: str) -> UserError:
     return UserError(
         f"training diverged: {name} holds NaN or inf at step {step}, {kept}; lower optim.lr, or check the "
         "starting weights"
@@ -873,7 +873,7 @@ def export_weights(model: torch.nn.Module, path: Path) -> None:
     save_checkpoint(model, path)
 
 
-def from_data_worker(error: UserError) -> UserError:
+def _from_data_worker(error: UserError) -> UserError:
     """A `UserError` raised in a data-loading worker (a corrupt image), as the worker raised it.
 
     torch's loader raises a worker's exception again in the main process, built from "Caught UserError in
@@ -949,7 +949,7 @@ def train(
                 if signal.SIGINT in stops:
                     raise KeyboardInterrupt from None
                 if isinstance(exc, UserError):
-                    raise from_data_worker(exc) from None
+                    raise _from_data_worker(exc) from None
                 raise
 
     final = folder / f"step={trainer.global_step:07d}.ckpt"
