@@ -509,8 +509,8 @@ def app_command(
     raise typer.Exit(serve_explorer(runs, port=port, host=host, allow=allowed))
 
 
-# What an interrupted command keeps and how to go on (Ctrl-C, or SIGTERM where the command handles it: train);
-# other commands write nothing until they finish.
+# What an interrupted command keeps and how to go on (Ctrl-C, SIGTERM where the command handles it: train, or a
+# process of it lost); other commands write nothing until they finish.
 _RESUME_HINTS = {
     "evaluate": "finished images are kept; run the same command again to resume",
     "predict": "finished images are kept; run the same command again to resume",
@@ -533,7 +533,8 @@ def main() -> None:
     except UserError as exc:
         _fail(str(exc), UserError.exit_code)
     except LostProcess as exc:
-        _fail(str(exc), LostProcess.exit_code)
+        hint = _RESUME_HINTS.get(getattr(ctx, "invoked_subcommand", None) or "")
+        _fail(f"{exc}{'; ' + hint if hint else ''}", LostProcess.exit_code)
     except BrokenPipeError:
         # The reader of stdout went away (`eomt-ood evaluate --help | head`): nothing left to say to anyone.
         # stdout now points to /dev/null so that the interpreter's last flush cannot fail again; status 1, as

@@ -409,9 +409,9 @@ class _Ranks:
         """A point that every rank passes in step, where each learns whether any of them failed; raises if one did.
 
         Rank 0 says what went wrong, once, below its own progress bar: its own failure, else the first other
-        rank's one-line error (bad input, or a write the file system refused), told to it here, and it exits
-        with that error's status. Every other rank ends quietly, with status 0, except for a failure that is not
-        one line (a bug), which that rank raises itself, traceback and all. The command's status is rank 0's;
+        rank's one-line error (bad input, a write the file system refused, a worker process lost), told to it
+        here, and it exits with that error's status. Every other rank ends quietly, with status 0, except for a
+        failure that is not one line (a bug), which that rank raises itself, traceback and all. The command's status is rank 0's;
         a child rank ending with another would make Lightning's launcher kill rank 0 (SIGKILL, checked every
         5 s), which could cut rank 0 off before it has said anything.
 
@@ -433,7 +433,7 @@ class _Ranks:
                 raise problem
             if told:
                 kind, *said = told[0]
-                raise UserError(said[0]) if kind == "user" else OSError(*said)
+                raise {"user": UserError, "lost": LostProcess}.get(kind, OSError)(*said)
             raise SystemExit(worst)
         if problem is not None and mine is None:
             raise problem
@@ -466,8 +466,7 @@ class _Ranks:
             said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LostProcess(
                 f"evaluate: rank {self.rank} of {self.world} lost touch with the others ({said}): another "
-                "process of the run ended without a word (killed, or out of memory?); the images finished so "
-                "far are kept: run the same command again to resume"
+                "process of the run ended without a word (killed by a signal: out of memory?)"
             ) from None
 
     def say(self, message: str) -> None:
@@ -477,7 +476,15 @@ class _Ranks:
 
 def _one_line(problem: BaseException | None) -> tuple | None:
     """`problem` as another rank can raise it again, for the errors the CLI prints as one line (a `UserError`;
-    an `OSError`: a write the file system refused); None for the rest."""
+    an `OSError`: a write the file system refused; a worker process lost); None for the rest."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from eomt_ood.io import worker_lost
+
+    if isinstance(problem, BrokenProcessPool):  # what the pool says as one line once the run leaves it
+        problem = worker_lost()
+    if isinstance(problem, LostProcess):
+        return ("lost", str(problem))
     if isinstance(problem, UserError):
         return ("user", str(problem))
     if isinstance(problem, OSError):

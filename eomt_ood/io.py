@@ -24,10 +24,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from eomt_ood.errors import UserError
+from eomt_ood.errors import LostProcess, UserError
 
 # ------------------------------------------------------------------------------------------------ writing
 
@@ -372,3 +373,13 @@ class ProcessMap:
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self.close(cancel=exc_type is not None)
+        if exc_type is not None and issubclass(exc_type, BrokenProcessPool):
+            raise worker_lost() from None
+
+
+def worker_lost() -> LostProcess:
+    """The one line for a pool whose worker died without a word (`BrokenProcessPool`): the kernel's
+    out-of-memory killer, most often, where the traceback said only that a process "terminated abruptly"."""
+    return LostProcess(
+        "a worker process ended without a word (killed by a signal: out of memory?); fewer --workers use less"
+    )

@@ -544,6 +544,11 @@ def test_rank_zero_says_another_ranks_one_line_error(monkeypatch):
     bar, with that error's exit status), and ends quietly with the worst status when the other rank raised a
     bug itself; any other rank ends quietly with status 0 (a non-zero one made Lightning's launcher kill rank 0
     before it had said anything), unless its failure is a bug."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from eomt_ood.errors import LostProcess
+    from eomt_ood.evaluate import _one_line
+
     told = [("os", 28, "No space left on device", "/run/records/a.npz")]
     with pytest.raises(OSError) as caught:
         _ranks_after_a_failure(0, told, monkeypatch).agree()
@@ -552,10 +557,17 @@ def test_rank_zero_says_another_ranks_one_line_error(monkeypatch):
         _ranks_after_a_failure(0, [("user", "b.png: unreadable image")], monkeypatch).agree()
     with pytest.raises(OSError, match="^stale handle$"):
         _ranks_after_a_failure(0, [("os", "stale handle")], monkeypatch).agree()
+    with pytest.raises(LostProcess, match="^a worker process ended without a word"):
+        _ranks_after_a_failure(0, [_one_line(BrokenProcessPool("terminated abruptly"))], monkeypatch).agree()
     with pytest.raises(SystemExit) as ended:
         _ranks_after_a_failure(0, [], monkeypatch).agree()  # another rank's bug: it says what
     assert ended.value.code == 2
-    for problem in (OSError(28, "No space left on device", "/r/a.npz"), UserError("b.png"), None):
+    problems = [
+        OSError(28, "No space left on device", "/r/a.npz"),
+        UserError("b.png"),
+        BrokenProcessPool("x"),
+    ]
+    for problem in (*problems, None):
         with pytest.raises(SystemExit) as ended:
             _ranks_after_a_failure(1, [] if problem else [("user", "b.png")], monkeypatch).agree(problem)
         assert ended.value.code == 0  # the command's status is rank 0's
@@ -565,7 +577,7 @@ def test_rank_zero_says_another_ranks_one_line_error(monkeypatch):
 
 def test_a_rank_that_ended_without_a_word_is_one_line():
     """A collective that fails because another rank is gone (gloo's "Connection closed by peer") is a
-    `LostProcess` naming the rank and what was kept, not the backend's traceback."""
+    `LostProcess` naming the rank (the CLI adds what was kept), not the backend's traceback."""
     from eomt_ood.errors import LostProcess
     from eomt_ood.evaluate import _Ranks
 
@@ -578,7 +590,9 @@ def test_a_rank_that_ended_without_a_word_is_one_line():
         ranks._collective(closed)
     message = str(caught.value)
     assert "rank 0 of 2" in message and "Connection closed by peer [127.0.0.1]:4" in message
-    assert "more" not in message and "run the same command again to resume" in message
+    assert "more" not in message and message.endswith(
+        "ended without a word (killed by a signal: out of memory?)"
+    )
 
 
 def test_official_sample_equals_score_of_its_own_submission(bravo_set, tmp_path):

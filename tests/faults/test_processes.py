@@ -345,3 +345,39 @@ def test_a_pool_cancelled_mid_result_closes(delay):
         [sys.executable, "-c", POOL_CANCEL, str(delay)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout == "closed\n", done.stderr[-2000:]
+
+
+def _killed(*_):
+    """A worker's task that dies as the kernel's out-of-memory killer would end it."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_pool_whose_worker_is_killed_is_one_line():
+    """A worker killed mid-task broke the pool with `BrokenProcessPool` ("terminated abruptly", a traceback):
+    leaving the pool turns it into `LostProcess`, which the CLI prints as one line."""
+    from eomt_ood.errors import LostProcess
+    from eomt_ood.io import ProcessMap
+
+    with pytest.raises(LostProcess, match="worker process ended without a word"), ProcessMap(2) as pool:
+        list(pool.map(_killed, range(4)))
+
+
+def test_evaluate_whose_worker_is_killed_says_so_and_resumes(templates, tmp_path, monkeypatch, capsys):
+    """`evaluate` with a worker killed (here: every worker, at its first image): exit 1 with one line that says
+    what happened and how to go on; the same command then resumes."""
+    from eomt_ood import evaluate
+
+    from .harness import run_cli
+
+    argv = [str(a) for a in _evaluate_args(templates, tmp_path / "run", workers=2)]
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate, "finish_image", _killed)  # forked into the workers with the patch
+        code, _, err, escaped = run_cli(argv, monkeypatch, capsys)
+    assert escaped is None and code == 1, f"exit {code}\n{escaped or ''}{err[-2000:]}"
+    assert err.strip().splitlines()[-1] == (
+        "error: a worker process ended without a word (killed by a signal: out of memory?); fewer --workers use "
+        "less; finished images are kept; run the same command again to resume"
+    )
+    code, _, err, escaped = run_cli(argv, monkeypatch, capsys)
+    assert escaped is None and code == 0, f"exit {code}\n{escaped or ''}{err[-2000:]}"
+    assert_same_run(tmp_path / "run", templates / "run")
