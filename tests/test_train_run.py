@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,6 +154,35 @@ def test_a_run_whose_weights_turn_nan_stops_within_a_log_interval(tmp_path):
     name = next(iter(dict(create_model("eomt_test").named_parameters())))
     assert str(caught.value).startswith(f"training diverged: model.{name} holds NaN or inf at step 6, the ")
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step=*.ckpt")] == ["step=0000004.ckpt"]
+
+
+def test_a_data_worker_killed_midway_is_one_line(tmp_path):
+    """A data-loading worker killed while training (as the out-of-memory killer would): torch's RuntimeError
+    ("DataLoader worker (pid N) is killed by signal") and its traceback become one `LostProcess` line."""
+    import os
+    import signal
+
+    import lightning as L
+
+    from eomt_ood.errors import LostProcess
+
+    class KillWorkers(L.Callback):
+        def on_train_batch_end(self, trainer, *_):
+            if trainer.global_step == 2:
+                for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+                    for pid in (task / "children").read_text().split():
+                        os.kill(int(pid), signal.SIGKILL)
+                # torch's SIGCHLD check raises here; without the wait, the next batch may be read from the dead
+                # worker first, which fails as "[Errno 104] Connection reset by peer" (one line from the CLI too)
+                time.sleep(2)
+
+    root = write_scenes(tmp_path / "data", 4)
+    sets = ["trainer.max_steps=30", "trainer.val_every_n_epochs=0", "data.num_workers=1", "data.batch_size=1"]
+    with pytest.raises(LostProcess) as caught:
+        train(synthetic_config(root, *sets), out_dir=tmp_path / "run", callbacks=[KillWorkers()])
+    message = str(caught.value)
+    assert message.startswith("a data-loading worker ended without a word (DataLoader worker (pid")
+    assert message.endswith("out of memory? fewer data.num_workers use less") and "\n" not in message
 
 
 def test_resume_missing_file_is_a_user_error(tmp_path):
