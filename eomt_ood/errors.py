@@ -23,7 +23,8 @@ class Terminated(Exception):
 
 
 class LostProcess(Exception):
-    """Another process of a multi-process run ended without a word (killed, out of memory), so this one cannot
-    finish; the message is one line saying what was kept. The CLI prints it and exits 1."""
+    """Another process of the command (a worker, a rank) ended without a word (killed, out of memory), so this one
+    cannot finish; the message is one line saying which. The CLI prints it with what the command keeps and how to
+    go on (as for Ctrl-C), and exits 1."""
 
     exit_code = 1
