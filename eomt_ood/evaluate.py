@@ -411,9 +411,9 @@ class _Ranks:
         Rank 0 says what went wrong, once, below its own progress bar: its own failure, else the first other
         rank's one-line error (bad input, a write the file system refused, a worker process lost), told to it
         here, and it exits with that error's status. Every other rank ends quietly, with status 0, except for a
-        failure that is not one line (a bug), which that rank raises itself, traceback and all. The command's status is rank 0's;
-        a child rank ending with another would make Lightning's launcher kill rank 0 (SIGKILL, checked every
-        5 s), which could cut rank 0 off before it has said anything.
+        failure that is not one line (a bug), which that rank raises itself, traceback and all. The command's
+        status is rank 0's; a child rank ending with another would make Lightning's launcher kill rank 0
+        (SIGKILL, checked every 5 s), which could cut rank 0 off before it has said anything.
 
         The first point is before anything is written: rank 0 has locked and checked the run folder by then (a
         rank writing earlier made rank 0 find "images of a run that did not record how they were made" and refuse
@@ -499,8 +499,8 @@ class _Lockstep:
     longest share and one after the last image, the same number on every rank. A rank that fails while
     predicting (an unreadable image, a full disk) tells the others at their next point, so that they stop within
     `every` images and rank 0 says what went wrong, instead of predicting their whole share and then failing at
-    the final sums with a traceback. A point's all-reduce is on the model's device, so on a GPU it waits for the forward
-    in flight; once every 8 images keeps that wait rare."""
+    the final sums with a traceback. A point's all-reduce is on the model's device, so on a GPU it waits for the
+    forward in flight; once every 8 images keeps that wait rare."""
 
     def __init__(self, ranks: _Ranks, longest: int, every: int = 8):
         self.ranks, self.every = ranks, every

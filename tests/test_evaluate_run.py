@@ -318,10 +318,8 @@ def test_a_finished_image_whose_file_went_missing_is_redone(bravo_set, tmp_path)
     assert conf.read_bytes() == before
 
 
-def _two_processes(bravo_set, out):
-    """`eomt-ood evaluate --devices 2` (msp, rba) as a command on `bravo_set` (data, checkpoint); returns the
-    finished process."""
-    import subprocess
+def _two_process_command(bravo_set, out):
+    """`eomt-ood evaluate --devices 2` (msp, rba) on `bravo_set` (data, checkpoint) into `out`, as argv."""
     import sys
 
     data, checkpoint = bravo_set
@@ -335,8 +333,24 @@ def _two_processes(bravo_set, out):
         "--workers",
         "0",
     ]
-    command += ["--devices", "2", "--out", str(out)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+    return [*command, "--devices", "2", "--out", str(out)]
+
+
+def _two_processes(bravo_set, out):
+    """`_two_process_command` run to its end; returns the finished process."""
+    import subprocess
+
+    return subprocess.run(_two_process_command(bravo_set, out), capture_output=True, text=True, timeout=600)
+
+
+def _eighteen_images_per_rank(tmp_path):
+    """A BRAVO-layout set of 36 images of 64 x 128 (`data`): 18 per rank of two, so two agreement points and the
+    last; returns the folder and its images in the order the ranks share them."""
+    from eomt_ood.data.demo import write_demo
+
+    data = tmp_path / "data"
+    write_demo(data, seed=5, per_subset=4, size=(64, 128))
+    return data, find_images(data / "images")
 
 
 @pytest.mark.slow  # two Fabric processes over gloo: ~30 s
@@ -388,11 +402,7 @@ def test_two_processes_stop_together_when_one_fails(bravo_set, tmp_path):
     agreement point: the other stops within 8 images instead of predicting its whole share and then failing at
     the final sums with gloo's traceback. One error line, the failed rank's exit status; the finished images are
     kept, and the run resumes to the one-process result once the image is fixed."""
-    from eomt_ood.data.demo import write_demo
-
-    data = tmp_path / "data"
-    write_demo(data, seed=5, per_subset=4, size=(64, 128))  # 36 images: 18 per rank
-    rels = find_images(data / "images")
+    data, rels = _eighteen_images_per_rank(tmp_path)
     broken = data / "images" / rels[1]  # the second image: rank 1's first
     good = broken.read_bytes()
     broken.write_bytes(good[: len(good) // 3])
@@ -424,22 +434,15 @@ def test_a_killed_rank_leaves_one_line_and_a_run_to_resume(bravo_set, tmp_path):
     checks its children every 5 s, kills rank 0 first and says why); the finished images are kept."""
     import signal
     import subprocess
-    import sys
     import time
 
-    from eomt_ood.data.demo import write_demo
-
-    data = tmp_path / "data"
-    write_demo(data, seed=5, per_subset=4, size=(64, 128))  # 36 images: 18 per rank, two points and the last
-    rels = find_images(data / "images")
+    data, rels = _eighteen_images_per_rank(tmp_path)
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "eomt_ood.cli", "evaluate", "--root", str(data / "images"), "--gt"]
-    command += [str(data / "gt"), "--checkpoint", str(bravo_set[1]), "--workers", "0", "--devices", "2"]
-    command += ["--out", str(run)]
+    command = _two_process_command((data, bravo_set[1]), run)
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not any(RunDir(run).is_done(rel, ("msp",)) for rel in rels[1::2]):  # rank 1 is predicting
+        while not any(RunDir(run).is_done(rel, ("msp", "rba")) for rel in rels[1::2]):  # rank 1 predicts
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.01)
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
@@ -462,7 +465,7 @@ def test_a_killed_rank_leaves_one_line_and_a_run_to_resume(bravo_set, tmp_path):
         assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], stderr
         assert "rank 0 of 2 lost touch with the others" in lines[-1] and "run the same command" in lines[-1]
     assert not (run / "results.json").exists()
-    assert any(RunDir(run).is_done(rel, ("msp",)) for rel in rels[1::2])  # what rank 1 finished is kept
+    assert any(RunDir(run).is_done(rel, ("msp", "rba")) for rel in rels[1::2])  # what rank 1 finished is kept
 
 
 class _Agreements:

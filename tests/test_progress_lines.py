@@ -1,4 +1,4 @@
-"""Progress bars on an output that is not a terminal: whole lines instead of carriage returns (`io.StatusLines`)."""
+"""Progress bars on an output that is not a terminal: whole lines, not carriage returns (`io.StatusLines`)."""
 
 import io
 import re
@@ -10,7 +10,7 @@ from eomt_ood.io import StatusLines, progress_file
 
 
 def _drive(every, seconds_per_item, items=100, warn_at=None):
-    """tqdm over `items` on a StatusLines with a clock that moves `seconds_per_item` per item; the text written."""
+    """tqdm over `items` on a StatusLines whose clock moves `seconds_per_item` per item; the text written."""
     out, now = io.StringIO(), [0.0]
     stream = StatusLines(out, every, clock=lambda: now[0])
     with tqdm(total=items, desc="evaluate", unit="img", file=stream, mininterval=0) as bar:

@@ -706,8 +706,8 @@ class ConfigAndStepCheckpoint(L.Callback):
 class StopWhenDiverged(L.Callback):
     """Stops a run whose weights hold NaN or inf, checked every `every` optimizer steps (the recipe's
     `trainer.log_every_n_steps`), instead of training on until its next checkpoint refuses them, up to
-    `trainer.checkpoint_every_n_steps` steps later. One check reads every weight once, on its device, and waits for
-    the device once."""
+    `trainer.checkpoint_every_n_steps` steps later. One check reads every weight once, on its device, and waits
+    for the device once."""
 
     def __init__(self, every: int):
         self.every = every
@@ -730,8 +730,7 @@ def _not_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
         return None
     with torch.no_grad():
         flags = [torch.isfinite(tensor).all() for _, tensor in floats]
-        one_device = len({flag.device for flag in flags}) == 1
-        finite = torch.stack(flags if one_device else [flag.cpu() for flag in flags]).cpu()  # one wait
+        finite = torch.stack([flag.to(flags[0].device) for flag in flags]).cpu()  # one wait
     return None if bool(finite.all()) else floats[int(torch.nonzero(~finite)[0, 0])][0]
 
 
