@@ -24,8 +24,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from eomt_ood import __version__
+
+        typer.echo(f"eomt-ood {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+    ),
+) -> None:
     """Robustness and OOD evaluation of segmentation models (EoMT, BRAVO)."""
 
 
