@@ -593,11 +593,8 @@ def _write_store(
     totals: _Totals,
     accumulate: bool,
     bar: Any,
-    collector: Any = None,
 ) -> None:
-    """Gather `records` into the store (adding them to `totals` when `accumulate`, and their per-image statistics
-    to `collector`, an `ImageCollector`, when given)."""
-    from eomt_ood.bravo.intervals import image_key
+    """Gather `records` into the store (adding them to `totals` when `accumulate`)."""
     from eomt_ood.store import StoreWriter
 
     with StoreWriter(run.store_file, model=model_name, confidences=list(config.confidences)) as store:
@@ -606,8 +603,6 @@ def _write_store(
                 continue
             if accumulate:
                 totals.add(record)
-            if collector is not None and record.has_gt:
-                collector.add(image_key(record.relpath), record.subset, record.cm, record.sparse)
             store.add(record)
             if new:
                 bar.update()
@@ -746,10 +741,9 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             run, mine, todo, lambda: _predict_stream(config, run, plan, todo, model, pool, timing)
         )
         bar = progress_bar(len(todo), disable=not progress or ranks.rank != 0)
-        collector = _collector(config)
         with bar:
             if ranks.world == 1:
-                _write_store(run, config, model_name, records, totals, True, bar, collector)
+                _write_store(run, config, model_name, records, totals, True, bar)
             else:
                 steps = _Lockstep(ranks, len(plan.rels[:: ranks.world]))
                 try:
@@ -767,7 +761,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
                 if ranks.rank != 0:
                     return {}
                 everything = _in_order(run, plan.rels, [], lambda: iter(()))
-                _write_store(run, config, model_name, everything, totals, False, bar, collector)
+                _write_store(run, config, model_name, everything, totals, False, bar)
         timing.update(
             seconds=time.perf_counter() - start,
             images=len(plan.rels),
@@ -776,7 +770,7 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             ranks=ranks.world,
         )
         extra = {"token_merging": _token_merging_record(model, config)}
-        return _write_results(run, config, _model_record(model, config), totals, timing, extra, collector)
+        return _write_results(run, config, _model_record(model, config), totals, timing, extra)
 
 
 def progress_bar(total: int, disable: bool = False) -> Any:
@@ -856,13 +850,12 @@ def _write_results(
     totals: _Totals,
     timing: dict,
     extra: dict | None = None,
-    collector: Any = None,
 ) -> dict[str, Any]:
     results = _results(config, totals, model)
     results["meta"]["inference"] = timing
     results["meta"].update(extra or {"token_merging": _token_merging_record(None, config)})
-    if collector is not None and config.gt is not None:
-        _add_intervals(results, config, collector)
+    if config.gt is not None and _settings(config).enabled:
+        _add_intervals(results, config, run)
     write_results(results, run.results_file)
     _write_report(run, results)
     return results
@@ -887,11 +880,10 @@ def gather_run(config: EvaluateConfig, timing: dict[str, Any] | None = None) -> 
         raise UserError(f"{run.record_file(missing[0])}: missing ({len(missing)} image(s) not finished)")
     model = _model_record(None, config)
     totals = _Totals(config.confidences)
-    collector = _collector(config)
     records = _in_order(run, rels, [], lambda: iter(()))
     name = model["name"] if model else "unknown model"
-    _write_store(run, config, name, records, totals, True, nullcontext(), collector)
-    return _write_results(run, config, model, totals, timing or {}, None, collector)
+    _write_store(run, config, name, records, totals, True, nullcontext())
+    return _write_results(run, config, model, totals, timing or {}, None)
 
 
 def _settings(config: EvaluateConfig) -> Any:
@@ -900,23 +892,16 @@ def _settings(config: EvaluateConfig) -> Any:
     return Settings(config.bootstrap, config.bootstrap_seed, config.confidence_level)
 
 
-def _collector(config: EvaluateConfig) -> Any:
-    """An `ImageCollector` of the run's per-image statistics when intervals are wanted (GT and --bootstrap)."""
-    from eomt_ood.bravo.intervals import ImageCollector
-
-    if config.gt is None or not _settings(config).enabled:
-        return None
-    return ImageCollector(config.confidences, source=str(RunDir(config.out).path))
-
-
-def _add_intervals(results: dict[str, Any], config: EvaluateConfig, collector: Any) -> None:
-    """Bootstrap intervals of every score block under `meta` (`meta.intervals`, `meta.bootstrap`)."""
-    from eomt_ood.bravo.intervals import block_intervals
+def _add_intervals(results: dict[str, Any], config: EvaluateConfig, run: RunDir) -> None:
+    """Bootstrap intervals of every score block under `meta` (`meta.intervals`, `meta.bootstrap`), from the
+    per-image statistics of the store just written, read one subset at a time: what the run holds in memory
+    does not grow with its images."""
+    from eomt_ood.bravo.intervals import ScoreStatistics, block_intervals
     from eomt_ood.bravo.rundir import attach_intervals, metric_blocks
 
     blocks = metric_blocks(results)
     named = dict(zip(config.confidences, blocks.values(), strict=True)) if len(blocks) == 1 else blocks
-    stats = {score: collector.statistics(score) for score in named}
+    stats = {score: ScoreStatistics.from_store(run.store_file, score) for score in named}
     intervals, meta = block_intervals(stats, named, _settings(config))
     attach_intervals(results, intervals, meta)
 

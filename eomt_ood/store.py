@@ -276,7 +276,8 @@ class StoreWriter:
         self._stats: list[dict[str, dict[str, float]]] = []
         self._cm: list[np.ndarray] = []
         self._pixels: list[tuple[int, int, int]] = []
-        self._sparse: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {s: [] for s in confidences}
+        # The sparse rows, the bulk of a record after its previews, go to the file as they come.
+        self._rows = {s: _RowTable(self._file.create_group(f"image_stats/{s}")) for s in confidences}
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -299,8 +300,8 @@ class StoreWriter:
         zeros = (np.zeros(0, np.uint16), np.zeros((0, 3), np.int32))
         self._cm.append(record.cm if record.cm is not None else np.zeros((19, 19), np.int64))
         self._pixels.append(record.pixels or (0, 0, 0))
-        for score in self._confidences:
-            self._sparse[score].append(record.sparse.get(score, zeros))
+        for score, table in self._rows.items():
+            table.add(*record.sparse.get(score, zeros))
 
     def add_histograms(self, score: str, subset: str, histograms: Mapping[str, np.ndarray]) -> None:
         """A subset's pooled histograms ({"correct", "wrong", "ood_pos", "ood_neg"} -> (65536,) int64)."""
@@ -327,21 +328,70 @@ class StoreWriter:
             for key in sorted({k for row in rows for k in row}):
                 values = np.array([row.get(key, np.nan) for row in rows], dtype=np.float64)
                 self._file.create_dataset(f"stats/{score}/{key}", data=values)
-        from eomt_ood.metrics.image_stats import ImageSetStatistics
-
         count = len(self._index)
-        image_stats = self._file.create_group("image_stats")
+        image_stats = self._file.require_group("image_stats")
         cm = np.array(self._cm, dtype=np.int32).reshape(count, 19, 19)
         image_stats.create_dataset("cm", data=cm, **_GZIP)
         image_stats.create_dataset("pixels", data=np.array(self._pixels, dtype=np.int64).reshape(count, 3))
-        for score, rows in self._sparse.items():
-            encoded = ImageSetStatistics.from_rows(cm, rows).encode()
-            group = image_stats.create_group(score)
-            group.create_dataset("offsets", data=encoded["offsets"])
-            # h5py's automatic chunks keep each count column apart, which shuffle + gzip compress best
-            # (8% smaller than chunks of whole rows, and as fast to read back).
-            group.create_dataset("levels", data=encoded["levels"], **_GZIP)
-            group.create_dataset("counts", data=encoded["counts"], **_GZIP)
+        for table in self._rows.values():
+            table.finish()
+
+
+_ROWS_PER_CHUNK = 32768
+"""HDF5 chunk length of the sparse statistics: one chunk holds one count column (shuffle + gzip compress a
+column best: 8% smaller than chunks of whole rows) or the levels of 32,768 rows."""
+
+
+class _RowTable:
+    """One score's `image_stats/<score>` (`ImageSetStatistics.encode`'s levels, counts, offsets), appended image
+    by image: rows reach the file in whole chunks, each compressed once, and at most one chunk's worth waits in
+    memory, so a writer's memory does not grow with the number of images (a 2 MP image has tens of thousands
+    of rows per score, about 0.7 MB)."""
+
+    def __init__(self, group: h5py.Group):
+        self._group = group
+        chunk = _ROWS_PER_CHUNK
+        self._levels = group.create_dataset(
+            "levels", shape=(0,), maxshape=(None,), dtype=np.uint16, chunks=(chunk,), **_GZIP
+        )
+        self._counts = group.create_dataset(
+            "counts", shape=(0, 3), maxshape=(None, 3), dtype=np.int32, chunks=(chunk, 1), **_GZIP
+        )
+        self._offsets = [0]
+        self._waiting: list[tuple[np.ndarray, np.ndarray]] = []
+        self._waiting_rows = 0
+
+    def add(self, levels: np.ndarray, counts: np.ndarray) -> None:
+        """One image's rows: levels (m,) and counts (m, 3); a count fits int32 (at most a pixel count)."""
+        levels = np.asarray(levels).astype(np.uint16, copy=False)
+        counts = np.asarray(counts).reshape(-1, 3).astype(np.int32, copy=False)
+        if counts.shape[0] != levels.shape[0]:
+            raise ValueError(f"{levels.shape[0]} levels but {counts.shape[0]} count rows")
+        self._offsets.append(self._offsets[-1] + levels.shape[0])
+        self._waiting.append((levels, counts))
+        self._waiting_rows += levels.shape[0]
+        if self._waiting_rows >= _ROWS_PER_CHUNK:
+            self._write(whole_chunks=True)
+
+    def finish(self) -> None:
+        self._write(whole_chunks=False)
+        self._group.create_dataset("offsets", data=np.array(self._offsets, dtype=np.int64))
+
+    def _write(self, whole_chunks: bool) -> None:
+        if not self._waiting:
+            return
+        levels = np.concatenate([rows[0] for rows in self._waiting])
+        counts = np.concatenate([rows[1] for rows in self._waiting])
+        size = levels.shape[0] // _ROWS_PER_CHUNK * _ROWS_PER_CHUNK if whole_chunks else levels.shape[0]
+        if size:
+            start = self._levels.shape[0]
+            self._levels.resize((start + size,))
+            self._counts.resize((start + size, 3))
+            self._levels[start:] = levels[:size]
+            self._counts[start:] = counts[:size]
+        # A copy of the rest, so that the written rows' buffer is freed.
+        self._waiting = [(levels[size:].copy(), counts[size:].copy())] if size < levels.shape[0] else []
+        self._waiting_rows = levels.shape[0] - size
 
 
 class StoreReader:

@@ -154,6 +154,20 @@ def test_score_intervals_equal_a_bootstrap_of_its_statistics_file(scored):
     assert reseeded["synobjs_auprc_ood"] != expected["synobjs_auprc_ood"]
 
 
+def test_score_without_stats_bootstraps_from_a_temporary_file_it_removes(scored, tmp_path, monkeypatch):
+    """Without --stats the per-image statistics go to a temporary statistics file (memory stays flat), which is
+    gone afterwards; the intervals are those of the run that kept its file."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    results = score_submission(
+        scored["root"] / "gt", scored["root"] / "sub-base", workers=2, warn=None, bootstrap=Settings(B)
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert results["meta"]["statistics"] is None
+    assert results["meta"]["intervals"] == load_results(scored["base"])["meta"]["intervals"]
+
+
 def test_with_the_official_sample_the_pixels_stay_fixed_and_images_are_resampled(scored, tmp_path):
     root = scored["root"]
     samples = {}

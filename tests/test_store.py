@@ -155,6 +155,48 @@ def test_records_round_trip_on_disk_and_into_the_store(tmp_path):
     assert (tmp_path / "stats.h5").stat().st_size < path.stat().st_size / 2
 
 
+@pytest.mark.parametrize("chunk", [7, 64, 32768])
+def test_sparse_rows_reach_the_file_as_images_come(tmp_path, monkeypatch, chunk):
+    """The writer appends each image's rows in whole chunks: what it stores equals the rows concatenated at
+    once (`ImageSetStatistics.from_rows(...).encode()`), over chunk edges inside an image, exactly on one, and
+    with images of no rows (no ground truth) in between; at most one chunk waits in memory."""
+    from eomt_ood import store as store_module
+    from eomt_ood.metrics.image_stats import ImageSetStatistics
+
+    monkeypatch.setattr(store_module, "_ROWS_PER_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    sizes = [5, 0, 7, 9, 0, 14, 1, 63, 200, 0, 3]
+    records = []
+    for i, size in enumerate(sizes):
+        levels = np.sort(rng.choice(65536, size, replace=False)).astype(np.uint16)
+        counts = rng.integers(0, 2**31 - 1, (size, 3)).astype(np.int64 if i % 2 else np.int32)
+        has_gt = size > 0
+        record = ImageRecord(f"bravo_synobjs/a/{i}.png", "synobjs", 4, 4, previews={})
+        if has_gt:
+            record.cm = rng.integers(0, 100, (19, 19))
+            record.pixels = (16, 0, 0)
+            record.sparse = {"msp": (levels, counts), "rba": (levels[::-1].copy(), counts[::-1].copy())}
+        records.append(record)
+    path = tmp_path / "predictions.h5"
+    with StoreWriter(path, model="m", confidences=["msp", "rba"]) as store:
+        for record in records:
+            store.add(record)
+            assert all(table._waiting_rows < chunk for table in store._rows.values())
+    zero_cm = np.zeros((19, 19), np.int64)
+    empty = (np.zeros(0, np.uint16), np.zeros((0, 3), np.int32))
+    with StoreReader(path) as reader:
+        for score in ("msp", "rba"):
+            expected = ImageSetStatistics.from_rows(
+                [r.cm if r.cm is not None else zero_cm for r in records],
+                [r.sparse.get(score, empty) for r in records],
+            ).encode()
+            group = reader._file[f"image_stats/{score}"]
+            for name in ("levels", "counts", "offsets"):
+                np.testing.assert_array_equal(group[name][()], expected[name])
+                assert group[name].dtype == expected[name].dtype
+            assert group["counts"].chunks == (chunk, 1)
+
+
 def test_packed_arrays_are_lossless():
     rng = np.random.default_rng(5)
     arrays = (

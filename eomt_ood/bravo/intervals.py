@@ -1,10 +1,10 @@
 """Bootstrap intervals and paired differences of BRAVO runs (what they mean: the README, "How sure is a number").
 
-The glue between the per-image statistics of a run (held in memory while `evaluate` or `score` runs, or read
-from a prediction store / statistics file, `eomt_ood.store`) and `eomt_ood.metrics.bootstrap`:
+The glue between the per-image statistics of a run (in its prediction store or statistics file,
+`eomt_ood.store`, where `evaluate` and `score` write them as images finish) and `eomt_ood.metrics.bootstrap`:
 
 - `ScoreStatistics`: one confidence score of one run, per subset its image keys and a loader of its
-  `ImageSetStatistics`; built from memory (`ImageCollector`) or from a file (`ScoreStatistics.from_store`).
+  `ImageSetStatistics`, read from a prediction store or statistics file (`ScoreStatistics.from_store`).
 - `run_replicates`: the replicates of every official key of a results block, over the subsets the block
   scored; the point values are checked against the block, so statistics that belong to another run are a
   `UserError`, never a silently wrong interval.
@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from eomt_ood.bravo.layout import OOD_SUBSETS, SEMANTIC_SUBSETS, SUBSETS
 from eomt_ood.bravo.submission import raw_names
@@ -131,35 +129,6 @@ class ScoreStatistics:
 
         keys = {s: [k for k, _ in rows] for s, rows in order.items()}
         return cls(f"{path} ({score})", keys, load, score)
-
-
-class ImageCollector:
-    """The per-image statistics of a run as it is scored (`evaluate`, `score`), for its intervals.
-
-    Keeps references to each image's sparse rows (the arrays the records or the scorer made), so it costs
-    the rows' memory once; `statistics(score)` concatenates one subset at a time when the bootstrap asks.
-    """
-
-    def __init__(self, scores: Sequence[str], source: str = "this run"):
-        self.scores = list(scores)
-        self.source = source
-        self._rows: dict[str, list[tuple[str, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]]] = {}
-
-    def add(
-        self, key: str, subset: str, cm: np.ndarray, sparse: Mapping[str, tuple[np.ndarray, np.ndarray]]
-    ) -> None:
-        """One image: key (`image_key`), subset, cm (19, 19) and {score: (levels (m,) uint16, counts (m, 3))}."""
-        self._rows.setdefault(subset, []).append((key, cm, {s: sparse[s] for s in self.scores}))
-
-    def statistics(self, score: str) -> ScoreStatistics:
-        ordered = {s: sorted(self._rows[s], key=lambda row: row[0]) for s in SUBSETS if s in self._rows}
-
-        def load(subset: str) -> ImageSetStatistics:
-            rows = ordered[subset]
-            return ImageSetStatistics.from_rows([r[1] for r in rows], [r[2][score] for r in rows])
-
-        keys = {s: [r[0] for r in rows] for s, rows in ordered.items()}
-        return ScoreStatistics(f"{self.source} ({score})", keys, load, score)
 
 
 class _Subsets(Mapping):

@@ -15,7 +15,9 @@ doubt = 65535 - conf.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -674,15 +676,15 @@ def score_submission(
     processes (default min(cpu count, 4); 0 or 1 = inline). progress: tqdm bar on stderr, as lines when stderr
     is not a terminal (`io.progress_file`; None = only on a terminal). warn: receives one line per warning
     (unmatched files). bootstrap: an `eomt_ood.bravo.intervals.Settings` (default: B = 1000, seed 0, 95%;
-    replicates 0 = off): the per-image statistics are kept in memory (sparse) and give the intervals of every
-    key under `meta.intervals`.
-    stats_out: also write them as a statistics file (`eomt_ood.store`), for paired tests against this run
+    replicates 0 = off): the per-image statistics give the intervals of every key under `meta.intervals`; they
+    are written to a statistics file as images finish (a temporary one without `stats_out`), so memory stays
+    flat however many images. stats_out: keep that file (`eomt_ood.store`), for paired tests against this run
     (`compare`, `regress`). Bad input raises `UserError`, a degenerate subset included (its metrics would be
     undefined).
     """
     from tqdm import tqdm
 
-    from eomt_ood.bravo.intervals import ImageCollector, Settings, image_key
+    from eomt_ood.bravo.intervals import Settings
 
     settings = (bootstrap if bootstrap is not None else Settings()).check()
 
@@ -691,86 +693,125 @@ def score_submission(
         if unknown:
             raise UserError(f"--subsets: unknown subset {unknown[0]!r}; valid names: {', '.join(SUBSETS)}")
     workers = default_workers() if workers is None else workers
-    # Workers are forked before the trees are opened: they need nothing of the parent but the task.
-    with (
-        ProcessMap(workers if workers > 1 else 0) as pool,
-        open_tree(gt, "ground truth") as gt_tree,
-        open_tree(submission, "submission") as sub_tree,
-        _maybe_open_samples(samples) as samples_tree,
-    ):
-        by_subset = match_gt(gt_tree.names, warn)
-        if subsets is None:
-            selected = [s for s in SUBSETS if by_subset[s]]
-            if not selected:
-                raise UserError(
-                    f"{gt}: no BRAVO ground-truth images found (expected bravo_<split>/... files)"
-                )
-        else:
-            selected = [s for s in SUBSETS if s in set(subsets)]
-            for s in selected:
-                if not by_subset[s]:
-                    raise UserError(
-                        f"subset {s}: requested with --subsets but the ground truth {gt} has no images of it"
-                    )
-        all_images = [image for s in SUBSETS for image in by_subset[s]]
-        warn_unmatched(unmatched_submission_files(sub_tree.names, all_images), "submission", warn)
-        images = [image for s in selected for image in by_subset[s]]
-        tasks = [
-            ImageTask(
-                ground_truth_refs(image, gt_tree, samples_tree),
-                _submission_ref(sub_tree, image.pred_name),
-                _submission_ref(sub_tree, image.conf_name),
+    scorer = Scorer()
+    # The per-image statistics (for the intervals, or --stats) go to a statistics file as images finish, so
+    # memory does not grow with the images; without --stats the file is a temporary one.
+    keep = settings.enabled or stats_out is not None
+    with _statistics_path(stats_out, keep) as stats_path:
+        # Workers are forked before the trees are opened: they need nothing of the parent but the task.
+        with (
+            ProcessMap(workers if workers > 1 else 0) as pool,
+            open_tree(gt, "ground truth") as gt_tree,
+            open_tree(submission, "submission") as sub_tree,
+            _maybe_open_samples(samples) as samples_tree,
+        ):
+            images, tasks = _tasks(gt, gt_tree, sub_tree, samples_tree, subsets, warn)
+            disable = None if progress is None else not progress
+            with (
+                _statistics_writer(stats_path) as store,
+                tqdm(
+                    total=len(tasks), unit="img", file=progress_file(), disable=disable, desc="scoring"
+                ) as bar,
+            ):
+                for index, subset, stats in pool.map(_score_numbered, enumerate(tasks), ordered=True):
+                    scorer.add(subset, stats)
+                    if store is not None:
+                        store.add(_statistics_record(_input_path(images[index]), subset, stats))
+                    bar.update()
+                metrics, unscored = scorer.metrics()
+                if unscored:  # raised inside: no statistics file is left
+                    raise UserError(next(iter(unscored.values())))
+                if store is not None:
+                    for name, histograms in scorer.histograms().items():
+                        store.add_histograms(SUBMISSION_SCORE, name, histograms)
+
+        results: dict[str, object] = dict(metrics)
+        results["meta"] = scoring_meta(gt, submission, samples, scorer)
+        results["meta"]["statistics"] = str(stats_out) if stats_out is not None else None
+        if settings.enabled:
+            from eomt_ood.bravo.intervals import ScoreStatistics, block_intervals
+            from eomt_ood.bravo.rundir import attach_intervals
+
+            assert stats_path is not None
+            stats = ScoreStatistics.from_store(stats_path, SUBMISSION_SCORE)
+            # named after the submission in messages, not after the temporary file
+            source = f"{submission} ({SUBMISSION_SCORE})"
+            stats = ScoreStatistics(source, stats.keys, stats.loader, SUBMISSION_SCORE)
+            intervals, meta = block_intervals(
+                {SUBMISSION_SCORE: stats}, {SUBMISSION_SCORE: metrics}, settings
             )
-            for image in images
-        ]
-        scorer = Scorer()
-        keep = settings.enabled or stats_out is not None
-        # Per image: (input path, subset, cm, pixels, sparse rows); the dense histograms are dropped at once.
-        kept: list[tuple[str, str, np.ndarray, tuple[int, int, int], tuple[np.ndarray, np.ndarray]]] = []
-        disable = None if progress is None else not progress
-        with tqdm(total=len(tasks), unit="img", file=progress_file(), disable=disable, desc="scoring") as bar:
-            # Results arrive in any order; they are summed, so the totals do not depend on it.
-            for index, subset, stats in pool.map(_score_numbered, enumerate(tasks), ordered=False):
-                scorer.add(subset, stats)
-                if keep:
-                    rel = images[index].base + IMAGE_SUFFIX[images[index].split]
-                    kept.append((rel, subset, stats.cm, stats.pixels, (stats.levels, stats.counts)))
-                bar.update()
-
-    metrics, unscored = scorer.metrics()
-    if unscored:
-        raise UserError(next(iter(unscored.values())))
-    results: dict[str, object] = dict(metrics)
-    results["meta"] = scoring_meta(gt, submission, samples, scorer)
-    results["meta"]["statistics"] = str(stats_out) if stats_out is not None else None
-    kept.sort(key=lambda row: row[0])
-    if stats_out is not None:
-        _write_statistics(stats_out, kept, scorer)
-    if settings.enabled:
-        from eomt_ood.bravo.intervals import block_intervals
-        from eomt_ood.bravo.rundir import attach_intervals
-
-        collector = ImageCollector([SUBMISSION_SCORE], source=str(submission))
-        for rel, subset, cm, _, rows in kept:
-            collector.add(image_key(rel), subset, cm, {SUBMISSION_SCORE: rows})
-        stats = {SUBMISSION_SCORE: collector.statistics(SUBMISSION_SCORE)}
-        intervals, meta = block_intervals(stats, {SUBMISSION_SCORE: metrics}, settings)
-        attach_intervals(results, intervals, meta)
+            attach_intervals(results, intervals, meta)
     return results
 
 
-def _write_statistics(path: str | Path, kept: list, scorer: Scorer) -> None:
-    """A statistics file (`eomt_ood.store`, no previews) of a scored submission: per image its statistics,
-    per subset its pooled histograms."""
-    from eomt_ood.store import ImageRecord, StoreWriter
+def _tasks(
+    gt: str | Path,
+    gt_tree: Tree,
+    sub_tree: Tree,
+    samples_tree: Tree | None,
+    subsets: Sequence[str] | None,
+    warn: Callable[[str], None] | None,
+) -> tuple[list[GtImage], list[ImageTask]]:
+    """The GT images to score (of `subsets`, default every subset the GT has) and their tasks, in the order of
+    their input paths: the statistics file lists them so, whatever order the pool finishes them in."""
+    by_subset = match_gt(gt_tree.names, warn)
+    if subsets is None:
+        selected = [s for s in SUBSETS if by_subset[s]]
+        if not selected:
+            raise UserError(f"{gt}: no BRAVO ground-truth images found (expected bravo_<split>/... files)")
+    else:
+        selected = [s for s in SUBSETS if s in set(subsets)]
+        for s in selected:
+            if not by_subset[s]:
+                raise UserError(
+                    f"subset {s}: requested with --subsets but the ground truth {gt} has no images of it"
+                )
+    all_images = [image for s in SUBSETS for image in by_subset[s]]
+    warn_unmatched(unmatched_submission_files(sub_tree.names, all_images), "submission", warn)
+    images = sorted((image for s in selected for image in by_subset[s]), key=_input_path)
+    tasks = [
+        ImageTask(
+            ground_truth_refs(image, gt_tree, samples_tree),
+            _submission_ref(sub_tree, image.pred_name),
+            _submission_ref(sub_tree, image.conf_name),
+        )
+        for image in images
+    ]
+    return images, tasks
 
-    with StoreWriter(path, model="", confidences=[SUBMISSION_SCORE], kind="statistics") as store:
-        for rel, subset, cm, pixels, rows in kept:
-            record = ImageRecord(rel, subset, 0, 0, previews={}, cm=cm, pixels=pixels)
-            record.sparse[SUBMISSION_SCORE] = rows
-            store.add(record)
-        for subset, histograms in scorer.histograms().items():
-            store.add_histograms(SUBMISSION_SCORE, subset, histograms)
+
+def _input_path(image: GtImage) -> str:
+    """An image's BRAVO input path (`bravo_x/.../name.png`), its key in statistics files."""
+    return image.base + IMAGE_SUFFIX[image.split]
+
+
+@contextlib.contextmanager
+def _statistics_path(stats_out: str | Path | None, wanted: bool) -> Iterator[Path | None]:
+    """Where `score_submission` writes its per-image statistics: `stats_out`, else (when `wanted`) a file in a
+    temporary folder that is removed on leaving, else None."""
+    if stats_out is not None or not wanted:
+        yield None if stats_out is None else Path(stats_out)
+        return
+    with tempfile.TemporaryDirectory(prefix="eomt-ood-score-") as folder:
+        yield Path(folder) / "statistics.h5"
+
+
+def _statistics_writer(path: Path | None) -> Any:
+    """A `StoreWriter` of a statistics file (`eomt_ood.store`, no previews) at `path`, or nothing for None."""
+    from eomt_ood.store import StoreWriter
+
+    if path is None:
+        return contextlib.nullcontext()
+    return StoreWriter(path, model="", confidences=[SUBMISSION_SCORE], kind="statistics")
+
+
+def _statistics_record(relpath: str, subset: str, stats: SparseStatistics) -> Any:
+    """One scored image as a store record: its statistics, no previews (the image's size is not known)."""
+    from eomt_ood.store import ImageRecord
+
+    record = ImageRecord(relpath, subset, 0, 0, previews={}, cm=stats.cm, pixels=stats.pixels)
+    record.sparse[SUBMISSION_SCORE] = (stats.levels, stats.counts)
+    return record
 
 
 class _NoTree:
