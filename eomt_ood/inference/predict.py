@@ -50,6 +50,7 @@ from eomt_ood.inference.windows import (
     resize_rows,
     window_starts,
 )
+from eomt_ood.io import FreedMemory
 
 # Output pixels per band when scoring a canvas on the CPU (see `_bands`).
 CPU_BAND_PIXELS = 1 << 16
@@ -468,9 +469,11 @@ def stream_levels(
             yield key, (future.result() if future is not None else None)
 
     inputs = iter(inputs)
+    freed = FreedMemory()  # or the process would grow by each image's freed arrays (see there)
     with ThreadPoolExecutor(1, thread_name_prefix="eomt-ood-levels") as scorer:
         try:
             while True:
+                freed.check()
                 try:
                     entry = next(inputs, None)
                 except Exception as error:

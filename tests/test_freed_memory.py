@@ -1,0 +1,56 @@
+"""`io.FreedMemory`: the C allocator's freed memory goes back to the system once the process has grown by the slack."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eomt_ood import io
+from eomt_ood.io import FreedMemory
+
+
+def test_trims_only_past_the_slack_and_then_from_what_is_left(monkeypatch):
+    resident = iter([100, 150, 160, 171, 120, 170, 185, 130])
+    calls = []
+    monkeypatch.setattr(io, "_resident_bytes", lambda: next(resident))
+    freed = FreedMemory(slack=60)
+    freed._trim = calls.append
+    freed.check()  # 100: the floor
+    freed.check()  # 150
+    freed.check()  # 160: exactly the slack, kept
+    assert calls == []
+    freed.check()  # 171: trimmed; 120 is left, the new floor
+    assert calls == [0] and freed.trims == 1
+    freed.check()  # 170
+    assert freed.trims == 1
+    freed.check()  # 185
+    assert freed.trims == 2
+
+
+def test_does_nothing_without_glibc(monkeypatch):
+    monkeypatch.setattr(io, "_malloc_trim", lambda: None)
+    freed = FreedMemory(slack=0)
+    for _ in range(3):
+        freed.check()
+    assert freed.trims == 0
+
+
+@pytest.mark.skipif(io._malloc_trim() is None or io._resident_bytes() is None, reason="needs glibc and /proc")
+def test_hands_freed_heap_memory_back():
+    """Blocks below malloc's mmap threshold, each followed by a small block that stays: once the big ones are
+    freed the heap cannot shrink from its top, and the process keeps their pages until the trim."""
+    freed = FreedMemory(slack=64 << 20)
+    freed.check()
+    kept, blocks = [], []
+    for _ in range(2000):
+        block = np.empty(100_000, np.uint8)
+        block.fill(1)  # touched: resident
+        blocks.append(block)
+        kept.append(bytearray(4096))
+    del blocks
+    before = io._resident_bytes()
+    freed.check()
+    after = io._resident_bytes()
+    assert freed.trims == 1
+    assert before - after > 100 << 20, (before, after)
+    assert len(kept) == 2000
