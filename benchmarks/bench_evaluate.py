@@ -19,7 +19,9 @@ With ``--commands``, the same is measured as whole `eomt-ood evaluate` processes
 difference divided by N is the per-image cost with start-up cancelled (medians of ``--repeats`` alternating
 pairs); ``fixed_s`` is what remains of the N run (start-up and the once-per-run end: results, intervals, report),
 ``startup_s`` the start-up the N runs recorded (imports of torch and the model code included), and
-``import_floor_s`` what importing torch and timm alone takes. CPU seconds (the process and its workers, all
+``import_floor_s`` what importing torch and timm alone takes; ``peak_rss_mb_n`` and ``peak_rss_mb_2n`` are the
+peak RSS of the N and 2N runs' main process, and ``rss_per_image_mb`` their difference per image (what a run
+holds per image it has done: about 0 when memory stays flat). CPU seconds (the process and its workers, all
 cores) are printed beside wall seconds: ``cpu_beyond_forward_s`` is the work a machine with more cores hides
 behind the forward, and it moves less than wall time when other work shares the machine.
 
@@ -116,17 +118,41 @@ def store_size(path: Path) -> dict:
     return {"store_bytes": path.stat().st_size, "store_run_bytes": per_run}
 
 
+# `python -m eomt_ood.cli` that prints its peak RSS (kB) on stderr as it exits. The process's own VmHWM:
+# getrusage's ru_maxrss is carried over fork and exec on Linux, so a child would report at least this benchmark's
+# RSS.
+_CLI_WITH_PEAK = (
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    with open('/proc/self/status') as status:\n"
+    "        line = next(line for line in status if line.startswith('VmHWM:'))\n"
+    "    print('peak-rss-kb', line.split()[1], file=sys.stderr)\n"
+    "atexit.register(peak)\n"
+    "runpy.run_module('eomt_ood.cli', run_name='__main__', alter_sys=True)\n"
+)
+
+
 def command(
     data: Path, checkpoint: Path, out: Path, scores: str, args: argparse.Namespace
-) -> tuple[float, float]:
-    """Wall seconds of a whole `eomt-ood evaluate` process, and the CPU seconds of it and its workers."""
-    argv = [sys.executable, "-m", "eomt_ood.cli", "evaluate", "--root", str(data / "images"), "--gt"]
+) -> tuple[float, float, float]:
+    """Wall seconds of a whole `eomt-ood evaluate` process, the CPU seconds of it and its workers, and the peak
+    RSS (MB) of its main process."""
+    argv = [sys.executable, "-c", _CLI_WITH_PEAK, "evaluate", "--root", str(data / "images"), "--gt"]
     argv += [str(data / "gt"), "--checkpoint", str(checkpoint), "--out", str(out), "--confidence", scores]
     argv += ["--device", args.device, "--precision", args.precision, "--workers", str(args.workers)]
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run(argv, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    )
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    # A random model leaves some subsets unscored, which `evaluate` reports with exit code 2 after writing
+    # everything; a run that wrote no results is what fails here.
+    if not (out / "results.json").is_file():
+        raise SystemExit(f"evaluate wrote no results ({done.returncode}):\n{done.stderr[-3000:]}")
+    peak_kb = int(
+        next(line for line in done.stderr.splitlines() if line.startswith("peak-rss-kb")).split()[1]
+    )
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), peak_kb / 1024
 
 
 def import_floor() -> float:
@@ -185,8 +211,8 @@ def main() -> None:
                 single = command(tmp / "data", checkpoint, tmp / f"cmd1-{repeat}", args.scores, args)
                 double = command(tmp / "double", checkpoint, tmp / f"cmd2-{repeat}", args.scores, args)
                 pairs.append((single, double))
-            single = tuple(statistics.median(p[0][i] for p in pairs) for i in (0, 1))
-            double = tuple(statistics.median(p[1][i] for p in pairs) for i in (0, 1))
+            single = tuple(statistics.median(p[0][i] for p in pairs) for i in (0, 1, 2))
+            double = tuple(statistics.median(p[1][i] for p in pairs) for i in (0, 1, 2))
         forwards.append(forward_only(model, count, side, args.device, args.micro_batch))
         forward_s = statistics.median(wall for wall, _ in forwards) / count
         forward_cpu_s = statistics.median(cpu for _, cpu in forwards) / count
@@ -234,6 +260,9 @@ def main() -> None:
                     statistics.median(_recorded_startup(tmp / f"cmd1-{r}") for r in range(args.repeats)), 2
                 ),
                 "import_floor_s": round(import_floor(), 2),
+                "peak_rss_mb_n": round(single[2], 1),
+                "peak_rss_mb_2n": round(double[2], 1),
+                "rss_per_image_mb": round((double[2] - single[2]) / count, 2),
             }
     print(json.dumps(report, indent=2))
 
