@@ -21,12 +21,13 @@ pairs); ``fixed_s`` is what remains of the N run (start-up and the once-per-run 
 ``startup_s`` the start-up the N runs recorded (imports of torch and the model code included), and
 ``import_floor_s`` what importing torch and timm alone takes; ``peak_rss_mb_n`` and ``peak_rss_mb_2n`` are the
 peak RSS of the N and 2N runs' main process, and ``rss_per_image_mb`` their difference per image (what a run
-holds per image it has done: about 0 when memory stays flat). CPU seconds (the process and its workers, all
-cores) are printed beside wall seconds: ``cpu_beyond_forward_s`` is the work a machine with more cores hides
+holds per image it has done, up to `eomt_ood.io.FreedMemory`'s slack of 512 MB). With ``--memory``, ``memory``
+gives the peak RSS of the main process of one whole run each on N, 2N and 4N images. CPU seconds (the process
+and its workers, all cores) are printed beside wall seconds: ``cpu_beyond_forward_s`` is the work a machine with more cores hides
 behind the forward, and it moves less than wall time when other work shares the machine.
 
 Run: ``uv run python benchmarks/bench_evaluate.py [--images 9] [--scores msp] [--commands [--repeats 3]]
-[--device cpu]``.
+[--memory] [--device cpu]``.
 """
 
 from __future__ import annotations
@@ -185,6 +186,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     parser.add_argument("--commands", action="store_true", help="also time whole CLI runs on N and 2N images")
     parser.add_argument("--repeats", type=int, default=3, help="N / 2N command pairs; medians are printed")
+    parser.add_argument(
+        "--memory", action="store_true", help="also the peak RSS of whole runs on N, 2N and 4N images"
+    )
     args = parser.parse_args()
     described = machine.describe()  # the load when the run starts
     torch.set_num_threads(args.threads)
@@ -264,7 +268,27 @@ def main() -> None:
                 "peak_rss_mb_2n": round(double[2], 1),
                 "rss_per_image_mb": round((double[2] - single[2]) / count, 2),
             }
+        if args.memory:
+            report["memory"] = memory(tmp, checkpoint, per_subset, args)
     print(json.dumps(report, indent=2))
+
+
+def memory(tmp: Path, checkpoint: Path, per_subset: int, args: argparse.Namespace) -> dict:
+    """Peak RSS of the main process of whole runs on N, 2N and 4N images, one run each: flat memory gives the
+    same peak within `FreedMemory`'s slack (what the process may grow by between two trims)."""
+    from eomt_ood.io import FreedMemory
+
+    peaks = {}
+    for factor in (1, 2, 4):
+        data = tmp / f"memory{factor}"
+        write_demo(
+            data, seed=10 + factor, per_subset=factor * per_subset, size=(args.img_size, 2 * args.img_size)
+        )
+        images = sum(1 for _ in (data / "images").rglob("*.*"))
+        peaks[str(images)] = round(
+            command(data, checkpoint, tmp / f"memory-run{factor}", args.scores, args)[2], 1
+        )
+    return {"peak_rss_mb": peaks, "slack_mb": FreedMemory().slack >> 20}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import multiprocessing
 import os
@@ -423,15 +424,15 @@ class FreedMemory:
             self._floor = _resident_bytes() or resident
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's `malloc_trim`, or None (another C library, another system)."""
     import ctypes
-    import ctypes.util
 
     if not sys.platform.startswith("linux"):
         return None
     try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter itself runs on
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
