@@ -22,7 +22,8 @@ pairs); ``fixed_s`` is what remains of the N run (start-up and the once-per-run 
 ``import_floor_s`` what importing torch and timm alone takes; ``peak_rss_mb_n`` and ``peak_rss_mb_2n`` are the
 peak RSS of the N and 2N runs' main process, and ``rss_per_image_mb`` their difference per image (what a run
 holds per image it has done, up to `eomt_ood.io.FreedMemory`'s slack of 512 MB). With ``--memory``, ``memory``
-gives the peak RSS of the main process of one whole run each on N, 2N and 4N images. CPU seconds (the process
+gives the peak RSS of the main process of one whole run each on N, 2N and 4N images, with torch's default
+threads. CPU seconds (the process
 and its workers, all cores) are printed beside wall seconds: ``cpu_beyond_forward_s`` is the work a machine with more cores hides
 behind the forward, and it moves less than wall time when other work shares the machine.
 
@@ -134,17 +135,19 @@ _CLI_WITH_PEAK = (
 
 
 def command(
-    data: Path, checkpoint: Path, out: Path, scores: str, args: argparse.Namespace
+    data: Path, checkpoint: Path, out: Path, scores: str, args: argparse.Namespace, threads: int | None
 ) -> tuple[float, float, float]:
     """Wall seconds of a whole `eomt-ood evaluate` process, the CPU seconds of it and its workers, and the peak
-    RSS (MB) of its main process."""
+    RSS (MB) of its main process; `threads`: torch's threads in it (None: torch's default)."""
     argv = [sys.executable, "-c", _CLI_WITH_PEAK, "evaluate", "--root", str(data / "images"), "--gt"]
     argv += [str(data / "gt"), "--checkpoint", str(checkpoint), "--out", str(out), "--confidence", scores]
     argv += ["--device", args.device, "--precision", args.precision, "--workers", str(args.workers)]
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    done = subprocess.run(
-        argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    )
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     # A random model leaves some subsets unscored, which `evaluate` reports with exit code 2 after writing
     # everything; a run that wrote no results is what fails here.
@@ -212,8 +215,12 @@ def main() -> None:
             write_demo(tmp / "double", seed=1, per_subset=2 * per_subset, size=(side, 2 * side))
             pairs = []  # (N run, 2N run), alternating, each into a fresh folder
             for repeat in range(args.repeats):
-                single = command(tmp / "data", checkpoint, tmp / f"cmd1-{repeat}", args.scores, args)
-                double = command(tmp / "double", checkpoint, tmp / f"cmd2-{repeat}", args.scores, args)
+                single = command(
+                    tmp / "data", checkpoint, tmp / f"cmd1-{repeat}", args.scores, args, args.threads
+                )
+                double = command(
+                    tmp / "double", checkpoint, tmp / f"cmd2-{repeat}", args.scores, args, args.threads
+                )
                 pairs.append((single, double))
             single = tuple(statistics.median(p[0][i] for p in pairs) for i in (0, 1, 2))
             double = tuple(statistics.median(p[1][i] for p in pairs) for i in (0, 1, 2))
@@ -274,8 +281,9 @@ def main() -> None:
 
 
 def memory(tmp: Path, checkpoint: Path, per_subset: int, args: argparse.Namespace) -> dict:
-    """Peak RSS of the main process of whole runs on N, 2N and 4N images, one run each: flat memory gives the
-    same peak within `FreedMemory`'s slack (what the process may grow by between two trims)."""
+    """Peak RSS of the main process of whole runs on N, 2N and 4N images, one run each, with torch's default
+    threads (as users run it; with one thread the allocator's heaps grow less): flat memory gives the same
+    peak within `FreedMemory`'s slack (what the process may grow by between two trims)."""
     from eomt_ood.io import FreedMemory
 
     peaks = {}
@@ -286,7 +294,7 @@ def memory(tmp: Path, checkpoint: Path, per_subset: int, args: argparse.Namespac
         )
         images = sum(1 for _ in (data / "images").rglob("*.*"))
         peaks[str(images)] = round(
-            command(data, checkpoint, tmp / f"memory-run{factor}", args.scores, args)[2], 1
+            command(data, checkpoint, tmp / f"memory-run{factor}", args.scores, args, None)[2], 1
         )
     return {"peak_rss_mb": peaks, "slack_mb": FreedMemory().slack >> 20}
 
