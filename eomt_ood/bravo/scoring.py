@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -696,8 +696,7 @@ def score_submission(
     scorer = Scorer()
     # The per-image statistics (for the intervals, or --stats) go to a statistics file as images finish, so
     # memory does not grow with the images; without --stats the file is a temporary one.
-    keep = settings.enabled or stats_out is not None
-    with _statistics_path(stats_out, keep) as stats_path:
+    with _statistics_path(stats_out, settings.enabled) as stats_path:
         # Workers are forked before the trees are opened: they need nothing of the parent but the task.
         with (
             ProcessMap(workers if workers > 1 else 0) as pool,
@@ -733,10 +732,11 @@ def score_submission(
             from eomt_ood.bravo.rundir import attach_intervals
 
             assert stats_path is not None
-            stats = ScoreStatistics.from_store(stats_path, SUBMISSION_SCORE)
             # named after the submission in messages, not after the temporary file
-            source = f"{submission} ({SUBMISSION_SCORE})"
-            stats = ScoreStatistics(source, stats.keys, stats.loader, SUBMISSION_SCORE)
+            stats = replace(
+                ScoreStatistics.from_store(stats_path, SUBMISSION_SCORE),
+                source=f"{submission} ({SUBMISSION_SCORE})",
+            )
             intervals, meta = block_intervals(
                 {SUBMISSION_SCORE: stats}, {SUBMISSION_SCORE: metrics}, settings
             )
@@ -786,10 +786,10 @@ def _input_path(image: GtImage) -> str:
 
 
 @contextlib.contextmanager
-def _statistics_path(stats_out: str | Path | None, wanted: bool) -> Iterator[Path | None]:
-    """Where `score_submission` writes its per-image statistics: `stats_out`, else (when `wanted`) a file in a
-    temporary folder that is removed on leaving, else None."""
-    if stats_out is not None or not wanted:
+def _statistics_path(stats_out: str | Path | None, temporary: bool) -> Iterator[Path | None]:
+    """Where `score_submission` writes its per-image statistics: `stats_out`, else (when the intervals need them,
+    `temporary`) a file in a temporary folder that is removed on leaving, else None."""
+    if stats_out is not None or not temporary:
         yield None if stats_out is None else Path(stats_out)
         return
     with tempfile.TemporaryDirectory(prefix="eomt-ood-score-") as folder:
