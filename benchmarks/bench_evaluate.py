@@ -23,9 +23,9 @@ pairs); ``fixed_s`` is what remains of the N run (start-up and the once-per-run 
 peak RSS of the N and 2N runs' main process, and ``rss_per_image_mb`` their difference per image (what a run
 holds per image it has done, up to `eomt_ood.io.FreedMemory`'s slack of 512 MB). With ``--memory``, ``memory``
 gives the peak RSS of the main process of one whole run each on N, 2N and 4N images, with torch's default
-threads. CPU seconds (the process
-and its workers, all cores) are printed beside wall seconds: ``cpu_beyond_forward_s`` is the work a machine with more cores hides
-behind the forward, and it moves less than wall time when other work shares the machine.
+threads. CPU seconds (the process and its workers, all cores) are printed beside wall seconds:
+``cpu_beyond_forward_s`` is the work a machine with more cores hides behind the forward, and it moves less than
+wall time when other work shares the machine.
 
 Run: ``uv run python benchmarks/bench_evaluate.py [--images 9] [--scores msp] [--commands [--repeats 3]]
 [--memory] [--device cpu]``.
@@ -120,17 +120,10 @@ def store_size(path: Path) -> dict:
     return {"store_bytes": path.stat().st_size, "store_run_bytes": per_run}
 
 
-# `python -m eomt_ood.cli` that prints its peak RSS (kB) on stderr as it exits. The process's own VmHWM:
-# getrusage's ru_maxrss is carried over fork and exec on Linux, so a child would report at least this benchmark's
-# RSS.
+# `python -m eomt_ood.cli`, printing its own peak RSS as it exits.
 _CLI_WITH_PEAK = (
-    "import atexit, runpy, sys\n"
-    "def peak():\n"
-    "    with open('/proc/self/status') as status:\n"
-    "        line = next(line for line in status if line.startswith('VmHWM:'))\n"
-    "    print('peak-rss-kb', line.split()[1], file=sys.stderr)\n"
-    "atexit.register(peak)\n"
-    "runpy.run_module('eomt_ood.cli', run_name='__main__', alter_sys=True)\n"
+    machine.PEAK_RSS_AT_EXIT
+    + "import runpy\nrunpy.run_module('eomt_ood.cli', run_name='__main__', alter_sys=True)\n"
 )
 
 
@@ -153,10 +146,8 @@ def command(
     # everything; a run that wrote no results is what fails here.
     if not (out / "results.json").is_file():
         raise SystemExit(f"evaluate wrote no results ({done.returncode}):\n{done.stderr[-3000:]}")
-    peak_kb = int(
-        next(line for line in done.stderr.splitlines() if line.startswith("peak-rss-kb")).split()[1]
-    )
-    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), peak_kb / 1024
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cpu, machine.peak_rss_mb(done.stderr)
 
 
 def import_floor() -> float:

@@ -288,23 +288,17 @@ def speed(root: Path, count: int, repeats: int) -> dict[str, object]:
 
 def child_peak_rss_mb(root: Path, intervals: bool) -> float:
     """Peak RSS (MB) of a fresh process scoring the tree at `root` inline (workers=1), with the default
-    bootstrap intervals or none.
-
-    Read from the child's own VmHWM: `getrusage(RUSAGE_SELF).ru_maxrss` would be no use here, as Linux carries
-    it over fork and exec, so a child reports at least the RSS its parent (this benchmark) had when it started.
-    """
-    code = (
+    bootstrap intervals or none (`machine.PEAK_RSS_AT_EXIT`)."""
+    code = machine.PEAK_RSS_AT_EXIT + (
         "import sys\n"
         "from eomt_ood.bravo.intervals import Settings\n"
         "from eomt_ood.bravo.scoring import score_submission\n"
         "bootstrap = Settings() if sys.argv[2] == 'on' else Settings(0)\n"
         "score_submission(sys.argv[1] + '/gt', sys.argv[1] + '/sub', workers=1, progress=False, warn=None,\n"
         "                 bootstrap=bootstrap)\n"
-        "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1])\n"
     )
     argv = [sys.executable, "-c", code, str(root), "on" if intervals else "off"]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024.0  # VmHWM is in kB
+    return machine.peak_rss_mb(subprocess.run(argv, capture_output=True, text=True, check=True).stderr)
 
 
 def main() -> None:

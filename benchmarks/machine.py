@@ -23,3 +23,22 @@ def describe() -> dict[str, object]:
     """{"cpus", "cpu_model", "load_average"}: the 1-minute load when the benchmark started (None off Unix)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "load_average": load}
+
+
+PEAK_RSS_AT_EXIT = (
+    "import atexit as _atexit, sys as _sys\n"
+    "def _peak_rss():\n"
+    "    with open('/proc/self/status') as status:\n"
+    "        line = next(line for line in status if line.startswith('VmHWM:'))\n"
+    "    print('peak-rss-kb', line.split()[1], file=_sys.stderr)\n"
+    "_atexit.register(_peak_rss)\n"
+)
+"""Python source to put first in a child's `-c` code: at exit the child prints its own peak RSS (Linux VmHWM, kB)
+on stderr, which `peak_rss_mb` reads. Not `getrusage(...).ru_maxrss`: Linux carries that over fork and exec, so a
+child would report at least the RSS its parent (the benchmark) had when it started it."""
+
+
+def peak_rss_mb(stderr: str) -> float:
+    """The peak RSS (MB) a child started with `PEAK_RSS_AT_EXIT` printed on `stderr`."""
+    line = next(line for line in stderr.splitlines() if line.startswith("peak-rss-kb"))
+    return int(line.split()[1]) / 1024
