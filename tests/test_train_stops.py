@@ -63,15 +63,23 @@ def _python_defaults():
 
 
 def _fork(child) -> int:
-    """Fork; the child runs `child()` and exits 0 (3 on an exception). Returns the child's wait status."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            child()
-        except BaseException:
-            os._exit(3)
-        os._exit(0)
-    return os.waitpid(pid, 0)[1]
+    """Fork; the child runs `child()` and exits 0 (3 on an exception). Returns the child's wait status.
+
+    SIGCHLD is at its default until the child is reaped: a handler an earlier test left in this process (torch's
+    DataLoader installs one that raises for its own workers found dead, e.g. those a test killed) is no business
+    of this child's exit."""
+    before = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                child()
+            except BaseException:
+                os._exit(3)
+            os._exit(0)
+        return os.waitpid(pid, 0)[1]
+    finally:
+        signal.signal(signal.SIGCHLD, before)
 
 
 def test_worker_leaves_ctrl_c_to_the_main_process_and_dies_of_sigterm():
