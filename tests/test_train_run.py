@@ -178,8 +178,14 @@ def test_a_data_worker_killed_midway_is_one_line(tmp_path):
 
     root = write_scenes(tmp_path / "data", 4)
     sets = ["trainer.max_steps=30", "trainer.val_every_n_epochs=0", "data.num_workers=1", "data.batch_size=1"]
-    with pytest.raises(LostProcess) as caught:
-        train(synthetic_config(root, *sets), out_dir=tmp_path / "run", callbacks=[KillWorkers()])
+    try:
+        with pytest.raises(LostProcess) as caught:
+            train(synthetic_config(root, *sets), out_dir=tmp_path / "run", callbacks=[KillWorkers()])
+    finally:
+        # torch's SIGCHLD handler stays installed in this process, still holding the killed worker's pid: it
+        # would raise that worker's death again inside whatever later test's child ends (a `train` command
+        # ends with its process). Back to the default, which torch does not install twice.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     message = str(caught.value)
     assert message.startswith("a data-loading worker ended without a word (DataLoader worker (pid")
     assert message.endswith("out of memory? fewer data.num_workers use less") and "\n" not in message
