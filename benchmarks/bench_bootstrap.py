@@ -13,10 +13,13 @@ Prints one JSON object:
   image's distinct-level counts; its non-empty levels and bytes per image (written as a statistics file, the
   format `evaluate` stores and `compare` / `regress` read).
 - ``bootstrap_b1000``: seconds for B = 1000 with the default level bins (``target_s``: 30), each run in a fresh
-  child process: ``in_memory`` (every subset decoded from the file before the timing, ``load_s``, as
-  `evaluate` and `score` hold them; default BLAS threads, and ``..._blas_1_thread``) and ``from_file`` (what
-  `compare` and `regress` do: `ScoreStatistics.from_store` + `run_replicates`, one subset read at a time and
-  the point values checked against the official ones, all inside the timing), with each child's peak RSS.
+  child process: ``in_memory`` (every subset decoded from the file before the timing, ``load_s``: the
+  replicates alone; default BLAS threads, and ``..._blas_1_thread``), ``from_file``
+  (`ScoreStatistics.from_store` + `run_replicates` one subset after another, each read from the file, the
+  point values checked against the official ones, all inside the timing) and ``from_file_workers`` (the same
+  with the subsets side by side in a pool of min(CPUs, 8) worker processes, each reading its own subset: how
+  `evaluate`, `score`, `compare` and `regress` run it), with each child's peak RSS (and the largest worker's,
+  ``worker_peak_rss_mb``).
   The machine's load average is printed too: the cores are shared.
 - ``bounds_moved``: on a smaller set of the same generator (``--fraction`` of each subset, distinct images),
   for each ``--bins`` value, the largest |coarse bound - lossless bound| over every key and both bounds
@@ -48,6 +51,7 @@ from scipy import special
 
 from eomt_ood.bravo import intervals as iv
 from eomt_ood.bravo.layout import OOD_SUBSETS, SEMANTIC_SUBSETS
+from eomt_ood.io import ProcessMap, default_workers
 from eomt_ood.metrics import bootstrap as bs
 from eomt_ood.metrics.image_stats import COLUMNS, ImageSetStatistics, sparse_levels
 from eomt_ood.store import ImageRecord, StoreWriter
@@ -210,15 +214,20 @@ def child(path: str, mode: str) -> None:
         loaded = {subset: stats.subset(subset) for subset in stats.keys}
         stats = iv.ScoreStatistics(stats.source, stats.keys, loaded.__getitem__, "msp")
     load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    reps = iv.run_replicates(stats, block, settings)
-    iv.interval_table(reps, settings.level)
-    seconds = time.perf_counter() - t0
-    print(
-        json.dumps(
-            {"seconds": round(seconds, 2), "load_s": round(load, 2), "peak_rss_mb": round(_peak_rss_mb())}
+    workers = default_workers(8) if mode == "from_file_workers" else 0
+    with ProcessMap(workers) as pool:  # forked here, before the timing (as a command's pool is)
+        t0 = time.perf_counter()
+        reps = iv.run_replicates(stats, block, settings, map_fn=pool.map)
+        iv.interval_table(reps, settings.level)
+        seconds = time.perf_counter() - t0
+    out = {"seconds": round(seconds, 2), "load_s": round(load, 2), "peak_rss_mb": round(_peak_rss_mb())}
+    if workers:
+        # Each worker's peak (forked from this process while it was small, so ru_maxrss is the worker's own).
+        out.update(
+            workers=workers,
+            worker_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         )
-    )
+    print(json.dumps(out))
 
 
 def _peak_rss_mb() -> float:
@@ -330,6 +339,7 @@ def main() -> None:
             "in_memory": run_child(path, "in_memory"),
             "in_memory_blas_1_thread": run_child(path, "in_memory", threads="1"),
             "from_file": run_child(path, "from_file"),
+            "from_file_workers": run_child(path, "from_file_workers"),
         }
     small = {k: max(12, round(n * args.fraction)) for k, n in BRAVO_IMAGES.items()}
     report["bounds_moved"] = bounds_moved(synthetic_set(small, args.seed + 1), args.bins)

@@ -770,7 +770,9 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
             ranks=ranks.world,
         )
         extra = {"token_merging": _token_merging_record(model, config)}
-        return _write_results(run, config, _model_record(model, config), totals, timing, extra)
+        record = _model_record(model, config)
+        # The workers are idle by now: they run the intervals' subsets side by side.
+        return _write_results(run, config, record, totals, timing, extra, pool.map)
 
 
 def progress_bar(total: int, disable: bool = False) -> Any:
@@ -850,12 +852,13 @@ def _write_results(
     totals: _Totals,
     timing: dict,
     extra: dict | None = None,
+    map_fn: Any = map,
 ) -> dict[str, Any]:
     results = _results(config, totals, model)
     results["meta"]["inference"] = timing
     results["meta"].update(extra or {"token_merging": _token_merging_record(None, config)})
     if config.gt is not None and _settings(config).enabled:
-        _add_intervals(results, config, run)
+        _add_intervals(results, config, run, map_fn)
     write_results(results, run.results_file)
     _write_report(run, results)
     return results
@@ -892,17 +895,18 @@ def _settings(config: EvaluateConfig) -> Any:
     return Settings(config.bootstrap, config.bootstrap_seed, config.confidence_level)
 
 
-def _add_intervals(results: dict[str, Any], config: EvaluateConfig, run: RunDir) -> None:
+def _add_intervals(results: dict[str, Any], config: EvaluateConfig, run: RunDir, map_fn: Any = map) -> None:
     """Bootstrap intervals of every score block under `meta` (`meta.intervals`, `meta.bootstrap`), from the
-    per-image statistics of the store just written, read one subset at a time: what the run holds in memory
-    does not grow with its images."""
+    per-image statistics of the store just written, read one subset at a time where `map_fn` runs it (the
+    subsets of every score, e.g. side by side in the run's workers): what the run holds in memory does not grow
+    with its images."""
     from eomt_ood.bravo.intervals import ScoreStatistics, block_intervals
     from eomt_ood.bravo.rundir import attach_intervals, metric_blocks
 
     blocks = metric_blocks(results)
     named = dict(zip(config.confidences, blocks.values(), strict=True)) if len(blocks) == 1 else blocks
     stats = {score: ScoreStatistics.from_store(run.store_file, score) for score in named}
-    intervals, meta = block_intervals(stats, named, _settings(config))
+    intervals, meta = block_intervals(stats, named, _settings(config), map_fn)
     attach_intervals(results, intervals, meta)
 
 

@@ -347,6 +347,7 @@ def _test_drops(
     from dataclasses import replace
 
     from eomt_ood.bravo import intervals as iv
+    from eomt_ood.io import ProcessMap, default_workers
 
     settings = replace(bootstrap or iv.Settings(), level=level).check()
     if not settings.enabled:
@@ -354,23 +355,24 @@ def _test_drops(
     base_blocks = {k: v for k, v in metric_blocks(selected[0], "baseline").items()}
     curr_blocks = {k: v for k, v in metric_blocks(selected[1], "results").items()}
     differences: dict[str, Any] = {}
-    for block in (b for b in base_blocks if b in curr_blocks):
-        stats = []
-        reps = []
-        for results, path, blocks, what in zip(
-            files, paths, (base_blocks, curr_blocks), ("baseline", "results"), strict=True
-        ):
-            score_stats = iv.ScoreStatistics.from_store(path, _store_score(results, block, confidence))
-            stats.append(score_stats)
-            reps.append(iv.run_replicates(score_stats, blocks[block], settings, where=what))
-        shared = [
-            s for s in iv.scored_subsets(base_blocks[block]) if s in iv.scored_subsets(curr_blocks[block])
-        ]
-        reason = iv.same_images(stats[0], stats[1], shared)
-        if reason is not None:
-            raise UserError(f"--significance: cannot pair the baseline with the results: {reason}")
-        for key, diff in iv.paired_differences(reps[1], reps[0], level).items():
-            differences[f"{block}/{key}" if block != FLAT else key] = diff
+    with ProcessMap(default_workers()) as pool:  # each run's subsets side by side
+        for block in (b for b in base_blocks if b in curr_blocks):
+            stats = []
+            reps = []
+            for results, path, blocks, what in zip(
+                files, paths, (base_blocks, curr_blocks), ("baseline", "results"), strict=True
+            ):
+                score_stats = iv.ScoreStatistics.from_store(path, _store_score(results, block, confidence))
+                stats.append(score_stats)
+                reps.append(iv.run_replicates(score_stats, blocks[block], settings, what, pool.map))
+            shared = [
+                s for s in iv.scored_subsets(base_blocks[block]) if s in iv.scored_subsets(curr_blocks[block])
+            ]
+            reason = iv.same_images(stats[0], stats[1], shared)
+            if reason is not None:
+                raise UserError(f"--significance: cannot pair the baseline with the results: {reason}")
+            for key, diff in iv.paired_differences(reps[1], reps[0], level).items():
+                differences[f"{block}/{key}" if block != FLAT else key] = diff
     out = []
     for row in rows:
         diff = differences.get(row.name)

@@ -219,6 +219,45 @@ def test_evaluate_intervals_equal_a_bootstrap_of_its_store_and_of_score(finished
     assert "bootstrap intervals over images" in report and '"error_y"' in report
 
 
+def test_intervals_from_worker_processes_equal_those_computed_here(finished_run, tmp_path):
+    """`block_intervals` through a process pool (the subsets of both scores in one stream, each worker reading
+    its subset from the store) gives the same intervals, replicate for replicate; a damaged store read in a
+    worker is the same one-line `UserError` as read here."""
+    import shutil
+
+    from eomt_ood.bravo.intervals import ScoreStatistics, block_intervals, run_replicates
+    from eomt_ood.io import ProcessMap
+
+    results = load_results(finished_run / "results.json")
+    blocks = metric_blocks(results)
+    store = finished_run / "predictions.h5"
+    stats = {score: ScoreStatistics.from_store(store, score) for score in blocks}
+    settings = Settings(B, seed=3)
+    here, _ = block_intervals(stats, blocks, settings)
+    with ProcessMap(2) as pool:
+        pooled, meta = block_intervals(stats, blocks, settings, pool.map)
+        assert pooled == here and list(pooled) == list(blocks) == ["msp", "rba"]
+        assert here["msp"] != here["rba"]  # a mix-up of the scores' results would show
+        for score, block in blocks.items():
+            a = run_replicates(stats[score], block, settings)
+            b = run_replicates(stats[score], block, settings, map_fn=pool.map)
+            assert list(a.values) == list(b.values) and a.point == b.point and a.bins == b.bins
+            for key in a.values:
+                np.testing.assert_array_equal(a.values[key], b.values[key])
+            for subset in a.draws:
+                np.testing.assert_array_equal(a.draws[subset], b.draws[subset])
+        assert meta["replicates"] == B and meta["seed"] == 3
+
+        damaged = tmp_path / "damaged.h5"
+        shutil.copy(store, damaged)
+        with h5py.File(damaged, "r+") as f:
+            offsets = f["image_stats/msp/offsets"]
+            offsets[1] = offsets[-1] + 1  # no longer increasing
+        broken = {"msp": ScoreStatistics.from_store(damaged, "msp")}
+        with pytest.raises(UserError, match="damaged.h5: image_stats/msp/offsets do not match"):
+            block_intervals(broken, {"msp": blocks["msp"]}, settings, pool.map)
+
+
 # ------------------------------------------------------------------------------------------------ compare
 
 

@@ -7,7 +7,9 @@ The glue between the per-image statistics of a run (in its prediction store or s
   `ImageSetStatistics`, read from a prediction store or statistics file (`ScoreStatistics.from_store`).
 - `run_replicates`: the replicates of every official key of a results block, over the subsets the block
   scored; the point values are checked against the block, so statistics that belong to another run are a
-  `UserError`, never a silently wrong interval.
+  `UserError`, never a silently wrong interval. Each subset is one `bootstrap.SubsetJob` that reads its own
+  statistics where it runs, so the subsets (of every score, `block_intervals`) can run side by side in a
+  process pool.
 - `same_images` / `paired_differences`: two runs over the same images, resampled with the same draws.
 
 Images of a subset enter the bootstrap in one canonical order, sorted by their image key (the raw
@@ -19,8 +21,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,10 @@ COVERS = (
 )
 # A point value recomputed from per-image statistics equals the official one up to the order of float sums.
 _POINT_TOLERANCE = 1e-9
+
+MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
+"""Something that maps a function over items and yields the results in order: `map`, or a process pool's
+`map` (`eomt_ood.io.ProcessMap`)."""
 
 
 def image_key(relpath: str) -> str:
@@ -122,31 +129,25 @@ class ScoreStatistics:
                 if reader.has_ground_truth(index):
                     found.setdefault(subset, []).append((image_key(relpath), index))
         order = {s: sorted(found[s]) for s in SUBSETS if s in found}
-
-        def load(subset: str) -> ImageSetStatistics:
-            with StoreReader(path) as reader:
-                return reader.image_statistics(score, [i for _, i in order[subset]])
-
+        loader = _StoreSubsets(str(path), score, {s: [i for _, i in rows] for s, rows in order.items()})
         keys = {s: [k for k, _ in rows] for s, rows in order.items()}
-        return cls(f"{path} ({score})", keys, load, score)
+        return cls(f"{path} ({score})", keys, loader, score)
 
 
-class _Subsets(Mapping):
-    """{subset: ImageSetStatistics} loaded on access, for `bootstrap` (which reads each subset once)."""
+@dataclass(frozen=True)
+class _StoreSubsets:
+    """The loader of `ScoreStatistics.from_store`: a subset's statistics, read from the file when called.
+    A plain record, so that a worker process can be handed it (`subset_jobs`) and read the subset itself."""
 
-    def __init__(self, stats: ScoreStatistics, names: Sequence[str]):
-        self.stats, self.names = stats, list(names)
+    path: str
+    score: str
+    indices: dict[str, list[int]]  # {subset: store indices in key order}
 
-    def __getitem__(self, name: str) -> ImageSetStatistics:
-        if name not in self.names:
-            raise KeyError(name)
-        return self.stats.subset(name)
+    def __call__(self, subset: str) -> ImageSetStatistics:
+        from eomt_ood.store import StoreReader
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
+        with StoreReader(self.path) as reader:
+            return reader.image_statistics(self.score, self.indices[subset])
 
 
 # ------------------------------------------------------------------------------------------------ replicates
@@ -158,25 +159,36 @@ def scored_subsets(block: Mapping[str, Any]) -> list[str]:
 
 
 def run_replicates(
-    stats: ScoreStatistics, block: Mapping[str, Any], settings: Settings, where: str = "results"
+    stats: ScoreStatistics,
+    block: Mapping[str, Any],
+    settings: Settings,
+    where: str = "results",
+    map_fn: MapFn = map,
 ) -> bs.Replicates:
     """Replicates of every scalar key of `block` (one score's official keys), over the subsets it scored.
 
     The replicates' point values (recomputed from the per-image statistics) must equal the block's official
-    values: else the statistics belong to another run, which is a `UserError` naming both sources.
+    values: else the statistics belong to another run, which is a `UserError` naming both sources. map_fn:
+    what runs the subsets (`bs.subset_replicates` over their jobs, results in order), e.g. a process pool's
+    `map`; default here, one after another.
     """
-    return _replicates(stats, block, settings.replicates, settings.seed, where)
+    jobs = subset_jobs(stats, block, settings.replicates, settings.seed, where)
+    parts = list(map_fn(bs.subset_replicates, jobs))
+    return checked_replicates(stats, block, jobs, parts, settings.seed, where)
 
 
 def check_statistics(stats: ScoreStatistics, block: Mapping[str, Any], where: str = "results") -> None:
     """A `UserError` unless the per-image statistics reproduce the official values of `block` (one cheap
     replicate: the point values are what is checked)."""
-    _replicates(stats, block, 1, DEFAULT_SEED, where)
+    jobs = subset_jobs(stats, block, 1, DEFAULT_SEED, where)
+    checked_replicates(stats, block, jobs, [bs.subset_replicates(job) for job in jobs], DEFAULT_SEED, where)
 
 
-def _replicates(
-    stats: ScoreStatistics, block: Mapping[str, Any], replicates: int, seed: int, where: str
-) -> bs.Replicates:
+def subset_jobs(
+    stats: ScoreStatistics, block: Mapping[str, Any], replicates: int, seed: int, where: str = "results"
+) -> list[bs.SubsetJob]:
+    """One `bs.SubsetJob` per subset that `block` scored (official order), each loading its subset from
+    `stats` where it runs; a `UserError` if `stats` lack one of them."""
     subsets = scored_subsets(block)
     if not subsets:
         raise UserError(f"{where}: no per-subset metrics to resample")
@@ -186,7 +198,29 @@ def _replicates(
             f"{stats.source}: no per-image statistics of subset {lacking[0]}, which {where} scored; "
             "they belong to another run"
         )
-    reps = bs.bootstrap(_Subsets(stats, subsets), SEMANTIC_SUBSETS, OOD_SUBSETS, replicates, seed)
+    return [
+        bs.SubsetJob(
+            name,
+            partial(stats.loader, name),
+            bs.draw_counts(len(stats.keys[name]), replicates, seed, stream=name),
+            name in SEMANTIC_SUBSETS,
+            name in OOD_SUBSETS,
+        )
+        for name in subsets
+    ]
+
+
+def checked_replicates(
+    stats: ScoreStatistics,
+    block: Mapping[str, Any],
+    jobs: Sequence[bs.SubsetJob],
+    parts: Sequence[bs.SubsetReplicates],
+    seed: int,
+    where: str = "results",
+) -> bs.Replicates:
+    """The `Replicates` of `subset_jobs` (drawn with `seed`) from their results, checked: every point value
+    must equal the block's."""
+    reps = bs.combine(parts, {job.name: job.counts for job in jobs}, jobs[0].counts.shape[0], seed)
     for key, value in reps.point.items():
         official = block.get(key)
         if not isinstance(official, int | float) or not _same(value, float(official)):
@@ -209,20 +243,30 @@ def interval_table(reps: bs.Replicates, level: float) -> dict[str, list[float]]:
 
 
 def block_intervals(
-    stats: Mapping[str, ScoreStatistics], blocks: Mapping[str, Mapping[str, Any]], settings: Settings
+    stats: Mapping[str, ScoreStatistics],
+    blocks: Mapping[str, Mapping[str, Any]],
+    settings: Settings,
+    map_fn: MapFn = map,
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, Any]]:
     """Intervals of every results block ({score: official keys}) from its score's statistics.
 
     Returns ({score: {key: [low, high]}}, the `meta.bootstrap` block: method, settings, seconds, and the
-    degenerate replicates per score). Blocks without metrics (no ground truth) are left out.
+    degenerate replicates per score). Blocks without metrics (no ground truth) are left out. map_fn: as in
+    `run_replicates`; the subsets of every score go through it in one stream, so a pool keeps busy across
+    scores.
     """
     start = time.perf_counter()
+    jobs = {
+        score: subset_jobs(stats[score], block, settings.replicates, settings.seed)
+        for score, block in blocks.items()
+        if scored_subsets(block)
+    }
+    parts = iter(map_fn(bs.subset_replicates, [job for score_jobs in jobs.values() for job in score_jobs]))
     intervals: dict[str, dict[str, list[float]]] = {}
     degenerate: dict[str, dict[str, int]] = {}
-    for score, block in blocks.items():
-        if not scored_subsets(block):
-            continue
-        reps = run_replicates(stats[score], block, settings)
+    for score, score_jobs in jobs.items():
+        mine = [next(parts) for _ in score_jobs]
+        reps = checked_replicates(stats[score], blocks[score], score_jobs, mine, settings.seed)
         intervals[score] = interval_table(reps, settings.level)
         degenerate[score] = {k: v for k, v in reps.degenerate().items() if v}
     meta = {

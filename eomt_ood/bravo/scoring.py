@@ -724,23 +724,24 @@ def score_submission(
                     for name, histograms in scorer.histograms().items():
                         store.add_histograms(SUBMISSION_SCORE, name, histograms)
 
-        results: dict[str, object] = dict(metrics)
-        results["meta"] = scoring_meta(gt, submission, samples, scorer)
-        results["meta"]["statistics"] = str(stats_out) if stats_out is not None else None
-        if settings.enabled:
-            from eomt_ood.bravo.intervals import ScoreStatistics, block_intervals
-            from eomt_ood.bravo.rundir import attach_intervals
+            results: dict[str, object] = dict(metrics)
+            results["meta"] = scoring_meta(gt, submission, samples, scorer)
+            results["meta"]["statistics"] = str(stats_out) if stats_out is not None else None
+            if settings.enabled:
+                from eomt_ood.bravo.intervals import ScoreStatistics, block_intervals
+                from eomt_ood.bravo.rundir import attach_intervals
 
-            assert stats_path is not None
-            # named after the submission in messages, not after the temporary file
-            stats = replace(
-                ScoreStatistics.from_store(stats_path, SUBMISSION_SCORE),
-                source=f"{submission} ({SUBMISSION_SCORE})",
-            )
-            intervals, meta = block_intervals(
-                {SUBMISSION_SCORE: stats}, {SUBMISSION_SCORE: metrics}, settings
-            )
-            attach_intervals(results, intervals, meta)
+                assert stats_path is not None
+                # named after the submission in messages, not after the temporary file
+                stats = replace(
+                    ScoreStatistics.from_store(stats_path, SUBMISSION_SCORE),
+                    source=f"{submission} ({SUBMISSION_SCORE})",
+                )
+                # the subsets side by side in the workers, each reading its own from the file
+                intervals, meta = block_intervals(
+                    {SUBMISSION_SCORE: stats}, {SUBMISSION_SCORE: metrics}, settings, pool.map
+                )
+                attach_intervals(results, intervals, meta)
     return results
 
 

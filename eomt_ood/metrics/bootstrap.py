@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -524,6 +524,45 @@ class Replicates:
         return {key: int(np.isnan(v).sum()) for key, v in self.values.items()}
 
 
+@dataclass(frozen=True, eq=False)  # (arrays: no field-wise ==)
+class SubsetJob:
+    """One subset's share of a bootstrap, self-contained so that a worker process can run it
+    (`subset_replicates`): its name, a zero-argument `load` of its `ImageSetStatistics` (called where the job
+    runs: one that reads a file pickles small), the (B, n) image counts of its draws, whether it gets the
+    semantic / OOD keys, and the level binning (`bootstrap`'s max_bins and shift)."""
+
+    name: str
+    load: Callable[[], ImageSetStatistics]
+    counts: np.ndarray
+    semantic: bool
+    ood: bool
+    max_bins: int | None = DEFAULT_MAX_BINS
+    shift: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class SubsetReplicates:
+    """What a `SubsetJob` gives: the point value and (B,) replicates of each of its keys (named without the
+    subset), its level bins and whether they are lossless."""
+
+    name: str
+    point: dict[str, float]
+    values: dict[str, np.ndarray]
+    bins: int
+    lossless: bool
+
+
+def subset_replicates(job: SubsetJob) -> SubsetReplicates:
+    """Run one `SubsetJob` (module-level, so a process pool can run it)."""
+    stats = job.load()
+    if stats.n_images != job.counts.shape[1]:
+        raise ValueError(f"{job.name}: {stats.n_images} images, but draws for {job.counts.shape[1]}")
+    point, values, bins, lossless = _subset_replicates(
+        stats, job.counts, job.semantic, job.ood, job.max_bins, job.shift
+    )
+    return SubsetReplicates(job.name, point, values, bins, lossless)
+
+
 def bootstrap(
     subsets: Mapping[str, ImageSetStatistics],
     semantic: Collection[str],
@@ -534,7 +573,7 @@ def bootstrap(
     max_bins: int | None = DEFAULT_MAX_BINS,
     shift: bool = True,
 ) -> Replicates:
-    """Replicates of every per-subset metric and every summary.
+    """Replicates of every per-subset metric and every summary, computed here, one subset after another.
 
     subsets: {subset name: its per-image statistics}, in the official subset order (it fixes the key order);
     each value is read once, in order, so a lazy mapping (one subset decoded from HDF5 at a time) keeps memory
@@ -542,18 +581,13 @@ def bootstrap(
     SMIYC / SMIYC and synobjs). draws: {subset: (B, n) counts} to reuse (a paired run, a test); default
     `draw_counts(n, replicates, seed, stream=subset)` per subset. max_bins: level bins of the curve sweeps
     (None = always lossless; see the module docstring). shift: correct coarse AUROC / AUPRC replicates by the
-    coarsening bias at the point value (off only to measure what it buys). The summaries follow the official
-    rules per replicate: keys with `_ece_` or `_fpr95_` enter as 1 - x; harmonic means are NaN if any value is
-    NaN and 0 if any is 0.
+    coarsening bias at the point value (off only to measure what it buys). The summaries: `combine`. To run
+    the subsets in parallel, map `subset_replicates` over `SubsetJob`s and `combine` the results.
     """
     if draws is not None and len({np.shape(d)[0] for d in draws.values()}) > 1:
         raise ValueError("draws differ in their number of replicates")
+    parts: list[SubsetReplicates] = []
     used_draws: dict[str, np.ndarray] = {}
-    point: dict[str, float] = {}
-    values: dict[str, np.ndarray] = {}
-    bins: dict[str, int] = {}
-    lossless: dict[str, bool] = {}
-    per_subset: dict[str, list[str]] = {}
     for name, stats in subsets.items():
         if draws is None:
             counts = draw_counts(stats.n_images, replicates, seed, stream=name)
@@ -564,13 +598,29 @@ def bootstrap(
             if (counts < 0).any():
                 raise ValueError(f"{name}: draws must be non-negative")
         used_draws[name] = counts
-        p, v, bins[name], lossless[name] = _subset_replicates(
-            stats, counts, name in semantic, name in ood, max_bins, shift
-        )
-        per_subset[name] = [f"{name}_{key}" for key in v]
-        point.update((f"{name}_{key}", value) for key, value in p.items())
-        values.update((f"{name}_{key}", value) for key, value in v.items())
-    n_rep = next(iter(used_draws.values())).shape[0] if used_draws else replicates
+        job = SubsetJob(name, lambda s=stats: s, counts, name in semantic, name in ood, max_bins, shift)
+        parts.append(subset_replicates(job))
+    return combine(parts, used_draws, replicates, seed if draws is None else None)
+
+
+def combine(
+    parts: Sequence[SubsetReplicates],
+    draws: Mapping[str, np.ndarray],
+    replicates: int = DEFAULT_REPLICATES,
+    seed: int | None = DEFAULT_SEED,
+) -> Replicates:
+    """The `Replicates` of a run from its subsets' (in the official subset order) and the draws that made them
+    (replicates: B, used when there are no draws; seed: theirs, None for given draws), with the summaries. The
+    summaries follow the official rules per replicate: keys with `_ece_` or `_fpr95_` enter as 1 - x; harmonic
+    means are NaN if any value is NaN and 0 if any is 0."""
+    point: dict[str, float] = {}
+    values: dict[str, np.ndarray] = {}
+    per_subset: dict[str, list[str]] = {}
+    for part in parts:
+        per_subset[part.name] = [f"{part.name}_{key}" for key in part.values]
+        point.update((f"{part.name}_{key}", value) for key, value in part.point.items())
+        values.update((f"{part.name}_{key}", value) for key, value in part.values.items())
+    n_rep = next(iter(draws.values())).shape[0] if draws else replicates
 
     def entered(key: str, value):
         return 1.0 - value if ("_ece_" in key or "_fpr95_" in key) else value
@@ -586,7 +636,9 @@ def bootstrap(
         values[group] = groups[group] = _hmean_rows([entered(k, values[k]) for k in keys], n_rep)
     point["bravo_index"] = hmean([point["semantic_hmean"], point["ood_hmean"]])
     values["bravo_index"] = _hmean_rows([groups["semantic_hmean"], groups["ood_hmean"]], n_rep)
-    return Replicates(point, values, used_draws, bins, lossless, seed if draws is None else None)
+    bins = {part.name: part.bins for part in parts}
+    lossless = {part.name: part.lossless for part in parts}
+    return Replicates(point, values, dict(draws), bins, lossless, seed)
 
 
 # ------------------------------------------------------------------------------------------------ intervals

@@ -204,24 +204,27 @@ def load_runs(run_dirs: Sequence[str | Path], confidence: str | None = None) -> 
 def add_intervals(runs: Sequence[RunSummary], settings: Any) -> list[str]:
     """Fill every run's `intervals` and, for the runs after the first, its paired `differences` to the first.
 
-    All runs are resampled with the same seeded draws (`settings`: an `eomt_ood.bravo.intervals.Settings`).
-    Returns one line per run that could not be paired (other images) or has no per-image statistics.
+    All runs are resampled with the same seeded draws (`settings`: an `eomt_ood.bravo.intervals.Settings`),
+    their subsets side by side in worker processes. Returns one line per run that could not be paired (other
+    images) or has no per-image statistics.
     """
     from eomt_ood.bravo import intervals as iv
+    from eomt_ood.io import ProcessMap, default_workers
 
     notes: list[str] = []
     stats, reps = [], []
-    for run in runs:
-        if run.statistics_file is None:
-            notes.append(f"{run.label}: no per-image statistics beside its results, so no intervals")
-            stats.append(None)
-            reps.append(None)
-            continue
-        run_stats = iv.ScoreStatistics.from_store(run.statistics_file, run.score)
-        run_reps = iv.run_replicates(run_stats, run.metrics, settings, where=str(run.path))
-        run.intervals = {k: (v[0], v[1]) for k, v in iv.interval_table(run_reps, settings.level).items()}
-        stats.append(run_stats)
-        reps.append(run_reps)
+    with ProcessMap(default_workers()) as pool:
+        for run in runs:
+            if run.statistics_file is None:
+                notes.append(f"{run.label}: no per-image statistics beside its results, so no intervals")
+                stats.append(None)
+                reps.append(None)
+                continue
+            run_stats = iv.ScoreStatistics.from_store(run.statistics_file, run.score)
+            run_reps = iv.run_replicates(run_stats, run.metrics, settings, str(run.path), pool.map)
+            run.intervals = {k: (v[0], v[1]) for k, v in iv.interval_table(run_reps, settings.level).items()}
+            stats.append(run_stats)
+            reps.append(run_reps)
     first = runs[0]
     for run, run_stats, run_reps in zip(runs[1:], stats[1:], reps[1:], strict=True):
         if run_reps is None or reps[0] is None:
