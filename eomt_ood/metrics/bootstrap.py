@@ -4,11 +4,12 @@ A pooled metric of a subset rests on a few hundred images, so a second draw of i
 This module says how far: the images of each subset are treated as an i.i.d. sample; a *replicate* draws n of
 the subset's n images with replacement (`draw_counts`: how often each image enters, (B, n)), pools their
 statistics exactly as the evaluator pools a subset (counts @ per-image statistics) and recomputes every metric
-and summary. Subsets are resampled independently. The interval of a metric is the percentile interval of its B
-replicates; the point value stays the official one, computed at full resolution. The interval covers the
-choice of images only, not training seeds or anything else that would change the model. Paired comparison: two
-runs over the same images use the same draws, and the interval of the per-replicate difference says whether
-run A differs from run B beyond image sampling (`paired_differences`).
+and summary. Subsets are resampled independently, so each is a job of its own (`SubsetJob`, run by
+`subset_replicates` anywhere, a worker process included) and `combine` makes the summaries. The interval of a
+metric is the percentile interval of its B replicates; the point value stays the official one, computed at
+full resolution. The interval covers the choice of images only, not training seeds or anything else that would
+change the model. Paired comparison: two runs over the same images use the same draws, and the interval of the
+per-replicate difference says whether run A differs from run B beyond image sampling (`paired_differences`).
 
 Input: per subset, an `eomt_ood.metrics.image_stats.ImageSetStatistics` (per-image confusion matrices and
 sparse level histograms: the one per-image format of the records, the store and this module).
