@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from eomt_ood.errors import UserError
+from eomt_ood.errors import UserError, first_line
 
 T = TypeVar("T")
 
@@ -105,7 +105,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of sections")
     return data

@@ -7,6 +7,8 @@ invariants inside the package are programmer errors and raise ordinary exception
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """Bad input from the user; the message is one line that names the file/option and the problem."""
@@ -28,3 +30,10 @@ class LostProcess(Exception):
     go on (as for Ctrl-C), and exits 1."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """What another library's exception says, fit for one line: the first line of its text without terminal
+    colour codes, at most `limit` characters; its type's name when it says nothing."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from eomt_ood.bravo.rundir import RESUME_IDENTITY, RunDir, maps_identity, pack_results, write_results
-from eomt_ood.errors import LostProcess, Terminated, UserError
+from eomt_ood.errors import LostProcess, Terminated, UserError, first_line
 from eomt_ood.io import check_output, progress_file
 
 
@@ -463,7 +463,7 @@ class _Ranks:
         try:
             return call()
         except RuntimeError as exc:  # gloo: "Connection closed by peer"; NCCL: its watchdog's error
-            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            said = first_line(exc)
             raise LostProcess(
                 f"evaluate: rank {self.rank} of {self.world} lost touch with the others ({said}): another "
                 "process of the run ended without a word (killed by a signal: out of memory?)"
@@ -477,12 +477,10 @@ class _Ranks:
 def _one_line(problem: BaseException | None) -> tuple | None:
     """`problem` as another rank can raise it again, for the errors the CLI prints as one line (a `UserError`;
     an `OSError`: a write the file system refused; a worker process lost); None for the rest."""
-    from concurrent.futures.process import BrokenProcessPool
+    from eomt_ood.io import pool_problem
 
-    from eomt_ood.io import worker_lost
-
-    if isinstance(problem, BrokenProcessPool):  # what the pool says as one line once the run leaves it
-        problem = worker_lost()
+    if problem is not None:  # a lost pool worker as the pool says it once the run leaves it
+        problem = pool_problem(problem)
     if isinstance(problem, LostProcess):
         return ("lost", str(problem))
     if isinstance(problem, UserError):

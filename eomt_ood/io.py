@@ -373,18 +373,23 @@ class ProcessMap:
     def __enter__(self) -> ProcessMap:
         return self
 
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, *_: Any) -> None:
         self.close(cancel=exc_type is not None)
-        if exc_type is not None and issubclass(exc_type, BrokenProcessPool):
-            raise worker_lost() from None
+        reported = pool_problem(exc) if exc is not None else None
+        if reported is not exc:
+            raise reported from None
 
 
-def worker_lost() -> LostProcess:
-    """The one line for a pool whose worker died without a word (`BrokenProcessPool`): the kernel's
-    out-of-memory killer, most often, where the traceback said only that a process "terminated abruptly"."""
-    return LostProcess(
-        "a worker process ended without a word (killed by a signal: out of memory?); fewer --workers use less"
-    )
+def pool_problem(exc: BaseException) -> BaseException:
+    """`exc` as the run should report it: a pool whose worker died without a word (`BrokenProcessPool`: the
+    kernel's out-of-memory killer, most often, where the traceback said only that a process "terminated
+    abruptly") becomes one `LostProcess` line; anything else stays as it is."""
+    if isinstance(exc, BrokenProcessPool):
+        return LostProcess(
+            "a worker process ended without a word (killed by a signal: out of memory?); "
+            "fewer --workers use less"
+        )
+    return exc
 
 
 # ------------------------------------------------------------------------------------------------ memory

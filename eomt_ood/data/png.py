@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from eomt_ood.deflate import deflate
-from eomt_ood.errors import UserError
+from eomt_ood.errors import UserError, first_line
 from eomt_ood.io import write_bytes_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -65,9 +65,7 @@ def decode_png(data: bytes, name: str) -> np.ndarray:
     except UserError:
         raise
     except Exception as exc:  # Pillow raises many types for truncated or corrupt data
-        raise UserError(
-            f"{name}: corrupt PNG ({exc.__class__.__name__}: {str(exc).splitlines()[0][:80]})"
-        ) from None
+        raise UserError(f"{name}: corrupt PNG ({exc.__class__.__name__}: {first_line(exc, 80)})") from None
     if arr.shape[:2] != (header.height, header.width):
         raise UserError(f"{name}: decoded size {arr.shape[:2]} does not match the PNG header")
     return np.ascontiguousarray(arr)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eomt_ood.errors import UserError
+from eomt_ood.errors import UserError, first_line
 
 FORMAT_TAG = "eomt_ood"
 _PIXEL_CONSTANTS = ("pixel_mean", "pixel_std")
@@ -88,7 +88,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             metadata = dict(f.metadata() or {})
             return {k: f.get_tensor(k) for k in f.keys()}, metadata
     except Exception as exc:
-        raise UserError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from exc
+        raise UserError(f"{path}: unreadable safetensors file ({first_line(exc)})") from exc
 
 
 def load_weights_only(path: str | Path, mmap: bool = False) -> Any:
@@ -109,7 +109,7 @@ def load_weights_only(path: str | Path, mmap: bool = False) -> Any:
             )
     except Exception as exc:
         raise UserError(
-            f"{path}: {_refusal(exc) or f'unreadable torch weights file ({_first_line(exc)})'}"
+            f"{path}: {_refusal(exc) or f'unreadable torch weights file ({first_line(exc)})'}"
         ) from exc
 
 
@@ -146,7 +146,7 @@ def _read_shards(index: Path) -> dict[str, Tensor]:
         weight_map = json.loads(index.read_text())["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"{index}: unreadable shard index ({_first_line(exc)})") from exc
+        raise UserError(f"{index}: unreadable shard index ({first_line(exc)})") from exc
     state: dict[str, Tensor] = {}
     for name in shards:
         shard = resolve_weights_file(index.parent / name)
@@ -177,11 +177,6 @@ def _refusal(exc: BaseException) -> str | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
-
-
 def _describe(obj: Any) -> str:
     if isinstance(obj, dict):
         odd = next(k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, Tensor)))
@@ -203,7 +198,7 @@ def recorded_model(metadata: dict[str, str], path: str | Path) -> tuple[str, dic
         if not isinstance(name, str) or not isinstance(kwargs, dict):
             raise TypeError("name must be a string and kwargs a mapping")
     except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable eomt_ood model record ({_first_line(exc)})") from None
+        raise UserError(f"{path}: unreadable eomt_ood model record ({first_line(exc)})") from None
     return name, dict(kwargs)
 
 
@@ -221,7 +216,7 @@ def fitting(path: str | Path) -> Iterator[None]:
     except CheckpointMismatch as exc:
         raise UserError(f"{path}: {exc}") from exc
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
-        raise UserError(f"{path}: does not fit the model ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise UserError(f"{path}: does not fit the model ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
 def load_strict(module: nn.Module, state_dict: dict[str, Tensor], what: str = "the model") -> None:

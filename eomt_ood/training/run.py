@@ -41,7 +41,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from eomt_ood.config import to_dict
-from eomt_ood.errors import LostProcess, Terminated, UserError
+from eomt_ood.errors import LostProcess, Terminated, UserError, first_line
 from eomt_ood.training.config import DataConfig, TrainConfig, TrainerConfig, check_paths
 from eomt_ood.training.module import EoMTTrainingModule, step_seed
 
@@ -951,7 +951,7 @@ def train(
                     raise _from_data_worker(exc) from None
                 if isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker (pid"):
                     # torch's word for a data worker that died (the kernel's out-of-memory killer, most often)
-                    said = str(exc).strip().splitlines()[0].rstrip(". ")
+                    said = first_line(exc).rstrip(". ")
                     raise LostProcess(
                         f"a data-loading worker ended without a word ({said}): out of memory? fewer "
                         "data.num_workers use less"
