@@ -142,7 +142,10 @@ def evaluate_command(
         None,
         "--workers",
         min=0,
-        help="Worker processes per device: reading, scoring, PNG writing (default min(cpus, 8); 0 = inline).",
+        help=(
+            "Worker processes per device: reading, scoring, PNG writing, then the intervals' subsets "
+            "(default min(cpus, 8); 0 = inline)."
+        ),
     ),
     devices: int = typer.Option(
         1, "--devices", min=1, help="Processes to share the images over (one per GPU with --device cuda)."
@@ -399,7 +402,10 @@ def score_command(
         None, "--samples", help="bravo_SAMPLING.tar: use the official per-image pixel sample."
     ),
     workers: int | None = typer.Option(
-        None, "--workers", min=0, help="Reading processes (default min(cpus, 4); 0 or 1 = inline)."
+        None,
+        "--workers",
+        min=0,
+        help="Reading and scoring processes, then the intervals' subsets (default min(cpus, 4); 0 or 1 = inline).",
     ),
     bootstrap: int = typer.Option(1000, "--bootstrap", help=_BOOTSTRAP_HELP),
     bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws."),
