@@ -51,7 +51,7 @@ from scipy import special
 
 from eomt_ood.bravo import intervals as iv
 from eomt_ood.bravo.layout import OOD_SUBSETS, SEMANTIC_SUBSETS
-from eomt_ood.io import ProcessMap, default_workers
+from eomt_ood.io import default_workers
 from eomt_ood.metrics import bootstrap as bs
 from eomt_ood.metrics.image_stats import COLUMNS, ImageSetStatistics, sparse_levels
 from eomt_ood.store import ImageRecord, StoreWriter
@@ -215,7 +215,7 @@ def child(path: str, mode: str) -> None:
         stats = iv.ScoreStatistics(stats.source, stats.keys, loaded.__getitem__, "msp")
     load = time.perf_counter() - t0
     workers = default_workers(8) if mode == "from_file_workers" else 0
-    with ProcessMap(workers) as pool:  # forked here, before the timing (as a command's pool is)
+    with iv.interval_pool(workers) as pool:  # forked here, before the timing (as a command's pool is)
         t0 = time.perf_counter()
         reps = iv.run_replicates(stats, block, settings, map_fn=pool.map)
         iv.interval_table(reps, settings.level)

@@ -347,7 +347,7 @@ def _test_drops(
     from dataclasses import replace
 
     from eomt_ood.bravo import intervals as iv
-    from eomt_ood.io import ProcessMap, default_workers
+    from eomt_ood.io import default_workers
 
     settings = replace(bootstrap or iv.Settings(), level=level).check()
     if not settings.enabled:
@@ -355,7 +355,7 @@ def _test_drops(
     base_blocks = {k: v for k, v in metric_blocks(selected[0], "baseline").items()}
     curr_blocks = {k: v for k, v in metric_blocks(selected[1], "results").items()}
     differences: dict[str, Any] = {}
-    with ProcessMap(default_workers()) as pool:  # each run's subsets side by side
+    with iv.interval_pool(default_workers()) as pool:  # each run's subsets side by side
         for block in (b for b in base_blocks if b in curr_blocks):
             stats = []
             reps = []

@@ -225,8 +225,7 @@ def test_intervals_from_worker_processes_equal_those_computed_here(finished_run,
     worker is the same one-line `UserError` as read here."""
     import shutil
 
-    from eomt_ood.bravo.intervals import ScoreStatistics, block_intervals, run_replicates
-    from eomt_ood.io import ProcessMap
+    from eomt_ood.bravo.intervals import ScoreStatistics, block_intervals, interval_pool, run_replicates
 
     results = load_results(finished_run / "results.json")
     blocks = metric_blocks(results)
@@ -234,7 +233,7 @@ def test_intervals_from_worker_processes_equal_those_computed_here(finished_run,
     stats = {score: ScoreStatistics.from_store(store, score) for score in blocks}
     settings = Settings(B, seed=3)
     here, _ = block_intervals(stats, blocks, settings)
-    with ProcessMap(2) as pool:
+    with interval_pool(2) as pool:
         pooled, meta = block_intervals(stats, blocks, settings, pool.map)
         assert pooled == here and list(pooled) == list(blocks) == ["msp", "rba"]
         assert here["msp"] != here["rba"]  # a mix-up of the scores' results would show

@@ -210,6 +210,16 @@ def subset_jobs(
     ]
 
 
+def interval_pool(workers: int) -> Any:
+    """An `eomt_ood.io.ProcessMap` of `workers` processes whose `map` runs subsets (`run_replicates`,
+    `block_intervals`): forked with the statistics reader (h5py) already loaded, so a short run does not pay
+    for that import once in every worker."""
+    import eomt_ood.store  # noqa: F401
+    from eomt_ood.io import ProcessMap
+
+    return ProcessMap(workers)
+
+
 def checked_replicates(
     stats: ScoreStatistics,
     block: Mapping[str, Any],

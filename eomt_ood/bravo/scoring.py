@@ -697,9 +697,13 @@ def score_submission(
     # The per-image statistics (for the intervals, or --stats) go to a statistics file as images finish, so
     # memory does not grow with the images; without --stats the file is a temporary one.
     with _statistics_path(stats_out, settings.enabled) as stats_path:
-        # Workers are forked before the trees are opened: they need nothing of the parent but the task.
+        from eomt_ood.bravo.intervals import interval_pool
+
+        # Workers are forked before the trees are opened: they need nothing of the parent but the task (and,
+        # when there is a statistics file, they run the intervals too).
+        pool_of = interval_pool if stats_path is not None else ProcessMap
         with (
-            ProcessMap(workers if workers > 1 else 0) as pool,
+            pool_of(workers if workers > 1 else 0) as pool,
             open_tree(gt, "ground truth") as gt_tree,
             open_tree(submission, "submission") as sub_tree,
             _maybe_open_samples(samples) as samples_tree,

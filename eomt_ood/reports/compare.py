@@ -209,11 +209,11 @@ def add_intervals(runs: Sequence[RunSummary], settings: Any) -> list[str]:
     images) or has no per-image statistics.
     """
     from eomt_ood.bravo import intervals as iv
-    from eomt_ood.io import ProcessMap, default_workers
+    from eomt_ood.io import default_workers
 
     notes: list[str] = []
     stats, reps = [], []
-    with ProcessMap(default_workers()) as pool:
+    with iv.interval_pool(default_workers()) as pool:
         for run in runs:
             if run.statistics_file is None:
                 notes.append(f"{run.label}: no per-image statistics beside its results, so no intervals")
