@@ -32,8 +32,13 @@ class LostProcess(Exception):
     exit_code = 1
 
 
+def plain_text(exc: BaseException) -> str:
+    """An exception's text without the terminal colour codes some libraries put in it (torch does)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """What another library's exception says, fit for one line: the first line of its text without terminal
     colour codes, at most `limit` characters; its type's name when it says nothing."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    text = plain_text(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

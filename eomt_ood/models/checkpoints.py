@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eomt_ood.errors import UserError, first_line
+from eomt_ood.errors import UserError, first_line, plain_text
 
 FORMAT_TAG = "eomt_ood"
 _PIXEL_CONSTANTS = ("pixel_mean", "pixel_std")
@@ -161,7 +161,7 @@ def _refusal(exc: BaseException) -> str | None:
     refused global ("Unsupported global: GLOBAL argparse.Namespace", "unsupported GLOBAL posix.system") or
     opcode ("Unsupported operand 149").
     """
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
+    text = plain_text(exc)  # torch colours part of its message
     found = re.search(r"unsupported global:? (GLOBAL )?([\w.]+)", text, re.IGNORECASE)
     if found:
         return (
