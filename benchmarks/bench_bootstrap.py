@@ -220,7 +220,11 @@ def child(path: str, mode: str) -> None:
         reps = iv.run_replicates(stats, block, settings, map_fn=pool.map)
         iv.interval_table(reps, settings.level)
         seconds = time.perf_counter() - t0
-    out = {"seconds": round(seconds, 2), "load_s": round(load, 2), "peak_rss_mb": round(_peak_rss_mb())}
+    out = {
+        "seconds": round(seconds, 2),
+        "load_s": round(load, 2),
+        "peak_rss_mb": round(machine.own_peak_rss_mb()),
+    }
     if workers:
         # Each worker's peak (forked from this process while it was small, so ru_maxrss is the worker's own).
         out.update(
@@ -228,14 +232,6 @@ def child(path: str, mode: str) -> None:
             worker_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         )
     print(json.dumps(out))
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS. Not ru_maxrss: Linux carries the parent's peak into it across fork + exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_child(path: Path, mode: str, threads: str | None = None) -> dict[str, float]:

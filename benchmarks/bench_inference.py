@@ -26,7 +26,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 import torch
 
@@ -161,14 +161,6 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def measure_memory_here(cases: list[str], height: int, width: int, args) -> dict:
     """{case: peak memory of one call} on a height x width image, in this process, each after a warm-up call."""
     which = {case.split("_")[0] for case in cases}
@@ -192,7 +184,7 @@ def measure_memory_here(cases: list[str], height: int, width: int, args) -> dict
         elif reset_peak_rss():
             before = rss_mib()
             run()
-            peak = peak_rss_mib()
+            peak = machine.own_peak_rss_mb()
         else:
             result[case] = None  # no way to reset the peak-RSS mark here
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 
 
 def cpu_model() -> str:
@@ -42,3 +43,16 @@ def peak_rss_mb(stderr: str) -> float:
     """The peak RSS (MB) a child started with `PEAK_RSS_AT_EXIT` printed on `stderr`."""
     line = next(line for line in stderr.splitlines() if line.startswith("peak-rss-kb"))
     return int(line.split()[1]) / 1024
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS (MB): Linux's VmHWM, else `ru_maxrss` (which on Linux would carry the parent's
+    peak over fork and exec, see `PEAK_RSS_AT_EXIT`)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
