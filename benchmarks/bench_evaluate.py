@@ -21,11 +21,12 @@ pairs); ``fixed_s`` is what remains of the N run (start-up and the once-per-run 
 ``startup_s`` the start-up the N runs recorded (from `evaluate` starting: imports of torch and the model code
 included), ``first_image_s`` the seconds from starting the process to its images bar appearing (the issue's
 measure: interpreter, command-line parsing and all imports included; median of the N and 2N runs), and
-``import_floor_s`` what a process that only imports torch and timm takes; ``peak_rss_mb_n`` and ``peak_rss_mb_2n`` are the
-peak RSS of the N and 2N runs' main process, and ``rss_per_image_mb`` their difference per image (what a run
-holds per image it has done, up to `eomt_ood.io.FreedMemory`'s slack of 512 MB). With ``--memory``, ``memory``
-gives the peak RSS of the main process of one whole run each on N, 2N and 4N images, with torch's default
-threads. CPU seconds (the process and its workers, all cores) are printed beside wall seconds:
+``import_floor_s`` the seconds from starting a process that only imports torch and timm to the end of its
+imports (its exit, about 0.7 s of torch's teardown, not counted); ``peak_rss_mb_n`` and ``peak_rss_mb_2n``
+are the peak RSS of the N and 2N runs' main process, and ``rss_per_image_mb`` their difference per image
+(what a run holds per image it has done, up to `eomt_ood.io.FreedMemory`'s slack of 512 MB). With
+``--memory``, ``memory`` gives the peak RSS of the main process of one whole run each on N, 2N and 4N images,
+with torch's default threads. CPU seconds (the process and its workers, all cores) are printed beside wall seconds:
 ``cpu_beyond_forward_s`` is the work a machine with more cores hides behind the forward, and it moves less than
 wall time when other work shares the machine.
 
@@ -134,6 +135,23 @@ _CLI_WITH_PEAK = (
 _BAR_SHOWN = b"evaluate:"
 
 
+def watched(
+    argv: list[str], marker: bytes, env: dict[str, str] | None = None
+) -> tuple[float, float, int, str]:
+    """Run `argv` to its end: the wall seconds from starting it to `marker` first showing on its stderr (NaN if
+    never), the wall seconds of the whole process, its exit code, and its stderr."""
+    start = time.perf_counter()
+    seen = float("nan")
+    stderr = bytearray()
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) as child:
+        while chunk := os.read(child.stderr.fileno(), 1 << 16):
+            stderr += chunk
+            if seen != seen and marker in stderr:  # still NaN: the first sighting
+                seen = time.perf_counter() - start
+        returncode = child.wait()
+    return seen, time.perf_counter() - start, returncode, stderr.decode(errors="replace")
+
+
 def command(
     data: Path, checkpoint: Path, out: Path, scores: str, args: argparse.Namespace, threads: int | None
 ) -> tuple[float, float, float, float]:
@@ -144,38 +162,27 @@ def command(
     argv = [sys.executable, "-c", _CLI_WITH_PEAK, "evaluate", "--root", str(data / "images"), "--gt"]
     argv += [str(data / "gt"), "--checkpoint", str(checkpoint), "--out", str(out), "--confidence", scores]
     argv += ["--device", args.device, "--precision", args.precision, "--workers", str(args.workers)]
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    first_image = float("nan")
-    stderr = bytearray()
-    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) as child:
-        while chunk := os.read(child.stderr.fileno(), 1 << 16):
-            stderr += chunk
-            if first_image != first_image and _BAR_SHOWN in stderr:  # still NaN: the first sighting
-                first_image = time.perf_counter() - start
-        returncode = child.wait()
-    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    text = stderr.decode(errors="replace")
+    first_image, wall, returncode, stderr = watched(argv, _BAR_SHOWN, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # A random model leaves some subsets unscored, which `evaluate` reports with exit code 2 after writing
     # everything; a run that wrote no results is what fails here.
     if not (out / "results.json").is_file():
-        raise SystemExit(f"evaluate wrote no results ({returncode}):\n{text[-3000:]}")
+        raise SystemExit(f"evaluate wrote no results ({returncode}):\n{stderr[-3000:]}")
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return wall, cpu, machine.peak_rss_mb(text), first_image
+    return wall, cpu, machine.peak_rss_mb(stderr), first_image
 
 
 def import_floor() -> float:
-    """Wall seconds of a process that only imports torch and timm (the model code needs both): the floor under
-    any start-up of a command that runs a model (median of three)."""
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import torch, timm"], check=True)
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+    """Wall seconds from starting a process that imports torch and timm (the model code needs both) to the end
+    of those imports, its exit not counted: the floor under any start-up of a command that runs a model (median
+    of three)."""
+    code = "import sys, torch, timm\nprint('imported', file=sys.stderr, flush=True)"
+    return statistics.median(watched([sys.executable, "-c", code], b"imported")[0] for _ in range(3))
 
 
 def _recorded_startup(run: Path) -> float:
