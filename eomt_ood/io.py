@@ -3,6 +3,7 @@
 - `atomic_path` / `write_bytes_atomic` / `write_text_atomic`: a file appears whole or not at all (temporary name in
   the same folder, then `os.replace`), so an interrupted job never leaves a half-written file that a resumed run
   would take for finished, and a failed write leaves no temporary behind.
+- `HeldTemporaryFolder`: a temporary folder that the next run removes if a kill left it behind.
 - `walk_files`: the files under a folder, through linked folders, refusing link loops; `fingerprint`: a cheap
   digest of a file's or folder's content (which checkpoint made a folder's maps).
 - `warn`: one line on stderr, prefixed `warning:`; `progress_file`: where a progress bar draws (stderr, as whole
@@ -82,6 +83,85 @@ def remove_stale_temporaries(folder: str | Path, recursive: bool = False) -> int
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+class HeldTemporaryFolder:
+    """A new folder in the system's temporary folder (`prefix` + random), removed by `cleanup()` (or on leaving
+    it as a context manager, which gives its path).
+
+    A process killed while it holds one (SIGKILL, the out-of-memory killer, a scheduler's SIGTERM to a command
+    that does not handle it) cannot remove it, and what it held may be gigabytes (`score`'s per-image
+    statistics, an unpacked submission tar). So the folder is held with a shared `flock` on the folder itself,
+    which the kernel releases when its process dies however it ends, and every new one first removes the
+    folders of its prefix that no live process holds (`remove_abandoned_folders`). Where there is no `flock`, it
+    is a plain temporary folder.
+    """
+
+    def __init__(self, prefix: str):
+        import tempfile
+
+        remove_abandoned_folders(prefix)
+        self._folder = tempfile.TemporaryDirectory(prefix=prefix)
+        self.path = Path(self._folder.name)
+        self._handle = _locked_folder(self.path, shared=True)
+
+    def cleanup(self) -> None:
+        self._folder.cleanup()  # still held, so no other process is removing it at the same time
+        if self._handle is not None:
+            os.close(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *_: Any) -> None:
+        self.cleanup()
+
+
+def remove_abandoned_folders(prefix: str, grace: float = 60.0) -> int:
+    """Remove the folders `HeldTemporaryFolder(prefix)` made in the system's temporary folder whose process
+    died without removing them (nothing holds their lock); returns how many. A folder younger than `grace`
+    seconds is left alone: its process may not have taken the lock yet. Another user's folders cannot be
+    opened and are left alone."""
+    import glob
+    import shutil
+    import tempfile
+
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{glob.escape(prefix)}*"):
+        try:
+            if path.is_symlink() or not path.is_dir() or time.time() - path.stat().st_mtime < grace:
+                continue
+        except OSError:
+            continue
+        handle = _locked_folder(path, shared=False)
+        if handle is None:
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        finally:
+            os.close(handle)
+    return removed
+
+
+def _locked_folder(path: Path, shared: bool) -> int | None:
+    """A descriptor of folder `path` holding a `flock` on it (shared, else exclusive and only if free at once);
+    None when it cannot be opened, is held by another process (exclusive), or the system has no `flock`."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return None
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by a live process (or a file system without locks)
+        os.close(handle)
+        return None
+    return handle
 
 
 def check_output(

@@ -127,6 +127,38 @@ def test_folder_and_tar_read_the_same(tmp_path, mode):
         bravo.open_tree(folder).ref("nope.png")
 
 
+def test_an_unpacked_tar_is_held_while_open_and_one_a_killed_run_left_is_removed(tmp_path, monkeypatch):
+    """A compressed tar is unpacked into a temporary folder (as large as the tar unpacked). While the tree is
+    open no other run may take that folder for abandoned; one left by a killed run goes when the next compressed
+    tree is opened, and the tree's own goes when it closes."""
+    import os
+    import tempfile
+    import time
+
+    from eomt_ood.io import remove_abandoned_folders
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    folder, files = _write_tree(tmp_path)
+    tar_path = tmp_path / "tree.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for name in files:
+            tar.add(folder / name, arcname=name)
+    abandoned = temp / "eomt-ood-tar-abandoned"  # as a killed run leaves it: nothing holds it
+    abandoned.mkdir()
+    (abandoned / "unpacked.tar").write_bytes(bytes(100))
+    hour_ago = time.time() - 3600
+    os.utime(abandoned, (hour_ago, hour_ago))
+    with bravo.open_tree(tar_path) as tree:
+        assert not abandoned.exists()
+        [unpacked] = temp.iterdir()
+        assert remove_abandoned_folders("eomt-ood-tar-", grace=0) == 0  # held by this tree
+        assert (unpacked / "unpacked.tar").is_file()
+        assert all(tree.read(name) == data for name, data in files.items())
+    assert list(temp.iterdir()) == []
+
+
 def test_links_are_read_as_their_targets(tmp_path):
     """A linked subset folder and hard or symbolic links in a tar list and read as the files they point at."""
     folder, files = _write_tree(tmp_path)

@@ -168,6 +168,60 @@ def test_score_without_stats_bootstraps_from_a_temporary_file_it_removes(scored,
     assert results["meta"]["intervals"] == load_results(scored["base"])["meta"]["intervals"]
 
 
+def test_score_removes_the_temporary_folders_of_killed_runs_and_no_other(scored, tmp_path, monkeypatch):
+    """A `score` killed with SIGKILL cannot remove its temporary statistics (gigabytes for a BRAVO run): the next
+    `score` does. The folder of a run that is still going stays, and so does one made a moment ago (its process
+    may not hold it yet)."""
+    import os
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    code = (
+        "import os, signal, sys\n"
+        "from eomt_ood.io import HeldTemporaryFolder\n"
+        "with HeldTemporaryFolder('eomt-ood-score-') as folder:\n"
+        "    (folder / 'statistics.h5').write_bytes(bytes(1000))\n"
+        "    print(folder, flush=True)\n"
+        "    if sys.argv[1] == 'killed':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    sys.stdin.read()\n"  # the live one holds its folder until its input closes
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    killed = subprocess.run([sys.executable, "-c", code, "killed"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    abandoned = Path(killed.stdout.strip())
+    assert (abandoned / "statistics.h5").is_file()
+    live = subprocess.Popen(
+        [sys.executable, "-c", code, "live"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        held = Path(live.stdout.readline().strip())
+        young = tmp_path / "eomt-ood-score-young"
+        young.mkdir()
+        hour_ago = time.time() - 3600
+        for folder in (abandoned, held):
+            os.utime(folder, (hour_ago, hour_ago))
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        results = score_submission(
+            scored["root"] / "gt", scored["root"] / "sub-base", workers=0, warn=None, bootstrap=Settings(B)
+        )
+        assert not abandoned.exists()
+        assert (held / "statistics.h5").is_file()
+        assert young.is_dir()
+        assert sorted(tmp_path.iterdir()) == sorted([held, young])  # and this run removed its own
+    finally:
+        live.stdin.close()
+        live.wait(timeout=60)
+    assert not held.exists()  # its process removed it on leaving
+    assert results["meta"]["intervals"] == load_results(scored["base"])["meta"]["intervals"]
+
+
 def test_with_the_official_sample_the_pixels_stay_fixed_and_images_are_resampled(scored, tmp_path):
     root = scored["root"]
     samples = {}

@@ -18,7 +18,6 @@ import os
 import posixpath
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from eomt_ood.data.png import decode_png, png_header
 from eomt_ood.errors import UserError
-from eomt_ood.io import walk_files
+from eomt_ood.io import HeldTemporaryFolder, walk_files
 
 # Official subset order: the order of the keys in the results file (docs/metrics.md §6).
 SUBSETS = (
@@ -166,7 +165,7 @@ class Tree:
     def __init__(self, path: str | Path, label: str):
         self.path = Path(path)
         self.label = label
-        self._tmpdir: tempfile.TemporaryDirectory | None = None
+        self._tmpdir: HeldTemporaryFolder | None = None
         self._refs: dict[str, MemberRef] = {}
         if self.path.is_dir():
             self._list_folder()
@@ -186,8 +185,9 @@ class Tree:
         tar_path = self.path
         for prefix, opener in _DECOMPRESSORS:
             if magic.startswith(prefix):
-                self._tmpdir = tempfile.TemporaryDirectory(prefix="eomt-ood-tar-")
-                tar_path = Path(self._tmpdir.name) / "unpacked.tar"
+                # (a killed run's unpacked tar is removed by the next run: see `HeldTemporaryFolder`)
+                self._tmpdir = HeldTemporaryFolder("eomt-ood-tar-")
+                tar_path = self._tmpdir.path / "unpacked.tar"
                 try:
                     with opener(self.path, "rb") as src, open(tar_path, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)

@@ -16,7 +16,6 @@ doubt = 65535 - conf.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,7 +44,7 @@ from eomt_ood.bravo.layout import (
     warn_unmatched,
 )
 from eomt_ood.errors import UserError
-from eomt_ood.io import ProcessMap, default_workers, progress_file, warn
+from eomt_ood.io import HeldTemporaryFolder, ProcessMap, default_workers, progress_file, warn
 from eomt_ood.metrics.histogram import NUM_LEVELS
 
 _CM_OUTSIDE = NUM_CLASSES * NUM_CLASSES  # first count beyond the confusion matrix (void or invalid pixels)
@@ -797,8 +796,9 @@ def _statistics_path(stats_out: str | Path | None, temporary: bool) -> Iterator[
     if stats_out is not None or not temporary:
         yield None if stats_out is None else Path(stats_out)
         return
-    with tempfile.TemporaryDirectory(prefix="eomt-ood-score-") as folder:
-        yield Path(folder) / "statistics.h5"
+    # A killed run cannot remove its folder (a BRAVO run's statistics are gigabytes); the next run does.
+    with HeldTemporaryFolder("eomt-ood-score-") as folder:
+        yield folder / "statistics.h5"
 
 
 def _statistics_writer(path: Path | None) -> Any:
