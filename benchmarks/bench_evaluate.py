@@ -26,9 +26,9 @@ imports (its exit, about 0.7 s of torch's teardown, not counted); ``peak_rss_mb_
 are the peak RSS of the N and 2N runs' main process, and ``rss_per_image_mb`` their difference per image
 (what a run holds per image it has done, up to `eomt_ood.io.FreedMemory`'s slack of 512 MB). With
 ``--memory``, ``memory`` gives the peak RSS of the main process of one whole run each on N, 2N and 4N images,
-with torch's default threads. CPU seconds (the process and its workers, all cores) are printed beside wall seconds:
-``cpu_beyond_forward_s`` is the work a machine with more cores hides behind the forward, and it moves less than
-wall time when other work shares the machine.
+with torch's default threads. CPU seconds (the process and its workers, all cores) are printed beside wall
+seconds: ``cpu_beyond_forward_s`` is the work a machine with more cores hides behind the forward, and it moves
+less than wall time when other work shares the machine.
 
 Run: ``uv run python benchmarks/bench_evaluate.py [--images 9] [--scores msp] [--commands [--repeats 3]]
 [--memory] [--device cpu]``.

@@ -534,36 +534,31 @@ class FreedMemory:
             self._floor = _resident_bytes() or resident
 
 
-@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, or None (another C library, another system)."""
-    import ctypes
+    """glibc's `malloc_trim(pad)`, or None (another C library, another system)."""
+    return _glibc("malloc_trim", "size_t")
 
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter itself runs on
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's `mallopt(param, value)`, or None (another C library, another system)."""
+    return _glibc("mallopt", "int", "int")
 
 
 @functools.cache
-def _mallopt() -> Callable[[int, int], int] | None:
-    """glibc's `mallopt`, or None (another C library, another system)."""
+def _glibc(name: str, *arguments: str) -> Callable[..., int] | None:
+    """The function `name` (returning int, taking C `arguments`: "int" or "size_t") of the C library the
+    interpreter itself runs on, on Linux; else None."""
     import ctypes
 
     if not sys.platform.startswith("linux"):
         return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
+    function.argtypes = [{"int": ctypes.c_int, "size_t": ctypes.c_size_t}[a] for a in arguments]
+    function.restype = ctypes.c_int
+    return function
 
 
 def _resident_bytes() -> int | None:
