@@ -331,17 +331,18 @@ def default_workers(limit: int = 4) -> int:
 def die_with_parent(parent: int | None = None) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux only), and exit at once if the parent
     is already gone (`parent`: its pid, when known; else being adopted by init counts as gone)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            pass
+    signal_on_parent_death(signal.SIGKILL)
     gone = os.getppid() != parent if parent is not None else os.getppid() == 1
     if gone:
         os._exit(1)  # the parent died before the request took effect
+
+
+def signal_on_parent_death(signum: int) -> None:
+    """Ask the kernel to send `signum` to this process when its parent dies (Linux `PR_SET_PDEATHSIG`; nothing
+    elsewhere)."""
+    prctl = _glibc("prctl", "int", "ulong")
+    if prctl is not None:
+        prctl(1, signum)  # PR_SET_PDEATHSIG = 1
 
 
 def _start_worker(parent: int, nice: int = 0) -> None:
@@ -546,8 +547,8 @@ def _mallopt() -> Callable[[int, int], int] | None:
 
 @functools.cache
 def _glibc(name: str, *arguments: str) -> Callable[..., int] | None:
-    """The function `name` (returning int, taking C `arguments`: "int" or "size_t") of the C library the
-    interpreter itself runs on, on Linux; else None."""
+    """The function `name` (returning int, taking C `arguments`: "int", "ulong" or "size_t") of the C library
+    the interpreter itself runs on, on Linux; else None."""
     import ctypes
 
     if not sys.platform.startswith("linux"):
@@ -556,7 +557,8 @@ def _glibc(name: str, *arguments: str) -> Callable[..., int] | None:
         function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [{"int": ctypes.c_int, "size_t": ctypes.c_size_t}[a] for a in arguments]
+    types = {"int": ctypes.c_int, "ulong": ctypes.c_ulong, "size_t": ctypes.c_size_t}
+    function.argtypes = [types[a] for a in arguments]
     function.restype = ctypes.c_int
     return function
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eomt_ood.errors import UserError
+from eomt_ood.io import signal_on_parent_death
 
 
 def explorer_script() -> Path:
@@ -64,13 +65,7 @@ def streamlit_command(port: int, host: str) -> list[str]:
 
 
 def _child_dies_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    signal_on_parent_death(signal.SIGTERM)
 
 
 def explorer_arguments(run_dirs: Sequence[Path], allow: Sequence[Path] = ()) -> list[str]:
