@@ -17,6 +17,7 @@ import pytest
 from bravo_oracle import assert_results_equal, official_results
 from PIL import Image
 
+from eomt_ood.bravo import scoring
 from eomt_ood.bravo.fixture import make_fixture
 from eomt_ood.bravo.sampling import official_sample_indices, write_sampling_tar
 from eomt_ood.bravo.scoring import (
@@ -208,12 +209,17 @@ def test_image_statistics_counts():
         image_statistics(label, mask, pred, conf, sample_idx=np.array([2]), sample_name="s.bin")
 
 
+@pytest.mark.parametrize("block", [None, 1000])
 @pytest.mark.parametrize("noise", [0.0, 0.01, 0.5])
-def test_confusion_matrix_and_histograms_equal_a_per_pixel_oracle(noise):
+def test_confusion_matrix_and_histograms_equal_a_per_pixel_oracle(noise, block, monkeypatch):
     # Region-shaped maps are counted run by run, noisy ones pixel by pixel: with 0 and 0.01 the maps change
     # value in under 1/8 of their pixels (the switch point), with 0.5 in far more (checked below, so that both
-    # ways stay covered); both must equal scikit-learn's matrix and a plain per-pixel histogram.
+    # ways stay covered); both must equal scikit-learn's matrix and a plain per-pixel histogram. The image is
+    # one block of `categorise`, or (block 1000) 74 blocks, the last one short, with runs cut at their edges.
     from sklearn.metrics import confusion_matrix
+
+    if block is not None:
+        monkeypatch.setattr(scoring, "_BLOCK", block)
 
     rng = np.random.default_rng(int(noise * 100))
     label = rng.integers(0, 19, size=(12, 24)).repeat(16, 0).repeat(16, 1).astype(np.uint8)
@@ -243,6 +249,19 @@ def test_confusion_matrix_and_histograms_equal_a_per_pixel_oracle(noise):
         (label == 255).sum(),
     )
 
+    # A sample (every third non-void pixel): histograms of the sampled pixels, the matrix of every V pixel.
+    sample = np.flatnonzero(label.ravel() != 255)[::3]
+    sampled = image_statistics(label, mask, pred, conf, sample_idx=sample)
+    np.testing.assert_array_equal(sampled.cm, expected)
+    for got, where in (
+        (sampled.correct, right),
+        (sampled.wrong, valid & ~right),
+        (sampled.ood_pos, mask != 0),
+    ):
+        np.testing.assert_array_equal(
+            got, np.bincount(conf.ravel()[sample][where.ravel()[sample]], minlength=65536)
+        )
+
     # The sparse form (what workers send and records keep) against the same oracle: the non-empty levels only,
     # the columns correct, wrong, ood_pos; a scorer summing two images' sparse rows doubles every count.
     oracle = np.stack([s.correct, s.wrong, s.ood_pos], axis=1)
@@ -258,6 +277,36 @@ def test_confusion_matrix_and_histograms_equal_a_per_pixel_oracle(noise):
     for got, want in zip((totals.correct, totals.wrong, totals.ood_pos), oracle.T, strict=True):
         np.testing.assert_array_equal(got, 2 * want)
     assert (totals.valid, totals.scored_valid) == (2 * valid.sum(), 2 * valid.sum())
+
+
+@pytest.mark.parametrize("block", [None, 1000])
+def test_every_bad_label_id_is_named_whatever_covers_it(block, monkeypatch):
+    # Ids outside 0..18 and 255 on valid pixels, on invalid ones and in a later block are all found; the
+    # message lists them in order, as a plain count of the label's values would. With a bad prediction as
+    # well, the label's error still comes first.
+    if block is not None:
+        monkeypatch.setattr(scoring, "_BLOCK", block)
+    rng = np.random.default_rng(5)
+    label = rng.integers(0, 19, size=(64, 80)).astype(np.uint8)
+    label[:, 70:] = 255
+    mask = np.zeros(label.shape, bool)
+    mask[40:, :] = True
+    pred = rng.integers(0, 19, size=label.shape).astype(np.uint8)
+    conf = np.zeros(label.shape, np.uint16)
+    label[50, 3] = 254  # invalid
+    label[2, 7] = 19  # valid
+    label[63, 60] = 77  # invalid, in the last block of 1000
+    bad = label[(label > 18) & (label < 255)]
+    expected = ", ".join(str(i) for i in np.unique(bad))
+    assert expected == "19, 77, 254"
+    with pytest.raises(UserError, match=f"^gt.png: GT label holds class id\\(s\\) {expected} outside"):
+        image_statistics(label, mask, pred, conf, label_name="gt.png")
+    pred[0, 0] = 19
+    with pytest.raises(UserError, match=f"^gt.png: GT label holds class id\\(s\\) {expected} outside"):
+        image_statistics(label, mask, pred, conf, label_name="gt.png")
+    label[(label > 18) & (label < 255)] = 0
+    with pytest.raises(UserError, match="^p.png: prediction holds class id\\(s\\) 19;"):
+        image_statistics(label, mask, pred, conf, pred_name="p.png")
 
 
 def test_summarise_rules():

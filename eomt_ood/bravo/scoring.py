@@ -47,8 +47,14 @@ from eomt_ood.errors import UserError
 from eomt_ood.io import HeldTemporaryFolder, ProcessMap, default_workers, progress_file, warn
 from eomt_ood.metrics.histogram import NUM_LEVELS
 
-_CM_OUTSIDE = NUM_CLASSES * NUM_CLASSES  # first count beyond the confusion matrix (void or invalid pixels)
-_CM_BINS = 255 * NUM_CLASSES + NUM_CLASSES  # label * 19 + pred for every label 0..255, pred 0..18
+_CM_OUTSIDE = NUM_CLASSES * NUM_CLASSES  # the first pair code beyond the confusion matrix
+# A pixel's pair code: label * 19 + pred (below 2^13 for every label 0..255 and pred 0..18), plus 2^13 when
+# the pixel is invalid. Codes below 361 are the V pixels' confusion-matrix cells; 255 * 19 + pred are void.
+_PAIR_INVALID_BIT = 13
+_PAIR_INVALID = 1 << _PAIR_INVALID_BIT
+_PAIR_BINS = 2 * _PAIR_INVALID
+_VOID_CODES = slice(255 * NUM_CLASSES, 256 * NUM_CLASSES)
+_BLOCK = 1 << 18  # pixels per block of `categorise` and `_level_table` (256 kB of each uint8 temporary)
 
 SEMANTIC_KEYS = (
     "miou_valid",
@@ -191,7 +197,7 @@ class CategorisedPixels:
 
     shape: tuple[int, ...]
     cm: np.ndarray  # (361,) int64 counts of label * 19 + pred over V pixels
-    category_key: np.ndarray  # (N,) uint32: category << 16, N = pixels, or the sampled ones
+    category: np.ndarray  # (N,) uint8, N = pixels, or the sampled ones
     sample_idx: np.ndarray | None
     valid: int
     invalid: int
@@ -208,7 +214,7 @@ class CategorisedPixels:
         # One image's count at one level is at most its pixel count.
         dtype = np.int32 if conf_levels.size < 2**31 else np.int64
         return SparseStatistics(
-            cm=self.cm.astype(np.int64).reshape(NUM_CLASSES, NUM_CLASSES),
+            cm=self.cm.reshape(NUM_CLASSES, NUM_CLASSES).copy(),  # each map's statistics their own
             levels=levels.astype(np.uint16),
             counts=np.stack([table[0, levels], table[1, levels], table[2, levels]], axis=1, dtype=dtype),
             valid=self.valid,
@@ -225,8 +231,13 @@ class CategorisedPixels:
         conf = conf_levels.ravel()
         if self.sample_idx is not None:
             conf = conf[self.sample_idx]
-        # One bincount over (category, level) keys; the category half is built once per image (`categorise`).
-        key = np.bitwise_or(self.category_key, conf)
+        # One bincount over (category, level) keys, built as intp (bincount's own index type, so it converts
+        # nothing) one block at a time.
+        key = np.empty(conf.size, dtype=np.intp)
+        for start in range(0, key.size, _BLOCK):
+            part = key[start : start + _BLOCK]
+            np.left_shift(self.category[start : start + _BLOCK], 16, out=part, dtype=np.intp)
+            part |= conf[start : start + _BLOCK]
         return np.bincount(key, minlength=4 * NUM_LEVELS).reshape(4, NUM_LEVELS)
 
 
@@ -241,7 +252,12 @@ def categorise(
     sample_name: str = "sample",
 ) -> CategorisedPixels:
     """The part of `image_statistics` that does not depend on the confidence map (checks and errors as there),
-    computed once for an image scored with several maps."""
+    computed once for an image scored with several maps.
+
+    One pass over the image, `_BLOCK` pixels at a time (a block's temporaries stay in a core's cache),
+    counts every pixel's pair code (label * 19 + pred, 2^13 added when invalid) and writes its category; the
+    confusion matrix, the pixel counts and the label check all come from the counts of the codes.
+    """
     shape = label.shape
     if mask.shape != shape or pred.shape != shape:
         raise UserError(f"{label_name}: shapes differ: label {shape}, mask {mask.shape}, pred {pred.shape}")
@@ -250,68 +266,91 @@ def categorise(
     lab = label.ravel()
     prd = pred.ravel()
     inv = mask.ravel()
-    inv = inv if inv.dtype == np.bool_ else inv != 0
-    inv8 = inv.view(np.uint8)
-    # Element-wise uint8 / uint16 passes (a fraction of a ms each per 2-megapixel image) around two counts; the
-    # rare error paths do the slow counting.
-    # lab + 237 wraps 0..18 to 237..255 and 255 to 236, so any other id makes the minimum fall below 236.
-    if lab.size and int((lab + np.uint8(256 - NUM_CLASSES)).min()) < 255 - NUM_CLASSES:
-        bad_labels = np.flatnonzero(np.bincount(lab, minlength=256)[NUM_CLASSES:255]) + NUM_CLASSES
-        raise UserError(
-            f"{label_name}: GT label holds class id(s) {id_list(bad_labels)} outside 0..18 (and 255 = void)"
-        )
-    check_train_ids(prd, pred_name)
-
-    void = lab == 255
-    num_void = int(np.count_nonzero(void))
-    num_invalid = int(np.count_nonzero(inv)) - int(np.count_nonzero(inv & void))
-    # The label with invalid pixels set to 255 as well: V pixels are the ones below 255, and label * 19 + pred
-    # is < 361 exactly for them (255 * 19 lands far beyond the matrix).
-    valid_label = lab | np.negative(inv8)
-    pair = np.multiply(valid_label, NUM_CLASSES, dtype=np.uint16)
-    pair += prd
-    cm = _count_pairs(pair)
-    # 0 = correct V, 1 = wrong V (no prediction equals 255, so I and void pixels start at 1); I pixels: 1 ^ 3
-    # = 2; void pixels end at 3 whether invalid (2 | 3) or not (1 | 3).
-    category = (valid_label != prd).view(np.uint8)
-    category ^= inv8 * np.uint8(3)
-    category |= void.view(np.uint8) * np.uint8(3)
+    inv8 = (inv if inv.dtype == np.bool_ else inv != 0).view(np.uint8)  # 1 = invalid
+    try:
+        check_train_ids(prd, pred_name)  # the pair codes below assume predictions 0..18
+    except UserError:
+        _check_label_ids(lab, label_name)  # a bad label is reported first, as it is whatever the prediction
+        raise
+    size = lab.size
+    category = np.empty(size, dtype=np.uint8)
+    codes = np.zeros(_PAIR_BINS, dtype=np.int64)
+    block = min(size, _BLOCK)
+    pair, flag, small = np.empty(block, np.uint16), np.empty(block, np.uint16), np.empty(block, np.uint8)
+    for start in range(0, size, _BLOCK):
+        stop = min(start + _BLOCK, size)
+        lab_b, prd_b, inv_b = lab[start:stop], prd[start:stop], inv8[start:stop]
+        pair_b, flag_b, small_b = pair[: stop - start], flag[: stop - start], small[: stop - start]
+        np.multiply(lab_b, NUM_CLASSES, out=pair_b, dtype=np.uint16)
+        pair_b += prd_b
+        np.left_shift(inv_b, _PAIR_INVALID_BIT, out=flag_b, dtype=np.uint16)
+        pair_b |= flag_b
+        codes += _count_codes(pair_b)
+        # 1 where a V pixel is wrong, 0 for every other V or I pixel (lab != prd, and not invalid) ...
+        cat_b = category[start:stop]
+        np.not_equal(lab_b, prd_b, out=cat_b.view(np.bool_))
+        np.greater(cat_b, inv_b, out=cat_b.view(np.bool_))
+        # ... then 2 for I pixels, and 3 for void ones (255 >> 6 = 3, train ids >> 6 = 0) whatever they are.
+        np.add(inv_b, inv_b, out=small_b)
+        cat_b |= small_b
+        np.right_shift(lab_b, 6, out=small_b)
+        cat_b |= small_b
+    _check_label_codes(codes, label_name)
+    void = int(codes[_VOID_CODES].sum() + codes[_PAIR_INVALID:][_VOID_CODES].sum())
+    invalid = int(codes[_PAIR_INVALID : _PAIR_INVALID + _CM_OUTSIDE].sum())
     if sample_idx is not None:
-        if sample_idx.size == 0 or sample_idx[-1] >= lab.size or sample_idx[0] < 0:
-            raise UserError(f"{sample_name}: sample indices fall outside the {lab.size}-pixel image")
+        if sample_idx.size == 0 or sample_idx[-1] >= size or sample_idx[0] < 0:
+            raise UserError(f"{sample_name}: sample indices fall outside the {size}-pixel image")
         category = category[sample_idx]
         if np.any(category == 3):
             raise UserError(
                 f"{sample_name}: the sample contains void pixels (wrong sampling file for this GT?)"
             )
     return CategorisedPixels(
-        shape,
-        cm,
-        np.left_shift(category, 16, dtype=np.uint32),
-        sample_idx,
-        lab.size - num_void - num_invalid,
-        num_invalid,
-        num_void,
+        shape, codes[:_CM_OUTSIDE].copy(), category, sample_idx, size - void - invalid, invalid, void
     )
 
 
-def _count_pairs(pair: np.ndarray) -> np.ndarray:
-    """(361,) int64 counts of the values < 361 of a uint16 array (the confusion matrix, flattened).
+def _check_label_ids(lab: np.ndarray, label_name: str) -> None:
+    """`UserError` naming `label_name` unless every value of a flat GT label is a train id 0..18 or 255."""
+    # lab + 237 wraps 0..18 to 237..255 and 255 to 236, so any other id makes the minimum fall below 236.
+    if lab.size and int((lab + np.uint8(256 - NUM_CLASSES)).min()) < 255 - NUM_CLASSES:
+        _raise_bad_labels(
+            np.flatnonzero(np.bincount(lab, minlength=256)[NUM_CLASSES:255]) + NUM_CLASSES, label_name
+        )
 
-    Labels and predictions come in regions, so the pairs mostly come in runs along a row: where there are few
+
+def _check_label_codes(codes: np.ndarray, label_name: str) -> None:
+    """`UserError` naming `label_name` when the counts of the pair codes (`categorise`) hold a label outside
+    0..18 and 255: the codes from 361 to 255 * 19, invalid or not."""
+    bad = (
+        codes[_CM_OUTSIDE : _VOID_CODES.start]
+        + codes[_PAIR_INVALID + _CM_OUTSIDE : _PAIR_INVALID + _VOID_CODES.start]
+    )
+    if bad.any():
+        _raise_bad_labels(np.unique((np.flatnonzero(bad) + _CM_OUTSIDE) // NUM_CLASSES), label_name)
+
+
+def _raise_bad_labels(ids: np.ndarray, label_name: str) -> None:
+    raise UserError(f"{label_name}: GT label holds class id(s) {id_list(ids)} outside 0..18 (and 255 = void)")
+
+
+def _count_codes(pair: np.ndarray) -> np.ndarray:
+    """(_PAIR_BINS,) int64 counts of the values of a uint16 array of pair codes.
+
+    Labels and predictions come in regions, so the codes mostly come in runs along a row: where there are few
     runs, one count per run (weighted by its length; exact, as lengths are far below 2^53) costs a fraction of
     counting every pixel. Pixel-level noise leaves runs of one pixel; then every pixel is counted.
     """
     change = pair[1:] != pair[:-1]
     runs = int(np.count_nonzero(change)) + 1
     if runs > pair.size // 8:
-        return np.bincount(pair, minlength=_CM_BINS)[:_CM_OUTSIDE].astype(np.int64)
+        return np.bincount(pair, minlength=_PAIR_BINS)
     starts = np.empty(runs, dtype=np.intp)
     starts[0] = 0
     np.add(np.flatnonzero(change), 1, out=starts[1:])
     lengths = np.diff(starts, append=pair.size)
-    counts = np.bincount(pair[starts], weights=lengths, minlength=_CM_BINS)[:_CM_OUTSIDE]
-    return counts.astype(np.int64)
+    return np.bincount(pair[starts], weights=lengths, minlength=_PAIR_BINS).astype(np.int64)
 
 
 def lower_is_better(key: str) -> bool:
