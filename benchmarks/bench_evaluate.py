@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -162,18 +161,17 @@ def command(
     argv = [sys.executable, "-c", _CLI_WITH_PEAK, "evaluate", "--root", str(data / "images"), "--gt"]
     argv += [str(data / "gt"), "--checkpoint", str(checkpoint), "--out", str(out), "--confidence", scores]
     argv += ["--device", args.device, "--precision", args.precision, "--workers", str(args.workers)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = machine.cpu_seconds(children_only=True)
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     first_image, wall, returncode, stderr = watched(argv, _BAR_SHOWN, env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = machine.cpu_seconds(children_only=True) - before
     # A random model leaves some subsets unscored, which `evaluate` reports with exit code 2 after writing
     # everything; a run that wrote no results is what fails here.
     if not (out / "results.json").is_file():
         raise SystemExit(f"evaluate wrote no results ({returncode}):\n{stderr[-3000:]}")
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return wall, cpu, machine.peak_rss_mb(stderr), first_image
 
 
