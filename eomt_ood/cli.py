@@ -6,6 +6,7 @@ Heavy imports (torch, the models) happen inside the commands so `eomt-ood --help
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -66,7 +67,7 @@ _MICRO_BATCH = typer.Option(4, "--micro-batch", min=1, help="Windows per forward
 def compare_command(
     run_dirs: list[Path] = typer.Argument(
         ...,
-        metavar="RUN_DIR...",
+        metavar="RUN_DIR",
         help="Run directories written by `eomt-ood evaluate` (or results JSON of `score --stats`).",
     ),
     out: Path = typer.Option(..., "--out", help="Comparison report (HTML) to write."),
@@ -534,6 +535,19 @@ _RESUME_HINTS = {
     "predict": "finished images are kept; run the same command again to resume",
     "train": "the last checkpoint is kept; run the same command with --resume auto to continue",
 }
+
+
+def _summaries_on_one_line() -> None:
+    """`eomt-ood --help` lists every command beside the first paragraph of its help, and typer's rich help
+    keeps that paragraph's line breaks, which the docstrings put mid-sentence: each command's summary is the
+    paragraph on one line, for the panel to wrap."""
+    for info in app.registered_commands:
+        text = info.help or (inspect.getdoc(info.callback) if info.callback else None)
+        if info.short_help is None and text:
+            info.short_help = " ".join(text.split("\n\n")[0].split())
+
+
+_summaries_on_one_line()
 
 
 def main() -> None:
