@@ -101,6 +101,7 @@ def compare_command(
     summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence, bootstrap=settings)
     for line in summary["differences"]:
         warn(line)
+    print(summary["table"])
     if paper:
         print(summary["paper_table"])
     print(f"compared {len(summary['rows'])} run(s) -> {out}" + (f", {csv_path}" if csv_path else ""))

@@ -171,6 +171,28 @@ def test_cli_compare(runs, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "c.html").is_file() and (tmp_path / "c.csv").is_file()
     assert "compared 2 run(s)" in captured.out
     assert "warning: confidence score differs" in captured.err
+    # The console table: each run's own AUPRC_OOD and summaries (its results.json), the second run's paired
+    # difference to the first beside them, starred as the CSV says its interval excludes 0.
+    lines = captured.out.splitlines()
+    assert lines[0].split() == [
+        "run",
+        "score",
+        "SMIYC_auprc_ood",
+        "synobjs_auprc_ood",
+        "semantic_hmean",
+        "bravo_index",
+    ]
+    first, second = _results(runs["eomt"], "rba"), _results(runs["swin"])
+    with open(tmp_path / "c.csv", newline="") as f:
+        swin_row = list(csv.DictReader(f))[1]
+    assert lines[1].split()[:2] == ["eomt", "rba"] and lines[2].split()[:2] == ["swin", "msp"]
+    for i, key in enumerate(lines[0].split()[2:]):
+        assert lines[1].split()[2 + i] == format_value(first[key])
+        value, diff = lines[2].split()[2 + 2 * i : 4 + 2 * i]
+        assert value == format_value(second[key])
+        star = "*" if swin_row[f"{key}_diff_excludes_0"] == "True" else ""
+        assert diff == f"({second[key] - first[key]:+.4f}){star}"
+    assert lines[3].startswith("(+x): this run minus eomt, paired over the same images")
     # A directory without results.json: one line naming the path, exit code 2, no traceback.
     monkeypatch.setattr(
         sys, "argv", ["eomt-ood", "compare", str(tmp_path / "nope"), "--out", str(tmp_path / "d.html")]

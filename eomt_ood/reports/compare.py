@@ -44,7 +44,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from eomt_ood.bravo.layout import OOD_SUBSETS
+from eomt_ood.bravo.layout import OOD_SUBSETS, SUBSETS
 from eomt_ood.bravo.scoring import lower_is_better
 from eomt_ood.errors import UserError
 from eomt_ood.io import atomic_path, check_output, write_text_atomic
@@ -330,6 +330,39 @@ def comparison_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
                 row[f"{column}_diff_excludes_0"] = diff.excludes_zero if diff else None
         rows.append(row)
     return rows
+
+
+def comparison_text(rows: Sequence[Mapping[str, Any]], level: float = 0.95) -> str:
+    """The headline columns of `comparison_rows` as a console table: AUPRC_OOD of each OOD subset, then the
+    semantic and BRAVO summaries, one line per run; with intervals, each run after the first shows its paired
+    difference to the first beside its value (``*`` where the interval of the difference excludes 0)."""
+    keys = [f"{s}_auprc_ood" for s in SUBSETS if s in OOD_SUBSETS] + ["semantic_hmean", "bravo_index"]
+    keys = [k for k in keys if k in rows[0]]
+    table = [["run", "score", *keys]]
+    marked = False
+    for row in rows:
+        cells = [str(row["run"]), str(row["score"])]
+        for key in keys:
+            cell = plots.format_value(row[key])
+            diff = row.get(f"{key}_diff")
+            if diff is not None:
+                cell += f" ({diff:+.4f})" + ("*" if row[f"{key}_diff_excludes_0"] else " ")
+                marked = True
+            cells.append(cell)
+        table.append(cells)
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in table
+    ]
+    if marked:
+        lines.append(
+            f"(+x): this run minus {rows[0]['run']}, paired over the same images; *: the {level:.0%} interval of "
+            "the difference excludes 0"
+        )
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
@@ -667,8 +700,9 @@ def compare_runs(
     title: str = "eomt-ood comparison",
     bootstrap: Any = None,
 ) -> dict[str, Any]:
-    """Write the comparison report to `out` (and the table to `csv_path`); returns {"rows", "differences",
-    "paper_table"} (the last: the paper's Table E beside the measured numbers, as text).
+    """Write the comparison report to `out` (and the table to `csv_path`); returns {"rows", "table" (the
+    headline columns as text, `comparison_text`), "differences", "paper_table"} (the last: the paper's Table E
+    beside the measured numbers, as text).
 
     bootstrap: an `eomt_ood.bravo.intervals.Settings` (default B = 1000, seed 0, 95%; replicates 0 = no
     intervals). The output paths are checked before any run is read: neither may be an existing file of an
@@ -692,7 +726,12 @@ def compare_runs(
     from eomt_ood.reports.paper import table_e_text
 
     paper_table = table_e_text(paper_reference(runs))
-    return {"rows": rows, "differences": convention_differences(runs) + notes, "paper_table": paper_table}
+    return {
+        "rows": rows,
+        "table": comparison_text(rows, settings.level),
+        "differences": convention_differences(runs) + notes,
+        "paper_table": paper_table,
+    }
 
 
 __all__ = [
@@ -701,6 +740,7 @@ __all__ = [
     "build_comparison",
     "compare_runs",
     "comparison_rows",
+    "comparison_text",
     "convention_differences",
     "describe_architecture",
     "load_run",
