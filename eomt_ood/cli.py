@@ -77,8 +77,9 @@ def compare_command(
     confidence: str | None = typer.Option(
         None,
         "--confidence",
-        help="Score to compare (default: each run's first, the submitted one); a results file of one unnamed "
-        "score (from `score`) is taken as that score.",
+        help="Score to compare (default: each run's first, the submitted one), or several separated by "
+        "commas (msp,rba): each run is then compared once per score, paired to the first row; a results file "
+        "of one unnamed score (from `score`) is taken as the one score asked for.",
     ),
     paper: bool = typer.Option(
         False,
@@ -95,7 +96,7 @@ def compare_command(
     run, PR curves, bars; flags differing conventions."""
     from eomt_ood.bravo.intervals import Settings
     from eomt_ood.io import warn
-    from eomt_ood.reports.compare import compare_runs
+    from eomt_ood.reports.compare import compare_runs, score_list
 
     settings = Settings(bootstrap, bootstrap_seed, confidence_level).check()
     summary = compare_runs(run_dirs, out, csv_path=csv_path, confidence=confidence, bootstrap=settings)
@@ -104,7 +105,9 @@ def compare_command(
     print(summary["table"])
     if paper:
         print(summary["paper_table"])
-    print(f"compared {len(summary['rows'])} run(s) -> {out}" + (f", {csv_path}" if csv_path else ""))
+    scores = len(score_list(confidence))
+    what = f"{len(run_dirs)} run(s)" + (f" x {scores} scores" if scores > 1 else "")
+    print(f"compared {what} -> {out}" + (f", {csv_path}" if csv_path else ""))
 
 
 @app.command("models")

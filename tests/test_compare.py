@@ -205,6 +205,28 @@ def test_cli_compare(runs, tmp_path, monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_several_scores_compare_each_run_once_per_score(runs, tmp_path):
+    # The EoMT run holds rba and msp: two rows of one run, each with its own block's numbers, the second
+    # paired to the first (the same images), and the scores differing is what was asked for, not a warning.
+    out = compare_runs([runs["eomt"]], tmp_path / "s.html", tmp_path / "s.csv", confidence="msp, rba")
+    assert [(r["run"], r["score"]) for r in out["rows"]] == [("eomt (msp)", "msp"), ("eomt (rba)", "rba")]
+    msp, rba = _results(runs["eomt"], "msp"), _results(runs["eomt"], "rba")
+    for key in ("SMIYC_auprc_ood", "synobjs_auprc_ood", "bravo_index"):
+        assert out["rows"][0][key] == msp[key] and out["rows"][1][key] == rba[key]
+        assert out["rows"][1][f"{key}_diff"] == pytest.approx(rba[key] - msp[key], abs=1e-12)
+        assert out["rows"][0][f"{key}_diff"] is None
+    assert not any("confidence score differs" in line for line in out["differences"])
+    assert "eomt (rba)" in out["table"].splitlines()[2]
+    # Two runs: run by run, each with every score; a run without one of them names itself and the score.
+    out = compare_runs([runs["eomt"], runs["eomt"]], tmp_path / "t.html", confidence=["rba", "msp"])
+    labels = [r["run"] for r in out["rows"]]
+    assert labels == [f"{runs['eomt']} ({s})" for s in ("rba", "msp", "rba", "msp")]
+    with pytest.raises(UserError, match=r"swin/results.json: no results for confidence 'rba' \(it has msp\)"):
+        compare_runs([runs["eomt"], runs["swin"]], tmp_path / "u.html", confidence="msp,rba")
+    with pytest.raises(UserError, match="--confidence: give a score name"):
+        compare_runs([runs["eomt"]], tmp_path / "v.html", confidence=" , ")
+
+
 def _copy_with_meta(source, target, **meta_changes):
     shutil.copytree(source, target)
     results = json.loads((target / "results.json").read_text())

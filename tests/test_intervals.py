@@ -367,6 +367,9 @@ def test_compare_pairs_evaluation_runs_and_refuses_other_images(finished_run, se
         out["rows"][1]["synobjs_auprc_ood_diff"] is None
         and out["rows"][1]["synobjs_auprc_ood_low"] is not None
     )
+    # A `score` results file holds one unnamed score: under several names it would only repeat itself.
+    with pytest.raises(UserError, match="one unnamed score .* give it one"):
+        compare_runs([scored["base"]], tmp_path / "n.html", confidence="msp,rba")
     # No intervals at all with --bootstrap 0: the table is as before.
     plain = compare_runs([finished_run, second_run], tmp_path / "p.html", bootstrap=Settings(0))
     assert not any(k.endswith(("_low", "_diff")) for k in plain["rows"][0])

@@ -189,15 +189,51 @@ def load_run(run_dir: str | Path, confidence: str | None = None) -> RunSummary:
     )
 
 
-def load_runs(run_dirs: Sequence[str | Path], confidence: str | None = None) -> list[RunSummary]:
-    """Every run, with labels made unique (the directory name, else the whole path)."""
+def score_list(confidence: str | Sequence[str] | None) -> list[str | None]:
+    """The scores `--confidence` asks for: [None] (each run's submitted one) when it names none, else its
+    comma-separated names in order, each once."""
+    if confidence is None:
+        return [None]
+    names = confidence.split(",") if isinstance(confidence, str) else list(confidence)
+    scores = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    if not scores:
+        raise UserError("--confidence: give a score name, or several separated by commas")
+    return scores
+
+
+def load_runs(
+    run_dirs: Sequence[str | Path], confidence: str | Sequence[str] | None = None
+) -> list[RunSummary]:
+    """Every run, once per score of `confidence` (`score_list`: one row per run and score, run by run), with
+    labels made unique: the directory name, else the whole path, and with several scores the score after it.
+
+    Several scores need results that name them: a `score` results file holds one unnamed score, which would
+    only repeat under every name, so it is a `UserError` then.
+    """
+    from eomt_ood.bravo.rundir import FLAT, metric_blocks
+
     if not run_dirs:
         raise UserError("RUN_DIR: give at least one run directory")
-    runs = [load_run(d, confidence) for d in run_dirs]
-    names = [r.label for r in runs]
-    for run in runs:
-        if names.count(run.label) > 1:
-            run.label = str(run.path)
+    scores = score_list(confidence)
+    groups = [[load_run(d, score) for score in scores] for d in run_dirs]
+    names = [group[0].label for group in groups]
+    runs = []
+    for group in groups:
+        for run in group:
+            if (
+                len(scores) > 1
+                and set(metric_blocks(run.results)) == {FLAT}
+                and not run.meta.get("confidences")
+            ):
+                raise UserError(
+                    f"{run.path}: results of one unnamed score (a `score` results file), which cannot be "
+                    "compared under several --confidence names; give it one"
+                )
+            if names.count(run.label) > 1:
+                run.label = str(run.path)
+            if len(scores) > 1:
+                run.label += f" ({run.score})"
+            runs.append(run)
     return runs
 
 
@@ -249,8 +285,9 @@ def _listing(values: Mapping[str, Any]) -> str:
     return "; ".join(f"{label}: {value}" for label, value in values.items())
 
 
-def convention_differences(runs: Sequence[RunSummary]) -> list[str]:
-    """One line per convention on which the runs differ (empty when they agree on all of them)."""
+def convention_differences(runs: Sequence[RunSummary], chosen: Sequence[str] = ()) -> list[str]:
+    """One line per convention on which the runs differ (empty when they agree on all of them); `chosen`:
+    conventions the comparison varies on purpose (e.g. "confidence score" when several are asked for)."""
     lines = []
     checks = {
         "pixels scored": {r.label: r.meta.get("pixels", "unknown") for r in runs},
@@ -262,7 +299,7 @@ def convention_differences(runs: Sequence[RunSummary]) -> list[str]:
         "precision": {r.label: r.config.get("precision", "unknown") for r in runs},
     }
     for what, values in checks.items():
-        if _differs(values):
+        if what not in chosen and _differs(values):
             lines.append(f"{what} differs: {_listing(values)}")
     # Same subsets but other images or other ground-truth pixels: not the same test set (or not the same GT
     # resolution), so the numbers are not comparable either.
@@ -644,12 +681,14 @@ def build_comparison(
     notes: Sequence[str] = (),
     level: float = 0.95,
     replicates: int = 0,
+    chosen: Sequence[str] = (),
 ) -> str:
-    """The comparison report as one self-contained HTML string (`notes`: extra warning lines, e.g. pairing)."""
+    """The comparison report as one self-contained HTML string (`notes`: extra warning lines, e.g. pairing;
+    `chosen`: as in `convention_differences`)."""
     from eomt_ood.reports.paper import table_e_html
 
     rows = comparison_rows(runs)
-    differences = convention_differences(runs) + list(notes)
+    differences = convention_differences(runs, chosen) + list(notes)
     sources = "".join(
         f"<tr><td>{html.escape(r.label)}</td><td>{html.escape(str(r.path))}</td>"
         f"<td>{html.escape(r.model_name or 'unknown')}</td></tr>"
@@ -696,7 +735,7 @@ def compare_runs(
     run_dirs: Sequence[str | Path],
     out: str | Path,
     csv_path: str | Path | None = None,
-    confidence: str | None = None,
+    confidence: str | Sequence[str] | None = None,
     title: str = "eomt-ood comparison",
     bootstrap: Any = None,
 ) -> dict[str, Any]:
@@ -704,9 +743,12 @@ def compare_runs(
     headline columns as text, `comparison_text`), "differences", "paper_table"} (the last: the paper's Table E
     beside the measured numbers, as text).
 
-    bootstrap: an `eomt_ood.bravo.intervals.Settings` (default B = 1000, seed 0, 95%; replicates 0 = no
-    intervals). The output paths are checked before any run is read: neither may be an existing file of an
-    input run. `differences` lists the conventions the runs differ on and the runs that could not be paired.
+    confidence: the score to compare (default: each run's submitted one), or several (comma-separated, or a
+    sequence): then every run is compared once per score, run by run (`load_runs`), and the scores differing
+    is not flagged. bootstrap: an `eomt_ood.bravo.intervals.Settings` (default B = 1000, seed 0, 95%;
+    replicates 0 = no intervals). The output paths are checked before any run is read: neither may be an
+    existing file of an input run. `differences` lists the conventions the runs differ on and the runs that
+    could not be paired.
     """
     from eomt_ood.bravo.intervals import Settings
     from eomt_ood.bravo.rundir import read_paths
@@ -717,8 +759,9 @@ def compare_runs(
     if csv_path is not None:
         check_output(csv_path, "--csv", [*inputs, out])
     runs = load_runs(run_dirs, confidence)
+    chosen = ("confidence score",) if len(score_list(confidence)) > 1 else ()
     notes = add_intervals(runs, settings) if settings.enabled else []
-    page_text = build_comparison(runs, title, notes, settings.level, settings.replicates)
+    page_text = build_comparison(runs, title, notes, settings.level, settings.replicates, chosen)
     write_text_atomic(out, page_text)
     rows = with_paper_columns(comparison_rows(runs), runs)
     if csv_path is not None:
@@ -729,7 +772,7 @@ def compare_runs(
     return {
         "rows": rows,
         "table": comparison_text(rows, settings.level),
-        "differences": convention_differences(runs) + notes,
+        "differences": convention_differences(runs, chosen) + notes,
         "paper_table": paper_table,
     }
 
@@ -745,5 +788,6 @@ __all__ = [
     "describe_architecture",
     "load_run",
     "load_runs",
+    "score_list",
     "write_csv",
 ]

@@ -32,7 +32,12 @@ def _results_without_metrics(w):
 
 def _compared(world, out, err):
     html = (world.root / "out" / "c.html").read_text()
-    assert "AUPRC" in html and out.startswith("compared 2 run(s)")
+    lines = out.splitlines()
+    assert (
+        "AUPRC" in html
+        and lines[0].split()[:2] == ["run", "score"]
+        and lines[-1].startswith("compared 2 run(s)")
+    )
 
 
 COMPARE_CASES = [
@@ -65,6 +70,8 @@ COMPARE_CASES = [
         "store-corrupt", COMPARE, ["predictions.h5"], lambda w: bad.truncate(w["run"] / "predictions.h5", 0.1)
     ),
     Case("confidence-unknown", [*COMPARE, "--confidence", "nope"], ["nope"]),
+    Case("confidence-one-of-several-unknown", [*COMPARE, "--confidence", "msp,nope"], ["nope"]),
+    Case("confidence-empty-list", [*COMPARE, "--confidence", " , "], ["--confidence"]),
     # A results file given instead of a run folder brings its statistics file (here the store beside it).
     Case(
         "out-is-a-results-files-statistics",
