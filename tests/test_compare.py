@@ -217,6 +217,11 @@ def test_several_scores_compare_each_run_once_per_score(runs, tmp_path):
         assert out["rows"][0][f"{key}_diff"] is None
     assert not any("confidence score differs" in line for line in out["differences"])
     assert "eomt (rba)" in out["table"].splitlines()[2]
+    # The paper's table lists every score the run computed once, not once per compared row.
+    assert [line.split()[-4] for line in out["paper_table"].splitlines() if " eomt " in line] == [
+        "rba",
+        "msp",
+    ]
     # Two runs: run by run, each with every score; a run without one of them names itself and the score.
     out = compare_runs([runs["eomt"], runs["eomt"]], tmp_path / "t.html", confidence=["rba", "msp"])
     labels = [r["run"] for r in out["rows"]]

@@ -135,6 +135,7 @@ class RunSummary:
     results: dict[str, Any] = field(default_factory=dict)  # the whole results file (every score block)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     differences: dict[str, Any] = field(default_factory=dict)  # key -> bootstrap.Difference (run - first run)
+    run_label: str = ""  # the run's own label, without the score that several compared scores add to `label`
 
     @property
     def img_size(self) -> int | None:
@@ -231,6 +232,7 @@ def load_runs(
                 )
             if names.count(run.label) > 1:
                 run.label = str(run.path)
+            run.run_label = run.label
             if len(scores) > 1:
                 run.label += f" ({run.score})"
             runs.append(run)
@@ -661,10 +663,16 @@ def warning_banner(differences: Sequence[str]) -> str:
 
 
 def paper_reference(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
-    """The rows of the paper's Table E beside every score each run computed (`paper.table_e_rows`)."""
+    """The rows of the paper's Table E beside every score each run computed (`paper.table_e_rows`), each run
+    once however many of its scores are compared."""
     from eomt_ood.reports import paper
 
-    entries = [paper.RunScores(run.label, run.model_name, paper.score_blocks(run.results)) for run in runs]
+    first_of_run = {run.path: run for run in reversed(runs)}  # a run compared with several scores: its first
+    entries = [
+        paper.RunScores(run.run_label or run.label, run.model_name, paper.score_blocks(run.results))
+        for run in runs
+        if first_of_run[run.path] is run
+    ]
     return paper.table_e_rows(entries)
 
 
