@@ -217,6 +217,8 @@ def test_several_scores_compare_each_run_once_per_score(runs, tmp_path):
         assert out["rows"][0][f"{key}_diff"] is None
     assert not any("confidence score differs" in line for line in out["differences"])
     assert "eomt (rba)" in out["table"].splitlines()[2]
+    text = (tmp_path / "s.html").read_text()
+    assert "pixels scored, subsets" in text and "The confidence score differs, as asked." in text
     # The paper's table lists every score the run computed once, not once per compared row.
     assert [line.split()[-4] for line in out["paper_table"].splitlines() if " eomt " in line] == [
         "rba",

@@ -645,11 +645,15 @@ table.compare .diff.better { color: #1a7f37; font-weight: 600; } table.compare .
 """
 
 
-def warning_banner(differences: Sequence[str]) -> str:
+def warning_banner(differences: Sequence[str], chosen: Sequence[str] = ()) -> str:
+    """The report's line on conventions: every `convention_differences` line as a warning, else that the
+    runs share them (all but the `chosen` ones, which the comparison varies on purpose)."""
     if not differences:
-        return (
-            '<p class="note">All runs share the same conventions (pixels, score, subsets, counts, size).</p>'
-        )
+        shared = [c for c in ("pixels scored", "confidence score") if c not in chosen]
+        shared += ["subsets and their counts", "input size", "precision"]
+        varied = "".join(f" The {c} differs, as asked." for c in chosen)
+        return f'<p class="note">All runs share the same conventions ({", ".join(shared)}).{varied}</p>'
+
     items = "".join(f"<li>{html.escape(line)}</li>" for line in differences)
     return (
         '<div class="warning"><h3>Warning: these runs were not evaluated the same way; read the numbers with '
@@ -719,7 +723,7 @@ def build_comparison(
         title,
         [
             written_note(note),
-            warning_banner(differences),
+            warning_banner(differences, chosen),
             "<h2>OOD detection</h2>",
             ood_table_html(runs, rows),
             chance_note(runs),
