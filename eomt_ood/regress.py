@@ -101,7 +101,8 @@ def compare(
     if base_flat != curr_flat:
         kinds = {True: "flat metrics", False: "per-score blocks"}
         raise UserError(
-            f"baseline has {kinds[base_flat]} but results have {kinds[curr_flat]}; compare like with like"
+            f"baseline has {kinds[base_flat]} but results have {kinds[curr_flat]}; compare like with like, or "
+            "gate one score of both with --confidence"
         )
     all_keys = {k for blocks in (base_blocks, curr_blocks) for block in blocks.values() for k in block}
     for pattern in patterns:
@@ -237,6 +238,14 @@ def run_gate(
             f"{baseline_path}: the baseline holds no metrics; create it from a scored run with --update"
         )
     notes = dataset_notes(baseline, results)
+    if confidence is None:
+        confidence = _shared_score(baseline, results)
+        if confidence is not None:
+            others = ", ".join(b for b in metric_blocks(results, "results") if b != confidence)
+            notes.append(
+                f"the baseline holds one score ({confidence}), the results {others} besides: gating "
+                f"{confidence}, the score both hold"
+            )
     base_sel = _select(baseline, confidence, str(baseline_path))
     curr_sel = _select(results, confidence, str(results_path))
     rows = compare(base_sel, curr_sel, patterns, tolerance, (str(baseline_path), str(results_path)))
@@ -267,6 +276,16 @@ def run_gate(
         )
     lines = [f"note: {n}" for n in notes] + [format_table(rows, level), summary]
     return (1 if bad else 0), "\n".join(lines)
+
+
+def _shared_score(baseline: dict, results: dict) -> str | None:
+    """The score to gate when a baseline of one score (a flat file naming it) meets results of several that
+    include it, else None. The other way round stays an error: the baseline's other scores would be missing."""
+    base_blocks, curr_blocks = metric_blocks(baseline, "baseline"), metric_blocks(results, "results")
+    recorded = (baseline.get("meta") or {}).get("confidences") or []
+    if set(base_blocks) == {FLAT} and set(curr_blocks) != {FLAT} and recorded and recorded[0] in curr_blocks:
+        return str(recorded[0])
+    return None
 
 
 def _select(results: dict, confidence: str | None, where: str) -> dict:

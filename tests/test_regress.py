@@ -155,6 +155,36 @@ def test_per_score_blocks_are_matched_by_name():
         metric_blocks({"msp": flat, "SMIYC_auprc_ood": 0.5})
 
 
+def test_baseline_of_one_score_gates_that_score_of_results_with_several(tmp_path):
+    # A baseline written when the run scored msp alone, results of a run that added energy: msp is gated (its
+    # drop fails, and a note says so), energy is not. Results of one score against a baseline of several
+    # would leave the baseline's other scores missing, so that stays an error, with the way out.
+    flat = {k: v for k, v in BASE.items() if k != "meta"}
+    baseline = write(tmp_path / "one.json", dict(flat, meta={"confidences": ["msp"]}))
+    several = {
+        "msp": dict(flat, synobjs_auprc_ood=0.4),
+        "energy": dict(flat, synobjs_auprc_ood=0.1),
+        "meta": {},
+    }
+    results = write(tmp_path / "several.json", several)
+    code, text = run_gate(baseline, results)
+    lines = text.splitlines()
+    assert code == 1 and lines[0] == (
+        "note: the baseline holds one score (msp), the results energy besides: gating msp, the score both hold"
+    )
+    row = next(line.split() for line in lines if line.startswith("synobjs_auprc_ood"))
+    assert row[1:4] == ["0.500000", "0.400000", "-0.100000"] and row[-1] == REGRESSED
+    assert not any("energy/" in line for line in lines)
+    with pytest.raises(
+        UserError, match="compare like with like, or gate one score of both with --confidence"
+    ):
+        run_gate(results, baseline)
+    # A flat baseline that names no score cannot be matched to a block: the same error.
+    unnamed = write(tmp_path / "unnamed.json", flat)
+    with pytest.raises(UserError, match="flat metrics but results have per-score blocks"):
+        run_gate(unnamed, results)
+
+
 def test_official_api_wrapping_reads_as_flat():
     wrapped = {"method": {k: v for k, v in BASE.items() if k != "meta"}, "result": True}
     assert statuses(compare(BASE, wrapped)) == {"SMIYC_auprc_ood": OK, "synobjs_auprc_ood": OK}
