@@ -101,8 +101,8 @@ def compare(
     if base_flat != curr_flat:
         kinds = {True: "flat metrics", False: "per-score blocks"}
         raise UserError(
-            f"baseline has {kinds[base_flat]} but results have {kinds[curr_flat]}; compare like with like, or "
-            "gate one score of both with --confidence"
+            f"baseline has {kinds[base_flat]} but results have {kinds[curr_flat]}; compare like with like, "
+            "or gate one score of both with --confidence"
         )
     all_keys = {k for blocks in (base_blocks, curr_blocks) for block in blocks.values() for k in block}
     for pattern in patterns:
@@ -280,7 +280,8 @@ def run_gate(
 
 def _shared_score(baseline: dict, results: dict) -> str | None:
     """The score to gate when a baseline of one score (a flat file naming it) meets results of several that
-    include it, else None. The other way round stays an error: the baseline's other scores would be missing."""
+    include it, else None. The other way round stays an error: the baseline's other scores would go
+    missing."""
     base_blocks, curr_blocks = metric_blocks(baseline, "baseline"), metric_blocks(results, "results")
     recorded = (baseline.get("meta") or {}).get("confidences") or []
     if set(base_blocks) == {FLAT} and set(curr_blocks) != {FLAT} and recorded and recorded[0] in curr_blocks:

@@ -170,7 +170,8 @@ def test_baseline_of_one_score_gates_that_score_of_results_with_several(tmp_path
     code, text = run_gate(baseline, results)
     lines = text.splitlines()
     assert code == 1 and lines[0] == (
-        "note: the baseline holds one score (msp), the results energy besides: gating msp, the score both hold"
+        "note: the baseline holds one score (msp), the results energy besides: gating msp, the score both "
+        "hold"
     )
     row = next(line.split() for line in lines if line.startswith("synobjs_auprc_ood"))
     assert row[1:4] == ["0.500000", "0.400000", "-0.100000"] and row[-1] == REGRESSED
