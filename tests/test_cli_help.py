@@ -1,5 +1,5 @@
-"""`eomt-ood --help` lists every command beside its summary, the first paragraph of its help, wrapped by the panel
-and not broken where the lines of the docstring end."""
+"""`eomt-ood --help` lists every command beside its summary, the first paragraph of its help, wrapped by the
+panel and not broken where the lines of the docstring end."""
 
 from __future__ import annotations
 

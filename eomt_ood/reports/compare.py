@@ -398,8 +398,8 @@ def comparison_text(rows: Sequence[Mapping[str, Any]], level: float = 0.95) -> s
     ]
     if marked:
         lines.append(
-            f"(+x): this run minus {rows[0]['run']}, paired over the same images; *: the {level:.0%} interval of "
-            "the difference excludes 0"
+            f"(+x): this run minus {rows[0]['run']}, paired over the same images; *: the {level:.0%} "
+            "interval of the difference excludes 0"
         )
     return "\n".join(line.rstrip() for line in lines)
 
@@ -653,7 +653,6 @@ def warning_banner(differences: Sequence[str], chosen: Sequence[str] = ()) -> st
         shared += ["subsets and their counts", "input size", "precision"]
         varied = "".join(f" The {c} differs, as asked." for c in chosen)
         return f'<p class="note">All runs share the same conventions ({", ".join(shared)}).{varied}</p>'
-
     items = "".join(f"<li>{html.escape(line)}</li>" for line in differences)
     return (
         '<div class="warning"><h3>Warning: these runs were not evaluated the same way; read the numbers with '
