@@ -205,8 +205,8 @@ def evaluate_command(
     if not results:  # a rank other than 0 of a multi-process run: rank 0 reports
         return
     if len(results) > 1:
-        for score in metric_blocks(results) if len(scores) > 1 else [None]:
-            typer.echo(summary_table(results, score))
+        tables = [summary_table(results, s) for s in (metric_blocks(results) if len(scores) > 1 else [None])]
+        typer.echo("\n\n".join(tables))  # a blank line between the scores' tables
     typer.echo(f"wrote {config.out}/results.json, report.html, predictions.h5 and submission/")
 
 
@@ -541,17 +541,26 @@ _RESUME_HINTS = {
 }
 
 
-def _summaries_on_one_line() -> None:
-    """`eomt-ood --help` lists every command beside the first paragraph of its help, and typer's rich help
-    keeps that paragraph's line breaks, which the docstrings put mid-sentence: each command's summary is the
-    paragraph on one line, for the panel to wrap."""
+_HELP_ORDER = (
+    "evaluate", "score", "compare", "regress", "app", "predict", "package", "train", "models", "make-data",
+    "make-fixture",
+)  # fmt: skip
+"""The order of `eomt-ood --help`'s command list: the main job first, then what reads its runs, then the rest."""
+
+
+def _command_list() -> None:
+    """`eomt-ood --help` lists every command beside the first paragraph of its help, in `_HELP_ORDER` (typer
+    lists them as they were registered). Typer's rich help keeps that paragraph's line breaks, which the
+    docstrings put mid-sentence: each command's summary is the paragraph on one line, for the panel to wrap."""
+    order = {name: i for i, name in enumerate(_HELP_ORDER)}
+    app.registered_commands.sort(key=lambda info: order.get(info.name, len(order)))  # a new one: last
     for info in app.registered_commands:
         text = info.help or (inspect.getdoc(info.callback) if info.callback else None)
         if info.short_help is None and text:
             info.short_help = " ".join(text.split("\n\n")[0].split())
 
 
-_summaries_on_one_line()
+_command_list()
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""`eomt-ood --help` lists every command beside its summary, the first paragraph of its help, wrapped by the
-panel and not broken where the lines of the docstring end."""
+"""`eomt-ood --help` lists every command, the main job first, beside its summary (the first paragraph of its
+help), wrapped by the panel and not broken where the lines of the docstring end."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import inspect
 
 from typer.testing import CliRunner
 
-from eomt_ood.cli import app
+from eomt_ood.cli import _HELP_ORDER, app
+
+
+def test_help_lists_the_main_job_first_and_every_command_in_its_place():
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"})
+    listed = [
+        line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and "  " in line
+    ]
+    assert listed == list(_HELP_ORDER)  # every registered command has its place in the order
+    assert {info.name for info in app.registered_commands} == set(_HELP_ORDER)
 
 
 def test_help_lists_every_command_with_its_whole_summary_on_one_line():
