@@ -12,9 +12,10 @@ from eomt_ood.cli import _HELP_ORDER, app
 
 def test_help_lists_the_main_job_first_and_every_command_in_its_place():
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"})
-    listed = [
-        line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and "  " in line
-    ]
+    lines = result.output.splitlines()
+    panel = lines[next(i for i, line in enumerate(lines) if "Commands" in line) + 1 :]
+    panel = panel[: next(i for i, line in enumerate(panel) if line.startswith("╰"))]
+    listed = [line.split()[1] for line in panel if line[2] != " "]  # not a wrapped summary's next line
     assert listed == list(_HELP_ORDER)  # every registered command has its place in the order
     assert {info.name for info in app.registered_commands} == set(_HELP_ORDER)
 
