@@ -135,7 +135,7 @@ class RunSummary:
     results: dict[str, Any] = field(default_factory=dict)  # the whole results file (every score block)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     differences: dict[str, Any] = field(default_factory=dict)  # key -> bootstrap.Difference (run - first run)
-    run_label: str = ""  # the run's own label, without the score that several compared scores add to `label`
+    run_label: str = ""  # the run's own label: `label` without the score that several compared scores add
 
     @property
     def img_size(self) -> int | None:
@@ -172,9 +172,11 @@ def load_run(run_dir: str | Path, confidence: str | None = None) -> RunSummary:
         with StoreReader(stats_file) as store:
             # A `score` run's statistics file names its one score "submission".
             histograms = store.histograms(score if score in store.confidences else store.confidences[0])
+    label = (run.path.stem if results_file == run.path else run.path.name) or str(run.path)
     return RunSummary(
         path=run.path,
-        label=(run.path.stem if results_file == run.path else run.path.name) or str(run.path),
+        label=label,
+        run_label=label,
         score=score,
         metrics=metrics,
         meta=meta,
@@ -231,8 +233,7 @@ def load_runs(
                     "compared under several --confidence names; give it one"
                 )
             if names.count(run.label) > 1:
-                run.label = str(run.path)
-            run.run_label = run.label
+                run.label = run.run_label = str(run.path)
             if len(scores) > 1:
                 run.label += f" ({run.score})"
             runs.append(run)
@@ -670,12 +671,11 @@ def paper_reference(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
     once however many of its scores are compared."""
     from eomt_ood.reports import paper
 
-    first_of_run = {run.path: run for run in reversed(runs)}  # a run compared with several scores: its first
-    entries = [
-        paper.RunScores(run.run_label or run.label, run.model_name, paper.score_blocks(run.results))
-        for run in runs
-        if first_of_run[run.path] is run
-    ]
+    entries, seen = [], set()
+    for run in runs:
+        if run.path not in seen:  # a run compared with several scores: its first row
+            seen.add(run.path)
+            entries.append(paper.RunScores(run.run_label, run.model_name, paper.score_blocks(run.results)))
     return paper.table_e_rows(entries)
 
 
