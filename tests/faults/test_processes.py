@@ -435,9 +435,14 @@ def test_a_dropped_ctrl_c_still_stops_evaluate(templates, tmp_path, monkeypatch,
 
     monkeypatch.setattr(evaluate, "_finished", finishing)
     hook = sys.unraisablehook
-    code, _, err, escaped = run_cli(
-        [str(a) for a in _evaluate_args(templates, tmp_path / "run", workers=2)], monkeypatch, capsys
-    )
+    # Ctrl-C handled as in a terminal (pytest-xdist's workers ignore SIGINT: the stop sent again would be lost)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, _, err, escaped = run_cli(
+            [str(a) for a in _evaluate_args(templates, tmp_path / "run", workers=2)], monkeypatch, capsys
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert escaped is None and code == 130, f"exit {code}\n{escaped or ''}{err[-2000:]}"
     assert err.strip().splitlines()[-1].split("\r")[-1] == (
         "interrupted: finished images are kept; run the same command again to resume"
