@@ -435,7 +435,7 @@ def test_a_dropped_ctrl_c_still_stops_evaluate(templates, tmp_path, monkeypatch,
 
     monkeypatch.setattr(evaluate, "_finished", finishing)
     hook = sys.unraisablehook
-    # Ctrl-C handled as in a terminal (pytest-xdist's workers ignore SIGINT: the stop sent again would be lost)
+    # Ctrl-C handled as in a terminal (pytest-xdist's workers ignore SIGINT: the stop sent again is lost)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code, _, err, escaped = run_cli(
