@@ -526,14 +526,14 @@ class _Lockstep:
         while self.made < self.due:
             self._agree()
 
-    def failed(self, problem: Exception) -> None:
+    def failed(self, problem: BaseException) -> None:
         """Tell the others at the next point, and raise `problem`. A signal reaches every rank (each stops on its
         own), a lost rank cannot be told, and a failure raised at a point was agreed there."""
         if self.made < self.due and not isinstance(problem, (Terminated, LostProcess)):
             self._agree(problem)
         raise problem
 
-    def _agree(self, problem: Exception | None = None) -> None:
+    def _agree(self, problem: BaseException | None = None) -> None:
         self.made += 1
         try:
             self.ranks.agree(problem)
