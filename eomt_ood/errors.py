@@ -21,11 +21,12 @@ class UserError(Exception):
 
 class Terminated(BaseException):
     """The command was asked to stop (SIGTERM, as a cluster scheduler sends before a job's time is up) and
-    stopped cleanly; the CLI says what was kept and exits 143 (128 + SIGTERM), as a process killed by it would.
+    stopped cleanly; the CLI says what was kept and exits 143 (128 + SIGTERM), as a process killed by it
+    would.
 
-    A `BaseException`, as KeyboardInterrupt is: raised by a signal handler wherever the main thread is, it must
-    not be taken for an error by the `except Exception` of other code. `logging` caught it in a handler's write
-    during training, printed "--- Logging error ---" with a traceback, and went on."""
+    A `BaseException`, as KeyboardInterrupt is: raised by a signal handler wherever the main thread is, it
+    must not be taken for an error by the `except Exception` of other code. `logging` caught it in a
+    handler's write during training, printed "--- Logging error ---" with a traceback, and went on."""
 
 
 class LostProcess(Exception):

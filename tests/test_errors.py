@@ -24,9 +24,9 @@ def test_first_line_of_an_exception():
 
 
 def test_a_stop_raised_in_a_logging_write_is_not_swallowed():
-    """SIGTERM's handler raises `Terminated` wherever the main thread is. In a logging handler's write, logging's
-    `except Exception` printed "--- Logging error ---" with a traceback and dropped it (seen in the SIGTERM fault
-    test of `train`); like KeyboardInterrupt, it must reach the command."""
+    """SIGTERM's handler raises `Terminated` wherever the main thread is. In a logging handler's write,
+    logging's `except Exception` printed "--- Logging error ---" with a traceback and dropped it (seen in the
+    SIGTERM fault test of `train`); like KeyboardInterrupt, it must reach the command."""
 
     class Stopping(io.StringIO):
         def write(self, text):
