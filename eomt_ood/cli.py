@@ -557,7 +557,7 @@ def _command_list() -> None:
     lists them as they were registered). Typer's rich help keeps that paragraph's line breaks, which the
     docstrings put mid-sentence: each command's summary is the paragraph on one line, for the panel to wrap."""
     order = {name: i for i, name in enumerate(_HELP_ORDER)}
-    app.registered_commands.sort(key=lambda info: order.get(info.name, len(order)))  # a new one: last
+    app.registered_commands.sort(key=lambda info: order.get(info.name or "", len(order)))  # a new one: last
     for info in app.registered_commands:
         text = info.help or (inspect.getdoc(info.callback) if info.callback else None)
         if info.short_help is None and text:
@@ -594,11 +594,13 @@ def main() -> None:
         # What the checks before the work cannot foresee: a write refused by the file system (a full disk, a
         # path under /proc), a file that vanished meanwhile. One line naming the file, exit 1.
         _fail(f"{exc.filename}: {exc.strerror or exc}" if exc.filename is not None else str(exc), 1)
-    except (KeyboardInterrupt, Terminated) as exc:
+    except tuple(_STOPS) as exc:
         name = getattr(ctx, "invoked_subcommand", None)
         hint = _RESUME_HINTS.get(name or "")
-        said, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
-        _fail(f"{said}{': ' + hint if hint else ''}", code, prefix="")
+        stop = _stop_of(type(exc))
+        assert stop is not None
+        signum, said = stop
+        _fail(f"{said}{': ' + hint if hint else ''}", 128 + signum, prefix="")
     except Exception as exc:
         # click (vendored by typer) signals exits and usage errors with exceptions that carry an exit code.
         code = getattr(exc, "exit_code", None)
@@ -613,6 +615,19 @@ def main() -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         where = getattr(getattr(exc, "ctx", None), "command_path", "eomt-ood")
         _fail(f"{message.rstrip('.')} (see {where} --help)", code)
+
+
+_STOPS: dict[type[BaseException], tuple[int, str]] = {
+    KeyboardInterrupt: (signal.SIGINT, "interrupted"),
+    Terminated: (signal.SIGTERM, "terminated"),
+}
+"""The exceptions that stop a command from outside: the signal each stands for, and the word the CLI says.
+The command exits with 128 + the signal's number (130, 143), as a process killed by that signal would."""
+
+
+def _stop_of(kind: type[BaseException]) -> tuple[int, str] | None:
+    """(signal, word) of `_STOPS` for an exception type, None for any other."""
+    return next((stop for base, stop in _STOPS.items() if issubclass(kind, base)), None)
 
 
 REDELIVERY_DELAY = 0.05
@@ -636,18 +651,11 @@ def _stops_redelivered() -> Iterator[None]:
     previous, timers = sys.unraisablehook, []
 
     def hook(unraisable: Any) -> None:
-        kind = unraisable.exc_type
-        signum = (
-            signal.SIGINT
-            if issubclass(kind, KeyboardInterrupt)
-            else signal.SIGTERM
-            if issubclass(kind, Terminated)
-            else None
-        )
-        if signum is None or sys.is_finalizing():
+        stop = _stop_of(unraisable.exc_type)
+        if stop is None or sys.is_finalizing():
             previous(unraisable)
             return
-        timer = threading.Timer(REDELIVERY_DELAY, _signal_main_thread, (signum,))
+        timer = threading.Timer(REDELIVERY_DELAY, _signal_main_thread, (stop[0],))
         timer.daemon = True
         timer.start()
         timers.append(timer)
@@ -663,11 +671,13 @@ def _stops_redelivered() -> Iterator[None]:
 
 def _signal_main_thread(signum: int) -> None:
     if hasattr(signal, "pthread_kill"):
-        signal.pthread_kill(threading.main_thread().ident, signum)
+        main = threading.main_thread().ident
+        assert main is not None  # the main thread is running
+        signal.pthread_kill(main, signum)
     else:  # Windows: the handler is called, but a wait in progress is not cut short
         import _thread
 
-        _thread.interrupt_main(signum)
+        _thread.interrupt_main(signal.Signals(signum))
 
 
 def _fail(message: str, code: int, prefix: str = "error: ") -> None:
