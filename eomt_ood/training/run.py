@@ -554,6 +554,19 @@ def _noting_stops(noted: list[int]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _killed_by(exc: BaseException, signum: int) -> bool:
+    """Whether torch's error for a dead data worker says `signum` killed it ("... is killed by signal:
+    Terminated.", the signal named by the C library's `strsignal`, as `signal.strsignal` names it here).
+
+    A worker dies of SIGTERM only when it was sent one: the job was stopped from outside (the out-of-memory
+    killer sends SIGKILL). The main process may not have noted the group's SIGTERM by then: once in CI the
+    loader's error came through with neither Lightning's flag nor `_noting_stops` set, and the run ended as a
+    lost worker (exit 1). Likely, a worker's SIGCHLD was handled inside Lightning's SIGTERM handler, which
+    logs before it records anything, and torch's check raised there."""
+    name = signal.strsignal(signum)
+    return name is not None and f"killed by signal: {name}" in str(exc)
+
+
 def check_resume_recipe(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
     """A `UserError` when the recipe differs from the one the checkpoint was trained with, in any key outside
     `RESUME_MAY_CHANGE` (a checkpoint without a recorded recipe passes: its weights are still checked)."""
@@ -943,13 +956,18 @@ def train(
                 # handling, saying what was kept, whatever surfaced here: Lightning answers Ctrl-C with a graceful
                 # shutdown and exit status 1, and SIGTERM by stopping at the next batch; and the data workers,
                 # signalled with the same process group, may die first, so that the loader raises instead.
-                if trainer.received_sigterm or signal.SIGTERM in stops:
+                worker_died = isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker (pid")
+                if (
+                    trainer.received_sigterm
+                    or signal.SIGTERM in stops
+                    or (worker_died and _killed_by(exc, signal.SIGTERM))
+                ):
                     raise Terminated from None
                 if signal.SIGINT in stops:
                     raise KeyboardInterrupt from None
                 if isinstance(exc, UserError):
                     raise _from_data_worker(exc) from None
-                if isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker (pid"):
+                if worker_died:
                     # torch's word for a data worker that died (the kernel's out-of-memory killer, most often)
                     said = first_line(exc).rstrip(". ")
                     raise LostProcess(
