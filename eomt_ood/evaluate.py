@@ -673,6 +673,12 @@ def check_options(config: EvaluateConfig) -> None:
         raise UserError(f"--model: unknown name {config.model!r}; available: {', '.join(list_models())}")
 
 
+def _warm_counting() -> None:
+    from eomt_ood.bravo import counting
+
+    counting.warm()
+
+
 def evaluate_bravo(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
     """Run the whole evaluation into `config.out`; returns the results dict (only `meta` without GT).
 
@@ -721,6 +727,11 @@ def _evaluate(config: EvaluateConfig, pool: Any, start: float, progress: bool) -
         mine = plan.rels[ranks.rank :: ranks.world]
         unfinished = set(plan.todo)
         todo = [rel for rel in mine if rel in unfinished]
+        if todo and plan.gt:
+            # The workers load the compiled counting loops (about a second each) while this process loads the
+            # model, not on their first image. Best effort: a failure shows again on that image.
+            for _ in range(pool.workers):
+                pool.submit(_warm_counting)
         if todo:  # said before the options are checked: that imports torch and the model code (seconds)
             say(f"loading model {config.model or Path(str(config.checkpoint)).name} ...")
         check_options(config)

@@ -54,7 +54,6 @@ _PAIR_INVALID_BIT = 13
 _PAIR_INVALID = 1 << _PAIR_INVALID_BIT
 _PAIR_BINS = 2 * _PAIR_INVALID
 _VOID_CODES = slice(255 * NUM_CLASSES, 256 * NUM_CLASSES)
-_BLOCK = 1 << 18  # pixels per block of `categorise` and `_level_table` (256 kB of each uint8 temporary)
 
 SEMANTIC_KEYS = (
     "miou_valid",
@@ -183,118 +182,62 @@ def image_statistics(
     confusion matrix still uses every V pixel. Bad values raise `UserError` naming `label_name` / `pred_name` /
     `sample_name`: a label outside 0..18 and 255, a pred > 18, a sample outside the image or on void.
     """
-    pixels = categorise(
-        label, mask, pred, sample_idx, label_name=label_name, pred_name=pred_name, sample_name=sample_name
-    )
-    return pixels.statistics(conf_levels, label_name)
+    names = {"label_name": label_name, "pred_name": pred_name, "sample_name": sample_name}
+    return sparse_statistics(label, mask, pred, [conf_levels], sample_idx, **names)[0].dense()
 
 
-@dataclass(frozen=True)
-class CategorisedPixels:
-    """What one image's statistics share whatever the confidence map: the confusion matrix, the pixel counts,
-    and each (sampled) pixel's category: 0 = correct V, 1 = wrong V, 2 = I, 3 = void (void wins over invalid);
-    the first three are the columns of the sparse counts (`eomt_ood.metrics.image_stats.COLUMNS`)."""
-
-    shape: tuple[int, ...]
-    cm: np.ndarray  # (361,) int64 counts of label * 19 + pred over V pixels
-    category: np.ndarray  # (N,) uint8, N = pixels, or the sampled ones
-    sample_idx: np.ndarray | None
-    valid: int
-    invalid: int
-    void: int
-
-    def statistics(self, conf_levels: np.ndarray, label_name: str = "label") -> ImageStatistics:
-        """`image_statistics` with this confidence map: the counts of `sparse`, with dense histograms."""
-        return self.sparse(conf_levels, label_name).dense()
-
-    def sparse(self, conf_levels: np.ndarray, label_name: str = "label") -> SparseStatistics:
-        """This confidence map's level histograms (levels where any is non-zero) beside the shared counts."""
-        table = self._level_table(conf_levels, label_name)
-        levels = np.flatnonzero(table[0] | table[1] | table[2])
-        # One image's count at one level is at most its pixel count.
-        dtype = np.int32 if conf_levels.size < 2**31 else np.int64
-        return SparseStatistics(
-            cm=self.cm.reshape(NUM_CLASSES, NUM_CLASSES).copy(),  # each map's statistics their own
-            levels=levels.astype(np.uint16),
-            counts=np.stack([table[0, levels], table[1, levels], table[2, levels]], axis=1, dtype=dtype),
-            valid=self.valid,
-            invalid=self.invalid,
-            void=self.void,
-        )
-
-    def _level_table(self, conf_levels: np.ndarray, label_name: str) -> np.ndarray:
-        """(4, 65536) int64: pixels per (category, confidence level)."""
-        if conf_levels.shape != self.shape:
-            raise UserError(f"{label_name}: shapes differ: label {self.shape}, conf {conf_levels.shape}")
-        if conf_levels.dtype != np.uint16:
-            raise TypeError(f"expected uint16 conf, got {conf_levels.dtype}")
-        conf = conf_levels.ravel()
-        if self.sample_idx is not None:
-            conf = conf[self.sample_idx]
-        # One bincount over (category, level) keys, built as intp (bincount's own index type, so it converts
-        # nothing) one block at a time.
-        key = np.empty(conf.size, dtype=np.intp)
-        for start in range(0, key.size, _BLOCK):
-            part = key[start : start + _BLOCK]
-            np.left_shift(self.category[start : start + _BLOCK], 16, out=part, dtype=np.intp)
-            part |= conf[start : start + _BLOCK]
-        return np.bincount(key, minlength=4 * NUM_LEVELS).reshape(4, NUM_LEVELS)
-
-
-def categorise(
+def sparse_statistics(
     label: np.ndarray,
     mask: np.ndarray,
     pred: np.ndarray,
+    confs: Sequence[np.ndarray],
     sample_idx: np.ndarray | None = None,
     *,
     label_name: str = "label",
     pred_name: str = "pred",
     sample_name: str = "sample",
-) -> CategorisedPixels:
-    """The part of `image_statistics` that does not depend on the confidence map (checks and errors as there),
-    computed once for an image scored with several maps.
+) -> list[SparseStatistics]:
+    """`image_statistics` of one image with each confidence map of `confs`, in the sparse form (levels where
+    any histogram is non-zero), checked and raising as there.
 
-    One pass over the image, `_BLOCK` pixels at a time (a block's temporaries stay in a core's cache),
-    counts every pixel's pair code (label * 19 + pred, 2^13 added when invalid) and writes its category; the
-    confusion matrix, the pixel counts and the label check all come from the counts of the codes.
+    What the maps share is counted once. One compiled pass over the image (`eomt_ood.bravo.counting`) counts
+    every pixel's pair code (label * 19 + pred, 2^13 added when invalid), from which come the confusion matrix,
+    the pixel counts and the label check, and writes its category (0 = correct V, 1 = wrong V, 2 = I, 3 = void;
+    void wins over invalid; the first three are the columns of the sparse counts,
+    `eomt_ood.metrics.image_stats.COLUMNS`); without a sample, the same pass counts the first map's levels per
+    category. Each further map (or every map, with a sample) is one more pass over the categories.
     """
+    from eomt_ood.bravo import counting
+
     shape = label.shape
     if mask.shape != shape or pred.shape != shape:
         raise UserError(f"{label_name}: shapes differ: label {shape}, mask {mask.shape}, pred {pred.shape}")
     if label.dtype != np.uint8 or pred.dtype != np.uint8:
         raise TypeError(f"expected uint8 label/pred, got {label.dtype}, {pred.dtype}")
+    for conf in confs:
+        if conf.shape != shape:
+            raise UserError(f"{label_name}: shapes differ: label {shape}, conf {conf.shape}")
+        if conf.dtype != np.uint16:
+            raise TypeError(f"expected uint16 conf, got {conf.dtype}")
     lab = label.ravel()
     prd = pred.ravel()
     inv = mask.ravel()
-    inv8 = (inv if inv.dtype == np.bool_ else inv != 0).view(np.uint8)  # 1 = invalid
     try:
-        check_train_ids(prd, pred_name)  # the pair codes below assume predictions 0..18
+        check_train_ids(prd, pred_name)  # the pair codes assume predictions 0..18
     except UserError:
         _check_label_ids(lab, label_name)  # a bad label is reported first, as it is whatever the prediction
         raise
     size = lab.size
-    category = np.empty(size, dtype=np.uint8)
     codes = np.zeros(_PAIR_BINS, dtype=np.int64)
-    block = min(size, _BLOCK)
-    pair, flag, small = np.empty(block, np.uint16), np.empty(block, np.uint16), np.empty(block, np.uint8)
-    for start in range(0, size, _BLOCK):
-        stop = min(start + _BLOCK, size)
-        lab_b, prd_b, inv_b = lab[start:stop], prd[start:stop], inv8[start:stop]
-        pair_b, flag_b, small_b = pair[: stop - start], flag[: stop - start], small[: stop - start]
-        np.multiply(lab_b, NUM_CLASSES, out=pair_b, dtype=np.uint16)
-        pair_b += prd_b
-        np.left_shift(inv_b, _PAIR_INVALID_BIT, out=flag_b, dtype=np.uint16)
-        pair_b |= flag_b
-        codes += _count_codes(pair_b)
-        # 1 where a V pixel is wrong, 0 for every other V or I pixel (lab != prd, and not invalid) ...
-        cat_b = category[start:stop]
-        np.not_equal(lab_b, prd_b, out=cat_b.view(np.bool_))
-        np.greater(cat_b, inv_b, out=cat_b.view(np.bool_))
-        # ... then 2 for I pixels, and 3 for void ones (255 >> 6 = 3, train ids >> 6 = 0) whatever they are.
-        np.add(inv_b, inv_b, out=small_b)
-        cat_b |= small_b
-        np.right_shift(lab_b, 6, out=small_b)
-        cat_b |= small_b
+    category, first = counting.categorise(
+        lab,
+        prd,
+        inv if inv.dtype in (np.uint8, np.bool_) else inv != 0,
+        NUM_CLASSES,
+        _PAIR_INVALID_BIT,
+        codes,
+        confs[0].ravel() if confs and sample_idx is None else None,
+    )
     _check_label_codes(codes, label_name)
     void = int(codes[_VOID_CODES].sum() + codes[_PAIR_INVALID:][_VOID_CODES].sum())
     invalid = int(codes[_PAIR_INVALID : _PAIR_INVALID + _CM_OUTSIDE].sum())
@@ -306,8 +249,24 @@ def categorise(
             raise UserError(
                 f"{sample_name}: the sample contains void pixels (wrong sampling file for this GT?)"
             )
-    return CategorisedPixels(
-        shape, codes[:_CM_OUTSIDE].copy(), category, sample_idx, size - void - invalid, invalid, void
+    tables = [] if first is None else [first]
+    for conf in confs[len(tables) :]:
+        levels = conf.ravel()
+        tables.append(counting.count_levels(category, levels if sample_idx is None else levels[sample_idx]))
+    cm = codes[:_CM_OUTSIDE].reshape(NUM_CLASSES, NUM_CLASSES)
+    return [_sparse(table, cm, (size - void - invalid, invalid, void)) for table in tables]
+
+
+def _sparse(table: np.ndarray, cm: np.ndarray, pixels: tuple[int, int, int]) -> SparseStatistics:
+    """One map's `SparseStatistics` from its (category, level) table (`eomt_ood.bravo.counting`)."""
+    levels = np.flatnonzero(table[0] | table[1] | table[2])
+    return SparseStatistics(
+        cm=cm.copy(),  # each map's statistics their own
+        levels=levels.astype(np.uint16),
+        counts=np.stack([table[0, levels], table[1, levels], table[2, levels]], axis=1),
+        valid=pixels[0],
+        invalid=pixels[1],
+        void=pixels[2],
     )
 
 
@@ -321,8 +280,8 @@ def _check_label_ids(lab: np.ndarray, label_name: str) -> None:
 
 
 def _check_label_codes(codes: np.ndarray, label_name: str) -> None:
-    """`UserError` naming `label_name` when the counts of the pair codes (`categorise`) hold a label outside
-    0..18 and 255: the codes from 361 to 255 * 19, invalid or not."""
+    """`UserError` naming `label_name` when the counts of the pair codes (`sparse_statistics`) hold a label
+    outside 0..18 and 255: the codes from 361 to 255 * 19, invalid or not."""
     bad = (
         codes[_CM_OUTSIDE : _VOID_CODES.start]
         + codes[_PAIR_INVALID + _CM_OUTSIDE : _PAIR_INVALID + _VOID_CODES.start]
@@ -333,24 +292,6 @@ def _check_label_codes(codes: np.ndarray, label_name: str) -> None:
 
 def _raise_bad_labels(ids: np.ndarray, label_name: str) -> None:
     raise UserError(f"{label_name}: GT label holds class id(s) {id_list(ids)} outside 0..18 (and 255 = void)")
-
-
-def _count_codes(pair: np.ndarray) -> np.ndarray:
-    """(_PAIR_BINS,) int64 counts of the values of a uint16 array of pair codes.
-
-    Labels and predictions come in regions, so the codes mostly come in runs along a row: where there are few
-    runs, one count per run (weighted by its length; exact, as lengths are far below 2^53) costs a fraction of
-    counting every pixel. Pixel-level noise leaves runs of one pixel; then every pixel is counted.
-    """
-    change = pair[1:] != pair[:-1]
-    runs = int(np.count_nonzero(change)) + 1
-    if runs > pair.size // 8:
-        return np.bincount(pair, minlength=_PAIR_BINS)
-    starts = np.empty(runs, dtype=np.intp)
-    starts[0] = 0
-    np.add(np.flatnonzero(change), 1, out=starts[1:])
-    lengths = np.diff(starts, append=pair.size)
-    return np.bincount(pair[starts], weights=lengths, minlength=_PAIR_BINS).astype(np.int64)
 
 
 def lower_is_better(key: str) -> bool:
@@ -456,16 +397,16 @@ def score_maps(
             raise UserError(
                 f"{name}: size {_size(array)} differs from the GT label {gt.label_name} ({_size(gt.label)})"
             )
-    pixels = categorise(
+    return sparse_statistics(
         gt.label,
         gt.mask,
         pred,
+        list(confs.values()),
         gt.sample_idx,
         label_name=gt.label_name,
         pred_name=pred_name,
         sample_name=gt.samples_name,
     )
-    return [pixels.sparse(conf, gt.label_name) for conf in confs.values()]
 
 
 def _size(array: np.ndarray) -> str:
