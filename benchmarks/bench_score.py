@@ -37,6 +37,7 @@ Run: ``uv run --frozen python benchmarks/bench_score.py [--images 4] [--repeats 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
@@ -325,6 +326,7 @@ def main() -> None:
             "image_size": f"{WIDTH}x{HEIGHT}",
             "distinct_images": args.images,
             "numpy": np.__version__,
+            "numba": importlib.metadata.version("numba"),  # compiles the counting (eomt_ood.bravo.counting)
             **machine.describe(),
         }
         for kind, (maps, writer) in KINDS.items():
