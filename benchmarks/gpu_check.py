@@ -18,7 +18,7 @@ takes minutes on a CPU; tests/test_runtime.py covers inductor) and the DDP secti
 over gloo. A full run compiles S/B/L twice each; split it with --sections (e.g. "versions,forward", then the
 rest) where one call has a time limit.
 
-Needs only torch, timm, lightning, transformers, safetensors, h5py, Pillow, numpy and scipy (the GPU
+Needs only torch, timm, lightning, transformers, safetensors, h5py, Pillow, numpy, scipy and numba (the GPU
 machine's set; run from the repository root, the package need not be installed). Never asserts on speed.
 
 Precision tolerance (what `meets_tolerance` checks): bf16 / fp16 logits differ from fp32 by at most
