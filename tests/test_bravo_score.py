@@ -258,16 +258,6 @@ def test_confusion_matrix_and_histograms_equal_a_per_pixel_oracle(noise, mask_dt
     # the columns correct, wrong, ood_pos; a scorer summing two images' sparse rows doubles every count.
     oracle = np.stack([s.correct, s.wrong, s.ood_pos], axis=1)
     sparse = sparse_statistics(label, mask, pred, [conf])[0]
-    # Several maps at once (the first counted in the categorising pass, the others after it; with a sample,
-    # all after it) give each map what it gives alone.
-    other = conf[::-1].copy()
-    for sample_idx in (None, sample):
-        both = sparse_statistics(label, mask, pred, [other, conf], sample_idx)
-        for got, alone in zip(both, (other, conf), strict=True):
-            want = sparse_statistics(label, mask, pred, [alone], sample_idx)[0]
-            np.testing.assert_array_equal(got.levels, want.levels)
-            np.testing.assert_array_equal(got.counts, want.counts)
-            np.testing.assert_array_equal(got.cm, want.cm)
     np.testing.assert_array_equal(sparse.levels, np.flatnonzero(oracle.any(axis=1)))
     np.testing.assert_array_equal(sparse.counts, oracle[sparse.levels.astype(np.intp)])
     assert sparse.scored() == (valid.sum(), ((mask != 0) & (label != 255)).sum())
@@ -279,6 +269,17 @@ def test_confusion_matrix_and_histograms_equal_a_per_pixel_oracle(noise, mask_dt
     for got, want in zip((totals.correct, totals.wrong, totals.ood_pos), oracle.T, strict=True):
         np.testing.assert_array_equal(got, 2 * want)
     assert (totals.valid, totals.scored_valid) == (2 * valid.sum(), 2 * valid.sum())
+
+    # Several maps at once (the first counted in the categorising pass, the others after it; with a sample,
+    # all after it) give each map what it gives alone.
+    other = conf[::-1].copy()
+    for sample_idx in (None, sample):
+        both = sparse_statistics(label, mask, pred, [other, conf], sample_idx)
+        for got, alone in zip(both, (other, conf), strict=True):
+            want = sparse_statistics(label, mask, pred, [alone], sample_idx)[0]
+            np.testing.assert_array_equal(got.levels, want.levels)
+            np.testing.assert_array_equal(got.counts, want.counts)
+            np.testing.assert_array_equal(got.cm, want.cm)
 
 
 def test_every_bad_label_id_is_named_whatever_covers_it():
